@@ -1,0 +1,22 @@
+"""A small actor that stage actors report per-batch timings to; the driver reads it at the end."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+
+class MetricsCollector:
+    """Sums StageBatchStats per stage. Counts here are work done (a retried batch counts twice);
+    row counts that must match the output are computed from the output itself."""
+
+    def __init__(self):
+        self.totals = defaultdict(lambda: defaultdict(float))
+
+    def record(self, stats) -> None:
+        t = self.totals[stats.stage]
+        t["batches"] += 1
+        for key in ("rows_in", "rows_exited", "tokens_in", "row_layers", "seconds"):
+            t[key] += getattr(stats, key)
+
+    def summary(self) -> dict:
+        return {stage: dict(v) for stage, v in self.totals.items()}

@@ -1,0 +1,147 @@
+"""A pipeline stage: a Ray Data actor that holds one layer shard and its exit heads.
+
+Plain callable class: heavy set-up in `__init__`, the work in `__call__`, the
+column contract checked at the boundary. Unit-test it by calling it; the pipeline
+runs it under `map_batches(StageActor, compute=ActorPoolStrategy(...))`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from offramp import batch as B
+from offramp.modeling import load_model
+from offramp.shard import LayerShard
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What one stage actor needs: its layer range and how to run it."""
+
+    index: int
+    start: int  # first layer, 0-based
+    end: int  # one past the last layer
+    dtype: str = "float32"
+    carry_dtype: str = "float16"
+    device: str = "cpu"
+    torch_threads: int = 0
+    policy: str | None = None
+    thresholds: dict | None = None  # {layer: threshold}; None = stored with the model
+    exits_enabled: bool = True
+
+
+@dataclass(frozen=True)
+class StageBatchStats:
+    """What one stage call did; the driver aggregates these (workers never log to MLflow)."""
+
+    stage: int
+    rows_in: int  # rows that entered this stage's layers
+    rows_exited: int  # of those, rows that exited inside this stage
+    tokens_in: int
+    row_layers: int  # row-layers computed
+    seconds: float  # wall time of the call
+
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# numpy has no bfloat16: bf16 blobs are stored as their raw 16-bit patterns.
+_NP_CARRY = {"float32": np.float32, "float16": np.float16, "bfloat16": np.int16}
+
+
+def hidden_to_blobs(hidden: torch.Tensor, lengths: torch.Tensor, carry_dtype: str) -> list[bytes]:
+    """Survivors' (S, T, H) states -> per-row blobs in the carry dtype, no padding."""
+    h = hidden.to(TORCH_DTYPES[carry_dtype]).cpu()
+    if carry_dtype == "bfloat16":
+        h = h.view(torch.int16)
+    return B.unpad_to_blobs(h.numpy(), lengths.cpu().numpy())
+
+
+def blobs_to_hidden(blobs, lengths: np.ndarray, hidden_size: int, carry_dtype: str) -> torch.Tensor:
+    """Per-row blobs -> (S, T, H) tensor padded to the longest row."""
+    t = torch.from_numpy(B.pad_blobs(blobs, lengths, _NP_CARRY[carry_dtype], hidden_size))
+    return t.view(torch.bfloat16) if carry_dtype == "bfloat16" else t
+
+
+REQUIRED = (B.STATUS, B.TOKENS, B.NUM_TOKENS, B.HIDDEN, B.EXIT_LAYER, B.LABEL_ID, B.CONFIDENCE, B.SCORE)
+
+
+class StageActor:
+    def __init__(self, model_dir: str, spec: StageSpec, collector=None):
+        if spec.torch_threads:
+            torch.set_num_threads(spec.torch_threads)
+        model = load_model(model_dir)
+        self.spec = spec
+        self.device = torch.device(spec.device)
+        self.hidden_size = model.config.hidden_size
+        self.shard = LayerShard(
+            model, spec.start, spec.end, policy=spec.policy, thresholds=spec.thresholds, exits_enabled=spec.exits_enabled
+        )
+        del model  # layers outside [start, end) are freed with it
+        self.shard.to(device=self.device, dtype=TORCH_DTYPES[spec.dtype]).eval()
+        self.collector = collector
+
+    def __call__(self, batch: dict) -> dict:
+        t0 = time.perf_counter()
+        B.check_columns(batch, REQUIRED, f"stage {self.spec.index}")
+        n = B.batch_rows(batch)
+        running = np.flatnonzero((batch[B.EXIT_LAYER] == 0) & np.isin(batch[B.STATUS], B.RUNNABLE))
+        out = dict(batch)
+        stats = StageBatchStats(self.spec.index, len(running), 0, 0, 0, 0.0)
+        if len(running):
+            out, stats = self._run(batch, out, running)
+        stats = StageBatchStats(**{**stats.__dict__, "seconds": time.perf_counter() - t0})
+        assert B.batch_rows(out) == n, "a stage must return exactly the rows it received"
+        if self.collector is not None:
+            import ray
+
+            ray.get(self.collector.record.remote(stats))
+        return out
+
+    def _run(self, batch: dict, out: dict, running: np.ndarray):
+        spec = self.spec
+        lengths = batch[B.NUM_TOKENS][running].astype(np.int64)
+        if spec.start == 0:
+            ids = B.pad_blobs(batch[B.TOKENS][running], lengths, np.int32)[..., 0]  # (S, T)
+            result = self.shard(torch.from_numpy(lengths), input_ids=torch.from_numpy(ids).long().to(self.device))
+        else:
+            hidden = blobs_to_hidden(batch[B.HIDDEN][running], lengths, self.hidden_size, spec.carry_dtype)
+            result = self.shard(torch.from_numpy(lengths), hidden=hidden.to(self.device))
+
+        # copy before writing: zero-copy batches are read-only
+        exit_layer = batch[B.EXIT_LAYER].copy()
+        label_id, confidence, score = batch[B.LABEL_ID].copy(), batch[B.CONFIDENCE].copy(), batch[B.SCORE].copy()
+        hidden_col = batch[B.HIDDEN].copy()
+        exited = result.exit_layer.cpu().numpy() > 0  # (S,)
+        rows = running[exited]
+        probs = torch.softmax(result.logits[torch.from_numpy(exited)], dim=-1).cpu()
+        exit_layer[rows] = result.exit_layer.cpu().numpy()[exited]
+        label_id[rows] = probs.argmax(-1).numpy()
+        confidence[rows] = probs.max(-1).values.numpy()
+        score[rows] = result.score.cpu().numpy()[exited]
+        hidden_col[rows] = b""  # an exited row drops its states at once
+        survivors = running[result.survivors.cpu().numpy()]
+        if len(survivors):
+            blobs = hidden_to_blobs(result.hidden, result.lengths, spec.carry_dtype)
+            for i, blob in zip(survivors, blobs):
+                hidden_col[i] = blob
+        if spec.start == 0:
+            tokens_col = batch[B.TOKENS].copy()
+            tokens_col[running] = b""  # token ids are in the states now
+            out[B.TOKENS] = tokens_col
+        out.update({B.EXIT_LAYER: exit_layer, B.LABEL_ID: label_id, B.CONFIDENCE: confidence, B.SCORE: score})
+        out[B.HIDDEN] = hidden_col
+        stats = StageBatchStats(
+            stage=spec.index,
+            rows_in=len(running),
+            rows_exited=int(exited.sum()),
+            tokens_in=int(lengths.sum()),
+            row_layers=result.row_layers,
+            seconds=0.0,
+        )
+        return out, stats

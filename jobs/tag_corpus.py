@@ -1,0 +1,80 @@
+"""Label every document of a corpus with an early-exit model on Ray Data; log the run to MLflow.
+
+    python jobs/tag_corpus.py --input corpus/ --model models/m --output out/ [--config conf/tag.yaml]
+    RAY_AUTH_MODE=token ray job submit --working-dir . -- python jobs/tag_corpus.py --config conf/<job>.yaml
+"""
+
+import argparse
+import sys
+
+import _common  # noqa: F401  (puts the repo on sys.path)
+from _common import fail, setup_logging
+
+from offramp.config import ConfigError, TagConfig, load_config
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML file (see conf/); flags override it")
+    p.add_argument("--input", help="Parquet/JSONL/text file or directory, local or a pyarrow URI")
+    p.add_argument("--model", help="model directory from jobs/train_exits.py")
+    p.add_argument("--output", help="output directory (Parquet)")
+    p.add_argument("--input-format", help="auto, parquet, jsonl or text")
+    p.add_argument("--text-column")
+    p.add_argument("--id-column")
+    p.add_argument("--label-column", help="gold labels: accuracy is measured and logged")
+    p.add_argument("--passthrough", help="comma-separated input columns copied to the output")
+    p.add_argument("--policy", help="exit policy (entropy, max_prob)")
+    p.add_argument("--threshold", type=float, help="one exit threshold for every head")
+    p.add_argument("--no-exits", action="store_true", help="run every row to full depth")
+    p.add_argument("--num-stages", type=int, help="split the layers over this many actor pools")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--fail-on-error-rows", action="store_true", help="exit 3 if any row could not be labeled")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. ray.num_cpus=4")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    setup_logging()
+    args = parse_args(argv)
+    overrides = {
+        "input": args.input,
+        "model": args.model,
+        "output": args.output,
+        "input_format": args.input_format,
+        "text_column": args.text_column,
+        "id_column": args.id_column,
+        "label_column": args.label_column,
+        "passthrough_columns": args.passthrough,
+        "exit.policy": args.policy,
+        "exit.threshold": args.threshold,
+        "exit.disabled": True if args.no_exits else None,
+        "num_stages": args.num_stages,
+        "overwrite": True if args.overwrite else None,
+    }
+    try:
+        cfg = load_config(TagConfig, args.config, overrides, args.set)
+        from pipelines.tag import run_tagging
+        from pipelines.tracking import log_tag_run
+
+        result = run_tagging(cfg)
+    except ConfigError as e:
+        fail(str(e))
+    m = result.metrics
+    run_id = log_tag_run(cfg, result, num_layers=result.layout[-1].spec.end)
+    bad = m["rows"] - m["rows_labeled"]
+    line = (
+        f"tagged {m['rows']} rows -> {cfg.output}: {m['rows_labeled']} labeled, {bad} with an error status, "
+        f"{m['rows_status_truncated']} truncated; {m['docs_per_second']:.1f} docs/s, "
+        f"mean layers {m['mean_layers']:.2f} (ideal {m['ideal_speedup']:.2f}x)"
+    )
+    if "accuracy" in m:
+        line += f", accuracy {m['accuracy']:.4f}"
+    if "accuracy_full_depth" in m:
+        line += f" (full depth {m['accuracy_full_depth']:.4f} on {m['full_depth_eval_rows']} rows)"
+    print(line + (f"; mlflow run {run_id}" if run_id else ""))
+    return 3 if args.fail_on_error_rows and bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Fine-tune an early-exit classifier (DeeBERT two-stage) and save it for tag_corpus.py.
+
+    python jobs/train_exits.py --train train.parquet --eval dev.parquet --output models/m \
+        [--base-model DIR] [--config conf/train.yaml] [--set stage1_epochs=1]
+"""
+
+import argparse
+
+import _common  # noqa: F401  (puts the repo on sys.path)
+from _common import fail, setup_logging
+
+from offramp.config import ConfigError, TrainConfig, load_config
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML file (see conf/); flags override it")
+    p.add_argument("--train", help="labeled training data (Parquet/JSONL/CSV or hub name)")
+    p.add_argument("--eval", help="labeled dev data for per-layer accuracy and thresholds")
+    p.add_argument("--output", help="model directory to write")
+    p.add_argument("--base-model", help="local Hugging Face BERT checkpoint (default: pip-shipped MiniLM-L6)")
+    p.add_argument("--text-column")
+    p.add_argument("--label-column")
+    p.add_argument("--policy", help="exit policy stored with the model (entropy, max_prob)")
+    p.add_argument("--max-train-rows", type=int)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. lr=3e-5")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    setup_logging()
+    args = parse_args(argv)
+    try:
+        cfg = load_config(
+            TrainConfig,
+            args.config,
+            {
+                "train": args.train,
+                "eval": args.eval,
+                "output": args.output,
+                "base_model": args.base_model,
+                "text_column": args.text_column,
+                "label_column": args.label_column,
+                "policy": args.policy,
+                "max_train_rows": args.max_train_rows,
+            },
+            args.set,
+        )
+        from offramp.training import save_trained, train_early_exit
+        from pipelines.tracking import log_train_run
+
+        model, tokenizer, report = train_early_exit(cfg)
+    except ConfigError as e:
+        fail(str(e))
+    save_trained(model, tokenizer, report, cfg.output)
+    run_id = log_train_run(cfg, report, cfg.output)
+    print(
+        f"saved {cfg.output}: dev accuracy {report.curve[0]['accuracy']:.4f} at full depth, "
+        f"{report.chosen['accuracy']:.4f} with exits at {report.chosen['mean_layers']:.2f} mean layers "
+        f"({report.chosen['ideal_speedup']:.2f}x ideal); mlflow run {run_id}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""offramp: batched early-exit BERT inference on Ray Data."""

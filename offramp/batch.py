@@ -1,0 +1,55 @@
+"""The row contract between pipeline steps, and packing of variable-length tensors.
+
+Every step receives and returns a numpy batch (dict of equal-length arrays). The
+internal columns below ride with every row from tokenization to the final step;
+a step never drops or adds a row. Variable-length per-row tensors (token ids,
+hidden states) travel as one binary blob per row: Arrow stores them as a flat
+buffer plus offsets, with no padding and no object tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Row statuses. Rows with a RUNNABLE status get a label; the others are written with
+# their status and no label, never dropped.
+OK, TRUNCATED = "ok", "truncated"
+EMPTY, NULL, UNDECODABLE = "empty", "null", "undecodable"
+RUNNABLE = (OK, TRUNCATED)
+STATUSES = (OK, TRUNCATED, EMPTY, NULL, UNDECODABLE)
+
+READ_STATUS = "_read_status"  # str: "" or a status decided by the reader (bad JSON line, bad bytes)
+STATUS = "_status"  # str
+TOKENS = "_tokens"  # binary: int32 token ids, [CLS] ... [SEP]
+NUM_TOKENS = "_num_tokens"  # int32
+HIDDEN = "_hidden"  # binary: (num_tokens, H) states in the carry dtype; b"" once exited
+EXIT_LAYER = "_exit_layer"  # int16: 1-based exit layer; 0 = still running
+LABEL_ID = "_label_id"  # int32: predicted class; -1 = none
+CONFIDENCE = "_confidence"  # float32: top-class probability at the exit
+SCORE = "_score"  # float32: exit-criterion value at the exit
+INTERNAL = (READ_STATUS, STATUS, TOKENS, NUM_TOKENS, HIDDEN, EXIT_LAYER, LABEL_ID, CONFIDENCE, SCORE)
+
+def batch_rows(batch: dict) -> int:
+    return len(next(iter(batch.values()))) if batch else 0
+
+
+def check_columns(batch: dict, required, step: str) -> None:
+    """Fail with the missing columns' names rather than a KeyError deep inside a step."""
+    missing = [c for c in required if c not in batch]
+    if missing:
+        raise ValueError(f"{step}: batch lacks columns {missing}; it has {sorted(batch)}")
+
+
+def pad_blobs(blobs, lengths: np.ndarray, dtype: np.dtype, width: int = 1) -> np.ndarray:
+    """Concatenate per-row blobs of `lengths[i]*width` items into a zero-padded (N, T, width) array."""
+    n, T = len(blobs), int(lengths.max()) if len(lengths) else 0
+    flat = np.frombuffer(b"".join(blobs), dtype=dtype)
+    out = np.zeros((n, T, width), dtype=dtype)
+    mask = np.arange(T)[None, :] < lengths[:, None]  # (N, T)
+    out[mask] = flat.reshape(-1, width)
+    return out
+
+
+def unpad_to_blobs(array: np.ndarray, lengths: np.ndarray) -> list[bytes]:
+    """(N, T, ...) padded array -> one blob per row holding its first lengths[i] positions."""
+    return [array[i, : int(lengths[i])].tobytes() for i in range(len(lengths))]

@@ -1,0 +1,316 @@
+"""Small frozen config objects, validated at the edge.
+
+YAML is read once in `jobs/`, turned into these objects by `from_dict`, and each
+module receives only the sub-config it needs. Unknown keys and invalid values raise
+`ConfigError` with a message that names the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A configuration problem found at start, before any work is done."""
+
+
+@dataclass(frozen=True)
+class ExitConfig:
+    """Which exit criterion runs and where its thresholds come from."""
+
+    policy: str | None = None
+    """Exit policy name (see `offramp.policies.POLICIES`); None = the one stored with the model."""
+    threshold: float | None = None
+    """One threshold for every exit head; overrides the thresholds stored with the model."""
+    thresholds: tuple[float, ...] | None = None
+    """One threshold per exit head, in head order; overrides the stored ones."""
+    disabled: bool = False
+    """Run every row to full depth (the parity / full-depth baseline)."""
+
+    def __post_init__(self):
+        if self.threshold is not None and self.thresholds is not None:
+            raise ConfigError("exit.threshold and exit.thresholds are both set; keep one of them")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One actor pool holding a contiguous shard of layers [start, end)."""
+
+    layers: tuple[int, int] | None = None
+    """[start, end) layer range; None = split the model's layers evenly across stages."""
+    min_actors: int = 1
+    """ActorPoolStrategy min_size."""
+    max_actors: int | None = None
+    """ActorPoolStrategy max_size; None = sized from measured survival (stage 0: min_actors)."""
+    batch_size: int | None = None
+    """Rows per Ray batch; None = sized from measured survival so each forward pass gets about
+    `TagConfig.batch_size` running rows (exited rows ride along without compute)."""
+    num_cpus: float = 1.0
+    """Logical CPUs each actor reserves (fractional allowed)."""
+    num_gpus: float = 0.0
+    """GPUs each actor reserves (fractional allowed; 0 on CPU)."""
+    dtype: str = "float32"
+    """Compute dtype of this stage's layers: float32, float16 or bfloat16."""
+    torch_threads: int = 0
+    """Intra-op threads per actor; 0 = leave torch's default."""
+
+    def __post_init__(self):
+        if self.layers is not None:
+            if len(self.layers) != 2 or self.layers[0] >= self.layers[1] or self.layers[0] < 0:
+                raise ConfigError(f"stage layers {list(self.layers)} must be [start, end) with 0 <= start < end")
+        if self.min_actors < 1 or (self.max_actors is not None and self.max_actors < self.min_actors):
+            raise ConfigError(
+                f"stage actors min={self.min_actors} max={self.max_actors}: need 1 <= min_actors <= max_actors"
+            )
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"stage batch_size={self.batch_size} must be >= 1")
+        if self.num_gpus < 0 or self.num_cpus < 0:
+            raise ConfigError("stage num_cpus/num_gpus must be >= 0")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"stage dtype {self.dtype!r} is not one of {list(DTYPES)}")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How the driver connects to Ray."""
+
+    address: str | None = None
+    """None: join RAY_ADDRESS / a job's cluster if there is one, else start an embedded local Ray."""
+    num_cpus: int = 8
+    """Logical CPUs of an embedded local Ray (more than cores so read tasks and actors don't starve)."""
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str | None = None
+    """None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory."""
+    experiment: str | None = None
+    """Experiment name; None = offramp-tag for tagging runs, offramp-train for training runs."""
+    run_name: str | None = None
+    """Run name; None lets MLflow pick one."""
+    enabled: bool = True
+    """Log to MLflow at all."""
+
+
+@dataclass(frozen=True)
+class TagConfig:
+    """Everything `jobs/tag_corpus.py` needs."""
+
+    input: str | None = None
+    """Parquet / JSONL / text file or directory, local path or pyarrow-filesystem URI."""
+    model: str | None = None
+    """Early-exit model directory written by jobs/train_exits.py."""
+    output: str | None = None
+    """Output directory for the Parquet files."""
+    input_format: str = "auto"
+    """auto (from the file extension), parquet, jsonl or text."""
+    text_column: str = "text"
+    id_column: str | None = "id"
+    """Id column; None = a row number is generated."""
+    label_column: str | None = None
+    """Gold label column; when set, accuracy is measured and logged."""
+    passthrough_columns: tuple[str, ...] = ()
+    """Input columns copied to the output unchanged."""
+    max_length: int = 128
+    """Tokens per document (incl. [CLS]/[SEP]); longer documents are truncated and counted."""
+    batch_size: int = 64
+    """Running rows per forward pass that stage batch sizes aim for."""
+    overwrite: bool = False
+    """Replace an existing output directory instead of failing."""
+    tokenize_batch_size: int = 256
+    """Rows per tokenization task batch."""
+    num_stages: int = 1
+    """Number of stages when `stages` is empty or gives no layer ranges."""
+    layout: str = "balanced"
+    """How layers are split when stages give no ranges: even, or balanced (equal expected
+    work per stage from the model's measured survival; even when none was measured)."""
+    stages: tuple[StageConfig, ...] = ()
+    """Explicit per-stage layout; overrides num_stages."""
+    carry_dtype: str = "float16"
+    """Dtype of hidden states carried between stages."""
+    full_depth_eval_rows: int = 0
+    """With labels: also run this many rows at full depth to log full-depth accuracy (-1 = all)."""
+    exit: ExitConfig = field(default_factory=ExitConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    def __post_init__(self):
+        if self.input_format not in ("auto", "parquet", "jsonl", "text"):
+            raise ConfigError(f"input_format {self.input_format!r}: use auto, parquet, jsonl or text")
+        if self.max_length < 8:
+            raise ConfigError(f"max_length={self.max_length} is too small; use at least 8 tokens")
+        if self.layout not in ("even", "balanced"):
+            raise ConfigError(f"layout {self.layout!r}: use even or balanced")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size} must be >= 1")
+        if self.num_stages < 1:
+            raise ConfigError(f"num_stages={self.num_stages} must be >= 1")
+        if self.carry_dtype not in DTYPES:
+            raise ConfigError(f"carry_dtype {self.carry_dtype!r} is not one of {list(DTYPES)}")
+
+    def require(self, *names: str) -> None:
+        """Fail with the flag to set when a required field is missing."""
+        for name in names:
+            if getattr(self, name) in (None, ""):
+                raise ConfigError(f"{name} is not set; pass --{name.replace('_', '-')} or set `{name}:` in --config")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `jobs/train_exits.py` needs."""
+
+    train: str | None = None
+    """Labeled training data: Parquet / JSONL / CSV path, or a hub dataset name where online."""
+    eval: str | None = None
+    """Labeled dev data used for per-layer accuracy and threshold selection."""
+    output: str | None = None
+    """Directory the early-exit model is saved to."""
+    base_model: str | None = None
+    """Local Hugging Face BERT-family checkpoint; None = the pip-shipped all-MiniLM-L6-v2."""
+    text_column: str = "text"
+    label_column: str = "label"
+    max_length: int = 128
+    max_train_rows: int | None = None
+    """Use at most this many training rows (a seeded random sample)."""
+    max_eval_rows: int | None = None
+    batch_size: int = 32
+    stage1_epochs: float = 2.0
+    """DeeBERT stage 1: backbone + final classifier."""
+    stage2_epochs: float = 2.0
+    """DeeBERT stage 2: internal exit heads only, backbone frozen."""
+    lr: float = 5e-5
+    head_lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    exit_layers: tuple[int, ...] | None = None
+    """1-based layers with an exit head; None = every layer. The last layer always has one."""
+    policy: str = "entropy"
+    """Exit policy stored with the model."""
+    max_accuracy_drop: float = 0.01
+    """Stored thresholds: fastest global threshold whose dev accuracy is within this of full depth."""
+    seed: int = 0
+    torch_threads: int = 0
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.max_length < 8:
+            raise ConfigError("batch_size must be >= 1 and max_length >= 8")
+        if self.stage1_epochs < 0 or self.stage2_epochs < 0:
+            raise ConfigError("stage1_epochs and stage2_epochs must be >= 0")
+        if not 0 <= self.max_accuracy_drop < 1:
+            raise ConfigError(f"max_accuracy_drop={self.max_accuracy_drop} is a fraction, e.g. 0.01 for 1 point")
+
+    def require(self, *names: str) -> None:
+        TagConfig.require(self, *names)  # same message shape
+
+
+# ---------------------------------------------------------------- dict -> dataclass
+
+
+def _strip_optional(tp):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else tp, True
+    return tp, False
+
+
+def _coerce(value: Any, tp, where: str):
+    tp, optional = _strip_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where} may not be null")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping of {[f.name for f in dataclasses.fields(tp)]}")
+        return from_dict(tp, value, where)
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            value = [value] if not isinstance(value, str) else [v for v in value.split(",") if v]
+        args = typing.get_args(tp)
+        item = args[0]
+        if len(args) == 2 and args[1] is not Ellipsis:
+            if len(value) != 2:
+                raise ConfigError(f"{where} must be a list of 2 values, got {value!r}")
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    try:
+        if tp is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if value.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if tp is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}={value!r} is not a valid {tp.__name__}") from None
+    return value
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    """Build dataclass `cls` from a (YAML) mapping; unknown keys raise with a suggestion."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in (data or {}).items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {path!r}{hint} valid keys here: {names}")
+        kwargs[key] = _coerce(value, hints[key], path)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{where + ': ' if where else ''}{e}") from None
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(cls, path: str | None, overrides: dict[str, Any] | None = None, sets: list[str] = ()):
+    """Read YAML (optional), apply CLI overrides (dotted keys) and `--set k=v` strings."""
+    tree: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {path} not found; pass an existing file to --config (see conf/)")
+        tree = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path} must hold a YAML mapping at top level")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(tree, key, value)
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: write it as key.path=value")
+        key, _, raw = item.partition("=")
+        _set_path(tree, key.strip(), yaml.safe_load(raw))
+    return from_dict(cls, tree)

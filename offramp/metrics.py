@@ -1,0 +1,43 @@
+"""Run metrics computed from the output rows themselves, so they always match the output."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from offramp import batch as B
+
+
+def summarize_output(
+    exit_layer: np.ndarray,  # (N,) 1-based exit layer, 0 = not run
+    status: np.ndarray,  # (N,) row status strings
+    num_tokens: np.ndarray,  # (N,)
+    num_layers: int,
+    stage_ranges: list[tuple[int, int]],
+    predicted: np.ndarray | None = None,  # (N,) predicted label strings
+    gold: np.ndarray | None = None,  # (N,) gold label strings (None/null = unlabeled)
+) -> dict:
+    """Counts, exit profile, per-stage entering/leaving rows and accuracy of one run."""
+    exit_layer = np.asarray(exit_layer, dtype=np.int64)
+    status = np.asarray(status, dtype=object)
+    ran = np.isin(status, B.RUNNABLE)
+    n_ran = int(ran.sum())
+    m: dict = {"rows": int(len(status)), "rows_labeled": n_ran}
+    for s in B.STATUSES:
+        m[f"rows_status_{s}"] = int((status == s).sum())
+    m["tokens"] = int(np.asarray(num_tokens)[ran].sum())
+    layers = exit_layer[ran]
+    m["mean_layers"] = float(layers.mean()) if n_ran else 0.0
+    m["ideal_speedup"] = num_layers / m["mean_layers"] if n_ran else 1.0
+    m["exit_histogram"] = {int(l): int((layers == l).sum()) for l in range(1, num_layers + 1)}
+    for k, (start, end) in enumerate(stage_ranges):
+        entering = int((layers > start).sum())
+        m[f"stage{k}_rows_in"] = entering
+        m[f"stage{k}_rows_exited"] = int(((layers > start) & (layers <= end)).sum())
+        m[f"stage{k}_survival_in"] = entering / n_ran if n_ran else 0.0
+    if predicted is not None and gold is not None:
+        gold = np.asarray(gold, dtype=object)
+        has_gold = ran & np.array([g is not None for g in gold])
+        if has_gold.any():
+            m["rows_with_gold"] = int(has_gold.sum())
+            m["accuracy"] = float((np.asarray(predicted, dtype=object)[has_gold] == gold[has_gold]).mean())
+    return m

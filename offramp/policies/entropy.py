@@ -1,0 +1,15 @@
+"""DeeBERT's off-ramp criterion: exit when the softmax entropy is below the threshold."""
+
+import torch
+
+from offramp.policies.base import ExitPolicy
+
+
+class EntropyPolicy(ExitPolicy):
+    name = "entropy"
+    lower_is_confident = True
+    default_threshold = 0.3  # nats; DeeBERT sweeps 0..0.7 on GLUE
+
+    def score(self, logits: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B,)
+        logp = torch.log_softmax(logits, dim=-1)
+        return -(logp.exp() * logp).sum(dim=-1)

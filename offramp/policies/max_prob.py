@@ -1,0 +1,14 @@
+"""Exit when the top class probability reaches the threshold."""
+
+import torch
+
+from offramp.policies.base import ExitPolicy
+
+
+class MaxProbPolicy(ExitPolicy):
+    name = "max_prob"
+    lower_is_confident = False
+    default_threshold = 0.9
+
+    def score(self, logits: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B,)
+        return torch.softmax(logits, dim=-1).max(dim=-1).values

@@ -1,0 +1,146 @@
+"""A contiguous shard of encoder layers with their exit heads, deciding exits per row.
+
+This is the unit a pipeline stage runs. Rows that exit after a layer are removed
+from the batch at once (the survivors are compacted into a smaller tensor and
+their padding is trimmed to the longest survivor), so an exited row costs nothing
+in later layers. A one-stage layout is a shard of all layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
+
+from offramp.modeling import EarlyExitBertForSequenceClassification
+from offramp.policies import ExitPolicy, get_policy
+
+
+@dataclass
+class ShardOutput:
+    """Per input row: its exit (if any) and, for survivors, the states to carry on."""
+
+    exit_layer: torch.Tensor  # (B,) int64: 1-based layer the row exited after; 0 = still running
+    logits: torch.Tensor  # (B, C) float32; zeros for survivors
+    score: torch.Tensor  # (B,) float32 exit score at the exit layer; nan for survivors
+    survivors: torch.Tensor  # (S,) int64 indices of rows still running
+    hidden: torch.Tensor  # (S, T', H) survivors' states, padded to the longest survivor
+    lengths: torch.Tensor  # (S,) int64 survivors' token counts
+    state: torch.Tensor | None  # (S, state_size) policy state of survivors, or None
+    row_layers: int  # row-layers computed (a row through one layer = 1)
+
+
+class LayerShard(nn.Module):
+    """Layers [start, end) (0-based, end exclusive) of an early-exit model, plus their heads."""
+
+    def __init__(
+        self,
+        model: EarlyExitBertForSequenceClassification,
+        start: int,
+        end: int,
+        policy: ExitPolicy | str | None = None,
+        thresholds: dict[int, float] | None = None,
+        exits_enabled: bool = True,
+    ):
+        super().__init__()
+        if not 0 <= start < end <= model.num_layers:
+            raise ValueError(f"shard [{start}, {end}) outside the model's {model.num_layers} layers")
+        self.start, self.end, self.num_layers = start, end, model.num_layers
+        self.model_config = model.config
+        self.embeddings = model.bert.embeddings if start == 0 else None
+        self.layers = nn.ModuleList(model.bert.encoder.layer[start:end])
+        self.head_layers = [l for l in model.exit_layers if start < l <= end]
+        # heads are kept as modules of this shard so .to(dtype) and memory follow the shard
+        self.heads = nn.ModuleDict({str(l): _HeadAt(model, l) for l in self.head_layers})
+        self.policy = get_policy(policy or model.config.exit_policy) if not isinstance(policy, ExitPolicy) else policy
+        stored = model.thresholds_by_layer()
+        self.thresholds = {l: float((thresholds or stored).get(l, stored[l])) for l in self.head_layers}
+        self.exits_enabled = exits_enabled
+
+    def _mask(self, hidden, mask2d):
+        """The mask each encoder layer expects, built as BertModel builds it."""
+        return create_bidirectional_mask(config=self.model_config, inputs_embeds=hidden, attention_mask=mask2d)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        lengths: torch.Tensor,  # (B,) tokens per row
+        input_ids: torch.Tensor | None = None,  # (B, T) when this shard holds the embeddings
+        hidden: torch.Tensor | None = None,  # (B, T, H) otherwise
+        state: torch.Tensor | None = None,  # (B, state_size)
+    ) -> ShardOutput:
+        if (input_ids is None) == (hidden is None):
+            raise ValueError("pass input_ids (first shard) or hidden (later shards), not both")
+        if input_ids is not None:
+            if self.embeddings is None:
+                raise ValueError(f"shard [{self.start}, {self.end}) has no embeddings; pass hidden states")
+            hidden = self.embeddings(input_ids=input_ids)  # (B, T, H)
+        dtype = next(self.layers.parameters()).dtype
+        hidden = hidden.to(dtype)
+        B, device = hidden.shape[0], hidden.device
+        C = self.model_config.num_labels
+        exit_layer = torch.zeros(B, dtype=torch.long, device=device)
+        logits_out = torch.zeros(B, C, dtype=torch.float32, device=device)
+        score_out = torch.full((B,), float("nan"), dtype=torch.float32, device=device)
+        alive = torch.arange(B, device=device)  # (S,) rows still running
+        lengths = lengths.to(device)
+        if state is None and self.policy.state_size:
+            state = torch.zeros(B, self.policy.state_size, device=device)
+        row_layers = 0
+
+        for offset, layer in enumerate(self.layers):
+            number = self.start + offset + 1  # 1-based layer number
+            mask2d = torch.arange(hidden.shape[1], device=device)[None, :] < lengths[:, None]  # (S, T)
+            hidden = layer(hidden, self._mask(hidden, mask2d))  # (S, T, H)
+            row_layers += hidden.shape[0]
+            if number not in self.thresholds:
+                continue
+            logits = self.heads[str(number)](hidden).float()  # (S, C)
+            if number == self.num_layers:
+                exited = torch.ones(hidden.shape[0], dtype=torch.bool, device=device)
+                score = self.policy.score(logits)
+            else:
+                threshold = self.thresholds[number] if self.exits_enabled else self.policy.never_exits_threshold()
+                decision, state = self.policy.decide(logits, threshold, state)
+                exited, score = decision.exited, decision.score
+            if exited.any():
+                rows = alive[exited]
+                exit_layer[rows] = number
+                logits_out[rows] = logits[exited]
+                score_out[rows] = score[exited].float()
+                keep = ~exited
+                alive, lengths, hidden = alive[keep], lengths[keep], hidden[keep]
+                state = state[keep] if state is not None else None
+                if hidden.shape[0] == 0:
+                    break
+                hidden = hidden[:, : int(lengths.max())]  # trim padding to the longest survivor
+
+        return ShardOutput(
+            exit_layer=exit_layer,
+            logits=logits_out,
+            score=score_out,
+            survivors=alive,
+            hidden=hidden,
+            lengths=lengths,
+            state=state,
+            row_layers=row_layers,
+        )
+
+
+class _HeadAt(nn.Module):
+    """The head after one layer, as its own module (the final one reuses pooler + classifier)."""
+
+    def __init__(self, model: EarlyExitBertForSequenceClassification, layer: int):
+        super().__init__()
+        if layer == model.num_layers:
+            self.pooler, self.dropout, self.classifier = model.bert.pooler, model.dropout, model.classifier
+            self.head = None
+        else:
+            self.head = model.exit_heads[str(layer)]
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, C)
+        if self.head is not None:
+            return self.head(hidden)
+        return self.classifier(self.dropout(self.pooler(hidden)))

@@ -1,0 +1,109 @@
+"""Text -> token ids with a status for every row (tokenize step of the pipeline)."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+
+from offramp import batch as B
+
+
+class _FastTokenizer:
+    """The model directory's tokenizer.json through `tokenizers` alone: the same ids as
+    AutoTokenizer (tested), without importing torch/transformers in tokenize tasks."""
+
+    def __init__(self, path: str):
+        from tokenizers import Tokenizer
+
+        self.tok = Tokenizer.from_file(path)
+        self.tok.no_truncation()
+        self.tok.no_padding()
+        self.sep_token_id = self.tok.token_to_id("[SEP]")
+
+    def __call__(self, texts, **_):
+        return {"input_ids": [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=True)]}
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(model_dir: str):
+    """Tokenizers are cached per worker process: a task pays the load once per process."""
+    path = os.path.join(model_dir, "tokenizer.json")
+    if os.path.isfile(path):
+        tok = _FastTokenizer(path)
+        if tok.sep_token_id is not None:
+            return tok
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def _as_text(value) -> tuple[str | None, str]:
+    """Classify one cell: (text, status)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None, B.NULL
+    if isinstance(value, (bytes, bytearray, np.bytes_)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return None, B.UNDECODABLE
+    if not isinstance(value, str):
+        return None, B.UNDECODABLE
+    if "\ufffd" in value:  # text that was decoded with replacement characters upstream
+        return None, B.UNDECODABLE
+    if not value.strip():
+        return None, B.EMPTY
+    return value, B.OK
+
+
+def tokenize_batch(batch: dict, tokenizer, text_column: str, max_length: int) -> dict:
+    """Add STATUS, TOKENS, NUM_TOKENS and the empty per-row result columns to a batch.
+
+    Over-long documents keep their first max_length-1 tokens plus [SEP] and get status
+    'truncated' (they are still labeled).
+    """
+    B.check_columns(batch, [text_column], "tokenize")
+    cells = batch[text_column]
+    n = len(cells)
+    status = np.empty(n, dtype=object)
+    tokens = np.empty(n, dtype=object)
+    num_tokens = np.zeros(n, dtype=np.int32)
+    read_status = batch.get(B.READ_STATUS)
+    texts, where = [], []
+    for i, cell in enumerate(cells):
+        text, status[i] = _as_text(cell)
+        if read_status is not None and read_status[i]:
+            text, status[i] = None, read_status[i]
+        tokens[i] = b""
+        if text is not None:
+            texts.append(text)
+            where.append(i)
+    if texts:
+        ids = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        sep = tokenizer.sep_token_id
+        for i, row in zip(where, ids):
+            if len(row) > max_length:
+                row = row[: max_length - 1] + [sep]
+                status[i] = B.TRUNCATED
+            tokens[i] = np.asarray(row, dtype=np.int32).tobytes()
+            num_tokens[i] = len(row)
+    out = dict(batch)
+    out.update(
+        {
+            B.STATUS: status,
+            B.TOKENS: tokens,
+            B.NUM_TOKENS: num_tokens,
+            B.HIDDEN: np.array([b""] * n, dtype=object),
+            B.EXIT_LAYER: np.zeros(n, dtype=np.int16),
+            B.LABEL_ID: np.full(n, -1, dtype=np.int32),
+            B.CONFIDENCE: np.full(n, np.nan, dtype=np.float32),
+            B.SCORE: np.full(n, np.nan, dtype=np.float32),
+        }
+    )
+    return out
+
+
+def tokenize_task(batch: dict, model_dir: str, text_column: str, max_length: int) -> dict:
+    """Ray Data task entry point (stateless; the tokenizer is cached per process)."""
+    return tokenize_batch(batch, load_tokenizer(model_dir), text_column, max_length)

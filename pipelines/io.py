@@ -1,0 +1,116 @@
+"""Read a corpus into a Ray Dataset with one row per document, whatever its format.
+
+Parquet is read with Ray's reader. JSONL and plain text are read as raw bytes per
+file and split into rows here, so that a line that is not valid UTF-8 or not valid
+JSON becomes a row with a status instead of failing the whole file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow.fs as pafs
+import ray
+
+from offramp import batch as B
+from offramp.config import ConfigError, TagConfig
+
+READ_STATUS = B.READ_STATUS
+EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}
+
+
+def _filesystem(path: str):
+    try:
+        return pafs.FileSystem.from_uri(path)
+    except (ValueError, TypeError):  # a plain local path, not a URI
+        return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def detect_format(path: str, declared: str = "auto") -> str:
+    """parquet / jsonl / text from the declared format or the files' extensions."""
+    if declared != "auto":
+        return declared
+    fs, root = _filesystem(path)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise ConfigError(f"input {path} does not exist; pass --input with a file or directory")
+    names = [root]
+    if info.type == pafs.FileType.Directory:
+        names = [f.path for f in fs.get_file_info(pafs.FileSelector(root, recursive=True)) if f.is_file]
+    kinds = {EXTENSIONS.get(os.path.splitext(n)[1].lower()) for n in names if not os.path.basename(n).startswith(".")}
+    kinds.discard(None)
+    if len(kinds) != 1:
+        raise ConfigError(
+            f"cannot tell the format of {path} from its file extensions ({sorted(k or '?' for k in kinds)}); "
+            "set --input-format parquet|jsonl|text"
+        )
+    return kinds.pop()
+
+
+def _text_rows(row: dict, id_column: str, text_column: str) -> list[dict]:
+    name = os.path.basename(row["path"])
+    out = []
+    for lineno, raw in enumerate(row["bytes"].splitlines(), start=1):
+        try:
+            text, status = raw.decode("utf-8"), ""
+        except UnicodeDecodeError:
+            text, status = "", B.UNDECODABLE
+        out.append({id_column: f"{name}:{lineno}", text_column: text, READ_STATUS: status})
+    return out
+
+
+def _jsonl_rows(row: dict, id_column: str, text_column: str, extra: tuple) -> list[dict]:
+    name = os.path.basename(row["path"])
+    out = []
+    for lineno, raw in enumerate(row["bytes"].splitlines(), start=1):
+        if not raw.strip():
+            continue  # blank separator lines are not documents
+        rec, status = {}, ""
+        try:
+            rec = json.loads(raw.decode("utf-8"))
+            if not isinstance(rec, dict):
+                rec, status = {}, B.UNDECODABLE
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            status = B.UNDECODABLE
+        text = rec.get(text_column)
+        if not status and text is None:
+            status = B.NULL
+        elif not status and not isinstance(text, str):
+            status = B.UNDECODABLE
+        ident = rec.get(id_column)
+        out.append(
+            {
+                id_column: str(ident) if ident is not None else f"{name}:{lineno}",
+                text_column: text if isinstance(text, str) else "",
+                READ_STATUS: status,
+                **{c: None if rec.get(c) is None else str(rec.get(c)) for c in extra},
+            }
+        )
+    return out
+
+
+def read_corpus(cfg: TagConfig, label_column: str | None = None) -> ray.data.Dataset:
+    """One row per document with the id, text, passthrough and label columns."""
+    fmt = detect_format(cfg.input, cfg.input_format)
+    id_column = cfg.id_column or "id"
+    extra = tuple(dict.fromkeys([*cfg.passthrough_columns, *([label_column] if label_column else [])]))
+    if fmt == "parquet":
+        ds = ray.data.read_parquet(cfg.input)
+        names = ds.schema().names
+        needed = [cfg.text_column, *([cfg.id_column] if cfg.id_column else []), *extra]
+        missing = [c for c in needed if c not in names]
+        if missing:
+            flag = {cfg.text_column: "--text-column", cfg.id_column: "--id-column", label_column: "--label-column"}
+            fixes = ", ".join(f"{c!r} ({flag.get(c, 'passthrough_columns')})" for c in missing)
+            raise ConfigError(f"column(s) {fixes} not found in {cfg.input}; columns are {names}")
+        if not cfg.id_column:
+            raise ConfigError(f"Parquet input needs an id column; columns are {names}; set --id-column")
+        return ds.select_columns(list(dict.fromkeys(needed)))
+    files = ray.data.read_binary_files(cfg.input, include_paths=True)
+    if fmt == "text":
+        if extra:
+            raise ConfigError("plain-text input has no columns to pass through or label; use JSONL or Parquet")
+        return files.flat_map(_text_rows, fn_kwargs=dict(id_column=id_column, text_column=cfg.text_column))
+    return files.flat_map(_jsonl_rows, fn_kwargs=dict(id_column=id_column, text_column=cfg.text_column, extra=extra))
+

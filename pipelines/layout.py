@@ -1,0 +1,99 @@
+"""Stage layout: which layers each stage holds, its batch size and actor count.
+
+Deeper stages see fewer running rows. With survival s_k (fraction of rows still
+running when stage k starts, measured on the dev set at training and stored with
+the model), a stage-k batch of b/s_k rows holds about b running rows, so every
+forward pass is about as full as stage 0's; and stage k needs work share
+layers_k * s_k of the actors.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from actors.stage import StageSpec
+from offramp.config import ConfigError, StageConfig, TagConfig
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    spec: StageSpec
+    batch_size: int
+    min_actors: int
+    max_actors: int
+    num_cpus: float
+    num_gpus: float
+    survival: float  # expected fraction of runnable rows entering this stage
+    work: float  # expected row-layers per input row in this stage
+
+
+def survival_into(layer_start: int, survival: list[float] | None) -> float:
+    """Fraction of rows still running before 0-based layer `layer_start` (1.0 if unmeasured)."""
+    if not survival or layer_start == 0:
+        return 1.0
+    return float(survival[min(layer_start, len(survival)) - 1])
+
+
+def split_layers(num_layers: int, num_stages: int, survival: list[float] | None, balanced: bool) -> list[tuple]:
+    """Contiguous [start, end) ranges; balanced = equal expected row-layers per stage."""
+    if not 1 <= num_stages <= num_layers:
+        raise ConfigError(f"num_stages={num_stages}: a {num_layers}-layer model takes 1..{num_layers} stages")
+    if not balanced or not survival:
+        bounds = [round(i * num_layers / num_stages) for i in range(num_stages + 1)]
+        return list(zip(bounds[:-1], bounds[1:]))
+    cost = [survival_into(layer, survival) for layer in range(num_layers)]  # expected rows in layer
+    total, ranges, start = sum(cost), [], 0
+    for k in range(num_stages - 1):
+        target, acc, end = total * (k + 1) / num_stages, sum(cost[:start]), start
+        while end < num_layers - (num_stages - 1 - k) and acc + cost[end] / 2 <= target:
+            acc += cost[end]
+            end += 1
+        end = max(end, start + 1)
+        ranges.append((start, end))
+        start = end
+    ranges.append((start, num_layers))
+    return ranges
+
+
+def plan_layout(cfg: TagConfig, num_layers: int, survival: list[float] | None, exits_enabled: bool) -> list[PlannedStage]:
+    """Resolve the config's stages into concrete ranges, batch sizes and actor counts."""
+    stages = list(cfg.stages) or [StageConfig() for _ in range(cfg.num_stages)]
+    given = [s.layers is not None for s in stages]
+    if any(given) and not all(given):
+        raise ConfigError("give `layers: [start, end]` for every stage or for none (then they are split for you)")
+    if all(given):
+        ranges = [tuple(s.layers) for s in stages]
+        if ranges[0][0] != 0 or ranges[-1][1] != num_layers or any(a[1] != b[0] for a, b in zip(ranges, ranges[1:])):
+            raise ConfigError(
+                f"stage layers {[list(r) for r in ranges]} must cover [0, {num_layers}) contiguously, "
+                f"e.g. {[list(r) for r in split_layers(num_layers, len(ranges), None, False)]}"
+            )
+    else:
+        ranges = split_layers(num_layers, len(stages), survival, cfg.layout == "balanced")
+    survival = survival if exits_enabled else None
+    planned = []
+    work0 = None
+    for k, (scfg, (start, end)) in enumerate(zip(stages, ranges)):
+        s_k = survival_into(start, survival)
+        work = sum(survival_into(layer, survival) for layer in range(start, end))
+        work0 = work0 or work
+        batch = scfg.batch_size or max(1, min(cfg.batch_size * 16, math.ceil(cfg.batch_size / max(s_k, 1e-3))))
+        max_actors = scfg.max_actors or (
+            scfg.min_actors if k == 0 else max(scfg.min_actors, math.ceil(stages[0].min_actors * work / work0))
+        )
+        if k > 0 and scfg.max_actors is None and stages[0].max_actors:
+            max_actors = max(scfg.min_actors, math.ceil(stages[0].max_actors * work / work0))
+        spec = StageSpec(
+            index=k,
+            start=start,
+            end=end,
+            dtype=scfg.dtype,
+            carry_dtype=cfg.carry_dtype,
+            device="cuda" if scfg.num_gpus > 0 else "cpu",
+            torch_threads=scfg.torch_threads,
+            policy=cfg.exit.policy,
+            exits_enabled=exits_enabled,
+        )
+        planned.append(PlannedStage(spec, batch, scfg.min_actors, max_actors, scfg.num_cpus, scfg.num_gpus, s_k, work))
+    return planned

