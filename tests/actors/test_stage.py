@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import torch
+
+from actors.stage import StageActor, StageSpec
+from offramp import batch as B
+from offramp.modeling import load_model
+from offramp.tokenize import load_tokenizer, tokenize_batch
+from tests.conftest import NUM_LAYERS, TEXTS
+
+
+def tokenized(model_dir, texts):
+    cells = np.array(list(texts) + [None, ""], dtype=object)
+    batch = {"id": np.arange(len(cells)), "text": cells}
+    return tokenize_batch(batch, load_tokenizer(model_dir), "text", 64)
+
+
+def test_two_stages_equal_one_stage_and_keep_every_row(model_dir):
+    batch = tokenized(model_dir, TEXTS)
+    one = StageActor(model_dir, StageSpec(0, 0, NUM_LAYERS, carry_dtype="float32"))(batch)
+    s0 = StageActor(model_dir, StageSpec(0, 0, 2, carry_dtype="float32"))
+    s1 = StageActor(model_dir, StageSpec(1, 2, NUM_LAYERS, carry_dtype="float32"))
+    mid = s0(batch)
+    two = s1(mid)
+    n = len(batch["id"])
+    assert all(len(v) == n for v in two.values())
+    np.testing.assert_array_equal(two["id"], batch["id"])
+    np.testing.assert_array_equal(two[B.EXIT_LAYER], one[B.EXIT_LAYER])
+    np.testing.assert_array_equal(two[B.LABEL_ID], one[B.LABEL_ID])
+    np.testing.assert_allclose(two[B.CONFIDENCE], one[B.CONFIDENCE], atol=1e-5)
+    exit_layers = two[B.EXIT_LAYER][:-2]
+    assert (exit_layers <= 2).any() and (exit_layers > 2).any(), "rows must exit in both stages"
+    # after stage 0: exited rows dropped their states, survivors carry exactly their own length
+    for i in range(n - 2):
+        blob = mid[B.HIDDEN][i]
+        if mid[B.EXIT_LAYER][i]:
+            assert blob == b""
+        else:
+            assert len(blob) == mid[B.NUM_TOKENS][i] * 32 * 4  # tokens x hidden x fp32
+    assert all(b == b"" for b in two[B.HIDDEN])
+    # bad rows pass through untouched, with no label
+    assert list(two[B.STATUS][-2:]) == ["null", "empty"] and list(two[B.LABEL_ID][-2:]) == [-1, -1]
+
+
+def test_fp16_carry_halves_the_bytes_and_keeps_decisions_close(model_dir):
+    batch = tokenized(model_dir, TEXTS)
+    mid = StageActor(model_dir, StageSpec(0, 0, 1, carry_dtype="float16"))(batch)
+    alive = [i for i in range(len(TEXTS)) if not mid[B.EXIT_LAYER][i]]
+    assert alive and all(len(mid[B.HIDDEN][i]) == mid[B.NUM_TOKENS][i] * 32 * 2 for i in alive)
+
+
+def test_stage_checks_its_input_columns(model_dir):
+    with pytest.raises(ValueError, match="lacks columns"):
+        StageActor(model_dir, StageSpec(0, 0, 1))({"id": np.arange(2)})
+
+
+def test_stage_output_matches_direct_model_prediction(model_dir, tokenizer):
+    """The label a stage writes is the argmax of the exiting head's logits."""
+    batch = tokenized(model_dir, TEXTS[:12])
+    out = StageActor(model_dir, StageSpec(0, 0, NUM_LAYERS))(batch)
+    model = load_model(model_dir)
+    enc = tokenizer(TEXTS[:12], padding=True, truncation=True, max_length=64, return_tensors="pt")
+    with torch.no_grad():
+        heads = model(**enc).exit_logits
+    for i in range(12):
+        layer = int(out[B.EXIT_LAYER][i])
+        assert out[B.LABEL_ID][i] == heads[model.exit_layers.index(layer)][i].argmax().item()

@@ -1,0 +1,107 @@
+"""Tiny random early-exit BERTs (transformers' BertModelTester sizes) built in code."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig
+
+from offramp.modeling import EarlyExitBertForSequenceClassification, default_base_model
+from offramp.policies import get_policy
+from offramp.thresholds import head_scores
+from offramp.training import all_head_logits
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+LABELS = ["alpha", "beta", "gamma"]
+NUM_LAYERS = 4
+
+TEXTS = [
+    "This package contains the Perl module for parsing configuration files.",
+    "A fast network scanner",
+    "fonts",
+    "Library for reading and writing compressed archives; this is the development package with headers "
+    "and static libraries needed to build programs against it, plus documentation and examples of use.",
+    "Game of ancient warfare with real time strategy elements and a campaign",
+    "python bindings",
+    "Tools to manage the system's users, groups and their passwords on the command line",
+    "Haskell library providing lenses",
+    "documentation for the Rust standard library in HTML form for offline browsing",
+    "x",
+    "Emacs mode for editing OCaml source files with indentation and highlighting",
+    "GNU R package for statistical analysis of large genomic data sets",
+] * 3
+
+
+def tiny_config(**extra) -> BertConfig:
+    return BertConfig(
+        vocab_size=30522,  # the MiniLM tokenizer's vocabulary, reused by the tiny models
+        hidden_size=32,
+        num_hidden_layers=NUM_LAYERS,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=512,
+        num_labels=len(LABELS),
+        id2label=dict(enumerate(LABELS)),
+        label2id={n: i for i, n in enumerate(LABELS)},
+        initializer_range=0.5,  # large random weights: confident, varied heads
+        **extra,
+    )
+
+
+def make_model(seed: int = 0, **extra) -> EarlyExitBertForSequenceClassification:
+    torch.manual_seed(seed)
+    return EarlyExitBertForSequenceClassification(tiny_config(**extra)).eval()
+
+
+def spread_thresholds(model, tokenizer, texts, quantile: float = 0.35) -> list[float]:
+    """Per-head entropy thresholds near a quantile of the head's own scores, so rows exit at many
+    layers. Each sits midway between two distinct scores: no row is within float noise of a
+    threshold, so batch-invariance checks compare decisions, not rounding."""
+    logits = all_head_logits(model, tokenizer, texts, max_length=64)
+    scores = head_scores(get_policy("entropy"), logits)  # (N, K)
+    out = []
+    for k in range(scores.shape[1]):
+        values = np.unique(scores[:, k])
+        i = min(max(int(quantile * len(values)), 1), len(values) - 1)
+        out.append(float((values[i - 1] + values[i]) / 2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(default_base_model())
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, tokenizer):
+    """A saved tiny early-exit model whose stored thresholds make rows exit at several layers."""
+    path = tmp_path_factory.mktemp("tiny_model")
+    model = make_model()
+    model.config.exit_thresholds = spread_thresholds(model, tokenizer, TEXTS)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    model.save_profile(str(path), {"dev_survival": [0.7, 0.45, 0.3, 0.0]})
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def corpus_parquet(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "corpus.parquet"
+    n = len(TEXTS)
+    pq.write_table(
+        pa.table(
+            {
+                "id": [f"doc{i}" for i in range(n)],
+                "text": TEXTS,
+                "label": [LABELS[i % 3] for i in range(n)],
+                "source": [f"src{i % 5}" for i in range(n)],
+            }
+        ),
+        path,
+    )
+    return str(path)

@@ -1,0 +1,35 @@
+import pytest
+
+from offramp.config import ConfigError, StageConfig, TagConfig
+from pipelines.layout import plan_layout, split_layers
+
+
+def test_even_split_covers_all_layers():
+    assert split_layers(6, 3, None, balanced=False) == [(0, 2), (2, 4), (4, 6)]
+    assert split_layers(6, 6, None, balanced=False)[-1] == (5, 6)
+    with pytest.raises(ConfigError, match="1..6"):
+        split_layers(6, 7, None, balanced=False)
+
+
+def test_balanced_split_gives_deeper_stages_more_layers_when_rows_exit():
+    survival = [0.5, 0.3, 0.2, 0.15, 0.1, 0.0]
+    ranges = split_layers(6, 2, survival, balanced=True)
+    assert ranges[0][0] == 0 and ranges[-1][1] == 6
+    assert ranges[0][1] - ranges[0][0] < ranges[1][1] - ranges[1][0]
+
+
+def test_batch_sizes_and_actors_follow_survival():
+    cfg = TagConfig(batch_size=64, stages=(StageConfig(layers=(0, 2), max_actors=4), StageConfig(layers=(2, 6))))
+    plan = plan_layout(cfg, 6, [0.5, 0.25, 0.2, 0.1, 0.05, 0.0], exits_enabled=True)
+    assert plan[0].batch_size == 64 and plan[1].batch_size == 256  # 64 running rows / 0.25 survival
+    assert plan[1].survival == 0.25
+    assert 1 <= plan[1].max_actors <= 4
+    full = plan_layout(cfg, 6, [0.5, 0.25, 0.2, 0.1, 0.05, 0.0], exits_enabled=False)
+    assert full[1].batch_size == 64  # at full depth every row runs every stage
+
+
+def test_bad_layouts_name_the_fix():
+    with pytest.raises(ConfigError, match="contiguously"):
+        plan_layout(TagConfig(stages=(StageConfig(layers=(0, 2)), StageConfig(layers=(3, 6)))), 6, None, True)
+    with pytest.raises(ConfigError, match="every stage or for none"):
+        plan_layout(TagConfig(stages=(StageConfig(layers=(0, 2)), StageConfig())), 6, None, True)
