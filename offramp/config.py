@@ -186,10 +186,10 @@ class TrainConfig:
     batch_size: int = 32
     stage1_epochs: float = 2.0
     """DeeBERT stage 1: backbone + final classifier."""
-    stage2_epochs: float = 2.0
-    """DeeBERT stage 2: internal exit heads only, backbone frozen."""
+    stage2_epochs: float = 20.0
+    """DeeBERT stage 2: internal exit heads only, on cached features of the frozen backbone (cheap)."""
     lr: float = 5e-5
-    head_lr: float = 5e-4
+    head_lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     exit_layers: tuple[int, ...] | None = None

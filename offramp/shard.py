@@ -97,7 +97,7 @@ class LayerShard(nn.Module):
             row_layers += hidden.shape[0]
             if number not in self.thresholds:
                 continue
-            logits = self.heads[str(number)](hidden).float()  # (S, C)
+            logits = self.heads[str(number)](hidden, mask2d).float()  # (S, C)
             if number == self.num_layers:
                 exited = torch.ones(hidden.shape[0], dtype=torch.bool, device=device)
                 score = self.policy.score(logits)
@@ -140,7 +140,7 @@ class _HeadAt(nn.Module):
         else:
             self.head = model.exit_heads[str(layer)]
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, C)
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, H), (B, T) -> (B, C)
         if self.head is not None:
-            return self.head(hidden)
+            return self.head(hidden, mask)
         return self.classifier(self.dropout(self.pooler(hidden)))

@@ -71,40 +71,81 @@ class _Progress:
         logger.info("%s: %d/%d steps, loss %.4f, %.2f steps/s, ETA %.0fs", self.what, done, self.total, loss, rate, eta)
 
 
-def _train_stage(model, tokenizer, texts, y, cfg: TrainConfig, params, epochs: float, lr: float, stage: int, losses):
-    steps_per_epoch = math.ceil(len(texts) / cfg.batch_size)
-    total = max(1, int(round(steps_per_epoch * epochs)))
-    optim = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    warmup = int(total * cfg.warmup_ratio)
-    sched = torch.optim.lr_scheduler.LambdaLR(
+def _schedule(optim, total: int, warmup_ratio: float):
+    warmup = int(total * warmup_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(
         optim, lambda s: (s + 1) / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
     )
-    rng = random.Random(cfg.seed + stage)
-    progress = _Progress(f"stage {stage}", total)
-    step = 0
-    L = model.num_layers
+
+
+def _train_backbone(model, tokenizer, texts, y, cfg: TrainConfig, params, losses):
+    """DeeBERT stage 1: backbone + final classifier on the final layer's loss."""
+    total = max(1, int(round(math.ceil(len(texts) / cfg.batch_size) * cfg.stage1_epochs)))
+    optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = _schedule(optim, total, cfg.warmup_ratio)
+    rng = random.Random(cfg.seed + 1)
+    progress = _Progress("stage 1 (backbone + final classifier)", total)
+    step, L = 0, model.num_layers
     while step < total:
         for idx in _batches(len(texts), cfg.batch_size, rng):
             enc = _encode(tokenizer, [texts[i] for i in idx], cfg.max_length)
-            labels = y[idx]
-            if stage == 1:
-                h = model.bert(**enc).last_hidden_state  # (B, T, H)
-                loss = nn.functional.cross_entropy(model.head_logits(L, h), labels)
-            else:
-                with torch.no_grad():
-                    states = model.bert(**enc, output_hidden_states=True).hidden_states
-                loss = sum(
-                    nn.functional.cross_entropy(model.head_logits(l, states[l]), labels) for l in model.exit_layers[:-1]
-                )
+            h = model.bert(**enc).last_hidden_state  # (B, T, H)
+            loss = nn.functional.cross_entropy(model.head_logits(L, h, enc["attention_mask"]), y[idx])
             optim.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optim.step()
             sched.step()
             step += 1
-            value = loss.item()
-            losses.append({"stage": stage, "step": step, "loss": value})
-            progress.step(step, value)
+            losses.append({"stage": 1, "step": step, "loss": loss.item()})
+            progress.step(step, losses[-1]["loss"])
+            if step >= total:
+                break
+
+
+@torch.inference_mode()
+def pooled_features(model, tokenizer, texts, max_length: int, batch_size: int = 64) -> torch.Tensor:
+    """(N, K-1, H) mean-pooled states of every internal exit layer (frozen backbone)."""
+    from offramp.modeling import masked_mean
+
+    model.eval()
+    internal = model.exit_layers[:-1]
+    progress = _Progress("stage 2 features", math.ceil(len(texts) / batch_size))
+    out = []
+    for b, i in enumerate(range(0, len(texts), batch_size)):
+        enc = _encode(tokenizer, texts[i : i + batch_size], max_length)
+        states = model.bert(**enc, output_hidden_states=True).hidden_states
+        out.append(torch.stack([masked_mean(states[l], enc["attention_mask"]) for l in internal], dim=1))
+        progress.step(b + 1, 0.0)
+    return torch.cat(out)
+
+
+def _train_heads(model, features: torch.Tensor, y, cfg: TrainConfig, losses):
+    """DeeBERT stage 2: internal heads on the sum of their losses, backbone frozen.
+
+    The backbone is frozen, so each head's pooled input is computed once and the heads
+    train on the cache: many epochs cost seconds."""
+    heads = [model.exit_heads[str(l)] for l in model.exit_layers[:-1]]
+    params = [p for h in heads for p in h.parameters()]
+    total = max(1, int(round(math.ceil(len(y) / cfg.batch_size) * cfg.stage2_epochs)))
+    optim = torch.optim.AdamW(params, lr=cfg.head_lr, weight_decay=cfg.weight_decay)
+    sched = _schedule(optim, total, cfg.warmup_ratio)
+    rng = random.Random(cfg.seed + 2)
+    progress = _Progress("stage 2 (exit heads)", total)
+    step = 0
+    for h in heads:
+        h.train()
+    while step < total:
+        for idx in _batches(len(y), cfg.batch_size, rng):
+            feats = features[idx]  # (B, K-1, H)
+            loss = sum(nn.functional.cross_entropy(h.classify(feats[:, k]), y[idx]) for k, h in enumerate(heads))
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+            sched.step()
+            step += 1
+            losses.append({"stage": 2, "step": step, "loss": loss.item()})
+            progress.step(step, losses[-1]["loss"])
             if step >= total:
                 break
 
@@ -152,16 +193,14 @@ def train_early_exit(cfg: TrainConfig):
     t0 = time.perf_counter()
     losses: list[dict] = []
 
-    model.train()
     stage1 = [p for n, p in model.named_parameters() if not n.startswith("exit_heads.")]
-    _train_stage(model, tokenizer, texts, y, cfg, stage1, cfg.stage1_epochs, cfg.lr, 1, losses)
-    for p in stage1:
-        p.requires_grad_(False)
-    heads = list(model.exit_heads.parameters())
-    if heads:
-        _train_stage(model, tokenizer, texts, y, cfg, heads, cfg.stage2_epochs, cfg.head_lr, 2, losses)
-    for p in model.parameters():
-        p.requires_grad_(True)
+    if cfg.stage1_epochs > 0:
+        model.train()
+        _train_backbone(model, tokenizer, texts, y, cfg, stage1, losses)
+    if len(model.exit_layers) > 1 and cfg.stage2_epochs > 0:
+        features = pooled_features(model, tokenizer, texts, cfg.max_length).clone()  # leave inference mode
+        with torch.enable_grad():
+            _train_heads(model, features, y, cfg, losses)
 
     logits = all_head_logits(model, tokenizer, dev_texts, cfg.max_length)
     gold = np.array([label2id.get(v, -1) for v in dev_labels])  # unseen dev labels count as errors

@@ -1,0 +1,154 @@
+"""End to end under a real local Ray: the actual Ray Data pipeline, its output and its MLflow run."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import mlflow
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+import torch
+
+from actors.stage import StageActor
+from offramp.config import MlflowConfig, RayConfig, StageConfig, TagConfig
+from offramp.modeling import load_model
+from pipelines.tag import run_tagging
+from pipelines.tracking import log_tag_run
+from tests.conftest import LABELS, NUM_LAYERS, TEXTS
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(address="local", num_cpus=8, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def config(tmp_path, input_path, model_dir, **kw) -> TagConfig:
+    base = dict(
+        input=input_path,
+        model=model_dir,
+        output=str(tmp_path / "out"),
+        id_column="id",
+        text_column="text",
+        max_length=64,
+        batch_size=8,
+        tokenize_batch_size=8,
+        stages=(StageConfig(layers=(0, 2), batch_size=8), StageConfig(layers=(2, NUM_LAYERS), batch_size=8)),
+        mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="test"),
+        ray=RayConfig(),
+    )
+    base.update(kw)
+    return TagConfig(**base)
+
+
+def read(path):
+    return pq.read_table(path).to_pandas()
+
+
+def test_two_stage_pipeline_one_row_per_input_with_exits_in_both_stages(tmp_path, model_dir, corpus_parquet):
+    cfg = config(tmp_path, corpus_parquet, model_dir, label_column="label", passthrough_columns=("source",))
+    result = run_tagging(cfg)
+    out = read(cfg.output)
+    inp = pq.read_table(corpus_parquet).to_pandas()
+    assert len(out) == len(inp) and sorted(out["id"]) == sorted(inp["id"])  # one row per input, no dups
+    assert set(out["status"]) == {"ok"}
+    assert set(out["label"]) <= set(LABELS)
+    assert ((out["exit_layer"] >= 1) & (out["exit_layer"] <= 2)).any(), "rows exit in stage 0"
+    assert (out["exit_layer"] > 2).any(), "rows exit in stage 1"
+    merged = out.merge(inp, on="id", suffixes=("", "_in"))
+    assert (merged["source"] == merged["source_in"]).all() and (merged["gold_label"] == merged["label_in"]).all()
+
+    m = result.metrics
+    assert m["rows"] == len(out) and m["rows_labeled"] == len(out)
+    assert m["mean_layers"] == pytest.approx(out["exit_layer"].mean())
+    assert m["stage1_rows_in"] == int((out["exit_layer"] > 2).sum())
+    assert m["stage0_rows_exited"] + m["stage1_rows_exited"] == len(out)
+    assert m["accuracy"] == pytest.approx((out["label"] == out["gold_label"]).mean())
+    assert sum(result.exit_histogram.values()) == len(out)
+    # stage 1 computed only what survived stage 0 (work metrics come from the actors themselves)
+    assert result.stage_timings[1]["rows_in"] == m["stage1_rows_in"]
+
+    run_id = log_tag_run(cfg, result, NUM_LAYERS)
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    run = mlflow.get_run(run_id)
+    assert run.data.metrics["mean_layers"] == pytest.approx(m["mean_layers"])
+    assert run.data.metrics["rows"] == len(out)
+    assert run.data.metrics["docs_per_second"] > 0
+    assert run.data.metrics["ideal_speedup"] == pytest.approx(NUM_LAYERS / m["mean_layers"])
+    assert run.data.params["stage1_layers"] == "[2, 4)"
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
+    assert {"exit_histogram.png", "run_summary.json"} <= arts
+
+
+def test_predictions_match_the_model_and_exits_disabled_is_full_depth(tmp_path, model_dir, corpus_parquet, tokenizer):
+    cfg = config(tmp_path, corpus_parquet, model_dir, exit=TagConfig().exit.__class__(disabled=True), carry_dtype="float32")
+    run_tagging(cfg)
+    out = read(cfg.output).set_index("id")
+    assert (out["exit_layer"] == NUM_LAYERS).all()
+    model = load_model(model_dir)
+    enc = tokenizer(TEXTS, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    with torch.no_grad():
+        probs = torch.softmax(model(**enc).logits, -1)
+    for i in range(len(TEXTS)):
+        row = out.loc[f"doc{i}"]
+        assert row["label"] == LABELS[int(probs[i].argmax())]
+        assert row["confidence"] == pytest.approx(float(probs[i].max()), abs=1e-4)
+
+
+def test_bad_rows_get_a_status_never_a_crash(tmp_path, model_dir):
+    path = tmp_path / "in.jsonl"
+    lines = [json.dumps({"id": f"ok{i}", "text": t}).encode() for i, t in enumerate(TEXTS[:6])]
+    lines += [
+        b'{"id": "null", "text": null}',
+        b'{"id": "empty", "text": "  "}',
+        b'{"id": "number", "text": 5}',
+        b"this line is not json",
+        b'{"id": "badbytes", "text": "\xff\xfe"}',
+        json.dumps({"id": "long", "text": "word " * 500}).encode(),
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    cfg = config(tmp_path, str(path), model_dir, num_stages=1, stages=())
+    result = run_tagging(cfg)
+    out = read(cfg.output).set_index("id")
+    assert len(out) == 12
+    status = out["status"].to_dict()
+    assert status["null"] == "null" and status["empty"] == "empty" and status["number"] == "undecodable"
+    # lines that are not JSON or not UTF-8 cannot name their id: they are keyed file:line
+    assert status["in.jsonl:10"] == "undecodable" and status["in.jsonl:11"] == "undecodable"
+    assert status["long"] == "truncated" and out.loc["long", "num_tokens"] == 64
+    assert out.loc["long", "label"] in LABELS
+    assert out.loc[["null", "empty", "number"], "label"].isna().all()
+    assert result.metrics["rows_status_truncated"] == 1 and result.metrics["rows_labeled"] == 7
+
+
+def test_crashed_actor_loses_and_duplicates_no_rows(tmp_path, model_dir, corpus_parquet):
+    marker = tmp_path / "crashed"
+
+    class CrashOnce(StageActor):
+        def __call__(self, batch):
+            if self.spec.index == 1 and not marker.exists():
+                marker.write_text("x")
+                os._exit(1)  # the actor process dies mid-batch
+            return super().__call__(batch)
+
+    cfg = config(tmp_path, corpus_parquet, model_dir)
+    run_tagging(cfg, stage_cls=CrashOnce)
+    assert marker.exists(), "the fault was injected"
+    out = read(cfg.output)
+    assert len(out) == len(TEXTS) and out["id"].is_unique
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path, model_dir, corpus_parquet):
+    from offramp.config import ConfigError
+
+    (tmp_path / "out").mkdir()
+    with pytest.raises(ConfigError, match="--overwrite"):
+        run_tagging(config(tmp_path, corpus_parquet, model_dir))
+    with pytest.raises(ConfigError, match=r"'body' \(--text-column\).*columns are"):
+        run_tagging(config(tmp_path, corpus_parquet, model_dir, overwrite=True, text_column="body"))
