@@ -1,0 +1,211 @@
+"""Early exit vs. full depth vs. plain Ray Data vs. a bare PyTorch loop, side by side in one run.
+
+    python benchmarks/bench_tagging.py --model DIR --data ../shared/data/debian_sections/test.parquet
+
+(a) offramp, exits at the model's stored thresholds (chosen on dev: <= 1 point below full depth)
+(b) offramp, same pipeline and layout, exits disabled (full depth)
+(c) plain Ray Data map_batches over AutoModelForSequenceClassification (the user's alternative)
+(d) a bare PyTorch loop at full depth over the same model, no Ray
+
+Each variant reads the same rows and reports accuracy, documents/s, peak memory (RSS of the
+driver plus every Ray worker process, sampled every 0.2 s), and mean layers. Results go to
+OUT/results.json and are printed as a Markdown table for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import ray  # noqa: E402
+import torch  # noqa: E402
+
+from offramp.config import ExitConfig, MlflowConfig, StageConfig, TagConfig  # noqa: E402
+from pipelines.tag import run_tagging  # noqa: E402
+
+
+class PeakRSS:
+    """Peak summed RSS of this process and all its descendants (Ray's workers are children)."""
+
+    def __init__(self):
+        self.peak, self._stop = 0, threading.Event()
+
+    def _total(self) -> int:
+        me = psutil.Process()
+        procs = [me] + me.children(recursive=True)
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def __enter__(self):
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._total())
+            time.sleep(0.2)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+class HFClassifier:
+    """(c): what a user writes without offramp: tokenizer + AutoModelForSequenceClassification."""
+
+    def __init__(self, model_dir: str, max_length: int):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        self.labels = self.model.config.id2label
+        self.max_length = max_length
+
+    def __call__(self, batch: dict) -> dict:
+        enc = self.tok(list(batch["text"]), truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            probs = torch.softmax(self.model(**enc).logits, -1)
+        return {
+            "id": batch["id"],
+            "label": np.array([self.labels[int(i)] for i in probs.argmax(-1)], dtype=object),
+            "confidence": probs.max(-1).values.numpy(),
+            "gold_label": batch["label"],
+        }
+
+
+def offramp_variant(name, args, data, out, exits: bool):
+    cfg = TagConfig(
+        input=data,
+        model=args.model,
+        output=os.path.join(out, name),
+        overwrite=True,
+        label_column="label",
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        num_stages=args.num_stages,
+        stages=tuple(StageConfig(batch_size=args.batch_size) for _ in range(args.num_stages)) if not exits else (),
+        exit=ExitConfig(disabled=not exits),
+        mlflow=MlflowConfig(enabled=False),
+    )
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        result = run_tagging(cfg)
+        wall = time.perf_counter() - t0
+    m = result.metrics
+    return {
+        "variant": name,
+        "rows": m["rows"],
+        "accuracy": m["accuracy"],
+        "docs_per_s": m["rows"] / wall,
+        "wall_s": wall,
+        "peak_rss_gb": mem.peak / 2**30,
+        "mean_layers": m["mean_layers"],
+        "ideal_speedup": m["ideal_speedup"],
+        "stage_batch_sizes": [p.batch_size for p in result.layout],
+    }
+
+
+def plain_ray_variant(args, data, out):
+    from ray.data import ActorPoolStrategy
+
+    path = os.path.join(out, "c_plain_ray")
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        ds = ray.data.read_parquet(data, columns=["id", "text", "label"])
+        ds = ds.map_batches(
+            HFClassifier,
+            fn_constructor_kwargs=dict(model_dir=args.model, max_length=args.max_length),
+            batch_size=args.batch_size,
+            batch_format="numpy",
+            compute=ActorPoolStrategy(min_size=1, max_size=1),
+        )
+        ds.write_parquet(path, mode="overwrite")
+        wall = time.perf_counter() - t0
+    t = pq.read_table(path)
+    acc = float(np.mean(np.array(t["label"].to_pylist(), dtype=object) == np.array(t["gold_label"].to_pylist(), dtype=object)))
+    return {"variant": "c_plain_ray_map_batches", "rows": t.num_rows, "accuracy": acc, "docs_per_s": t.num_rows / wall,
+            "wall_s": wall, "peak_rss_gb": mem.peak / 2**30, "mean_layers": None, "ideal_speedup": None}
+
+
+def bare_loop_variant(args, data):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    table = pq.read_table(data, columns=["text", "label"])
+    texts, gold = table["text"].to_pylist(), table["label"].to_pylist()
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        tok = AutoTokenizer.from_pretrained(args.model)
+        model = AutoModelForSequenceClassification.from_pretrained(args.model).eval()
+        labels = model.config.id2label
+        pred = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), args.batch_size):
+                enc = tok(texts[i : i + args.batch_size], truncation=True, max_length=args.max_length, padding=True,
+                          return_tensors="pt")
+                pred += [labels[int(j)] for j in model(**enc).logits.argmax(-1)]
+        wall = time.perf_counter() - t0
+    acc = float(np.mean(np.array(pred, dtype=object) == np.array(gold, dtype=object)))
+    return {"variant": "d_bare_pytorch_loop", "rows": len(texts), "accuracy": acc, "docs_per_s": len(texts) / wall,
+            "wall_s": wall, "peak_rss_gb": mem.peak / 2**30, "mean_layers": None, "ideal_speedup": None}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", default="../shared/data/debian_sections/test.parquet")
+    p.add_argument("--rows", type=int, default=0, help="first N rows of --data (0 = all)")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--max-length", type=int, default=96)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-stages", type=int, default=1)
+    args = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.makedirs(args.out, exist_ok=True)
+    data = args.data
+    if args.rows:
+        data = os.path.join(args.out, "bench_input.parquet")
+        pq.write_table(pq.read_table(args.data).slice(0, args.rows), data)
+    ray.init(address="local", num_cpus=8, include_dashboard=False)
+    results = [
+        offramp_variant("a_offramp_exits", args, data, args.out, exits=True),
+        offramp_variant("b_offramp_full_depth", args, data, args.out, exits=False),
+        plain_ray_variant(args, data, args.out),
+        bare_loop_variant(args, data),
+    ]
+    a, b, c, d = results
+    summary = {
+        "realized_speedup_a_over_b": a["docs_per_s"] / b["docs_per_s"],
+        "realized_speedup_a_over_c": a["docs_per_s"] / c["docs_per_s"],
+        "ideal_speedup": a["ideal_speedup"],
+        "realized_over_ideal": a["docs_per_s"] / b["docs_per_s"] / a["ideal_speedup"],
+        "b_over_d": b["docs_per_s"] / d["docs_per_s"],
+        "accuracy_drop_points": 100 * (b["accuracy"] - a["accuracy"]),
+    }
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"args": vars(args), "torch_threads": torch.get_num_threads(), "results": results, "summary": summary}, f, indent=1)
+    print("| variant | rows | accuracy | docs/s | wall s | peak RSS GiB | mean layers |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        ml = f"{r['mean_layers']:.2f}" if r["mean_layers"] is not None else "6 (full)"
+        print(f"| {r['variant']} | {r['rows']} | {r['accuracy']:.4f} | {r['docs_per_s']:.1f} | {r['wall_s']:.1f} | {r['peak_rss_gb']:.2f} | {ml} |")
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The job scripts as a user runs them: bad configuration fails at start with the fix."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from offramp.modeling import load_model
+from tests.conftest import LABELS, TEXTS, make_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(*args, **kw):
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_tag_job_refuses_bad_configuration_before_starting(tmp_path, model_dir, corpus_parquet):
+    r = run("jobs/tag_corpus.py", "--input", corpus_parquet, "--model", str(tmp_path), "--output", str(tmp_path / "o"))
+    assert r.returncode == 2 and "not a model directory" in r.stderr and "--model" in r.stderr
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("exit:\n  polciy: entropy\n")
+    r = run("jobs/tag_corpus.py", "--config", str(cfg))
+    assert r.returncode == 2 and "did you mean 'policy'" in r.stderr
+    r = run("jobs/tag_corpus.py", "--input", corpus_parquet, "--model", model_dir, "--output", str(tmp_path / "o"), "--policy", "nope")
+    assert r.returncode == 2 and "valid policies" in r.stderr
+    r = run("jobs/tag_corpus.py", "--model", model_dir, "--output", str(tmp_path / "o"))
+    assert r.returncode == 2 and "--input" in r.stderr
+
+
+@pytest.mark.slow
+def test_train_job_saves_a_reloadable_model_and_logs_to_mlflow(tmp_path):
+    base = tmp_path / "base"
+    make_model(seed=3).bert.save_pretrained(base)  # a plain tiny BERT checkpoint as the base model
+    from transformers import AutoTokenizer
+
+    from offramp.modeling import default_base_model
+
+    AutoTokenizer.from_pretrained(default_base_model()).save_pretrained(base)
+    rows = pa.table({"text": TEXTS * 2, "label": [LABELS[i % 3] for i in range(len(TEXTS) * 2)]})
+    pq.write_table(rows, tmp_path / "train.parquet")
+    pq.write_table(rows.slice(0, 12), tmp_path / "dev.parquet")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    r = run(
+        "jobs/train_exits.py",
+        "--train", str(tmp_path / "train.parquet"),
+        "--eval", str(tmp_path / "dev.parquet"),
+        "--output", str(tmp_path / "model"),
+        "--base-model", str(base),
+        "--set", "stage1_epochs=1", "--set", "stage2_epochs=2", "--set", "max_length=32",
+        "--set", f"mlflow.tracking_uri={uri}",
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    model = load_model(str(tmp_path / "model"))
+    assert model.labels == LABELS and len(model.config.exit_thresholds) == 4
+    assert (tmp_path / "model" / "model.safetensors").exists() and (tmp_path / "model" / "tokenizer.json").exists()
+    mlflow.set_tracking_uri(uri)
+    run_ = mlflow.search_runs(experiment_names=["offramp-train"], output_format="list")[0]
+    client = mlflow.MlflowClient()
+    assert len(client.get_metric_history(run_.info.run_id, "loss_stage1")) >= 1
+    assert len(client.get_metric_history(run_.info.run_id, "dev_accuracy_by_layer")) == 4
+    assert 0 <= run_.data.metrics["dev_accuracy_full_depth"] <= 1

@@ -1,0 +1,55 @@
+"""`ray job submit` of the tagging job to a local `ray start --head`, as a team runs it nightly."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import TEXTS
+
+REPO = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).parent / "ray")
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def head(tmp_path):
+    port, dash = free_port(), free_port()
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    start = subprocess.run(
+        [RAY, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=8",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--disable-usage-stats"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert start.returncode == 0, start.stderr[-3000:]
+    yield f"http://127.0.0.1:{dash}"
+    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def test_tag_corpus_under_ray_job_submit(head, tmp_path, model_dir, corpus_parquet):
+    out = tmp_path / "tagged"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    env.pop("RAY_ADDRESS", None)
+    r = subprocess.run(
+        [RAY, "job", "submit", "--address", head, "--working-dir", ".",
+         "--runtime-env-json", '{"excludes": [".venv", ".git", "mlflow.db", "demo"]}', "--",
+         "python", "jobs/tag_corpus.py", "--input", corpus_parquet, "--model", model_dir,
+         "--output", str(out), "--num-stages", "2", "--set", "max_length=64"],
+        cwd=REPO, capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    assert "succeeded" in r.stdout
+    assert f"tagged {len(TEXTS)} rows" in r.stdout
+    table = pq.read_table(out)
+    assert table.num_rows == len(TEXTS) and len(set(table["id"].to_pylist())) == len(TEXTS)
