@@ -33,3 +33,14 @@ def test_bad_layouts_name_the_fix():
         plan_layout(TagConfig(stages=(StageConfig(layers=(0, 2)), StageConfig(layers=(3, 6)))), 6, None, True)
     with pytest.raises(ConfigError, match="every stage or for none"):
         plan_layout(TagConfig(stages=(StageConfig(layers=(0, 2)), StageConfig())), 6, None, True)
+
+
+def test_local_runs_share_the_machines_cores_among_cpu_stage_actors(monkeypatch):
+    from pipelines.tag import local_torch_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    cfg = TagConfig(stages=(StageConfig(layers=(0, 2), max_actors=2), StageConfig(layers=(2, 6), max_actors=2)))
+    plan = local_torch_threads(plan_layout(cfg, 6, None, exits_enabled=True))
+    assert [p.spec.torch_threads for p in plan] == [2, 2]
+    pinned = TagConfig(stages=(StageConfig(torch_threads=3),))
+    assert local_torch_threads(plan_layout(pinned, 6, None, True))[0].spec.torch_threads == 3
