@@ -32,6 +32,7 @@ class StageSpec:
     carry_dtype: str = "float16"
     device: str = "cpu"
     torch_threads: int = 0
+    max_tokens: int = 0  # padded tokens per forward pass; 0 = the whole batch
     policy: str | None = None
     thresholds: dict | None = None  # {layer: threshold}; None = stored with the model
     exits_enabled: bool = True
@@ -105,43 +106,56 @@ class StageActor:
 
     def _run(self, batch: dict, out: dict, running: np.ndarray):
         spec = self.spec
-        lengths = batch[B.NUM_TOKENS][running].astype(np.int64)
+        # copy before writing: zero-copy batches are read-only
+        cols = {c: batch[c].copy() for c in (B.EXIT_LAYER, B.LABEL_ID, B.CONFIDENCE, B.SCORE, B.HIDDEN)}
+        row_layers = exited = 0
+        for group in forward_groups(batch[B.NUM_TOKENS][running], spec.max_tokens):
+            layers_g, exited_g = self._forward(batch, running[group], cols)
+            row_layers, exited = row_layers + layers_g, exited + exited_g
         if spec.start == 0:
-            ids = B.pad_blobs(batch[B.TOKENS][running], lengths, np.int32)[..., 0]  # (S, T)
+            cols[B.TOKENS] = batch[B.TOKENS].copy()
+            cols[B.TOKENS][running] = b""  # token ids are in the states now
+        out.update(cols)
+        tokens = int(batch[B.NUM_TOKENS][running].sum())
+        return out, StageBatchStats(spec.index, len(running), exited, tokens, row_layers, 0.0)
+
+    def _forward(self, batch: dict, rows: np.ndarray, cols: dict) -> tuple[int, int]:
+        """One forward pass over batch positions `rows`; writes their results into `cols`."""
+        spec = self.spec
+        lengths = batch[B.NUM_TOKENS][rows].astype(np.int64)
+        if spec.start == 0:
+            ids = B.pad_blobs(batch[B.TOKENS][rows], lengths, np.int32)[..., 0]  # (S, T)
             result = self.shard(torch.from_numpy(lengths), input_ids=torch.from_numpy(ids).long().to(self.device))
         else:
-            hidden = blobs_to_hidden(batch[B.HIDDEN][running], lengths, self.hidden_size, spec.carry_dtype)
+            hidden = blobs_to_hidden(batch[B.HIDDEN][rows], lengths, self.hidden_size, spec.carry_dtype)
             result = self.shard(torch.from_numpy(lengths), hidden=hidden.to(self.device))
-
-        # copy before writing: zero-copy batches are read-only
-        exit_layer = batch[B.EXIT_LAYER].copy()
-        label_id, confidence, score = batch[B.LABEL_ID].copy(), batch[B.CONFIDENCE].copy(), batch[B.SCORE].copy()
-        hidden_col = batch[B.HIDDEN].copy()
         exited = result.exit_layer.cpu().numpy() > 0  # (S,)
-        rows = running[exited]
+        done = rows[exited]
         probs = torch.softmax(result.logits[torch.from_numpy(exited)], dim=-1).cpu()
-        exit_layer[rows] = result.exit_layer.cpu().numpy()[exited]
-        label_id[rows] = probs.argmax(-1).numpy()
-        confidence[rows] = probs.max(-1).values.numpy()
-        score[rows] = result.score.cpu().numpy()[exited]
-        hidden_col[rows] = b""  # an exited row drops its states at once
-        survivors = running[result.survivors.cpu().numpy()]
+        cols[B.EXIT_LAYER][done] = result.exit_layer.cpu().numpy()[exited]
+        cols[B.LABEL_ID][done] = probs.argmax(-1).numpy()
+        cols[B.CONFIDENCE][done] = probs.max(-1).values.numpy()
+        cols[B.SCORE][done] = result.score.cpu().numpy()[exited]
+        cols[B.HIDDEN][done] = b""  # an exited row drops its states at once
+        survivors = rows[result.survivors.cpu().numpy()]
         if len(survivors):
             blobs = hidden_to_blobs(result.hidden, result.lengths, spec.carry_dtype)
             for i, blob in zip(survivors, blobs):
-                hidden_col[i] = blob
-        if spec.start == 0:
-            tokens_col = batch[B.TOKENS].copy()
-            tokens_col[running] = b""  # token ids are in the states now
-            out[B.TOKENS] = tokens_col
-        out.update({B.EXIT_LAYER: exit_layer, B.LABEL_ID: label_id, B.CONFIDENCE: confidence, B.SCORE: score})
-        out[B.HIDDEN] = hidden_col
-        stats = StageBatchStats(
-            stage=spec.index,
-            rows_in=len(running),
-            rows_exited=int(exited.sum()),
-            tokens_in=int(lengths.sum()),
-            row_layers=result.row_layers,
-            seconds=0.0,
-        )
-        return out, stats
+                cols[B.HIDDEN][i] = blob
+        return result.row_layers, int(exited.sum())
+
+def forward_groups(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """Positions into `lengths`, sorted by length and cut so rows x longest <= max_tokens.
+
+    A forward pass pads every row to its longest one; grouping similar lengths spends
+    compute on real tokens. Exit decisions are per row, so grouping changes no result."""
+    if max_tokens <= 0 or len(lengths) == 0:
+        return [np.arange(len(lengths))]
+    order = np.argsort(lengths, kind="stable")
+    groups, start = [], 0
+    for end in range(1, len(order) + 1):
+        # order is ascending, so the group's longest row is its last
+        if end == len(order) or (end + 1 - start) * int(lengths[order[end]]) > max_tokens:
+            groups.append(order[start:end])
+            start = end
+    return groups

@@ -62,9 +62,15 @@ class StageConfig:
     dtype: str = "float32"
     """Compute dtype of this stage's layers: float32, float16 or bfloat16."""
     torch_threads: int = 0
-    """Intra-op threads per actor; 0 = leave torch's default."""
+    """Intra-op threads per actor; 0 = Ray's rule on a cluster, the machine's cores shared on a local run."""
+    max_tokens: int = 4096
+    """Padded tokens per forward pass: a batch's running rows are sorted by length and cut into
+    passes of at most this many (rows x longest row) tokens, so short rows are not padded to
+    long ones; 0 = the whole batch in one pass."""
 
     def __post_init__(self):
+        if self.max_tokens < 0:
+            raise ConfigError(f"stage max_tokens={self.max_tokens} must be >= 0 (0 = one pass per batch)")
         if self.layers is not None:
             if len(self.layers) != 2 or self.layers[0] >= self.layers[1] or self.layers[0] < 0:
                 raise ConfigError(f"stage layers {list(self.layers)} must be [start, end) with 0 <= start < end")

@@ -78,29 +78,39 @@ def _schedule(optim, total: int, warmup_ratio: float):
     )
 
 
-def _train_backbone(model, tokenizer, texts, y, cfg: TrainConfig, params, losses):
-    """DeeBERT stage 1: backbone + final classifier on the final layer's loss."""
-    total = max(1, int(round(math.ceil(len(texts) / cfg.batch_size) * cfg.stage1_epochs)))
-    optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+def _optimize(params, n: int, cfg: TrainConfig, epochs: float, lr: float, stage: int, loss_of, losses, clip=None):
+    """AdamW with linear warmup/decay over `epochs` passes of n rows; loss_of(row indices) -> loss."""
+    total = max(1, int(round(math.ceil(n / cfg.batch_size) * epochs)))
+    optim = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     sched = _schedule(optim, total, cfg.warmup_ratio)
-    rng = random.Random(cfg.seed + 1)
-    progress = _Progress("stage 1 (backbone + final classifier)", total)
-    step, L = 0, model.num_layers
+    rng = random.Random(cfg.seed + stage)
+    progress = _Progress(f"stage {stage}", total)
+    step = 0
     while step < total:
-        for idx in _batches(len(texts), cfg.batch_size, rng):
-            enc = _encode(tokenizer, [texts[i] for i in idx], cfg.max_length)
-            h = model.bert(**enc).last_hidden_state  # (B, T, H)
-            loss = nn.functional.cross_entropy(model.head_logits(L, h, enc["attention_mask"]), y[idx])
+        for idx in _batches(n, cfg.batch_size, rng):
+            loss = loss_of(idx)
             optim.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if clip:
+                torch.nn.utils.clip_grad_norm_(params, clip)
             optim.step()
             sched.step()
             step += 1
-            losses.append({"stage": 1, "step": step, "loss": loss.item()})
+            losses.append({"stage": stage, "step": step, "loss": loss.item()})
             progress.step(step, losses[-1]["loss"])
             if step >= total:
                 break
+
+
+def _train_backbone(model, tokenizer, texts, y, cfg: TrainConfig, params, losses):
+    """DeeBERT stage 1: backbone + final classifier on the final layer's loss."""
+
+    def loss_of(idx):
+        enc = _encode(tokenizer, [texts[i] for i in idx], cfg.max_length)
+        h = model.bert(**enc).last_hidden_state  # (B, T, H)
+        return nn.functional.cross_entropy(model.head_logits(model.num_layers, h, enc["attention_mask"]), y[idx])
+
+    _optimize(params, len(texts), cfg, cfg.stage1_epochs, cfg.lr, 1, loss_of, losses, clip=1.0)
 
 
 @torch.inference_mode()
@@ -126,28 +136,15 @@ def _train_heads(model, features: torch.Tensor, y, cfg: TrainConfig, losses):
     The backbone is frozen, so each head's pooled input is computed once and the heads
     train on the cache: many epochs cost seconds."""
     heads = [model.exit_heads[str(l)] for l in model.exit_layers[:-1]]
-    params = [p for h in heads for p in h.parameters()]
-    total = max(1, int(round(math.ceil(len(y) / cfg.batch_size) * cfg.stage2_epochs)))
-    optim = torch.optim.AdamW(params, lr=cfg.head_lr, weight_decay=cfg.weight_decay)
-    sched = _schedule(optim, total, cfg.warmup_ratio)
-    rng = random.Random(cfg.seed + 2)
-    progress = _Progress("stage 2 (exit heads)", total)
-    step = 0
     for h in heads:
         h.train()
-    while step < total:
-        for idx in _batches(len(y), cfg.batch_size, rng):
-            feats = features[idx]  # (B, K-1, H)
-            loss = sum(nn.functional.cross_entropy(h.classify(feats[:, k]), y[idx]) for k, h in enumerate(heads))
-            optim.zero_grad()
-            loss.backward()
-            optim.step()
-            sched.step()
-            step += 1
-            losses.append({"stage": 2, "step": step, "loss": loss.item()})
-            progress.step(step, losses[-1]["loss"])
-            if step >= total:
-                break
+
+    def loss_of(idx):
+        feats = features[idx]  # (B, K-1, H)
+        return sum(nn.functional.cross_entropy(h.classify(feats[:, k]), y[idx]) for k, h in enumerate(heads))
+
+    params = [p for h in heads for p in h.parameters()]
+    _optimize(params, len(y), cfg, cfg.stage2_epochs, cfg.head_lr, 2, loss_of, losses)
 
 
 @torch.inference_mode()

@@ -92,6 +92,7 @@ def plan_layout(cfg: TagConfig, num_layers: int, survival: list[float] | None, e
             carry_dtype=cfg.carry_dtype,
             device="cuda" if scfg.num_gpus > 0 else "cpu",
             torch_threads=scfg.torch_threads,
+            max_tokens=scfg.max_tokens,
             policy=cfg.exit.policy,
             exits_enabled=exits_enabled,
         )

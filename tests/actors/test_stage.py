@@ -65,3 +65,24 @@ def test_stage_output_matches_direct_model_prediction(model_dir, tokenizer):
     for i in range(12):
         layer = int(out[B.EXIT_LAYER][i])
         assert out[B.LABEL_ID][i] == heads[model.exit_layers.index(layer)][i].argmax().item()
+
+
+def test_forward_groups_sort_by_length_and_respect_the_token_budget():
+    from actors.stage import forward_groups
+
+    lengths = np.array([50, 3, 40, 4, 5, 60])
+    groups = forward_groups(lengths, max_tokens=100)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(6))  # every row exactly once
+    for g in groups:
+        assert len(g) * lengths[g].max() <= 100 or len(g) == 1
+    assert [sorted(lengths[g].tolist()) for g in groups][0] == [3, 4, 5]
+    assert len(forward_groups(lengths, 0)) == 1
+
+
+def test_grouped_forward_passes_give_the_same_rows_as_one_pass(model_dir):
+    batch = tokenized(model_dir, TEXTS)
+    one = StageActor(model_dir, StageSpec(0, 0, NUM_LAYERS, max_tokens=0))(batch)
+    grouped = StageActor(model_dir, StageSpec(0, 0, NUM_LAYERS, max_tokens=64))(batch)
+    np.testing.assert_array_equal(grouped[B.EXIT_LAYER], one[B.EXIT_LAYER])
+    np.testing.assert_array_equal(grouped[B.LABEL_ID], one[B.LABEL_ID])
+    np.testing.assert_allclose(grouped[B.CONFIDENCE], one[B.CONFIDENCE], atol=1e-4)
