@@ -1,7 +1,6 @@
 """`ray job submit` of the tagging job to a local `ray start --head`, as a team runs it nightly."""
 
 import os
-import shutil
 import socket
 import subprocess
 import sys

@@ -6,7 +6,6 @@ import json
 import os
 
 import mlflow
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray
