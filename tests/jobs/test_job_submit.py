@@ -25,7 +25,8 @@ def free_port() -> int:
 @pytest.fixture
 def head(tmp_path):
     port, dash = free_port(), free_port()
-    env = {**os.environ, "RAY_ADDRESS": ""}
+    # as with an activated virtualenv: the job's `python` is the one the head runs with
+    env = {**os.environ, "RAY_ADDRESS": "", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     start = subprocess.run(
         [RAY, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=8",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--disable-usage-stats"],
