@@ -27,7 +27,6 @@ EXIT_LAYER = "_exit_layer"  # int16: 1-based exit layer; 0 = still running
 LABEL_ID = "_label_id"  # int32: predicted class; -1 = none
 CONFIDENCE = "_confidence"  # float32: top-class probability at the exit
 SCORE = "_score"  # float32: exit-criterion value at the exit
-INTERNAL = (READ_STATUS, STATUS, TOKENS, NUM_TOKENS, HIDDEN, EXIT_LAYER, LABEL_ID, CONFIDENCE, SCORE)
 
 def batch_rows(batch: dict) -> int:
     return len(next(iter(batch.values()))) if batch else 0

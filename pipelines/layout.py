@@ -79,11 +79,11 @@ def plan_layout(cfg: TagConfig, num_layers: int, survival: list[float] | None, e
         work = sum(survival_into(layer, survival) for layer in range(start, end))
         work0 = work0 or work
         batch = scfg.batch_size or max(1, min(cfg.batch_size * 16, math.ceil(cfg.batch_size / max(s_k, 1e-3))))
+        # unset: stage 0 keeps min_actors; deeper stages scale stage 0's pool by their share of the work
+        pool0 = stages[0].max_actors or stages[0].min_actors
         max_actors = scfg.max_actors or (
-            scfg.min_actors if k == 0 else max(scfg.min_actors, math.ceil(stages[0].min_actors * work / work0))
+            scfg.min_actors if k == 0 else max(scfg.min_actors, math.ceil(pool0 * work / work0))
         )
-        if k > 0 and scfg.max_actors is None and stages[0].max_actors:
-            max_actors = max(scfg.min_actors, math.ceil(stages[0].max_actors * work / work0))
         spec = StageSpec(
             index=k,
             start=start,

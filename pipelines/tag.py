@@ -215,7 +215,10 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
     mode = SaveMode.OVERWRITE if cfg.overwrite else SaveMode.APPEND
     wall, timings = _run_plan(cfg, info, planned, stage_cls, cfg.output, mode)
 
+    full_depth = bool(cfg.label_column and cfg.full_depth_eval_rows and exits)
+    id_column = cfg.id_column or "id"
     columns = ["exit_layer", "status", "num_tokens", "label"] + ([GOLD_COLUMN] if cfg.label_column else [])
+    columns += [id_column] if full_depth else []
     table = pads.dataset(cfg.output, format="parquet", filesystem=_filesystem(cfg.output)[0]).to_table(columns=columns)
     ranges = [(p.spec.start, p.spec.end) for p in planned]
     m = summarize_output(
@@ -239,18 +242,10 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
         m[f"stage{k}_docs_per_busy_second"] = t.get("rows_in", 0) / busy if busy else 0.0
         m[f"stage{k}_tokens_per_busy_second"] = t.get("tokens_in", 0) / busy if busy else 0.0
         m[f"stage{k}_docs_per_second"] = m[f"stage{k}_rows_in"] / wall
-    if cfg.label_column and cfg.full_depth_eval_rows and exits:
-        m.update(_full_depth_eval(cfg, info, table_ids(cfg), stage_cls))
+    if full_depth:
+        early = dict(zip(table[id_column].to_pylist(), table["label"].to_pylist()))
+        m.update(_full_depth_eval(cfg, info, early, stage_cls))
     return TagResult(cfg.output, m, hist, planned, thresholds, policy, timings)
-
-
-def table_ids(cfg: TagConfig) -> dict:
-    """id -> predicted label of the written output."""
-    id_column = cfg.id_column or "id"
-    t = pads.dataset(cfg.output, format="parquet", filesystem=_filesystem(cfg.output)[0]).to_table(
-        columns=[id_column, "label"]
-    )
-    return dict(zip(t[id_column].to_pylist(), t["label"].to_pylist()))
 
 
 def _full_depth_eval(cfg: TagConfig, info: ModelInfo, early: dict, stage_cls) -> dict:

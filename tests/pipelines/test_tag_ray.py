@@ -51,7 +51,9 @@ def read(path):
 
 
 def test_two_stage_pipeline_one_row_per_input_with_exits_in_both_stages(tmp_path, model_dir, corpus_parquet):
-    cfg = config(tmp_path, corpus_parquet, model_dir, label_column="label", passthrough_columns=("source",))
+    cfg = config(
+        tmp_path, corpus_parquet, model_dir, label_column="label", passthrough_columns=("source",), full_depth_eval_rows=-1
+    )
     result = run_tagging(cfg)
     out = read(cfg.output)
     inp = pq.read_table(corpus_parquet).to_pandas()
@@ -70,6 +72,9 @@ def test_two_stage_pipeline_one_row_per_input_with_exits_in_both_stages(tmp_path
     assert m["stage0_rows_exited"] + m["stage1_rows_exited"] == len(out)
     assert m["accuracy"] == pytest.approx((out["label"] == out["gold_label"]).mean())
     assert sum(result.exit_histogram.values()) == len(out)
+    # the full-depth pass ran every row to the last layer; its accuracy is the final head's
+    assert m["full_depth_eval_rows"] == len(out)
+    assert 0 <= m["accuracy_full_depth"] <= 1 and m["accuracy_exit_on_eval_rows"] == pytest.approx(m["accuracy"])
     # stage 1 computed only what survived stage 0 (work metrics come from the actors themselves)
     assert result.stage_timings[1]["rows_in"] == m["stage1_rows_in"]
 
