@@ -129,10 +129,11 @@ class StageActor:
         else:
             hidden = blobs_to_hidden(batch[B.HIDDEN][rows], lengths, self.hidden_size, spec.carry_dtype)
             result = self.shard(torch.from_numpy(lengths), hidden=hidden.to(self.device))
-        exited = result.exit_layer.cpu().numpy() > 0  # (S,)
+        layers = result.exit_layer.cpu().numpy()  # (S,)
+        exited = layers > 0
         done = rows[exited]
         probs = torch.softmax(result.logits[torch.from_numpy(exited)], dim=-1).cpu()
-        cols[B.EXIT_LAYER][done] = result.exit_layer.cpu().numpy()[exited]
+        cols[B.EXIT_LAYER][done] = layers[exited]
         cols[B.LABEL_ID][done] = probs.argmax(-1).numpy()
         cols[B.CONFIDENCE][done] = probs.max(-1).values.numpy()
         cols[B.SCORE][done] = result.score.cpu().numpy()[exited]
@@ -143,6 +144,7 @@ class StageActor:
             for i, blob in zip(survivors, blobs):
                 cols[B.HIDDEN][i] = blob
         return result.row_layers, int(exited.sum())
+
 
 def forward_groups(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
     """Positions into `lengths`, sorted by length and cut so rows x longest <= max_tokens.

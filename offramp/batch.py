@@ -28,6 +28,7 @@ LABEL_ID = "_label_id"  # int32: predicted class; -1 = none
 CONFIDENCE = "_confidence"  # float32: top-class probability at the exit
 SCORE = "_score"  # float32: exit-criterion value at the exit
 
+
 def batch_rows(batch: dict) -> int:
     return len(next(iter(batch.values()))) if batch else 0
 

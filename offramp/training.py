@@ -24,7 +24,7 @@ from transformers import AutoTokenizer, BertConfig
 from offramp import thresholds as T
 from offramp.config import ConfigError, TrainConfig
 from offramp.data import load_labeled
-from offramp.modeling import EarlyExitBertForSequenceClassification, default_base_model
+from offramp.modeling import EarlyExitBertForSequenceClassification, default_base_model, masked_mean
 from offramp.policies import get_policy
 
 logger = logging.getLogger(__name__)
@@ -116,8 +116,6 @@ def _train_backbone(model, tokenizer, texts, y, cfg: TrainConfig, params, losses
 @torch.inference_mode()
 def pooled_features(model, tokenizer, texts, max_length: int, batch_size: int = 64) -> torch.Tensor:
     """(N, K-1, H) mean-pooled states of every internal exit layer (frozen backbone)."""
-    from offramp.modeling import masked_mean
-
     model.eval()
     internal = model.exit_layers[:-1]
     progress = _Progress("stage 2 features", math.ceil(len(texts) / batch_size))

@@ -81,19 +81,19 @@ class TagResult:
     stage_timings: dict = field(default_factory=dict)
 
 
-def init_ray(cfg: RayConfig) -> bool:
-    """Join the cluster a job runs on (RAY_ADDRESS) or start an embedded local Ray.
+def runs_locally(cfg: RayConfig) -> bool:
+    """True when the stages run on this machine: no cluster address given or set by a job."""
+    return not (cfg.address or os.environ.get("RAY_ADDRESS"))
 
-    Returns True when the stages run on this machine (embedded or an already started local Ray).
-    """
+
+def init_ray(cfg: RayConfig) -> None:
+    """Join the cluster a job runs on (RAY_ADDRESS) or start an embedded local Ray."""
     if ray.is_initialized():
-        return not (cfg.address or os.environ.get("RAY_ADDRESS"))
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return False
-    ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False)
-    return True
+        return
+    if runs_locally(cfg):
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False)
+    else:
+        ray.init(address=cfg.address or os.environ["RAY_ADDRESS"], log_to_driver=True)
 
 
 def local_torch_threads(planned: list[PlannedStage]) -> list[PlannedStage]:
@@ -112,6 +112,13 @@ def local_torch_threads(planned: list[PlannedStage]) -> list[PlannedStage]:
             p = dataclasses.replace(p, spec=dataclasses.replace(p.spec, torch_threads=threads))
         out.append(p)
     return out
+
+
+def stage_plan(cfg: TagConfig, info: ModelInfo, exits: bool, thresholds: dict, local: bool) -> list[PlannedStage]:
+    """The layout with its thresholds; on a local run the machine's cores shared among stages."""
+    planned = plan_layout(cfg, info.num_layers, info.survival, exits_enabled=exits)
+    planned = [dataclasses.replace(p, spec=dataclasses.replace(p.spec, thresholds=thresholds)) for p in planned]
+    return local_torch_threads(planned) if local else planned
 
 
 def resolve_thresholds(cfg: TagConfig, info: ModelInfo) -> dict[int, float]:
@@ -201,11 +208,10 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
     info = validate(cfg)
     thresholds = resolve_thresholds(cfg, info)
     exits = not cfg.exit.disabled
-    planned = plan_layout(cfg, info.num_layers, info.survival, exits_enabled=exits)
-    planned = [dataclasses.replace(p, spec=dataclasses.replace(p.spec, thresholds=thresholds)) for p in planned]
     policy = cfg.exit.policy or info.policy
-    if init_ray(cfg.ray):
-        planned = local_torch_threads(planned)
+    local = runs_locally(cfg.ray)
+    planned = stage_plan(cfg, info, exits, thresholds, local)  # layout errors surface before Ray starts
+    init_ray(cfg.ray)
     for p in planned:
         logger.info(
             "stage %d: layers [%d, %d) batch %d actors %d..%d threads %s (expected survival in %.2f)",
@@ -244,16 +250,14 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
         m[f"stage{k}_docs_per_second"] = m[f"stage{k}_rows_in"] / wall
     if full_depth:
         early = dict(zip(table[id_column].to_pylist(), table["label"].to_pylist()))
-        m.update(_full_depth_eval(cfg, info, early, stage_cls))
+        m.update(_full_depth_eval(cfg, info, early, stage_cls, local))
     return TagResult(cfg.output, m, hist, planned, thresholds, policy, timings)
 
 
-def _full_depth_eval(cfg: TagConfig, info: ModelInfo, early: dict, stage_cls) -> dict:
+def _full_depth_eval(cfg: TagConfig, info: ModelInfo, early: dict, stage_cls, local: bool) -> dict:
     """Run (a prefix of) the corpus at full depth to measure what the exits cost."""
     full_cfg = dataclasses.replace(cfg, exit=dataclasses.replace(cfg.exit, disabled=True))
-    planned = plan_layout(full_cfg, info.num_layers, info.survival, exits_enabled=False)
-    if not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
-        planned = local_torch_threads(planned)
+    planned = stage_plan(full_cfg, info, False, info.thresholds, local)
     ds = read_corpus(full_cfg, cfg.label_column)
     if cfg.full_depth_eval_rows > 0:
         ds = ds.limit(cfg.full_depth_eval_rows)
