@@ -48,6 +48,7 @@ class StageBatchStats:
     tokens_in: int
     row_layers: int  # row-layers computed
     seconds: float  # wall time of the call
+    audit_row_layers: int = 0  # of row_layers, those audited rows ran after their answer
 
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -69,7 +70,16 @@ def blobs_to_hidden(blobs, lengths: np.ndarray, hidden_size: int, carry_dtype: s
     return t.view(torch.bfloat16) if carry_dtype == "bfloat16" else t
 
 
-REQUIRED = (B.STATUS, B.TOKENS, B.NUM_TOKENS, B.HIDDEN, B.EXIT_LAYER, B.LABEL_ID, B.CONFIDENCE, B.SCORE)
+REQUIRED = (
+    B.STATUS, B.TOKENS, B.NUM_TOKENS, B.HIDDEN, B.EXIT_LAYER, B.LABEL_ID, B.CONFIDENCE, B.SCORE, B.AUDIT, B.FULL_LABEL_ID
+)
+RESULT_COLUMNS = (B.EXIT_LAYER, B.LABEL_ID, B.CONFIDENCE, B.SCORE, B.HIDDEN, B.FULL_LABEL_ID)
+
+
+def running_rows(batch: dict) -> np.ndarray:
+    """Rows that still need layers: unanswered, or audited and not yet at full depth."""
+    unfinished = (batch[B.EXIT_LAYER] == 0) | (batch[B.AUDIT] & (batch[B.FULL_LABEL_ID] < 0))
+    return np.flatnonzero(unfinished & np.isin(batch[B.STATUS], B.RUNNABLE))
 
 
 class StageActor:
@@ -91,7 +101,7 @@ class StageActor:
         t0 = time.perf_counter()
         B.check_columns(batch, REQUIRED, f"stage {self.spec.index}")
         n = B.batch_rows(batch)
-        running = np.flatnonzero((batch[B.EXIT_LAYER] == 0) & np.isin(batch[B.STATUS], B.RUNNABLE))
+        running = running_rows(batch)
         out = dict(batch)
         stats = StageBatchStats(self.spec.index, len(running), 0, 0, 0, 0.0)
         if len(running):
@@ -107,43 +117,52 @@ class StageActor:
     def _run(self, batch: dict, out: dict, running: np.ndarray):
         spec = self.spec
         # copy before writing: zero-copy batches are read-only
-        cols = {c: batch[c].copy() for c in (B.EXIT_LAYER, B.LABEL_ID, B.CONFIDENCE, B.SCORE, B.HIDDEN)}
-        row_layers = exited = 0
+        cols = {c: batch[c].copy() for c in RESULT_COLUMNS}
+        row_layers = exited = audit_layers = 0
         for group in forward_groups(batch[B.NUM_TOKENS][running], spec.max_tokens):
-            layers_g, exited_g = self._forward(batch, running[group], cols)
-            row_layers, exited = row_layers + layers_g, exited + exited_g
+            layers_g, exited_g, audit_g = self._forward(batch, running[group], cols)
+            row_layers, exited, audit_layers = row_layers + layers_g, exited + exited_g, audit_layers + audit_g
         if spec.start == 0:
             cols[B.TOKENS] = batch[B.TOKENS].copy()
             cols[B.TOKENS][running] = b""  # token ids are in the states now
         out.update(cols)
         tokens = int(batch[B.NUM_TOKENS][running].sum())
-        return out, StageBatchStats(spec.index, len(running), exited, tokens, row_layers, 0.0)
+        return out, StageBatchStats(spec.index, len(running), exited, tokens, row_layers, 0.0, audit_layers)
 
-    def _forward(self, batch: dict, rows: np.ndarray, cols: dict) -> tuple[int, int]:
+    def _forward(self, batch: dict, rows: np.ndarray, cols: dict) -> tuple[int, int, int]:
         """One forward pass over batch positions `rows`; writes their results into `cols`."""
         spec = self.spec
         lengths = batch[B.NUM_TOKENS][rows].astype(np.int64)
+        audit = torch.from_numpy(np.asarray(batch[B.AUDIT][rows], dtype=bool))
+        decided = torch.from_numpy(batch[B.EXIT_LAYER][rows] > 0)
         if spec.start == 0:
             ids = B.pad_blobs(batch[B.TOKENS][rows], lengths, np.int32)[..., 0]  # (S, T)
-            result = self.shard(torch.from_numpy(lengths), input_ids=torch.from_numpy(ids).long().to(self.device))
+            inputs = dict(input_ids=torch.from_numpy(ids).long().to(self.device))
         else:
             hidden = blobs_to_hidden(batch[B.HIDDEN][rows], lengths, self.hidden_size, spec.carry_dtype)
-            result = self.shard(torch.from_numpy(lengths), hidden=hidden.to(self.device))
+            inputs = dict(hidden=hidden.to(self.device))
+        result = self.shard(torch.from_numpy(lengths), audit=audit, decided=decided, **inputs)
         layers = result.exit_layer.cpu().numpy()  # (S,)
-        exited = layers > 0
-        done = rows[exited]
-        probs = torch.softmax(result.logits[torch.from_numpy(exited)], dim=-1).cpu()
-        cols[B.EXIT_LAYER][done] = layers[exited]
+        answered = layers > 0
+        done = rows[answered]
+        probs = torch.softmax(result.logits[torch.from_numpy(answered)], dim=-1).cpu()
+        cols[B.EXIT_LAYER][done] = layers[answered]
         cols[B.LABEL_ID][done] = probs.argmax(-1).numpy()
         cols[B.CONFIDENCE][done] = probs.max(-1).values.numpy()
-        cols[B.SCORE][done] = result.score.cpu().numpy()[exited]
-        cols[B.HIDDEN][done] = b""  # an exited row drops its states at once
-        survivors = rows[result.survivors.cpu().numpy()]
-        if len(survivors):
+        cols[B.SCORE][done] = result.score.cpu().numpy()[answered]
+        if result.full_logits is not None:
+            full = result.full_logits.cpu()
+            finished = ~torch.isnan(full[:, 0]).numpy()
+            cols[B.FULL_LABEL_ID][rows[finished]] = full[finished].argmax(-1).numpy()
+        survivor_pos = result.survivors.cpu().numpy()
+        left = np.ones(len(rows), dtype=bool)
+        left[survivor_pos] = False
+        cols[B.HIDDEN][rows[left]] = b""  # a row that leaves drops its states at once
+        if len(survivor_pos):
             blobs = hidden_to_blobs(result.hidden, result.lengths, spec.carry_dtype)
-            for i, blob in zip(survivors, blobs):
+            for i, blob in zip(rows[survivor_pos], blobs):
                 cols[B.HIDDEN][i] = blob
-        return result.row_layers, int(exited.sum())
+        return result.row_layers, int(left.sum()), result.audit_row_layers
 
 
 def forward_groups(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:

@@ -9,6 +9,8 @@ buffer plus offsets, with no padding and no object tensors.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 # Row statuses. Rows with a RUNNABLE status get a label; the others are written with
@@ -27,6 +29,8 @@ EXIT_LAYER = "_exit_layer"  # int16: 1-based exit layer; 0 = still running
 LABEL_ID = "_label_id"  # int32: predicted class; -1 = none
 CONFIDENCE = "_confidence"  # float32: top-class probability at the exit
 SCORE = "_score"  # float32: exit-criterion value at the exit
+AUDIT = "_audit"  # bool: runs to full depth whatever the exits say (its answer is still the exit's)
+FULL_LABEL_ID = "_full_label_id"  # int32: full-depth prediction of an audited row; -1 = none (yet)
 
 
 def batch_rows(batch: dict) -> int:
@@ -53,3 +57,20 @@ def pad_blobs(blobs, lengths: np.ndarray, dtype: np.dtype, width: int = 1) -> np
 def unpad_to_blobs(array: np.ndarray, lengths: np.ndarray) -> list[bytes]:
     """(N, T, ...) padded array -> one blob per row holding its first lengths[i] positions."""
     return [array[i, : int(lengths[i])].tobytes() for i in range(len(lengths))]
+
+
+def audit_mask(ids, fraction: float, seed: int) -> np.ndarray:
+    """(N,) bool: rows audited in a run, those whose hash of (seed, id) falls below `fraction`.
+
+    Random across ids, reproducible by seed, and independent of batching and actors."""
+    if fraction <= 0:
+        return np.zeros(len(ids), dtype=bool)
+    if fraction >= 1:
+        return np.ones(len(ids), dtype=bool)
+    salt = f"{seed}:".encode()
+    u = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(salt + str(i).encode(), digest_size=8).digest(), "little") for i in ids),
+        dtype=np.uint64,
+        count=len(ids),
+    )
+    return u < np.uint64(int(fraction * 2**64))

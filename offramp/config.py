@@ -109,6 +109,35 @@ class MlflowConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """A random sample of rows that runs to full depth whatever the exits say, to check quality."""
+
+    fraction: float = 0.01
+    """Share of rows audited (0 = no audit). Chosen by a hash of (seed, row id): reproducible,
+    independent of batching, and the same rows in every run with the same seed."""
+    seed: int = 0
+    target_agreement: float | None = None
+    """Minimum agreement with full depth; None = the one stored by jobs/calibrate.py (if any)."""
+    confidence: float = 0.95
+    """Confidence of the reported interval."""
+    alarm: str = "estimate"
+    """When a run is flagged: `estimate` (point estimate below target) or `bound` (even the upper
+    confidence bound is below target: a significant drop)."""
+    fail_below_target: bool = False
+    """Exit with status 4 when the run is flagged, so a nightly scheduler notices."""
+
+    def __post_init__(self):
+        if not 0 <= self.fraction <= 1:
+            raise ConfigError(f"audit.fraction={self.fraction} must be in [0, 1], e.g. 0.01 for 1% of rows")
+        if self.target_agreement is not None and not 0 < self.target_agreement <= 1:
+            raise ConfigError(f"audit.target_agreement={self.target_agreement} is a fraction, e.g. 0.97")
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"audit.confidence={self.confidence} must be in (0, 1), e.g. 0.95")
+        if self.alarm not in ("estimate", "bound"):
+            raise ConfigError(f"audit.alarm {self.alarm!r}: use estimate or bound")
+
+
+@dataclass(frozen=True)
 class TagConfig:
     """Everything `jobs/tag_corpus.py` needs."""
 
@@ -147,6 +176,7 @@ class TagConfig:
     full_depth_eval_rows: int = 0
     """With labels: also run this many rows at full depth to log full-depth accuracy (-1 = all)."""
     exit: ExitConfig = field(default_factory=ExitConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
@@ -218,6 +248,52 @@ class TrainConfig:
 
     def require(self, *names: str) -> None:
         TagConfig.require(self, *names)  # same message shape
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """Everything `jobs/calibrate.py` needs."""
+
+    model: str | None = None
+    """Model directory; the certified thresholds are written into it."""
+    data: str | None = None
+    """Calibration rows (Parquet / JSONL / CSV), drawn from the traffic the model will tag."""
+    text_column: str = "text"
+    label_column: str | None = None
+    """Gold labels; needed for an accuracy target only."""
+    max_accuracy_drop: float | None = None
+    """Target: accuracy at most this fraction below full depth (0.01 = 1 point). Needs labels."""
+    min_agreement: float | None = None
+    """Target: early exit agrees with full depth on at least this fraction of rows. No labels needed."""
+    confidence: float = 0.9
+    """Probability, over the draw of the calibration set, that the target holds."""
+    max_rows: int | None = None
+    """Use at most this many rows (a seeded random sample)."""
+    max_length: int = 128
+    """Tokens per row, as in tagging."""
+    batch_size: int = 64
+    points: int = 200
+    """Candidate thresholds tested (fixed in advance, dense near the confident end)."""
+    seed: int = 0
+    dry_run: bool = False
+    """Report and log, but leave the model directory unchanged."""
+    torch_threads: int = 0
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    def __post_init__(self):
+        if (self.max_accuracy_drop is None) == (self.min_agreement is None):
+            raise ConfigError("state one target: --max-accuracy-drop X (labeled data) or --min-agreement Y (any data)")
+        if self.max_accuracy_drop is not None and not 0 < self.max_accuracy_drop < 1:
+            raise ConfigError(f"max_accuracy_drop={self.max_accuracy_drop} is a fraction, e.g. 0.01 for 1 point")
+        if self.min_agreement is not None and not 0 < self.min_agreement < 1:
+            raise ConfigError(f"min_agreement={self.min_agreement} is a fraction below 1, e.g. 0.97")
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"confidence={self.confidence} must be in (0, 1), e.g. 0.9")
+        if self.points < 2:
+            raise ConfigError(f"points={self.points} must be >= 2")
+
+    def require(self, *names: str) -> None:
+        TagConfig.require(self, *names)
 
 
 # ---------------------------------------------------------------- dict -> dataclass

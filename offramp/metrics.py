@@ -15,8 +15,11 @@ def summarize_output(
     stage_ranges: list[tuple[int, int]],
     predicted: np.ndarray | None = None,  # (N,) predicted label strings
     gold: np.ndarray | None = None,  # (N,) gold label strings (None/null = unlabeled)
+    audited: np.ndarray | None = None,  # (N,) bool: ran to full depth for the audit
 ) -> dict:
-    """Counts, exit profile, per-stage entering/leaving rows and accuracy of one run."""
+    """Counts, exit profile, per-stage entering/leaving rows and accuracy of one run.
+
+    A stage's rows_in counts the rows its layers computed: audited rows enter every stage."""
     exit_layer = np.asarray(exit_layer, dtype=np.int64)
     status = np.asarray(status, dtype=object)
     ran = np.isin(status, B.RUNNABLE)
@@ -26,11 +29,14 @@ def summarize_output(
         m[f"rows_status_{s}"] = int((status == s).sum())
     m["tokens"] = int(np.asarray(num_tokens)[ran].sum())
     layers = exit_layer[ran]
+    computed = layers.copy()
+    if audited is not None:
+        computed[np.asarray(audited, dtype=bool)[ran]] = num_layers
     m["mean_layers"] = float(layers.mean()) if n_ran else 0.0
     m["ideal_speedup"] = num_layers / m["mean_layers"] if n_ran else 1.0
     m["exit_histogram"] = {int(l): int((layers == l).sum()) for l in range(1, num_layers + 1)}
     for k, (start, end) in enumerate(stage_ranges):
-        entering = int((layers > start).sum())
+        entering = int((computed > start).sum())
         m[f"stage{k}_rows_in"] = entering
         m[f"stage{k}_rows_exited"] = int(((layers > start) & (layers <= end)).sum())
         m[f"stage{k}_survival_in"] = entering / n_ran if n_ran else 0.0

@@ -22,14 +22,17 @@ from offramp.policies import ExitPolicy, get_policy
 class ShardOutput:
     """Per input row: its exit (if any) and, for survivors, the states to carry on."""
 
-    exit_layer: torch.Tensor  # (B,) int64: 1-based layer the row exited after; 0 = still running
+    exit_layer: torch.Tensor  # (B,) int64: 1-based layer the row was answered at in this shard; 0 = not here
     logits: torch.Tensor  # (B, C) float32; zeros for survivors
     score: torch.Tensor  # (B,) float32 exit score at the exit layer; nan for survivors
-    survivors: torch.Tensor  # (S,) int64 indices of rows still running
+    survivors: torch.Tensor  # (S,) int64 indices of rows still running (audited ones may be answered)
     hidden: torch.Tensor  # (S, T', H) survivors' states, padded to the longest survivor
     lengths: torch.Tensor  # (S,) int64 survivors' token counts
     state: torch.Tensor | None  # (S, state_size) policy state of survivors, or None
     row_layers: int  # row-layers computed (a row through one layer = 1)
+    full_logits: torch.Tensor | None = None  # (B, C) final head's logits of audited rows that finished here; nan else
+    decided: torch.Tensor | None = None  # (S,) bool: survivor is an audited row whose answer is already given
+    audit_row_layers: int = 0  # of row_layers, those spent on audited rows after their answer
 
 
 class LayerShard(nn.Module):
@@ -70,7 +73,14 @@ class LayerShard(nn.Module):
         input_ids: torch.Tensor | None = None,  # (B, T) when this shard holds the embeddings
         hidden: torch.Tensor | None = None,  # (B, T, H) otherwise
         state: torch.Tensor | None = None,  # (B, state_size)
+        audit: torch.Tensor | None = None,  # (B,) bool: run to full depth whatever the exits say
+        decided: torch.Tensor | None = None,  # (B,) bool: audited rows answered in an earlier shard
     ) -> ShardOutput:
+        """Run the shard's layers; rows leave at their exit (audited rows only at full depth).
+
+        An audited row gets its early-exit answer exactly as any other row (exit_layer,
+        logits, score), but keeps running; the final head's logits of audited rows that
+        finish here come back as `full_logits`."""
         if (input_ids is None) == (hidden is None):
             raise ValueError("pass input_ids (first shard) or hidden (later shards), not both")
         if input_ids is not None:
@@ -88,30 +98,42 @@ class LayerShard(nn.Module):
         lengths = lengths.to(device)
         if state is None and self.policy.state_size:
             state = torch.zeros(B, self.policy.state_size, device=device)
-        row_layers = 0
+        audit = torch.zeros(B, dtype=torch.bool, device=device) if audit is None else audit.to(device)
+        decided = torch.zeros(B, dtype=torch.bool, device=device) if decided is None else decided.to(device)
+        full_out = None
+        row_layers = audit_row_layers = 0
 
         for offset, layer in enumerate(self.layers):
             number = self.start + offset + 1  # 1-based layer number
             mask2d = torch.arange(hidden.shape[1], device=device)[None, :] < lengths[:, None]  # (S, T)
             hidden = layer(hidden, self._mask(hidden, mask2d))  # (S, T, H)
             row_layers += hidden.shape[0]
+            audit_row_layers += int(decided.sum())
             if number not in self.thresholds:
                 continue
             logits = self.heads[str(number)](hidden, mask2d).float()  # (S, C)
             if number == self.num_layers:
                 exited = torch.ones(hidden.shape[0], dtype=torch.bool, device=device)
                 score = self.policy.score(logits)
+                if audit.any():
+                    full_out = torch.full((B, C), float("nan"), dtype=torch.float32, device=device)
+                    full_out[alive[audit]] = logits[audit]
             else:
                 threshold = self.thresholds[number] if self.exits_enabled else self.policy.never_exits_threshold()
                 decision, state = self.policy.decide(logits, threshold, state)
                 exited, score = decision.exited, decision.score
-            if exited.any():
-                rows = alive[exited]
+            answered = exited & ~decided  # an audited row is answered once, at its first exit
+            if answered.any():
+                rows = alive[answered]
                 exit_layer[rows] = number
-                logits_out[rows] = logits[exited]
-                score_out[rows] = score[exited].float()
-                keep = ~exited
+                logits_out[rows] = logits[answered]
+                score_out[rows] = score[answered].float()
+            leave = exited & ~audit if number < self.num_layers else exited
+            decided = decided | (answered & audit)
+            if leave.any():
+                keep = ~leave
                 alive, lengths, hidden = alive[keep], lengths[keep], hidden[keep]
+                audit, decided = audit[keep], decided[keep]
                 state = state[keep] if state is not None else None
                 if hidden.shape[0] == 0:
                     break
@@ -126,6 +148,9 @@ class LayerShard(nn.Module):
             lengths=lengths,
             state=state,
             row_layers=row_layers,
+            full_logits=full_out,
+            decided=decided,
+            audit_row_layers=audit_row_layers,
         )
 
 

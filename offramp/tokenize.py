@@ -57,8 +57,8 @@ def _as_text(value) -> tuple[str | None, str]:
     return value, B.OK
 
 
-def tokenize_batch(batch: dict, tokenizer, text_column: str, max_length: int) -> dict:
-    """Add STATUS, TOKENS, NUM_TOKENS and the empty per-row result columns to a batch.
+def tokenize_batch(batch: dict, tokenizer, text_column: str, max_length: int, audit: np.ndarray | None = None) -> dict:
+    """Add STATUS, TOKENS, NUM_TOKENS, AUDIT and the empty per-row result columns to a batch.
 
     Over-long documents keep their first max_length-1 tokens plus [SEP] and get status
     'truncated' (they are still labeled).
@@ -99,11 +99,22 @@ def tokenize_batch(batch: dict, tokenizer, text_column: str, max_length: int) ->
             B.LABEL_ID: np.full(n, -1, dtype=np.int32),
             B.CONFIDENCE: np.full(n, np.nan, dtype=np.float32),
             B.SCORE: np.full(n, np.nan, dtype=np.float32),
+            B.AUDIT: np.zeros(n, dtype=bool) if audit is None else np.asarray(audit, dtype=bool),
+            B.FULL_LABEL_ID: np.full(n, -1, dtype=np.int32),
         }
     )
     return out
 
 
-def tokenize_task(batch: dict, model_dir: str, text_column: str, max_length: int) -> dict:
+def tokenize_task(
+    batch: dict,
+    model_dir: str,
+    text_column: str,
+    max_length: int,
+    id_column: str = "id",
+    audit_fraction: float = 0.0,
+    audit_seed: int = 0,
+) -> dict:
     """Ray Data task entry point (stateless; the tokenizer is cached per process)."""
-    return tokenize_batch(batch, load_tokenizer(model_dir), text_column, max_length)
+    audit = B.audit_mask(batch[id_column], audit_fraction, audit_seed) if audit_fraction > 0 else None
+    return tokenize_batch(batch, load_tokenizer(model_dir), text_column, max_length, audit)

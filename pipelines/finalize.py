@@ -7,7 +7,7 @@ import numpy as np
 
 from offramp import batch as B
 
-OUTPUT_COLUMNS = ("label", "confidence", "exit_layer", "status", "num_tokens")
+OUTPUT_COLUMNS = ("label", "confidence", "exit_layer", "status", "num_tokens", "audited", "full_depth_label")
 GOLD_COLUMN = "gold_label"
 
 
@@ -21,6 +21,9 @@ def finalize_task(batch: dict, labels: list[str], id_column: str, keep: list[str
     out["exit_layer"] = batch[B.EXIT_LAYER]
     out["status"] = batch[B.STATUS]
     out["num_tokens"] = batch[B.NUM_TOKENS]
+    full = batch[B.FULL_LABEL_ID]
+    out["audited"] = batch[B.AUDIT] & (full >= 0)  # rows that never ran (bad input) are not audited
+    out["full_depth_label"] = names[np.where(full >= 0, full, len(labels))]
     for c in keep:
         out[c] = batch[c]
     if gold:

@@ -26,6 +26,7 @@ from actors.metrics import MetricsCollector
 from actors.stage import StageActor
 from offramp import batch as B
 from offramp.config import ConfigError, RayConfig, TagConfig
+from offramp.audit import flat_metrics, summarize_audit
 from offramp.metrics import summarize_output
 from offramp.modeling import load_profile
 from offramp.policies import get_policy
@@ -49,6 +50,16 @@ class ModelInfo:
     policy: str
     labels: list[str]
     survival: list[float] | None
+    calibration: dict | None = None  # what jobs/calibrate.py certified, if it ran
+
+    @property
+    def calibrated_agreement(self) -> float | None:
+        """The agreement the stored calibration promises: its target, or for an accuracy target
+        the agreement lower bound it measured."""
+        c = self.calibration
+        if not c:
+            return None
+        return c["target"] if c["mode"] == "agreement" else c.get("agreement_lower")
 
     @classmethod
     def read(cls, model_dir: str) -> "ModelInfo":
@@ -59,6 +70,8 @@ class ModelInfo:
         cfg = BertConfig.from_pretrained(model_dir)
         if not getattr(cfg, "exit_layers", None):
             raise ConfigError(f"{model_dir} has no exit heads; train one with jobs/train_exits.py and pass its --output")
+        profile = load_profile(model_dir)
+        calibration = profile.get("calibration")
         return cls(
             path=os.path.abspath(model_dir),
             num_layers=cfg.num_hidden_layers,
@@ -66,7 +79,8 @@ class ModelInfo:
             thresholds=dict(zip(cfg.exit_layers, cfg.exit_thresholds)),
             policy=cfg.exit_policy,
             labels=[cfg.id2label[i] for i in range(cfg.num_labels)],
-            survival=load_profile(model_dir).get("dev_survival"),
+            survival=(calibration or {}).get("survival") or profile.get("dev_survival"),
+            calibration=calibration,
         )
 
 
@@ -79,6 +93,8 @@ class TagResult:
     thresholds: dict[int, float]
     policy: str
     stage_timings: dict = field(default_factory=dict)
+    audit: dict | None = None  # offramp.audit.summarize_audit; None when no audit ran
+    calibration: dict | None = None  # the model's stored calibration record
 
 
 def runs_locally(cfg: RayConfig) -> bool:
@@ -149,7 +165,14 @@ def build_pipeline(
     """The Ray Data plan after reading: tokenize, one actor pool per stage, finalize."""
     ds = ds.map_batches(
         tokenize_task,
-        fn_kwargs=dict(model_dir=info.path, text_column=cfg.text_column, max_length=cfg.max_length),
+        fn_kwargs=dict(
+            model_dir=info.path,
+            text_column=cfg.text_column,
+            max_length=cfg.max_length,
+            id_column=cfg.id_column or "id",
+            audit_fraction=0.0 if cfg.exit.disabled else cfg.audit.fraction,
+            audit_seed=cfg.audit.seed,
+        ),
         batch_size=cfg.tokenize_batch_size,
         batch_format="numpy",
         num_cpus=0.5,
@@ -223,19 +246,34 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
 
     full_depth = bool(cfg.label_column and cfg.full_depth_eval_rows and exits)
     id_column = cfg.id_column or "id"
-    columns = ["exit_layer", "status", "num_tokens", "label"] + ([GOLD_COLUMN] if cfg.label_column else [])
+    columns = ["exit_layer", "status", "num_tokens", "label", "audited", "full_depth_label"]
+    columns += [GOLD_COLUMN] if cfg.label_column else []
     columns += [id_column] if full_depth else []
     table = pads.dataset(cfg.output, format="parquet", filesystem=_filesystem(cfg.output)[0]).to_table(columns=columns)
     ranges = [(p.spec.start, p.spec.end) for p in planned]
+    exit_layer = table["exit_layer"].to_numpy(zero_copy_only=False)
+    predicted = np.asarray(table["label"].to_pylist(), dtype=object)
+    gold = np.asarray(table[GOLD_COLUMN].to_pylist(), dtype=object) if cfg.label_column else None
+    audited = table["audited"].to_numpy(zero_copy_only=False).astype(bool)
     m = summarize_output(
-        table["exit_layer"].to_numpy(zero_copy_only=False),
+        exit_layer,
         np.asarray(table["status"].to_pylist(), dtype=object),
         table["num_tokens"].to_numpy(zero_copy_only=False),
         info.num_layers,
         ranges,
-        predicted=np.asarray(table["label"].to_pylist(), dtype=object),
-        gold=np.asarray(table[GOLD_COLUMN].to_pylist(), dtype=object) if cfg.label_column else None,
+        predicted=predicted,
+        gold=gold,
+        audited=audited,
     )
+    audit = None
+    if exits and cfg.audit.fraction > 0:
+        target = cfg.audit.target_agreement or info.calibrated_agreement
+        audit = summarize_audit(
+            exit_layer, predicted, np.asarray(table["full_depth_label"].to_pylist(), dtype=object), audited,
+            info.num_layers, cfg.audit.confidence, target, cfg.audit.alarm, gold,
+        )
+        audit.update(fraction=cfg.audit.fraction, seed=cfg.audit.seed)
+        m.update(flat_metrics(audit))
     hist = m.pop("exit_histogram")
     m["wall_seconds"] = wall
     m["docs_per_second"] = m["rows"] / wall
@@ -248,10 +286,11 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
         m[f"stage{k}_docs_per_busy_second"] = t.get("rows_in", 0) / busy if busy else 0.0
         m[f"stage{k}_tokens_per_busy_second"] = t.get("tokens_in", 0) / busy if busy else 0.0
         m[f"stage{k}_docs_per_second"] = m[f"stage{k}_rows_in"] / wall
+        m[f"stage{k}_audit_row_layers"] = t.get("audit_row_layers", 0)
     if full_depth:
         early = dict(zip(table[id_column].to_pylist(), table["label"].to_pylist()))
         m.update(_full_depth_eval(cfg, info, early, stage_cls, local))
-    return TagResult(cfg.output, m, hist, planned, thresholds, policy, timings)
+    return TagResult(cfg.output, m, hist, planned, thresholds, policy, timings, audit, info.calibration)
 
 
 def _full_depth_eval(cfg: TagConfig, info: ModelInfo, early: dict, stage_cls, local: bool) -> dict:

@@ -34,6 +34,10 @@ class ExitPolicy:
     def score(self, logits: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B,)
         raise NotImplementedError
 
+    def score_range(self, num_classes: int) -> tuple[float, float]:
+        """The scores a head over `num_classes` classes can produce: (least, most) in value."""
+        raise NotImplementedError
+
     def decide(self, logits: torch.Tensor, threshold: float, state: torch.Tensor | None = None):
         """Return (ExitDecision, new_state) for one head; `state` is (B, state_size) or None."""
         score = self.score(logits.float())

@@ -12,3 +12,6 @@ class MaxProbPolicy(ExitPolicy):
 
     def score(self, logits: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B,)
         return torch.softmax(logits, dim=-1).max(dim=-1).values
+
+    def score_range(self, num_classes: int) -> tuple[float, float]:
+        return 1.0 / num_classes, 1.0

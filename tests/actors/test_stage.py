@@ -86,3 +86,42 @@ def test_grouped_forward_passes_give_the_same_rows_as_one_pass(model_dir):
     np.testing.assert_array_equal(grouped[B.EXIT_LAYER], one[B.EXIT_LAYER])
     np.testing.assert_array_equal(grouped[B.LABEL_ID], one[B.LABEL_ID])
     np.testing.assert_allclose(grouped[B.CONFIDENCE], one[B.CONFIDENCE], atol=1e-4)
+
+
+@pytest.mark.parametrize("split", [None, 1, 2])
+def test_audited_rows_keep_their_answer_and_get_the_full_depth_label(model_dir, split):
+    """Auditing changes no answer; an audited row's full-depth label is what running without
+    exits gives; audited rows keep running after their answer, in later stages too."""
+    texts = TEXTS
+    plain = tokenized(model_dir, texts)
+    audit = np.zeros(len(plain["id"]), dtype=bool)
+    audit[::2] = True
+    audited = tokenize_batch({"id": plain["id"], "text": plain["text"]}, load_tokenizer(model_dir), "text", 64, audit)
+
+    def run(batch, exits=True):
+        if split is None:
+            return StageActor(model_dir, StageSpec(0, 0, NUM_LAYERS, carry_dtype="float32", exits_enabled=exits))(batch)
+        s0 = StageActor(model_dir, StageSpec(0, 0, split, carry_dtype="float32", exits_enabled=exits))
+        s1 = StageActor(model_dir, StageSpec(1, split, NUM_LAYERS, carry_dtype="float32", exits_enabled=exits))
+        return s1(s0(batch))
+
+    base, out, full = run(plain), run(audited), run(plain, exits=False)
+    np.testing.assert_array_equal(out[B.EXIT_LAYER], base[B.EXIT_LAYER])
+    np.testing.assert_array_equal(out[B.LABEL_ID], base[B.LABEL_ID])
+    np.testing.assert_allclose(out[B.CONFIDENCE], base[B.CONFIDENCE], atol=1e-5)
+    ok = np.isin(out[B.STATUS], B.RUNNABLE)
+    np.testing.assert_array_equal(out[B.FULL_LABEL_ID][audit & ok], full[B.LABEL_ID][audit & ok])
+    assert (out[B.FULL_LABEL_ID][~audit | ~ok] == -1).all()
+    early = audit & ok & (out[B.EXIT_LAYER] < NUM_LAYERS)
+    assert early.any(), "some audited rows must exit early for the check to mean anything"
+    assert all(b == b"" for b in out[B.HIDDEN])
+
+
+def test_audit_selection_is_reproducible_and_near_its_fraction():
+    ids = np.array([f"doc{i}" for i in range(20000)], dtype=object)
+    a = B.audit_mask(ids, 0.05, seed=7)
+    assert (a == B.audit_mask(ids, 0.05, seed=7)).all()
+    assert (a[5000:] == B.audit_mask(ids[5000:], 0.05, seed=7)).all()  # per row, not per batch
+    assert abs(a.mean() - 0.05) < 0.01
+    assert (a != B.audit_mask(ids, 0.05, seed=8)).any()
+    assert not B.audit_mask(ids, 0.0, 0).any() and B.audit_mask(ids, 1.0, 0).all()

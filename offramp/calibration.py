@@ -1,0 +1,226 @@
+"""Exit thresholds with a finite-sample guarantee: Learn then Test along one threshold path.
+
+One full-depth pass over a calibration set gives every head's logits; the early-exit
+prediction of every row under any global threshold is then array arithmetic
+(`offramp.thresholds.simulate`). The candidate thresholds are ordered from the most
+conservative (never exit: identical to full depth, risk 0) to the most aggressive.
+Each is tested at level delta = 1 - confidence, in that order, and the procedure stops
+at the first one it cannot certify. Fixed-sequence testing keeps the family-wise error
+at delta (Bauer 1991; Angelopoulos, Bates et al., "Learn then Test", 2021), so with
+probability at least `confidence` over the draw of the calibration set, the chosen
+threshold (the last certified one) meets the target on the population the set was
+drawn from.
+
+Risks, per row of the calibration set:
+- agreement: the early-exit prediction differs from the full-depth one. The target
+  "agrees on at least Y of rows" is risk <= 1 - Y; a candidate is certified when the
+  binomial tail P[Bin(n, 1 - Y) <= disagreements] is <= delta (exact for a 0/1 loss).
+  Needs no labels.
+- accuracy: full-depth accuracy minus early-exit accuracy = p10 - p01, where p10 is
+  the rate of rows full depth gets right and the exit gets wrong, p01 the reverse. A
+  candidate is certified when the Clopper-Pearson upper bound of p10 minus the lower
+  bound of p01, each at delta / 2, is <= X (a union bound; conservative but exact).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from offramp import thresholds as T
+from offramp.policies import ExitPolicy
+from offramp.stats import binomial_lower, binomial_upper
+
+MODES = ("agreement", "accuracy")
+
+
+@dataclass(frozen=True)
+class Target:
+    mode: str  # agreement | accuracy
+    value: float  # agreement: min fraction agreeing (0.97); accuracy: max drop as a fraction (0.01)
+    confidence: float  # 1 - delta
+
+    @property
+    def delta(self) -> float:
+        return 1 - self.confidence
+
+    @property
+    def max_risk(self) -> float:
+        return 1 - self.value if self.mode == "agreement" else self.value
+
+    def describe(self) -> str:
+        if self.mode == "agreement":
+            return f"agrees with full depth on >= {self.value:.2%} of rows"
+        return f"accuracy at most {100 * self.value:.2f} points below full depth"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The chosen point, the whole tested curve, and what the guarantee says."""
+
+    target: Target
+    rows: int
+    threshold: float | None  # None: no exiting threshold could be certified
+    point: dict  # the curve entry of the chosen threshold (never-exit when none certified)
+    curve: list[dict]  # every candidate, conservative to aggressive, with `certified`
+    survival: list[float]  # fraction running after each layer 1..L at the chosen threshold
+
+    @property
+    def certified(self) -> bool:
+        return self.threshold is not None
+
+    def record(self) -> dict:
+        """What is stored with the model (exit_profile.json) and read by the run audit."""
+        p = self.point
+        return {
+            "mode": self.target.mode,
+            "target": self.target.value,
+            "confidence": self.target.confidence,
+            "rows": self.rows,
+            "threshold": self.threshold,
+            "risk": p["risk"],
+            "risk_bound": p["risk_bound"],
+            "agreement": p["agreement"],
+            "agreement_lower": p["agreement_lower"],
+            "accuracy_full_depth": p.get("accuracy_full_depth"),
+            "accuracy": p.get("accuracy"),
+            "mean_layers": p["mean_layers"],
+            "ideal_speedup": p["ideal_speedup"],
+            "survival": self.survival,
+            "method": "learn-then-test, fixed-sequence over one global threshold; "
+            + ("binomial tail" if self.target.mode == "agreement" else "Clopper-Pearson union bound on p10 - p01"),
+        }
+
+
+def candidate_thresholds(policy: ExitPolicy, num_classes: int, points: int) -> np.ndarray:
+    """Thresholds over the policy's whole score range, conservative first (never exit leads).
+
+    The sequence is fixed before any calibration data is seen, as fixed-sequence testing
+    requires (a grid from the data's own quantiles would void the guarantee). It is dense
+    near the confident end, where the useful thresholds of a trained model lie."""
+    lo, hi = policy.score_range(num_classes)
+    u = np.unique(np.concatenate([np.geomspace(1e-5, 1, points - points // 2), np.linspace(0, 1, points // 2)]))
+    grid = lo + (hi - lo) * u if policy.lower_is_confident else hi - (hi - lo) * u
+    return np.concatenate([[policy.never_exits_threshold()], grid])
+
+
+def evaluate(
+    logits: np.ndarray,  # (N, K, C) every head's logits
+    exit_layers: list[int],
+    policy: ExitPolicy,
+    threshold: float,
+    target: Target,
+    gold: np.ndarray | None = None,  # (N,) class ids; -1 = unknown class (counts as wrong)
+) -> dict:
+    """One candidate: its speed, agreement, accuracy and the bound the target is tested with."""
+    scores = T.head_scores(policy, logits)
+    return _evaluate(scores, logits.argmax(-1), exit_layers, policy, threshold, target, gold)
+
+
+def _evaluate(scores, preds, exit_layers, policy, threshold, target, gold) -> dict:
+    n = len(preds)
+    layers, pred = T.simulate(scores, preds, exit_layers, policy, threshold)
+    full = preds[:, -1]
+    disagree = int((pred != full).sum())
+    delta = target.delta
+    point = {
+        "threshold": float(threshold),
+        "mean_layers": float(layers.mean()),
+        "ideal_speedup": exit_layers[-1] / float(layers.mean()),
+        "agreement": 1 - disagree / n,
+        "agreement_lower": 1 - binomial_upper(disagree, n, delta),
+    }
+    if gold is not None:
+        full_right, exit_right = full == gold, pred == gold
+        n10, n01 = int((full_right & ~exit_right).sum()), int((~full_right & exit_right).sum())
+        point["accuracy_full_depth"] = float(full_right.mean())
+        point["accuracy"] = float(exit_right.mean())
+        point["accuracy_drop"] = (n10 - n01) / n
+        point["accuracy_drop_upper"] = binomial_upper(n10, n, delta / 2) - binomial_lower(n01, n, delta / 2)
+    if target.mode == "agreement":
+        point["risk"], point["risk_bound"] = disagree / n, 1 - point["agreement_lower"]
+        # LTT p-value of H0 "risk > max_risk": the binomial tail at the observed count
+        point["p_value"] = float(stats.binom.cdf(disagree, n, target.max_risk))
+    else:
+        point["risk"], point["risk_bound"] = point["accuracy_drop"], point["accuracy_drop_upper"]
+    return point
+
+
+def calibrate(
+    logits: np.ndarray,  # (N, K, C)
+    exit_layers: list[int],
+    policy: ExitPolicy,
+    target: Target,
+    gold: np.ndarray | None = None,
+    points: int = 200,
+) -> Calibration:
+    """The most aggressive global threshold certified by fixed-sequence testing."""
+    if target.mode not in MODES:
+        raise ValueError(f"mode {target.mode!r}: use one of {MODES}")
+    if target.mode == "accuracy" and gold is None:
+        raise ValueError("an accuracy target needs gold labels; use an agreement target for unlabeled data")
+    n = len(logits)
+    if n == 0:
+        raise ValueError("empty calibration set")
+    scores = T.head_scores(policy, logits)
+    preds = logits.argmax(-1)
+    curve, chosen, testing = [], None, True
+    for t in candidate_thresholds(policy, logits.shape[-1], points):
+        p = _evaluate(scores, preds, exit_layers, policy, float(t), target, gold)
+        never = len(curve) == 0  # never-exit is full depth itself: risk 0 with certainty
+        passed = never or p["risk_bound"] <= target.max_risk
+        testing = testing and passed
+        p["certified"] = testing
+        if testing and not never:
+            chosen = p
+        curve.append(p)
+    point = chosen or curve[0]
+    num_layers = exit_layers[-1]
+    surv = T.survival(scores, preds, exit_layers, policy, point["threshold"], num_layers)
+    return Calibration(target, n, chosen["threshold"] if chosen else None, point, curve, surv)
+
+
+def naive_choice(curve: list[dict], target: Target) -> dict:
+    """The fastest point whose *observed* risk meets the target: what hand-sweeping does."""
+    ok = [p for p in curve if p["risk"] <= target.max_risk]
+    return max(ok, key=lambda p: (p["ideal_speedup"], -p["risk"]))
+
+
+# ---------------------------------------------------------------- model directory I/O
+
+
+def head_logits_for(model_dir: str, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
+    """(N, K, C) every exit head's logits at full depth, from one pass of the saved model."""
+    from transformers import AutoTokenizer
+
+    from offramp.modeling import load_model
+    from offramp.training import all_head_logits
+
+    model = load_model(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return all_head_logits(model, tokenizer, texts, max_length, batch_size)
+
+
+def write_calibration(model_dir: str, calibration: Calibration, exit_layers: list[int], source: str) -> None:
+    """Store the certified threshold in config.json and the record in exit_profile.json.
+
+    The stored survival becomes the calibrated one, so stage layouts are planned for the
+    thresholds that will actually run."""
+    from transformers import BertConfig
+
+    from offramp.modeling import PROFILE_FILE, load_profile
+
+    if not calibration.certified:
+        raise ValueError("nothing certified: refusing to overwrite the model's thresholds")
+    cfg = BertConfig.from_pretrained(model_dir)
+    cfg.exit_thresholds = [float(calibration.threshold)] * len(exit_layers)
+    cfg.save_pretrained(model_dir)
+    profile = load_profile(model_dir)
+    profile["calibration"] = {**calibration.record(), "data": source}
+    with open(os.path.join(model_dir, PROFILE_FILE), "w") as f:
+        json.dump(profile, f, indent=1)

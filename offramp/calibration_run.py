@@ -1,0 +1,154 @@
+"""What `jobs/calibrate.py` does: one full-depth pass, certify, write, log to MLflow."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import BertConfig
+
+from offramp import calibration as C
+from offramp.config import CalibrateConfig, ConfigError
+from offramp.data import load_labeled
+from offramp.policies import get_policy
+from offramp.stats import rows_needed
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    calibration: C.Calibration
+    summary: str  # one paragraph for the terminal
+    written: bool
+    run_id: str
+
+
+def _target(cfg: CalibrateConfig) -> C.Target:
+    if cfg.max_accuracy_drop is not None:
+        if not cfg.label_column:
+            raise ConfigError("--max-accuracy-drop needs gold labels: pass --label-column, or use --min-agreement")
+        return C.Target("accuracy", cfg.max_accuracy_drop, cfg.confidence)
+    return C.Target("agreement", cfg.min_agreement, cfg.confidence)
+
+
+def run_calibration(cfg: CalibrateConfig) -> Outcome:
+    cfg.require("model", "data")
+    target = _target(cfg)
+    if not os.path.isfile(os.path.join(cfg.model, "config.json")):
+        raise ConfigError(f"{cfg.model} is not a model directory (no config.json); pass --model DIR from train_exits.py")
+    model_cfg = BertConfig.from_pretrained(cfg.model)
+    if not getattr(model_cfg, "exit_layers", None):
+        raise ConfigError(f"{cfg.model} has no exit heads; train one with jobs/train_exits.py")
+    if not os.path.exists(cfg.data):
+        raise ConfigError(f"calibration data {cfg.data} not found; pass an existing file to --data")
+    texts, labels = load_labeled(cfg.data, cfg.text_column, cfg.label_column, cfg.max_rows, cfg.seed)
+    if not texts:
+        raise ConfigError(f"{cfg.data} has no usable rows (every row lacked text{' or label' if labels else ''})")
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    policy = get_policy(model_cfg.exit_policy)
+    exit_layers = list(model_cfg.exit_layers)
+    t0 = time.perf_counter()
+    logger.info("calibration: %d rows, target: %s at confidence %.2f", len(texts), target.describe(), cfg.confidence)
+    logits = C.head_logits_for(cfg.model, texts, cfg.max_length, cfg.batch_size)
+    gold = None
+    if labels is not None:
+        gold = np.array([model_cfg.label2id.get(v, -1) for v in labels])  # unseen labels count as errors
+    result = C.calibrate(logits, exit_layers, policy, target, gold, cfg.points)
+    seconds = time.perf_counter() - t0
+    written = result.certified and not cfg.dry_run
+    if written:
+        C.write_calibration(cfg.model, result, exit_layers, os.path.abspath(cfg.data))
+    run_id = log_calibration(cfg, result, seconds) if cfg.mlflow.enabled else ""
+    return Outcome(result, _summary(cfg, result, written, run_id), written, run_id)
+
+
+def _summary(cfg: CalibrateConfig, result: C.Calibration, written: bool, run_id: str) -> str:
+    t, p = result.target, result.point
+    if not result.certified:
+        need = rows_needed(t.max_risk, t.delta)
+        return (
+            f"no exiting threshold could be certified for '{t.describe()}' at confidence {t.confidence:.2f} "
+            f"with {result.rows} rows; the model is unchanged. Even zero errors need {need} rows: add calibration "
+            f"rows, loosen the target or lower --confidence."
+        )
+    line = (
+        f"threshold {result.threshold:.6g} ({'written to ' + cfg.model if written else 'dry run: not written'}): "
+        f"on {result.rows} calibration rows, mean layers {p['mean_layers']:.2f} (ideal {p['ideal_speedup']:.2f}x), "
+        f"agreement {p['agreement']:.4f} (lower bound {p['agreement_lower']:.4f})"
+    )
+    if "accuracy" in p:
+        line += (
+            f", accuracy {p['accuracy']:.4f} vs {p['accuracy_full_depth']:.4f} at full depth "
+            f"(drop {100 * p['accuracy_drop']:.2f} pt, bound {100 * p['accuracy_drop_upper']:.2f} pt)"
+        )
+    line += f"; guarantee: {t.describe()} with probability >= {t.confidence:.2f}"
+    return line + (f"; mlflow run {run_id}" if run_id else "")
+
+
+def log_calibration(cfg: CalibrateConfig, result: C.Calibration, seconds: float) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    from pipelines.tracking import start_run
+
+    t, p = result.target, result.point
+    with start_run(cfg.mlflow, "offramp-calibrate") as run:
+        mlflow.log_params(
+            {
+                "model": cfg.model,
+                "data": cfg.data,
+                "mode": t.mode,
+                "target": t.value,
+                "confidence": t.confidence,
+                "rows": result.rows,
+                "points": cfg.points,
+                "dry_run": cfg.dry_run,
+            }
+        )
+        mlflow.set_tag("offramp.calibration", "certified" if result.certified else "not_certified")
+        metrics = {k: v for k, v in p.items() if isinstance(v, (int, float)) and np.isfinite(v)}
+        metrics["certified_candidates"] = sum(q["certified"] for q in result.curve) - 1
+        metrics["calibration_seconds"] = seconds
+        mlflow.log_metrics({f"chosen_{k}": float(v) for k, v in metrics.items()})
+        for i, q in enumerate(result.curve[1:], 1):
+            mlflow.log_metric("curve_mean_layers", q["mean_layers"], step=i)
+            mlflow.log_metric("curve_risk", q["risk"], step=i)
+            mlflow.log_metric("curve_risk_bound", q["risk_bound"], step=i)
+        fig = tradeoff_figure(result)
+        mlflow.log_figure(fig, "calibration_tradeoff.png")
+        plt.close(fig)
+        mlflow.log_dict({"target": t.__dict__, "chosen": result.record(), "curve": result.curve}, "calibration.json")
+        return run.info.run_id
+
+
+def tradeoff_figure(result: C.Calibration):
+    """Risk and its certified bound against mean layers; the target and the chosen point."""
+    import matplotlib.pyplot as plt
+
+    t = result.target
+    pts = [q for q in result.curve if np.isfinite(q["risk_bound"])]
+    scale, unit = (100, "points") if t.mode == "accuracy" else (100, "% of rows")
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot([q["mean_layers"] for q in pts], [scale * q["risk"] for q in pts], ".-", ms=3, label="observed")
+    ax.plot([q["mean_layers"] for q in pts], [scale * q["risk_bound"] for q in pts], ".-", ms=3,
+            label=f"bound at confidence {t.confidence:.2f}")
+    ax.axhline(scale * t.max_risk, color="k", ls="--", lw=1, label="target")
+    if result.certified:
+        ax.plot([result.point["mean_layers"]], [scale * result.point["risk"]], "r*", ms=14, label="chosen")
+    ax.invert_xaxis()
+    ax.set_xlabel("mean layers executed (calibration set)")
+    ax.set_ylabel(("accuracy drop" if t.mode == "accuracy" else "disagreement with full depth") + f" ({unit})")
+    ax.set_ylim(bottom=min(0, scale * min(q["risk"] for q in pts)), top=max(4 * scale * t.max_risk, 1))
+    ax.legend(fontsize=8)
+    ax.set_title(t.describe())
+    fig.tight_layout()
+    return fig

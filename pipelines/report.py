@@ -1,0 +1,227 @@
+"""One self-contained HTML page per tagging run, written for a person: what the run did, where
+documents exited, how busy each stage was, how the audit sample agreed, and what to provision.
+
+Plots are matplotlib PNGs embedded as data URIs; the page loads nothing from elsewhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from offramp.capacity import (  # noqa: E402
+    TABLE_HEADER,
+    CapacityPlan,
+    num_layers,
+    plan_table,
+    projection_lines,
+    stage_utilization,
+    survival_by_layer,
+)
+from pipelines.tracking import exit_histogram_figure  # noqa: E402
+
+NO_PLAN = (
+    "No capacity plan was made for this run. Make one with "
+    "python jobs/plan_capacity.py --run-id RUN_ID --target-docs-per-hour N (or --budget-gpus / --budget-cpus)."
+)
+CSS = """
+body { font-family: system-ui, sans-serif; max-width: 60em; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+.headline { display: flex; flex-wrap: wrap; gap: 1em; }
+.headline div { background: #f3f6fa; padding: .5em 1em; border-radius: 4px; }
+.headline b { display: block; font-size: 1.4em; }
+table { border-collapse: collapse; margin: .5em 0; } td, th { padding: .2em .7em; border-bottom: 1px solid #eee; }
+#recommendation td, #recommendation th { text-align: right; } img { max-width: 100%; } .muted { color: #666; }
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _png(fig) -> str:
+    """The figure as a PNG data URI; closes it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(slug: str, title: str, fig) -> str:
+    return f'<img id="{slug}" alt="{_e(title)}" src="{_png(fig)}">'
+
+
+def _table(header, rows) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+# ---------------------------------------------------------------- figures
+
+
+def survival_figure(summary: dict):
+    survival = survival_by_layer(summary)
+    layers = list(range(0, len(survival) + 1))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.step(layers, [1.0, *survival], where="post", color="#3a7bd5")
+    ax.plot(layers, [1.0, *survival], "o", color="#3a7bd5", ms=4)
+    for st in summary.get("stages") or []:
+        if st["start"] > 0:
+            ax.axvline(st["start"], color="#999", ls="--", lw=0.8)
+    ax.set_xlabel("layer (dashed: stage boundary)")
+    ax.set_ylabel("fraction still running")
+    ax.set_xticks(layers)
+    ax.set_ylim(0, 1.05)
+    fig.tight_layout()
+    return fig
+
+
+def stage_figure(summary: dict):
+    stages = summary.get("stages") or []
+    names = [f"stage {st['index']}\nlayers {st['start'] + 1}-{st['end']}" for st in stages]
+    rates = [st["rows_in"] / st["busy_seconds"] if st.get("busy_seconds") else 0.0 for st in stages]
+    util = [0.0 if math.isnan(u) else u for u in stage_utilization(summary)]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.5))
+    a1.bar(names, rates, color="#3a7bd5")
+    a1.set_ylabel("documents per actor-second")
+    a2.bar(names, [100 * u for u in util], color="#e08a3c")
+    a2.set_ylabel("utilization (% of actor time busy)")
+    a2.set_ylim(0, max([100, *(100 * u for u in util)]) * 1.05)
+    fig.tight_layout()
+    return fig
+
+
+def audit_figure(audit: dict):
+    rows = [(int(k), v) for k, v in (audit.get("by_layer") or {}).items() if v.get("rows")]
+    by_layer = sorted(rows, key=lambda kv: kv[0])  # (exit layer, its audit counts)
+    layers = [k for k, _ in by_layer]
+    agree = [v["agreement"] for _, v in by_layer]
+    lower = [v["agreement"] - v["lower"] for _, v in by_layer]
+    upper = [v["upper"] - v["agreement"] for _, v in by_layer]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.errorbar(layers, agree, yerr=[lower, upper], fmt="o", capsize=4, color="#3a7bd5", label="agreement")
+    for layer, v in by_layer:
+        ax.annotate(f"n={v['rows']}", (layer, v["agreement"]), xytext=(6, 0), textcoords="offset points", fontsize=8)
+    if audit.get("target") is not None:
+        ax.axhline(audit["target"], color="#c0392b", ls="--", lw=1, label=f"target {audit['target']:g}")
+    ax.set_xlabel("exit layer")
+    ax.set_ylabel("agreement with full depth")
+    ax.set_xticks(layers)
+    ax.set_ylim(min([*(v["lower"] for _, v in by_layer), 0.5]) - 0.02, 1.02)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _headline(summary: dict) -> str:
+    m = summary.get("metrics") or {}
+    items = [
+        ("rows", m.get("rows"), "{:,}"),
+        ("labeled", m.get("rows_labeled"), "{:,}"),
+        ("docs/s", m.get("docs_per_second"), "{:.1f}"),
+        ("mean layers", m.get("mean_layers"), "{:.2f}"),
+        ("ideal speed-up", m.get("ideal_speedup"), "{:.2f}x"),
+        ("accuracy", m.get("accuracy"), "{:.4f}"),
+    ]
+    cells = [f"<div><b>{_e(fmt.format(v))}</b>{_e(name)}</div>" for name, v, fmt in items if v is not None]
+    return f'<div class="headline">{"".join(cells)}</div>'
+
+
+def _settings(summary: dict) -> str:
+    run = summary.get("run") or {}
+    rows = [(k, v) for k, v in run.items()]
+    if summary.get("calibration"):
+        rows += [(f"calibration.{k}", v) for k, v in summary["calibration"].items()]
+    return f"<details><summary>Run settings</summary>{_table(('setting', 'value'), rows)}</details>" if rows else ""
+
+
+AUDIT_STATUS = {
+    "pass": "the interval's lower bound meets the target",
+    "below_target": "BELOW TARGET: the interval's lower bound misses it",
+    "no_target": "no target was set",
+}
+
+
+def _audit_section(summary: dict) -> str:
+    audit = summary.get("audit")
+    head = "<h2>Audit agreement by exit layer</h2>"
+    if not audit or not audit.get("rows"):
+        return f"{head}<p>No audit sample: {_e(_no_audit_reason(audit))}</p>"
+    text = (
+        f"{audit['agree']} of {audit['rows']} audited rows ({100 * audit.get('fraction', 0):g}% sample) got the "
+        f"same label at full depth: agreement {audit['agreement']:.3f}, "
+        f"{100 * audit.get('confidence', 0.95):g}% interval [{audit['lower']:.3f}, {audit['upper']:.3f}]"
+    )
+    if audit.get("target") is not None:
+        status = audit.get("status")
+        text += f"; target {audit['target']:g}: {AUDIT_STATUS.get(status, status)}"
+    if audit.get("extra_cost_fraction") is not None:
+        text += f". The audit cost {100 * audit['extra_cost_fraction']:.1f}% extra layer work"
+    note = "<p class='muted'>Bars show each exit layer's confidence interval; n = audited rows.</p>"
+    plot = _img("audit-agreement", "audit agreement by exit layer", audit_figure(audit))
+    return f"{head}<p>{_e(text)}.</p>{note}{plot}"
+
+
+def _no_audit_reason(audit: dict | None) -> str:
+    if not audit:
+        return "the run did not audit its early exits against full depth."
+    return "the audit fraction selected no rows (status no_sample); raise the audit fraction."
+
+
+def _recommendation(plan: CapacityPlan | None, no_plan_reason: str | None) -> str:
+    if plan is None:
+        return f"<h2>Recommendation</h2><p>{_e(no_plan_reason or NO_PLAN)}</p>"
+    projections = "".join(f"<li>{_e(line)}</li>" for line in projection_lines(plan))
+    assumptions = "".join(f"<li>{_e(a)}</li>" for a in plan.assumptions)
+    return (
+        '<h2>Recommendation</h2><div id="recommendation">'
+        f"{_table(TABLE_HEADER, plan_table(plan))}<ul>{projections}</ul>"
+        f"<p>The plan assumes:</p><ul class='muted'>{assumptions}</ul></div>"
+    )
+
+
+def render_report(summary: dict, plan: CapacityPlan | None, no_plan_reason: str | None = None) -> str:
+    """The run's report as one HTML page (no external resources)."""
+    run = summary.get("run") or {}
+    title = f"offramp tagging run {run.get('run_id') or ''}".strip()
+    subtitle = " · ".join(f"{k} {run[k]}" for k in ("input", "model", "policy") if run.get(k) is not None)
+    hist = {int(k): int(v) for k, v in (summary.get("exit_histogram") or {}).items()}
+    L = num_layers(summary)
+    parts = [
+        f"<h1>{_e(title)}</h1><p class='muted'>{_e(subtitle)}</p>",
+        _headline(summary),
+        _settings(summary),
+        "<h2>Survival by layer</h2><p>Fraction of labeled documents still running after each layer; "
+        "the rest exited early.</p>",
+        _img("survival-by-layer", "survival by layer", survival_figure(summary)),
+        "<h2>Exit-layer histogram</h2><p>Labeled documents by the layer they exited at.</p>",
+        _img("exit-histogram", "exit-layer histogram", exit_histogram_figure(hist, L, "")),
+        "<h2>Per-stage throughput and utilization</h2><p>Measured documents per actor-second of each "
+        "stage, and the share of wall time its actors spent in batch calls.</p>",
+        _img("stage-throughput", "per-stage throughput and utilization", stage_figure(summary)),
+        _audit_section(summary),
+        _recommendation(plan, no_plan_reason),
+    ]
+    body = "\n".join(p for p in parts if p)
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+        f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n"
+    )
+
+
+def write_report(summary: dict, plan: CapacityPlan | None, path: str, no_plan_reason: str | None = None) -> str:
+    """Render the report to `path`; returns the path."""
+    Path(path).write_text(render_report(summary, plan, no_plan_reason), encoding="utf-8")
+    return str(path)

@@ -1,0 +1,74 @@
+"""jobs/plan_capacity.py as a user runs it, against a tagging run logged to a temporary MLflow store."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.offramp.test_capacity import make_summary
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(*args):
+    return subprocess.run(
+        [sys.executable, "jobs/plan_capacity.py", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture
+def logged_run(tmp_path):
+    """(tracking uri, run id) of a run holding the synthetic run_summary.json."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("offramp-tag", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(experiment).info.run_id
+    client.log_dict(run_id, make_summary(run_id=run_id), "run_summary.json")
+    client.set_terminated(run_id)
+    return uri, run_id
+
+
+def test_target_plan_is_printed_and_written_as_json(logged_run, tmp_path):
+    uri, run_id = logged_run
+    out = tmp_path / "plan.json"
+    r = run("--run-id", run_id, "--tracking-uri", uri, "--target-docs-per-hour", "720000", "--headroom", "1",
+            "--json", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    plan = json.loads(out.read_text())
+    # 200 docs/s: 200 / 100 = 2 actors in stage 0, 200 * 0.4 / 25 = 3.2 -> 4 in stage 1 (half a GPU each)
+    assert [s["actors"] for s in plan["stages"]] == [2, 4]
+    assert plan["gpus"] == 3.0 and plan["gpu_hours_per_million_docs"] == pytest.approx(3e6 / 720_000)
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["stage", "layers", "survival", "in", "docs/s", "per", "actor", "actors", "GPUs",
+                                "CPUs", "utilization"]  # fmt: skip
+    assert lines[1].split() == ["0", "1-3", "100.0%", "100.0", "2", "1", "2", "100%"]
+    assert lines[2].split() == ["1", "4-6", "40.0%", "25.0", "4", "2", "4", "80%"]
+    assert "4.17 GPU-hours" in r.stdout and "Assumptions:" in r.stdout and run_id in r.stdout
+
+
+def test_gpu_budget_and_log_attach_the_plan_to_the_run(logged_run):
+    uri, run_id = logged_run
+    r = run("--run-id", run_id, "--tracking-uri", uri, "--budget-gpus", "4", "--headroom", "1", "--log")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "at most 1,080,000 docs/hour" in r.stdout  # (3, 5) half-GPU actors, see test_capacity
+    client = mlflow.MlflowClient(uri)
+    assert "capacity_plan.json" in [a.path for a in client.list_artifacts(run_id)]
+    logged = mlflow.artifacts.load_dict(f"{client.get_run(run_id).info.artifact_uri}/capacity_plan.json")
+    assert [s["actors"] for s in logged["stages"]] == [3, 5] and logged["budget_gpus"] == 4.0
+
+
+def test_unknown_run_and_bad_goals_exit_2_with_the_fix(logged_run):
+    uri, run_id = logged_run
+    r = run("--run-id", "nosuchrun", "--tracking-uri", uri, "--target-docs-per-hour", "1000")
+    assert r.returncode == 2 and "run 'nosuchrun' not found" in r.stderr and "--run-id" in r.stderr
+    client = mlflow.MlflowClient(uri)
+    bare = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id  # e.g. a training run
+    r = run("--run-id", bare, "--tracking-uri", uri, "--target-docs-per-hour", "1000")
+    assert r.returncode == 2 and "has no run_summary.json" in r.stderr and "re-run jobs/tag_corpus.py" in r.stderr
+    r = run("--run-id", run_id, "--tracking-uri", uri, "--budget-gpus", "0.5")
+    assert r.returncode == 2 and "pass --budget-gpus 1 or more" in r.stderr
+    r = run("--run-id", run_id, "--tracking-uri", uri)  # no goal: argparse says which flags
+    assert r.returncode == 2 and "--target-docs-per-hour" in r.stderr
