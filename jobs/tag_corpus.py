@@ -30,6 +30,11 @@ def parse_args(argv=None):
     p.add_argument("--num-stages", type=int, help="split the layers over this many actor pools")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--fail-on-error-rows", action="store_true", help="exit 3 if any row could not be labeled")
+    p.add_argument("--audit-fraction", type=float, help="share of rows also run to full depth (default 0.01)")
+    p.add_argument("--audit-target", type=float, help="minimum agreement with full depth (default: the calibrated one)")
+    p.add_argument(
+        "--fail-below-target", action="store_true", help="exit 4 if the audit finds agreement below the target"
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. ray.num_cpus=4")
     return p.parse_args(argv)
 
@@ -51,6 +56,9 @@ def main(argv=None) -> int:
         "exit.disabled": True if args.no_exits else None,
         "num_stages": args.num_stages,
         "overwrite": True if args.overwrite else None,
+        "audit.fraction": args.audit_fraction,
+        "audit.target_agreement": args.audit_target,
+        "audit.fail_below_target": True if args.fail_below_target else None,
     }
     try:
         cfg = load_config(TagConfig, args.config, overrides, args.set)
@@ -73,7 +81,28 @@ def main(argv=None) -> int:
     if "accuracy_full_depth" in m:
         line += f" (full depth {m['accuracy_full_depth']:.4f} on {m['full_depth_eval_rows']} rows)"
     print(line + (f"; mlflow run {run_id}" if run_id else ""))
-    return 3 if args.fail_on_error_rows and bad else 0
+    audit = result.audit
+    if audit is not None:
+        print(audit_line(audit))
+    if args.fail_on_error_rows and bad:
+        return 3
+    if audit is not None and audit["status"] == "below_target" and cfg.audit.fail_below_target:
+        print("error: the audit found agreement with full depth below the target (exit status 4)", file=sys.stderr)
+        return 4
+    return 0
+
+
+def audit_line(a: dict) -> str:
+    if not a["rows"]:
+        return f"audit: no row was sampled (fraction {a['fraction']}); raise --audit-fraction for a small corpus"
+    line = (
+        f"audit: {a['agree']}/{a['rows']} sampled rows agree with full depth = {a['agreement']:.4f} "
+        f"({100 * a['confidence']:.0f}% interval {a['lower']:.4f}..{a['upper']:.4f}); "
+        f"extra cost {100 * a['extra_cost_fraction']:.2f}% of row-layers"
+    )
+    if a["target"] is None:
+        return line + "; no target (set --audit-target or calibrate the model with jobs/calibrate.py)"
+    return line + f"; target {a['target']:.4f}: {a['status'].upper().replace('_', ' ')}"
 
 
 if __name__ == "__main__":

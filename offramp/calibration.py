@@ -119,36 +119,42 @@ def evaluate(
 ) -> dict:
     """One candidate: its speed, agreement, accuracy and the bound the target is tested with."""
     scores = T.head_scores(policy, logits)
-    return _evaluate(scores, logits.argmax(-1), exit_layers, policy, threshold, target, gold)
+    return _evaluate(scores, logits.argmax(-1), exit_layers, policy, np.array([threshold]), target, gold)[0]
 
 
-def _evaluate(scores, preds, exit_layers, policy, threshold, target, gold) -> dict:
+def _evaluate(scores, preds, exit_layers, policy, thresholds, target, gold) -> list[dict]:
+    """Every candidate threshold at once: (M, N) exit layers and predictions, then counts."""
     n = len(preds)
-    layers, pred = T.simulate(scores, preds, exit_layers, policy, threshold)
+    thr = np.asarray(thresholds, dtype=np.float64)[:, None, None]
+    passes = scores[None] < thr if policy.lower_is_confident else scores[None] >= thr  # (M, N, K)
+    passes[:, :, -1] = True
+    first = passes.argmax(axis=2)  # (M, N) index of the exiting head
+    mean_layers = np.asarray(exit_layers)[first].mean(axis=1)  # (M,)
+    pred = preds[np.arange(n)[None, :], first]  # (M, N)
     full = preds[:, -1]
-    disagree = int((pred != full).sum())
+    disagree = (pred != full).sum(axis=1)  # (M,)
     delta = target.delta
-    point = {
-        "threshold": float(threshold),
-        "mean_layers": float(layers.mean()),
-        "ideal_speedup": exit_layers[-1] / float(layers.mean()),
+    cols = {
+        "threshold": np.asarray(thresholds, dtype=np.float64),
+        "mean_layers": mean_layers,
+        "ideal_speedup": exit_layers[-1] / mean_layers,
         "agreement": 1 - disagree / n,
         "agreement_lower": 1 - binomial_upper(disagree, n, delta),
     }
     if gold is not None:
-        full_right, exit_right = full == gold, pred == gold
-        n10, n01 = int((full_right & ~exit_right).sum()), int((~full_right & exit_right).sum())
-        point["accuracy_full_depth"] = float(full_right.mean())
-        point["accuracy"] = float(exit_right.mean())
-        point["accuracy_drop"] = (n10 - n01) / n
-        point["accuracy_drop_upper"] = binomial_upper(n10, n, delta / 2) - binomial_lower(n01, n, delta / 2)
+        full_right, exit_right = (full == gold)[None, :], pred == gold[None, :]
+        n10, n01 = (full_right & ~exit_right).sum(axis=1), (~full_right & exit_right).sum(axis=1)
+        cols["accuracy_full_depth"] = np.full(len(first), full_right.mean())
+        cols["accuracy"] = exit_right.mean(axis=1)
+        cols["accuracy_drop"] = (n10 - n01) / n
+        cols["accuracy_drop_upper"] = binomial_upper(n10, n, delta / 2) - binomial_lower(n01, n, delta / 2)
     if target.mode == "agreement":
-        point["risk"], point["risk_bound"] = disagree / n, 1 - point["agreement_lower"]
+        cols["risk"], cols["risk_bound"] = disagree / n, 1 - cols["agreement_lower"]
         # LTT p-value of H0 "risk > max_risk": the binomial tail at the observed count
-        point["p_value"] = float(stats.binom.cdf(disagree, n, target.max_risk))
+        cols["p_value"] = stats.binom.cdf(disagree, n, target.max_risk)
     else:
-        point["risk"], point["risk_bound"] = point["accuracy_drop"], point["accuracy_drop_upper"]
-    return point
+        cols["risk"], cols["risk_bound"] = cols["accuracy_drop"], cols["accuracy_drop_upper"]
+    return [{k: float(v[i]) for k, v in cols.items()} for i in range(len(first))]
 
 
 def calibrate(
@@ -169,16 +175,14 @@ def calibrate(
         raise ValueError("empty calibration set")
     scores = T.head_scores(policy, logits)
     preds = logits.argmax(-1)
-    curve, chosen, testing = [], None, True
-    for t in candidate_thresholds(policy, logits.shape[-1], points):
-        p = _evaluate(scores, preds, exit_layers, policy, float(t), target, gold)
-        never = len(curve) == 0  # never-exit is full depth itself: risk 0 with certainty
-        passed = never or p["risk_bound"] <= target.max_risk
-        testing = testing and passed
+    curve = _evaluate(scores, preds, exit_layers, policy, candidate_thresholds(policy, logits.shape[-1], points), target, gold)
+    chosen, testing = None, True
+    for i, p in enumerate(curve):
+        never = i == 0  # never-exit is full depth itself: risk 0 with certainty
+        testing = testing and (never or p["risk_bound"] <= target.max_risk)
         p["certified"] = testing
         if testing and not never:
             chosen = p
-        curve.append(p)
     point = chosen or curve[0]
     num_layers = exit_layers[-1]
     surv = T.survival(scores, preds, exit_layers, policy, point["threshold"], num_layers)

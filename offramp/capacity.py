@@ -22,7 +22,7 @@ from offramp.config import ConfigError
 
 SUMMARY_ARTIFACT = "run_summary.json"
 PLAN_ARTIFACT = "capacity_plan.json"
-MODES = ("target", "budget_gpus", "budget_cpus")
+MODES = {"target": "--target-docs-per-hour", "budget_gpus": "--budget-gpus", "budget_cpus": "--budget-cpus"}
 # Relative slack when rounding actor counts up: T * s / r for an exact integer (e.g. 3) can come
 # out of float arithmetic as 3.0000000000000004, which must not become 4 actors.
 _ROUNDING_SLACK = 1e-9
@@ -183,12 +183,12 @@ def _mode(target_docs_per_hour, budget_gpus, budget_cpus) -> str:
     given = {m: v for m, v in zip(MODES, (target_docs_per_hour, budget_gpus, budget_cpus)) if v is not None}
     if len(given) != 1:
         raise ConfigError(
-            "give exactly one of --target-docs-per-hour, --budget-gpus or --budget-cpus"
-            + (f" (got {', '.join(given)})" if given else "")
+            f"give exactly one of {', '.join(MODES.values())}"
+            + (f" (got {', '.join(MODES[m] for m in given)})" if given else "")
         )
     mode, value = next(iter(given.items()))
     if not value > 0:
-        raise ConfigError(f"{mode.replace('_', ' ')}={value} must be > 0")
+        raise ConfigError(f"{MODES[mode]} {value:g} must be > 0")
     return mode
 
 

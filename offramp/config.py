@@ -175,6 +175,8 @@ class TagConfig:
     """Dtype of hidden states carried between stages."""
     full_depth_eval_rows: int = 0
     """With labels: also run this many rows at full depth to log full-depth accuracy (-1 = all)."""
+    plan_target_docs_per_hour: float | None = None
+    """Throughput the run report's capacity recommendation is for; None = this run's own rate."""
     exit: ExitConfig = field(default_factory=ExitConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     ray: RayConfig = field(default_factory=RayConfig)

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from scipy import stats
 
 
-def binomial_upper(k: int, n: int, delta: float) -> float:
-    """One-sided Clopper-Pearson upper bound: P[p <= bound] >= 1 - delta."""
-    return 1.0 if k >= n else float(stats.beta.ppf(1 - delta, k + 1, n - k))
+def binomial_upper(k, n, delta: float):
+    """One-sided Clopper-Pearson upper bound: P[p <= bound] >= 1 - delta (k may be an array)."""
+    k = np.asarray(k)
+    bound = np.where(k >= n, 1.0, stats.beta.ppf(1 - delta, k + 1, np.maximum(n - k, 1)))
+    return float(bound) if bound.ndim == 0 else bound
 
 
-def binomial_lower(k: int, n: int, delta: float) -> float:
-    """One-sided Clopper-Pearson lower bound: P[p >= bound] >= 1 - delta."""
-    return 0.0 if k <= 0 else float(stats.beta.ppf(delta, k, n - k + 1))
+def binomial_lower(k, n, delta: float):
+    """One-sided Clopper-Pearson lower bound: P[p >= bound] >= 1 - delta (k may be an array)."""
+    k = np.asarray(k)
+    bound = np.where(k <= 0, 0.0, stats.beta.ppf(delta, np.maximum(k, 1), n - k + 1))
+    return float(bound) if bound.ndim == 0 else bound
 
 
 def binomial_interval(k: int, n: int, confidence: float) -> tuple[float, float]:

@@ -148,10 +148,21 @@ def _settings(summary: dict) -> str:
 
 
 AUDIT_STATUS = {
-    "pass": "the interval's lower bound meets the target",
-    "below_target": "BELOW TARGET: the interval's lower bound misses it",
-    "no_target": "no target was set",
+    ("pass", "estimate"): "met: the estimate is at or above it",
+    ("pass", "bound"): "met: the interval reaches it",
+    ("below_target", "estimate"): "BELOW TARGET: the estimate is below it",
+    ("below_target", "bound"): "BELOW TARGET: the whole interval is below it",
 }
+
+
+def _audit_verdict(audit: dict) -> str:
+    status = audit.get("status")
+    text = AUDIT_STATUS.get((status, audit.get("alarm", "estimate")), str(status))
+    if status == "below_target" and audit.get("alarm", "estimate") == "estimate":
+        text += " (significantly: the whole interval is below)" if audit.get("significant") else (
+            " (not significant: the interval still reaches the target)"
+        )
+    return text
 
 
 def _audit_section(summary: dict) -> str:
@@ -165,8 +176,7 @@ def _audit_section(summary: dict) -> str:
         f"{100 * audit.get('confidence', 0.95):g}% interval [{audit['lower']:.3f}, {audit['upper']:.3f}]"
     )
     if audit.get("target") is not None:
-        status = audit.get("status")
-        text += f"; target {audit['target']:g}: {AUDIT_STATUS.get(status, status)}"
+        text += f"; target {audit['target']:g}: {_audit_verdict(audit)}"
     if audit.get("extra_cost_fraction") is not None:
         text += f". The audit cost {100 * audit['extra_cost_fraction']:.1f}% extra layer work"
     note = "<p class='muted'>Bars show each exit layer's confidence interval; n = audited rows.</p>"

@@ -41,8 +41,61 @@ def exit_histogram_figure(hist: dict[int, int], num_layers: int, title: str):
     return fig
 
 
+def run_summary(cfg, result, num_layers: int, params: dict) -> dict:
+    """Everything a person or the capacity planner needs from one run, as one JSON document."""
+    stages = []
+    for p in result.layout:
+        k, t = p.spec.index, result.stage_timings.get(p.spec.index, {})
+        stages.append(
+            {
+                "index": k,
+                "start": p.spec.start,
+                "end": p.spec.end,
+                "min_actors": p.min_actors,
+                "max_actors": p.max_actors,
+                "batch_size": p.batch_size,
+                "num_cpus": p.num_cpus,
+                "num_gpus": p.num_gpus,
+                "dtype": p.spec.dtype,
+                "device": p.spec.device,
+                "torch_threads": p.spec.torch_threads,
+                "rows_in": result.metrics.get(f"stage{k}_rows_in", 0),  # from the output
+                "busy_seconds": t.get("seconds", 0.0),
+                "row_layers": t.get("row_layers", 0),
+                "tokens_in": t.get("tokens_in", 0),
+                "batches": t.get("batches", 0),
+            }
+        )
+    return {
+        "run": params,
+        "num_layers": num_layers,
+        "metrics": result.metrics,
+        "exit_histogram": result.exit_histogram,
+        "stages": stages,
+        "stage_timings": result.stage_timings,
+        "audit": result.audit,
+        "calibration": result.calibration,
+    }
+
+
+def run_report(summary: dict, target_docs_per_hour: float | None) -> str:
+    """The run's HTML report, with a capacity recommendation for the target (default: this run's rate)."""
+    from offramp.capacity import plan_capacity
+    from offramp.config import ConfigError
+    from pipelines.report import render_report
+
+    target = target_docs_per_hour or summary["metrics"].get("docs_per_second", 0) * 3600
+    plan, why = None, None
+    try:
+        plan = plan_capacity(summary, target_docs_per_hour=target) if target > 0 else None
+        why = None if plan else "the run labeled no rows, so there is no rate to plan from"
+    except ConfigError as e:
+        why = str(e)
+    return render_report(summary, plan, why)
+
+
 def log_tag_run(cfg, result, num_layers: int) -> str:
-    """Params, metrics, exit-histogram figure and the metrics JSON of one tagging run."""
+    """Params, metrics, figures, the run summary, the audit verdict and the HTML report of a run."""
     if not cfg.mlflow.enabled:
         return ""
     with start_run(cfg.mlflow, "offramp-tag") as run:
@@ -67,15 +120,21 @@ def log_tag_run(cfg, result, num_layers: int) -> str:
             params[f"stage{k}_dtype"] = p.spec.dtype
         mlflow.log_params(params)
         mlflow.log_metrics({k: float(v) for k, v in result.metrics.items()})
+        if result.audit is not None:
+            mlflow.set_tags(
+                {
+                    "offramp.audit": result.audit["status"],
+                    "offramp.audit_significant": str(result.audit["significant"]).lower(),
+                }
+            )
         for layer, count in result.exit_histogram.items():
             mlflow.log_metric("exits_at_layer", count, step=layer)
         fig = exit_histogram_figure(result.exit_histogram, num_layers, "exit layers")
         mlflow.log_figure(fig, "exit_histogram.png")
         plt.close(fig)
-        mlflow.log_dict(
-            {"metrics": result.metrics, "exit_histogram": result.exit_histogram, "stage_timings": result.stage_timings},
-            "run_summary.json",
-        )
+        summary = run_summary(cfg, result, num_layers, {**params, "run_id": run.info.run_id})
+        mlflow.log_dict(summary, "run_summary.json")
+        mlflow.log_text(run_report(summary, cfg.plan_target_docs_per_hour), "report.html")
         return run.info.run_id
 
 

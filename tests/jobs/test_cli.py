@@ -64,3 +64,24 @@ def test_train_job_saves_a_reloadable_model_and_logs_to_mlflow(tmp_path):
     assert len(client.get_metric_history(run_.info.run_id, "loss_stage1")) >= 1
     assert len(client.get_metric_history(run_.info.run_id, "dev_accuracy_by_layer")) == 4
     assert 0 <= run_.data.metrics["dev_accuracy_full_depth"] <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_audit_below_target_exits_4_and_tags_the_run(tmp_path, model_dir, corpus_parquet):
+    """A nightly scheduler sees a failed audit as a non-zero exit; MLflow carries the verdict."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    r = run(
+        "jobs/tag_corpus.py", "--input", corpus_parquet, "--model", model_dir, "--output", str(tmp_path / "o"),
+        "--audit-fraction", "1.0", "--audit-target", "1.0", "--fail-below-target",
+        "--set", "max_length=64", "--set", f"mlflow.tracking_uri={uri}",
+    )
+    assert r.returncode == 4, r.stderr[-3000:]
+    assert "BELOW TARGET" in r.stdout and "below the target (exit status 4)" in r.stderr
+    out = pq.read_table(tmp_path / "o").to_pandas()
+    assert out["audited"].all() and len(out) == len(TEXTS)
+    mlflow.set_tracking_uri(uri)
+    run_ = mlflow.search_runs(experiment_names=["offramp-tag"], output_format="list")[0]
+    assert run_.data.tags["offramp.audit"] == "below_target"
+    agree = (out["label"] == out["full_depth_label"]).mean()
+    assert agree < 1.0 and run_.data.metrics["audit_agreement"] == pytest.approx(agree)

@@ -12,7 +12,7 @@ import ray
 import torch
 
 from actors.stage import StageActor
-from offramp.config import MlflowConfig, RayConfig, StageConfig, TagConfig
+from offramp.config import AuditConfig, MlflowConfig, RayConfig, StageConfig, TagConfig
 from offramp.modeling import load_model
 from pipelines.tag import run_tagging
 from pipelines.tracking import log_tag_run
@@ -52,7 +52,8 @@ def read(path):
 
 def test_two_stage_pipeline_one_row_per_input_with_exits_in_both_stages(tmp_path, model_dir, corpus_parquet):
     cfg = config(
-        tmp_path, corpus_parquet, model_dir, label_column="label", passthrough_columns=("source",), full_depth_eval_rows=-1
+        tmp_path, corpus_parquet, model_dir, label_column="label", passthrough_columns=("source",), full_depth_eval_rows=-1,
+        audit=AuditConfig(fraction=0.3, seed=1, target_agreement=0.5),
     )
     result = run_tagging(cfg)
     out = read(cfg.output)
@@ -68,7 +69,8 @@ def test_two_stage_pipeline_one_row_per_input_with_exits_in_both_stages(tmp_path
     m = result.metrics
     assert m["rows"] == len(out) and m["rows_labeled"] == len(out)
     assert m["mean_layers"] == pytest.approx(out["exit_layer"].mean())
-    assert m["stage1_rows_in"] == int((out["exit_layer"] > 2).sum())
+    # stage 1 computed the rows that had not exited, and every audited row
+    assert m["stage1_rows_in"] == int(((out["exit_layer"] > 2) | out["audited"]).sum())
     assert m["stage0_rows_exited"] + m["stage1_rows_exited"] == len(out)
     assert m["accuracy"] == pytest.approx((out["label"] == out["gold_label"]).mean())
     assert sum(result.exit_histogram.values()) == len(out)
@@ -77,6 +79,16 @@ def test_two_stage_pipeline_one_row_per_input_with_exits_in_both_stages(tmp_path
     assert 0 <= m["accuracy_full_depth"] <= 1 and m["accuracy_exit_on_eval_rows"] == pytest.approx(m["accuracy"])
     # stage 1 computed only what survived stage 0 (work metrics come from the actors themselves)
     assert result.stage_timings[1]["rows_in"] == m["stage1_rows_in"]
+    # the audit: the hashed sample, a full-depth label for each, agreement as the output shows it
+    audited = out["audited"].to_numpy()
+    assert 0 < audited.sum() < len(out)
+    assert out["full_depth_label"][audited].isin(LABELS).all() and out["full_depth_label"][~audited].isna().all()
+    assert (out.loc[audited & (out["exit_layer"] == NUM_LAYERS), "full_depth_label"] == out["label"]).all()
+    agree = (out["label"] == out["full_depth_label"])[audited]
+    assert m["audit_rows"] == audited.sum() and m["audit_agreement"] == pytest.approx(agree.mean())
+    extra = (NUM_LAYERS - out["exit_layer"][audited]).sum()
+    assert m["audit_extra_row_layers"] == extra
+    assert m["stage0_audit_row_layers"] + m["stage1_audit_row_layers"] == extra  # the actors saw the same
 
     run_id = log_tag_run(cfg, result, NUM_LAYERS)
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
@@ -86,8 +98,15 @@ def test_two_stage_pipeline_one_row_per_input_with_exits_in_both_stages(tmp_path
     assert run.data.metrics["docs_per_second"] > 0
     assert run.data.metrics["ideal_speedup"] == pytest.approx(NUM_LAYERS / m["mean_layers"])
     assert run.data.params["stage1_layers"] == "[2, 4)"
+    assert run.data.metrics["audit_agreement"] == pytest.approx(agree.mean())
+    assert run.data.tags["offramp.audit"] == ("pass" if agree.mean() >= 0.5 else "below_target")
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
-    assert {"exit_histogram.png", "run_summary.json"} <= arts
+    assert {"exit_histogram.png", "run_summary.json", "report.html"} <= arts
+    summary = mlflow.artifacts.load_dict(f"runs:/{run_id}/run_summary.json")
+    assert [s["rows_in"] for s in summary["stages"]] == [m["stage0_rows_in"], m["stage1_rows_in"]]
+    assert all(s["busy_seconds"] > 0 for s in summary["stages"]) and summary["audit"]["rows"] == audited.sum()
+    report = mlflow.artifacts.load_text(f"runs:/{run_id}/report.html")
+    assert report.count("data:image/png;base64,") >= 4 and "Recommendation" in report
 
 
 def test_predictions_match_the_model_and_exits_disabled_is_full_depth(tmp_path, model_dir, corpus_parquet, tokenizer):

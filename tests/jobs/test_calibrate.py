@@ -1,0 +1,86 @@
+"""jobs/calibrate.py as a user runs it: certify, write into the model, log to MLflow; refuse what it can't."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from transformers import BertConfig
+
+from offramp import calibration as C
+from offramp.modeling import load_profile
+from offramp.policies import get_policy
+from pipelines.tag import ModelInfo
+from tests.conftest import LABELS, TEXTS
+
+REPO = Path(__file__).resolve().parents[2]
+ROWS = TEXTS * 4  # 144 rows
+
+
+def run(*args):
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def setup(tmp_path, model_dir):
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    data = tmp_path / "calib.parquet"
+    pq.write_table(pa.table({"text": ROWS, "label": [LABELS[i % 3] for i in range(len(ROWS))]}), data)
+    return model, data, f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_calibrate_writes_a_certified_threshold_and_logs_the_curve(setup):
+    model, data, uri = setup
+    r = run("jobs/calibrate.py", "--model", str(model), "--data", str(data), "--min-agreement", "0.6",
+            "--confidence", "0.8", "--set", "max_length=64", "--set", f"mlflow.tracking_uri={uri}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "written to" in r.stdout and "guarantee" in r.stdout
+    rec = load_profile(str(model))["calibration"]
+    assert (rec["mode"], rec["target"], rec["confidence"], rec["rows"]) == ("agreement", 0.6, 0.8, len(ROWS))
+    cfg = BertConfig.from_pretrained(model)
+    assert cfg.exit_thresholds == [rec["threshold"]] * len(cfg.exit_layers)
+    # the recorded numbers are what the stored threshold does on those rows
+    logits = C.head_logits_for(str(model), ROWS, 64)
+    point = C.evaluate(logits, list(cfg.exit_layers), get_policy(cfg.exit_policy), rec["threshold"],
+                       C.Target("agreement", 0.6, 0.8))
+    assert point["agreement"] == pytest.approx(rec["agreement"]) and point["risk_bound"] <= 0.4
+    assert rec["agreement_lower"] >= 0.6
+    info = ModelInfo.read(str(model))
+    assert info.calibrated_agreement == 0.6 and info.survival == rec["survival"]
+    mlflow.set_tracking_uri(uri)
+    run_ = mlflow.search_runs(experiment_names=["offramp-calibrate"], output_format="list")[0]
+    assert run_.data.tags["offramp.calibration"] == "certified"
+    assert run_.data.metrics["chosen_threshold"] == pytest.approx(rec["threshold"])
+    arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_.info.run_id)}
+    assert {"calibration.json", "calibration_tradeoff.png"} <= arts
+
+
+def test_uncertifiable_target_leaves_the_model_unchanged_and_says_how_many_rows(setup):
+    model, data, uri = setup
+    before = (model / "config.json").read_text()
+    r = run("jobs/calibrate.py", "--model", str(model), "--data", str(data), "--min-agreement", "0.999",
+            "--set", "max_length=64", "--set", f"mlflow.tracking_uri={uri}")
+    assert r.returncode == 3 and "model is unchanged" in r.stdout and "2302 rows" in r.stdout
+    assert (model / "config.json").read_text() == before and "calibration" not in load_profile(str(model))
+
+
+def test_dry_run_and_bad_targets(setup):
+    model, data, uri = setup
+    before = (model / "config.json").read_text()
+    r = run("jobs/calibrate.py", "--model", str(model), "--data", str(data), "--label-column", "label",
+            "--max-accuracy-drop", "0.2", "--dry-run", "--set", "max_length=64", "--set", f"mlflow.tracking_uri={uri}")
+    assert r.returncode == 0 and "dry run" in r.stdout and (model / "config.json").read_text() == before
+    r = run("jobs/calibrate.py", "--model", str(model), "--data", str(data), "--max-accuracy-drop", "0.01")
+    assert r.returncode == 2 and "--label-column" in r.stderr
+    r = run("jobs/calibrate.py", "--model", str(model), "--data", str(data), "--min-agreement", "0.9",
+            "--max-accuracy-drop", "0.01")
+    assert r.returncode == 2 and "state one target" in r.stderr
+    r = run("jobs/calibrate.py", "--model", str(model), "--data", str(data) + ".missing", "--min-agreement", "0.9")
+    assert r.returncode == 2 and "not found" in r.stderr
