@@ -86,8 +86,10 @@ def main(argv=None) -> int:
         print(audit_line(audit))
     if args.fail_on_error_rows and bad:
         return 3
-    if audit is not None and audit["status"] == "below_target" and cfg.audit.fail_below_target:
-        print("error: the audit found agreement with full depth below the target (exit status 4)", file=sys.stderr)
+    if audit is not None and audit["flagged"] and cfg.audit.fail_below_target:
+        rule = "its upper bound" if cfg.audit.alarm == "bound" else "the estimate"
+        print(f"error: the audit found agreement with full depth below the target ({rule}; exit status 4)",
+              file=sys.stderr)
         return 4
     return 0
 
@@ -102,7 +104,10 @@ def audit_line(a: dict) -> str:
     )
     if a["target"] is None:
         return line + "; no target (set --audit-target or calibrate the model with jobs/calibrate.py)"
-    return line + f"; target {a['target']:.4f}: {a['status'].upper().replace('_', ' ')}"
+    verdict = a["status"].upper().replace("_", " ")
+    if a["status"] == "below_target":
+        verdict += " (significant: the whole interval is below)" if a["significant"] else " (within the interval)"
+    return line + f"; target {a['target']:.4f}: {verdict}"
 
 
 if __name__ == "__main__":

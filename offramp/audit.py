@@ -63,9 +63,10 @@ def summarize_audit(
     elif target is None:
         out["status"] = NO_TARGET
     else:
-        flagged = (k / n < target) if alarm == "estimate" else (hi < target)
-        out["status"] = BELOW if flagged else PASS
-    out["significant"] = bool(n and target is not None and hi < target)
+        out["status"] = BELOW if k / n < target else PASS
+    out["significant"] = bool(n and target is not None and hi < target)  # even the upper bound misses it
+    # what fails the job (audit.fail_below_target): the estimate, or only a significant drop
+    out["flagged"] = out["significant"] if alarm == "bound" else out["status"] == BELOW
     return out
 
 

@@ -25,7 +25,6 @@ Risks, per row of the calibration set:
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 

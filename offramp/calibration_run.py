@@ -147,7 +147,7 @@ def tradeoff_figure(result: C.Calibration):
     ax.invert_xaxis()
     ax.set_xlabel("mean layers executed (calibration set)")
     ax.set_ylabel(("accuracy drop" if t.mode == "accuracy" else "disagreement with full depth") + f" ({unit})")
-    ax.set_ylim(bottom=min(0, scale * min(q["risk"] for q in pts)), top=max(4 * scale * t.max_risk, 1))
+    ax.set_ylim(bottom=min(0, scale * min(q["risk"] for q in pts)) - 0.2, top=max(4 * scale * t.max_risk, 1))
     ax.legend(fontsize=8)
     ax.set_title(t.describe())
     fig.tight_layout()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import tempfile
 from dataclasses import dataclass, field
 
@@ -192,9 +193,15 @@ def _mode(target_docs_per_hour, budget_gpus, budget_cpus) -> str:
     return mode
 
 
+def cpus_per_actor(stage: dict) -> float:
+    """Cores an actor of this stage used: its Ray reservation, or its torch threads if more
+    (a local run shares the machine's cores among actors that each reserve one logical CPU)."""
+    return max(float(stage.get("num_cpus") or 0.0), float(stage.get("torch_threads") or 0))
+
+
 def _budget_check(mode: str, stages: list[dict], budget: float) -> list[float]:
-    key, what = ("num_gpus", "GPUs") if mode == "budget_gpus" else ("num_cpus", "CPUs")
-    unit = [float(st.get(key) or 0.0) for st in stages]
+    what = "GPUs" if mode == "budget_gpus" else "CPUs"
+    unit = [float(st.get("num_gpus") or 0.0) if mode == "budget_gpus" else cpus_per_actor(st) for st in stages]
     if not any(u > 0 and int(st.get("rows_in") or 0) > 0 for u, st in zip(unit, stages)):
         if mode == "budget_gpus":
             raise ConfigError(
@@ -264,7 +271,7 @@ def plan_capacity(
 
 def _stage_plan(st: dict, rows0: int, actors: int, cost: float, T: float, headroom: float) -> StagePlan:
     rows_in = int(st.get("rows_in") or 0)
-    gpu, cpu = float(st.get("num_gpus") or 0.0), float(st.get("num_cpus") or 0.0)
+    gpu, cpu = float(st.get("num_gpus") or 0.0), cpus_per_actor(st)
     return StagePlan(
         index=int(st["index"]),
         start=int(st["start"]),
@@ -296,7 +303,9 @@ def _assumptions(summary: dict, plan: CapacityPlan) -> list[str]:
         f"The share of documents that exit early stays as measured in {run_id}: a new corpus that exits "
         "later needs more actors in the later stages.",
         "Each actor processes documents at the rate measured in that run, i.e. on the same hardware, dtype, "
-        "batch size and threads, with the same CPUs/GPUs reserved per actor.",
+        "batch size and threads, with the same CPUs/GPUs reserved per actor. An actor's CPUs are its "
+        "Ray reservation or its torch threads, whichever is more (on a local run the threads are the "
+        "cores it really used).",
         "Throughput grows linearly with the number of actors in a stage (no shared bottleneck between actors).",
         "Reading, tokenizing and writing keep up and are not the bottleneck; only the model stages are sized.",
         (
@@ -397,6 +406,7 @@ def load_run_summary(run_id: str, tracking_uri: str) -> dict:
             f"MLflow run {run_id} has no {SUMMARY_ARTIFACT}; it is not a tagging run of this version: "
             "re-run jobs/tag_corpus.py with mlflow enabled and plan from that run"
         )
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(run_id, SUMMARY_ARTIFACT, tmp)
         with open(path) as f:

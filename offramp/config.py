@@ -121,10 +121,10 @@ class AuditConfig:
     confidence: float = 0.95
     """Confidence of the reported interval."""
     alarm: str = "estimate"
-    """When a run is flagged: `estimate` (point estimate below target) or `bound` (even the upper
-    confidence bound is below target: a significant drop)."""
+    """What fails the job under fail_below_target: `estimate` (the point estimate is below target,
+    as the run's tag says) or `bound` (even the upper confidence bound is below: a significant drop)."""
     fail_below_target: bool = False
-    """Exit with status 4 when the run is flagged, so a nightly scheduler notices."""
+    """Exit with status 4 when the alarm fires, so a nightly scheduler notices."""
 
     def __post_init__(self):
         if not 0 <= self.fraction <= 1:

@@ -148,19 +148,17 @@ def _settings(summary: dict) -> str:
 
 
 AUDIT_STATUS = {
-    ("pass", "estimate"): "met: the estimate is at or above it",
-    ("pass", "bound"): "met: the interval reaches it",
-    ("below_target", "estimate"): "BELOW TARGET: the estimate is below it",
-    ("below_target", "bound"): "BELOW TARGET: the whole interval is below it",
+    "pass": "met: the estimate is at or above it",
+    "below_target": "BELOW TARGET: the estimate is below it",
 }
 
 
 def _audit_verdict(audit: dict) -> str:
     status = audit.get("status")
-    text = AUDIT_STATUS.get((status, audit.get("alarm", "estimate")), str(status))
-    if status == "below_target" and audit.get("alarm", "estimate") == "estimate":
+    text = AUDIT_STATUS.get(status, str(status))
+    if status == "below_target":
         text += " (significantly: the whole interval is below)" if audit.get("significant") else (
-            " (not significant: the interval still reaches the target)"
+            " (not significantly: the interval still reaches the target)"
         )
     return text
 

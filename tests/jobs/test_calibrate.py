@@ -1,13 +1,11 @@
 """jobs/calibrate.py as a user runs it: certify, write into the model, log to MLflow; refuse what it can't."""
 
-import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest

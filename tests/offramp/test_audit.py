@@ -28,6 +28,7 @@ def test_agreement_interval_per_layer_and_cost():
     assert a["extra_row_layers"] == 12 and a["extra_cost_fraction"] == pytest.approx(12 / 32)
     assert a["accuracy_exit"] == pytest.approx(0.8) and a["accuracy_full_depth"] == pytest.approx(0.9)
     assert a["status"] == BELOW and not a["significant"]  # estimate 0.90 < 0.95, but the interval reaches it
+    assert a["flagged"]  # the default alarm fires on the estimate
     m = flat_metrics(a)
     assert m["audit_agreement"] == 0.9 and m["audit_agreement_layer1"] == 0.75 and m["audit_rows_layer4"] == 6
 
@@ -35,7 +36,8 @@ def test_agreement_interval_per_layer_and_cost():
 def test_status_rules():
     exit_layer, label, full, audited, _ = rows()
     assert summarize_audit(exit_layer, label, full, audited, 4, 0.95, 0.85)["status"] == PASS
-    assert summarize_audit(exit_layer, label, full, audited, 4, 0.95, 0.95, alarm="bound")["status"] == PASS
+    by_bound = summarize_audit(exit_layer, label, full, audited, 4, 0.95, 0.95, alarm="bound")
+    assert by_bound["status"] == BELOW and not by_bound["flagged"]  # tagged, but not significant enough to fail
     assert summarize_audit(exit_layer, label, full, audited, 4, 0.95, None)["status"] == NO_TARGET
     none = np.zeros(12, dtype=bool)
     assert summarize_audit(exit_layer, label, full, none, 4, 0.95, 0.9)["status"] == NO_SAMPLE
@@ -43,4 +45,4 @@ def test_status_rules():
     bad = full.copy()
     bad[2:10] = "z"
     s = summarize_audit(exit_layer, label, bad, audited, 4, 0.95, 0.95, alarm="bound")
-    assert s["status"] == BELOW and s["significant"]
+    assert s["status"] == BELOW and s["significant"] and s["flagged"]

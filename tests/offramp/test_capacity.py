@@ -10,11 +10,11 @@ from offramp.capacity import plan_capacity, stage_utilization, survival_by_layer
 from offramp.config import ConfigError
 
 
-def stage(index, start, end, rows_in, busy_seconds, num_gpus=0.0, num_cpus=1.0, max_actors=1):
+def stage(index, start, end, rows_in, busy_seconds, num_gpus=0.0, num_cpus=1.0, max_actors=1, torch_threads=1):
     return {
         "index": index, "start": start, "end": end, "min_actors": 1, "max_actors": max_actors,
         "batch_size": 64, "num_cpus": num_cpus, "num_gpus": num_gpus, "dtype": "float32",
-        "device": "cuda" if num_gpus else "cpu", "torch_threads": 2, "rows_in": rows_in,
+        "device": "cuda" if num_gpus else "cpu", "torch_threads": torch_threads, "rows_in": rows_in,
         "busy_seconds": busy_seconds, "row_layers": 0, "tokens_in": 0, "batches": 10,
     }  # fmt: skip
 
@@ -183,3 +183,12 @@ def test_survival_and_measured_utilization_helpers():
     assert stage_utilization(summary) == pytest.approx([0.5, 0.8])
     summary["stages"][1]["max_actors"] = 4
     assert stage_utilization(summary)[1] == pytest.approx(0.2)
+
+
+def test_an_actor_costs_its_torch_threads_when_they_exceed_its_reservation():
+    """A local run's actor reserves 1 logical CPU but computes on the threads it was given."""
+    cpu_run = make_summary(stages=[stage(0, 0, 6, 1000, 10.0, num_cpus=1.0, torch_threads=2)])
+    plan = plan_capacity(cpu_run, target_docs_per_hour=720_000, headroom=1.0)  # 200 docs/s at 100 per actor
+    assert [s.actors for s in plan.stages] == [2] and plan.cpus == 4
+    assert plan.cpu_hours_per_million_docs == pytest.approx(4 * 1e6 / 720_000)
+    assert plan_capacity(cpu_run, budget_cpus=8, headroom=1.0).stages[0].actors == 4
