@@ -77,7 +77,7 @@ def test_audit_below_target_exits_4_and_tags_the_run(tmp_path, model_dir, corpus
         "--set", "max_length=64", "--set", f"mlflow.tracking_uri={uri}",
     )
     assert r.returncode == 4, r.stderr[-3000:]
-    assert "BELOW TARGET" in r.stdout and "below the target (exit status 4)" in r.stderr
+    assert "BELOW TARGET" in r.stdout and "below the target (the estimate; exit status 4)" in r.stderr
     out = pq.read_table(tmp_path / "o").to_pandas()
     assert out["audited"].all() and len(out) == len(TEXTS)
     mlflow.set_tracking_uri(uri)
