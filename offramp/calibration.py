@@ -124,12 +124,8 @@ def evaluate(
 def _evaluate(scores, preds, exit_layers, policy, thresholds, target, gold) -> list[dict]:
     """Every candidate threshold at once: (M, N) exit layers and predictions, then counts."""
     n = len(preds)
-    thr = np.asarray(thresholds, dtype=np.float64)[:, None, None]
-    passes = scores[None] < thr if policy.lower_is_confident else scores[None] >= thr  # (M, N, K)
-    passes[:, :, -1] = True
-    first = passes.argmax(axis=2)  # (M, N) index of the exiting head
-    mean_layers = np.asarray(exit_layers)[first].mean(axis=1)  # (M,)
-    pred = preds[np.arange(n)[None, :], first]  # (M, N)
+    layers, pred = T.simulate(scores, preds, exit_layers, policy, np.asarray(thresholds))  # (M, N) each
+    mean_layers = layers.mean(axis=1)  # (M,)
     full = preds[:, -1]
     disagree = (pred != full).sum(axis=1)  # (M,)
     delta = target.delta
@@ -143,7 +139,7 @@ def _evaluate(scores, preds, exit_layers, policy, thresholds, target, gold) -> l
     if gold is not None:
         full_right, exit_right = (full == gold)[None, :], pred == gold[None, :]
         n10, n01 = (full_right & ~exit_right).sum(axis=1), (~full_right & exit_right).sum(axis=1)
-        cols["accuracy_full_depth"] = np.full(len(first), full_right.mean())
+        cols["accuracy_full_depth"] = np.full(len(pred), full_right.mean())
         cols["accuracy"] = exit_right.mean(axis=1)
         cols["accuracy_drop"] = (n10 - n01) / n
         cols["accuracy_drop_upper"] = binomial_upper(n10, n, delta / 2) - binomial_lower(n01, n, delta / 2)
@@ -153,7 +149,7 @@ def _evaluate(scores, preds, exit_layers, policy, thresholds, target, gold) -> l
         cols["p_value"] = stats.binom.cdf(disagree, n, target.max_risk)
     else:
         cols["risk"], cols["risk_bound"] = cols["accuracy_drop"], cols["accuracy_drop_upper"]
-    return [{k: float(v[i]) for k, v in cols.items()} for i in range(len(first))]
+    return [{k: float(v[i]) for k, v in cols.items()} for i in range(len(pred))]
 
 
 def calibrate(

@@ -19,13 +19,16 @@ def head_scores(policy: ExitPolicy, logits: np.ndarray) -> np.ndarray:
     return policy.score(torch.from_numpy(logits.reshape(n * k, c)).float()).numpy().reshape(n, k)
 
 
-def simulate(scores: np.ndarray, preds: np.ndarray, exit_layers: list[int], policy: ExitPolicy, threshold: float):
-    """Per row: the index of the first head that exits (the last head always does), and its prediction."""
-    passes = scores < threshold if policy.lower_is_confident else scores >= threshold  # (N, K)
-    passes[:, -1] = True
-    first = passes.argmax(axis=1)  # (N,)
-    layers = np.asarray(exit_layers)[first]
-    return layers, preds[np.arange(len(first)), first]
+def simulate(scores: np.ndarray, preds: np.ndarray, exit_layers: list[int], policy: ExitPolicy, threshold):
+    """Per row: the layer of the first head that exits (the last head always does), and its prediction.
+
+    `threshold` is one value -> (N,) arrays, or an (M,) array of candidates -> (M, N) arrays."""
+    thr = np.asarray(threshold, dtype=np.float64)
+    t = thr[..., None, None]  # broadcasts over (N, K)
+    passes = scores < t if policy.lower_is_confident else scores >= t  # (N, K) or (M, N, K)
+    passes[..., -1] = True
+    first = passes.argmax(axis=-1)  # (N,) or (M, N)
+    return np.asarray(exit_layers)[first], preds[np.arange(len(preds)), first]
 
 
 def sweep(logits: np.ndarray, gold: np.ndarray, exit_layers: list[int], policy: ExitPolicy, points: int = 80) -> list[dict]:
