@@ -24,8 +24,6 @@ Risks, per row of the calibration set:
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -210,16 +208,13 @@ def write_calibration(model_dir: str, calibration: Calibration, exit_layers: lis
 
     The stored survival becomes the calibrated one, so stage layouts are planned for the
     thresholds that will actually run."""
-    from transformers import BertConfig
-
-    from offramp.modeling import PROFILE_FILE, load_profile
+    from offramp.modeling import load_profile, read_config, save_profile
 
     if not calibration.certified:
         raise ValueError("nothing certified: refusing to overwrite the model's thresholds")
-    cfg = BertConfig.from_pretrained(model_dir)
+    cfg = read_config(model_dir)
     cfg.exit_thresholds = [float(calibration.threshold)] * len(exit_layers)
     cfg.save_pretrained(model_dir)
     profile = load_profile(model_dir)
     profile["calibration"] = {**calibration.record(), "data": source}
-    with open(os.path.join(model_dir, PROFILE_FILE), "w") as f:
-        json.dump(profile, f, indent=1)
+    save_profile(model_dir, profile)

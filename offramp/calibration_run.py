@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import BertConfig
 
 from offramp import calibration as C
 from offramp.config import CalibrateConfig, ConfigError
 from offramp.data import load_labeled
+from offramp.modeling import ModelInfo
 from offramp.policies import get_policy
 from offramp.stats import rows_needed
 
@@ -39,26 +39,21 @@ def _target(cfg: CalibrateConfig) -> C.Target:
 def run_calibration(cfg: CalibrateConfig) -> Outcome:
     cfg.require("model", "data")
     target = _target(cfg)
-    if not os.path.isfile(os.path.join(cfg.model, "config.json")):
-        raise ConfigError(f"{cfg.model} is not a model directory (no config.json); pass --model DIR from train_exits.py")
-    model_cfg = BertConfig.from_pretrained(cfg.model)
-    if not getattr(model_cfg, "exit_layers", None):
-        raise ConfigError(f"{cfg.model} has no exit heads; train one with jobs/train_exits.py")
-    if not os.path.exists(cfg.data):
-        raise ConfigError(f"calibration data {cfg.data} not found; pass an existing file to --data")
-    texts, labels = load_labeled(cfg.data, cfg.text_column, cfg.label_column, cfg.max_rows, cfg.seed)
+    info = ModelInfo.read(cfg.model)
+    texts, labels = load_labeled(cfg.data, cfg.text_column, cfg.label_column, cfg.max_rows, cfg.seed, flag="--data")
     if not texts:
-        raise ConfigError(f"{cfg.data} has no usable rows (every row lacked text{' or label' if labels else ''})")
+        raise ConfigError(f"{cfg.data} has no usable rows (every row lacked text{' or label' if cfg.label_column else ''})")
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    policy = get_policy(model_cfg.exit_policy)
-    exit_layers = list(model_cfg.exit_layers)
+    policy = get_policy(info.policy)
+    exit_layers = info.exit_layers
     t0 = time.perf_counter()
     logger.info("calibration: %d rows, target: %s at confidence %.2f", len(texts), target.describe(), cfg.confidence)
     logits = C.head_logits_for(cfg.model, texts, cfg.max_length, cfg.batch_size)
     gold = None
     if labels is not None:
-        gold = np.array([model_cfg.label2id.get(v, -1) for v in labels])  # unseen labels count as errors
+        label2id = {name: i for i, name in enumerate(info.labels)}
+        gold = np.array([label2id.get(v, -1) for v in labels])  # unseen labels count as errors
     result = C.calibrate(logits, exit_layers, policy, target, gold, cfg.points)
     seconds = time.perf_counter() - t0
     written = result.certified and not cfg.dry_run

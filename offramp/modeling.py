@@ -144,8 +144,13 @@ class EarlyExitBertForSequenceClassification(BertPreTrainedModel):
         return [self.config.id2label[i] for i in range(self.config.num_labels)]
 
     def save_profile(self, directory: str, profile: dict) -> None:
-        with open(os.path.join(directory, PROFILE_FILE), "w") as f:
-            json.dump(profile, f, indent=1)
+        save_profile(directory, profile)
+
+
+def save_profile(directory: str, profile: dict) -> None:
+    """Write the exit profile (survival, trade-off curve, calibration record) beside the weights."""
+    with open(os.path.join(directory, PROFILE_FILE), "w") as f:
+        json.dump(profile, f, indent=1)
 
 
 def load_profile(directory: str) -> dict:
@@ -157,8 +162,47 @@ def load_profile(directory: str) -> dict:
         return json.load(f)
 
 
-def load_model(directory: str, dtype: torch.dtype = torch.float32) -> EarlyExitBertForSequenceClassification:
-    """Load a trained early-exit model directory for inference (eval mode)."""
+@dataclass
+class ModelInfo:
+    """What the driver needs to know about a model without loading its weights."""
+
+    path: str
+    num_layers: int
+    exit_layers: list[int]
+    thresholds: dict[int, float]
+    policy: str
+    labels: list[str]
+    survival: list[float] | None
+    calibration: dict | None = None  # what jobs/calibrate.py certified, if it ran
+
+    @property
+    def calibrated_agreement(self) -> float | None:
+        """The agreement the stored calibration promises: its target, or for an accuracy target
+        the agreement lower bound it measured."""
+        c = self.calibration
+        if not c:
+            return None
+        return c["target"] if c["mode"] == "agreement" else c.get("agreement_lower")
+
+    @classmethod
+    def read(cls, model_dir: str) -> "ModelInfo":
+        cfg = read_config(model_dir)
+        profile = load_profile(model_dir)
+        calibration = profile.get("calibration")
+        return cls(
+            path=os.path.abspath(model_dir),
+            num_layers=cfg.num_hidden_layers,
+            exit_layers=list(cfg.exit_layers),
+            thresholds=dict(zip(cfg.exit_layers, cfg.exit_thresholds)),
+            policy=cfg.exit_policy,
+            labels=[cfg.id2label[i] for i in range(cfg.num_labels)],
+            survival=(calibration or {}).get("survival") or profile.get("dev_survival"),
+            calibration=calibration,
+        )
+
+
+def read_config(directory: str) -> BertConfig:
+    """The config of an early-exit model directory; a clear error for anything else."""
     if not os.path.isfile(os.path.join(directory, "config.json")):
         raise ConfigError(
             f"{directory} is not a model directory (no config.json); pass --model DIR written by jobs/train_exits.py"
@@ -169,5 +213,11 @@ def load_model(directory: str, dtype: torch.dtype = torch.float32) -> EarlyExitB
             f"{directory} holds a plain BERT checkpoint without exit heads; train one with "
             f"`python jobs/train_exits.py --base-model {directory} ...` and pass its --output as --model"
         )
+    return cfg
+
+
+def load_model(directory: str, dtype: torch.dtype = torch.float32) -> EarlyExitBertForSequenceClassification:
+    """Load a trained early-exit model directory for inference (eval mode)."""
+    read_config(directory)
     model = EarlyExitBertForSequenceClassification.from_pretrained(directory, dtype=dtype)
     return model.eval()

@@ -20,7 +20,6 @@ import pyarrow.fs as pafs
 import ray
 from ray.data import ActorPoolStrategy
 from ray.data._internal.savemode import SaveMode
-from transformers import BertConfig
 
 from actors.metrics import MetricsCollector
 from actors.stage import StageActor
@@ -28,7 +27,7 @@ from offramp import batch as B
 from offramp.config import ConfigError, RayConfig, TagConfig
 from offramp.audit import flat_metrics, summarize_audit
 from offramp.metrics import summarize_output
-from offramp.modeling import load_profile
+from offramp.modeling import ModelInfo
 from offramp.policies import get_policy
 from offramp.tokenize import tokenize_task
 from pipelines.finalize import GOLD_COLUMN, OUTPUT_COLUMNS, finalize_task
@@ -36,52 +35,6 @@ from pipelines.io import _filesystem, read_corpus
 from pipelines.layout import PlannedStage, plan_layout
 
 logger = logging.getLogger(__name__)
-
-
-
-@dataclass
-class ModelInfo:
-    """What the driver needs to know about a model without loading its weights."""
-
-    path: str
-    num_layers: int
-    exit_layers: list[int]
-    thresholds: dict[int, float]
-    policy: str
-    labels: list[str]
-    survival: list[float] | None
-    calibration: dict | None = None  # what jobs/calibrate.py certified, if it ran
-
-    @property
-    def calibrated_agreement(self) -> float | None:
-        """The agreement the stored calibration promises: its target, or for an accuracy target
-        the agreement lower bound it measured."""
-        c = self.calibration
-        if not c:
-            return None
-        return c["target"] if c["mode"] == "agreement" else c.get("agreement_lower")
-
-    @classmethod
-    def read(cls, model_dir: str) -> "ModelInfo":
-        if not os.path.isfile(os.path.join(model_dir, "config.json")):
-            raise ConfigError(
-                f"{model_dir} is not a model directory (no config.json); pass --model DIR written by jobs/train_exits.py"
-            )
-        cfg = BertConfig.from_pretrained(model_dir)
-        if not getattr(cfg, "exit_layers", None):
-            raise ConfigError(f"{model_dir} has no exit heads; train one with jobs/train_exits.py and pass its --output")
-        profile = load_profile(model_dir)
-        calibration = profile.get("calibration")
-        return cls(
-            path=os.path.abspath(model_dir),
-            num_layers=cfg.num_hidden_layers,
-            exit_layers=list(cfg.exit_layers),
-            thresholds=dict(zip(cfg.exit_layers, cfg.exit_thresholds)),
-            policy=cfg.exit_policy,
-            labels=[cfg.id2label[i] for i in range(cfg.num_labels)],
-            survival=(calibration or {}).get("survival") or profile.get("dev_survival"),
-            calibration=calibration,
-        )
 
 
 @dataclass
