@@ -92,6 +92,7 @@ def log_calibration(cfg: CalibrateConfig, result: C.Calibration, seconds: float)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import mlflow
+    from mlflow.entities import Metric
 
     from pipelines.tracking import start_run
 
@@ -114,10 +115,14 @@ def log_calibration(cfg: CalibrateConfig, result: C.Calibration, seconds: float)
         metrics["certified_candidates"] = sum(q["certified"] for q in result.curve) - 1
         metrics["calibration_seconds"] = seconds
         mlflow.log_metrics({f"chosen_{k}": float(v) for k, v in metrics.items()})
-        for i, q in enumerate(result.curve[1:], 1):
-            mlflow.log_metric("curve_mean_layers", q["mean_layers"], step=i)
-            mlflow.log_metric("curve_risk", q["risk"], step=i)
-            mlflow.log_metric("curve_risk_bound", q["risk_bound"], step=i)
+        now = int(time.time() * 1000)
+        curve = [
+            Metric(f"curve_{key}", q[key], now, i)
+            for i, q in enumerate(result.curve[1:], 1)
+            for key in ("mean_layers", "risk", "risk_bound")
+        ]
+        for i in range(0, len(curve), 1000):  # MLflow takes at most 1000 metrics per batch
+            mlflow.MlflowClient().log_batch(run.info.run_id, metrics=curve[i : i + 1000])
         fig = tradeoff_figure(result)
         mlflow.log_figure(fig, "calibration_tradeoff.png")
         plt.close(fig)
