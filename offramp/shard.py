@@ -31,7 +31,6 @@ class ShardOutput:
     state: torch.Tensor | None  # (S, state_size) policy state of survivors, or None
     row_layers: int  # row-layers computed (a row through one layer = 1)
     full_logits: torch.Tensor | None = None  # (B, C) final head's logits of audited rows that finished here; nan else
-    decided: torch.Tensor | None = None  # (S,) bool: survivor is an audited row whose answer is already given
     audit_row_layers: int = 0  # of row_layers, those spent on audited rows after their answer
 
 
@@ -101,14 +100,15 @@ class LayerShard(nn.Module):
         audit = torch.zeros(B, dtype=torch.bool, device=device) if audit is None else audit.to(device)
         decided = torch.zeros(B, dtype=torch.bool, device=device) if decided is None else decided.to(device)
         full_out = None
-        row_layers = audit_row_layers = 0
+        row_layers = 0
+        audit_row_layers = torch.zeros((), dtype=torch.long, device=device)  # summed on device: no sync per layer
 
         for offset, layer in enumerate(self.layers):
             number = self.start + offset + 1  # 1-based layer number
             mask2d = torch.arange(hidden.shape[1], device=device)[None, :] < lengths[:, None]  # (S, T)
             hidden = layer(hidden, self._mask(hidden, mask2d))  # (S, T, H)
             row_layers += hidden.shape[0]
-            audit_row_layers += int(decided.sum())
+            audit_row_layers += decided.sum()
             if number not in self.thresholds:
                 continue
             logits = self.heads[str(number)](hidden, mask2d).float()  # (S, C)
@@ -149,8 +149,7 @@ class LayerShard(nn.Module):
             state=state,
             row_layers=row_layers,
             full_logits=full_out,
-            decided=decided,
-            audit_row_layers=audit_row_layers,
+            audit_row_layers=int(audit_row_layers),
         )
 
 
