@@ -95,20 +95,15 @@ def main(argv=None) -> int:
 
 
 def audit_line(a: dict) -> str:
+    from offramp.audit import verdict
+
     if not a["rows"]:
-        return f"audit: no row was sampled (fraction {a['fraction']}); raise --audit-fraction for a small corpus"
-    line = (
+        return f"audit (fraction {a['fraction']}): {verdict(a)}"
+    return (
         f"audit: {a['agree']}/{a['rows']} sampled rows agree with full depth = {a['agreement']:.4f} "
         f"({100 * a['confidence']:.0f}% interval {a['lower']:.4f}..{a['upper']:.4f}); "
-        f"extra cost {100 * a['extra_cost_fraction']:.2f}% of row-layers"
+        f"extra cost {100 * a['extra_cost_fraction']:.2f}% of row-layers; {verdict(a)}"
     )
-    if a["target"] is None:
-        return line + "; no target (set --audit-target or calibrate the model with jobs/calibrate.py)"
-    verdict = a["status"].upper().replace("_", " ")
-    if a["status"] == "below_target":
-        verdict += " (significant: the whole interval is below)" if a["significant"] else " (within the interval)"
-    return line + f"; target {a['target']:.4f}: {verdict}"
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -84,3 +84,17 @@ def flat_metrics(audit: dict) -> dict:
         m[f"audit_rows_layer{layer}"] = float(v["rows"])
         m[f"audit_agreement_layer{layer}"] = v["agreement"]
     return m
+
+
+def verdict(audit: dict) -> str:
+    """The audit's outcome in words, for the terminal and the report."""
+    if audit["status"] == NO_TARGET:
+        return "no target (set --audit-target or calibrate the model with jobs/calibrate.py)"
+    if audit["status"] == NO_SAMPLE:
+        return "no row was sampled; raise --audit-fraction for a small corpus"
+    line = f"target {audit['target']:.4f}: "
+    if audit["status"] == PASS:
+        return line + "PASS (the estimate meets it)"
+    return line + "BELOW TARGET " + (
+        "(significant: the whole interval is below)" if audit.get("significant") else "(the interval still reaches it)"
+    )

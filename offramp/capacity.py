@@ -90,7 +90,8 @@ class CapacityPlan:
 # ---------------------------------------------------------------- reading a run summary
 
 
-def _histogram(summary: dict) -> dict[int, int]:
+def exit_histogram(summary: dict) -> dict[int, int]:
+    """Labeled rows by exit layer, with integer layers (JSON makes the keys strings)."""
     return {int(k): int(v) for k, v in (summary.get("exit_histogram") or {}).items()}
 
 
@@ -99,12 +100,12 @@ def num_layers(summary: dict) -> int:
     if summary.get("num_layers"):
         return int(summary["num_layers"])
     ends = [int(st["end"]) for st in summary.get("stages") or []]
-    return max(ends + list(_histogram(summary)) + [0])
+    return max(ends + list(exit_histogram(summary)) + [0])
 
 
 def survival_by_layer(summary: dict) -> list[float]:
     """Fraction of labeled rows still running after each layer 1..L (the last is 0)."""
-    hist = _histogram(summary)
+    hist = exit_histogram(summary)
     total = sum(hist.values())
     L = num_layers(summary)
     if total == 0:
@@ -114,6 +115,12 @@ def survival_by_layer(summary: dict) -> list[float]:
 
 def _busy(stage: dict) -> float:
     return float(stage.get("busy_seconds") or 0.0)
+
+
+def stage_rate(stage: dict) -> float | None:
+    """r_k: measured documents per actor-second; None when the stage got no rows or no timing."""
+    rows_in = int(stage.get("rows_in") or 0)
+    return rows_in / _busy(stage) if rows_in and _busy(stage) > 0 else None
 
 
 def stage_utilization(summary: dict) -> list[float]:
@@ -278,7 +285,7 @@ def _stage_plan(st: dict, rows0: int, actors: int, cost: float, T: float, headro
         end=int(st["end"]),
         rows_in=rows_in,
         survival_in=rows_in / rows0,
-        docs_per_actor_second=rows_in / _busy(st) if rows_in else None,
+        docs_per_actor_second=stage_rate(st),
         actors=actors,
         num_gpus_per_actor=gpu,
         num_cpus_per_actor=cpu,

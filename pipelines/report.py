@@ -20,12 +20,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 from offramp.capacity import (  # noqa: E402
     TABLE_HEADER,
     CapacityPlan,
+    exit_histogram,
     num_layers,
     plan_table,
     projection_lines,
+    stage_rate,
     stage_utilization,
     survival_by_layer,
 )
+from offramp.audit import verdict  # noqa: E402
 from pipelines.tracking import exit_histogram_figure  # noqa: E402
 
 NO_PLAN = (
@@ -88,7 +91,7 @@ def survival_figure(summary: dict):
 def stage_figure(summary: dict):
     stages = summary.get("stages") or []
     names = [f"stage {st['index']}\nlayers {st['start'] + 1}-{st['end']}" for st in stages]
-    rates = [st["rows_in"] / st["busy_seconds"] if st.get("busy_seconds") else 0.0 for st in stages]
+    rates = [stage_rate(st) or 0.0 for st in stages]
     util = [0.0 if math.isnan(u) else u for u in stage_utilization(summary)]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.5))
     a1.bar(names, rates, color="#3a7bd5")
@@ -147,22 +150,6 @@ def _settings(summary: dict) -> str:
     return f"<details><summary>Run settings</summary>{_table(('setting', 'value'), rows)}</details>" if rows else ""
 
 
-AUDIT_STATUS = {
-    "pass": "met: the estimate is at or above it",
-    "below_target": "BELOW TARGET: the estimate is below it",
-}
-
-
-def _audit_verdict(audit: dict) -> str:
-    status = audit.get("status")
-    text = AUDIT_STATUS.get(status, str(status))
-    if status == "below_target":
-        text += " (significantly: the whole interval is below)" if audit.get("significant") else (
-            " (not significantly: the interval still reaches the target)"
-        )
-    return text
-
-
 def _audit_section(summary: dict) -> str:
     audit = summary.get("audit")
     head = "<h2>Audit agreement by exit layer</h2>"
@@ -171,10 +158,9 @@ def _audit_section(summary: dict) -> str:
     text = (
         f"{audit['agree']} of {audit['rows']} audited rows ({100 * audit.get('fraction', 0):g}% sample) got the "
         f"same label at full depth: agreement {audit['agreement']:.3f}, "
-        f"{100 * audit.get('confidence', 0.95):g}% interval [{audit['lower']:.3f}, {audit['upper']:.3f}]"
+        f"{100 * audit.get('confidence', 0.95):g}% interval [{audit['lower']:.3f}, {audit['upper']:.3f}]; "
+        f"{verdict(audit)}"
     )
-    if audit.get("target") is not None:
-        text += f"; target {audit['target']:g}: {_audit_verdict(audit)}"
     if audit.get("extra_cost_fraction") is not None:
         text += f". The audit cost {100 * audit['extra_cost_fraction']:.1f}% extra layer work"
     note = "<p class='muted'>Bars show each exit layer's confidence interval; n = audited rows.</p>"
@@ -205,7 +191,7 @@ def render_report(summary: dict, plan: CapacityPlan | None, no_plan_reason: str 
     run = summary.get("run") or {}
     title = f"offramp tagging run {run.get('run_id') or ''}".strip()
     subtitle = " · ".join(f"{k} {run[k]}" for k in ("input", "model", "policy") if run.get(k) is not None)
-    hist = {int(k): int(v) for k, v in (summary.get("exit_histogram") or {}).items()}
+    hist = exit_histogram(summary)
     L = num_layers(summary)
     parts = [
         f"<h1>{_e(title)}</h1><p class='muted'>{_e(subtitle)}</p>",

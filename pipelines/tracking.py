@@ -41,7 +41,7 @@ def exit_histogram_figure(hist: dict[int, int], num_layers: int, title: str):
     return fig
 
 
-def run_summary(cfg, result, num_layers: int, params: dict) -> dict:
+def run_summary(result, num_layers: int, params: dict) -> dict:
     """Everything a person or the capacity planner needs from one run, as one JSON document."""
     stages = []
     for p in result.layout:
@@ -85,13 +85,12 @@ def run_report(summary: dict, target_docs_per_hour: float | None) -> str:
     from pipelines.report import render_report
 
     target = target_docs_per_hour or summary["metrics"].get("docs_per_second", 0) * 3600
-    plan, why = None, None
+    if target <= 0:
+        return render_report(summary, None, "the run labeled no rows, so there is no rate to plan from")
     try:
-        plan = plan_capacity(summary, target_docs_per_hour=target) if target > 0 else None
-        why = None if plan else "the run labeled no rows, so there is no rate to plan from"
+        return render_report(summary, plan_capacity(summary, target_docs_per_hour=target))
     except ConfigError as e:
-        why = str(e)
-    return render_report(summary, plan, why)
+        return render_report(summary, None, str(e))
 
 
 def log_tag_run(cfg, result, num_layers: int) -> str:
@@ -132,7 +131,7 @@ def log_tag_run(cfg, result, num_layers: int) -> str:
         fig = exit_histogram_figure(result.exit_histogram, num_layers, "exit layers")
         mlflow.log_figure(fig, "exit_histogram.png")
         plt.close(fig)
-        summary = run_summary(cfg, result, num_layers, {**params, "run_id": run.info.run_id})
+        summary = run_summary(result, num_layers, {**params, "run_id": run.info.run_id})
         mlflow.log_dict(summary, "run_summary.json")
         mlflow.log_text(run_report(summary, cfg.plan_target_docs_per_hour), "report.html")
         return run.info.run_id
