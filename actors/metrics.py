@@ -15,7 +15,7 @@ class MetricsCollector:
     def record(self, stats) -> None:
         t = self.totals[stats.stage]
         t["batches"] += 1
-        for key in ("rows_in", "rows_exited", "tokens_in", "row_layers", "seconds", "audit_row_layers"):
+        for key in ("rows_in", "rows_exited", "tokens_in", "row_layers", "seconds", "audit_row_layers", "skipped_row_layers"):
             t[key] += getattr(stats, key)
 
     def summary(self) -> dict:

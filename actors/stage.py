@@ -36,6 +36,7 @@ class StageSpec:
     policy: str | None = None
     thresholds: dict | None = None  # {layer: threshold}; None = stored with the model
     exits_enabled: bool = True
+    gates_enabled: bool = True  # SmartBERT skipping gates (models without gates ignore it)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class StageBatchStats:
     row_layers: int  # row-layers computed
     seconds: float  # wall time of the call
     audit_row_layers: int = 0  # of row_layers, those audited rows ran after their answer
+    skipped_row_layers: int = 0  # row-layers skipped through gates (not in row_layers)
 
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -71,9 +73,19 @@ def blobs_to_hidden(blobs, lengths: np.ndarray, hidden_size: int, carry_dtype: s
 
 
 REQUIRED = (
-    B.STATUS, B.TOKENS, B.NUM_TOKENS, B.HIDDEN, B.EXIT_LAYER, B.LABEL_ID, B.CONFIDENCE, B.SCORE, B.AUDIT, B.FULL_LABEL_ID
+    B.STATUS, B.TOKENS, B.NUM_TOKENS, B.HIDDEN, B.EXIT_LAYER, B.LABEL_ID, B.CONFIDENCE, B.SCORE, B.AUDIT,
+    B.FULL_LABEL_ID, B.STATE, B.SKIPPED,
 )
-RESULT_COLUMNS = (B.EXIT_LAYER, B.LABEL_ID, B.CONFIDENCE, B.SCORE, B.HIDDEN, B.FULL_LABEL_ID)
+RESULT_COLUMNS = (B.EXIT_LAYER, B.LABEL_ID, B.CONFIDENCE, B.SCORE, B.HIDDEN, B.FULL_LABEL_ID, B.STATE, B.SKIPPED)
+
+
+def state_from_blobs(blobs, fresh: torch.Tensor) -> torch.Tensor:
+    """Per-row float32 state blobs -> (S, state_size); rows with no blob yet keep `fresh`'s row."""
+    state = fresh.clone()
+    for i, blob in enumerate(blobs):
+        if blob:
+            state[i] = torch.from_numpy(np.frombuffer(blob, dtype=np.float32).copy())
+    return state
 
 
 def running_rows(batch: dict) -> np.ndarray:
@@ -91,7 +103,13 @@ class StageActor:
         self.device = torch.device(spec.device)
         self.hidden_size = model.config.hidden_size
         self.shard = LayerShard(
-            model, spec.start, spec.end, policy=spec.policy, thresholds=spec.thresholds, exits_enabled=spec.exits_enabled
+            model,
+            spec.start,
+            spec.end,
+            policy=spec.policy,
+            thresholds=spec.thresholds,
+            exits_enabled=spec.exits_enabled,
+            gates_enabled=spec.gates_enabled,
         )
         del model  # layers outside [start, end) are freed with it
         self.shard.to(device=self.device, dtype=TORCH_DTYPES[spec.dtype]).eval()
@@ -118,18 +136,19 @@ class StageActor:
         spec = self.spec
         # copy before writing: zero-copy batches are read-only
         cols = {c: batch[c].copy() for c in RESULT_COLUMNS}
-        row_layers = exited = audit_layers = 0
+        row_layers = exited = audit_layers = skipped = 0
         for group in forward_groups(batch[B.NUM_TOKENS][running], spec.max_tokens):
-            layers_g, exited_g, audit_g = self._forward(batch, running[group], cols)
+            layers_g, exited_g, audit_g, skipped_g = self._forward(batch, running[group], cols)
             row_layers, exited, audit_layers = row_layers + layers_g, exited + exited_g, audit_layers + audit_g
+            skipped += skipped_g
         if spec.start == 0:
             cols[B.TOKENS] = batch[B.TOKENS].copy()
             cols[B.TOKENS][running] = b""  # token ids are in the states now
         out.update(cols)
         tokens = int(batch[B.NUM_TOKENS][running].sum())
-        return out, StageBatchStats(spec.index, len(running), exited, tokens, row_layers, 0.0, audit_layers)
+        return out, StageBatchStats(spec.index, len(running), exited, tokens, row_layers, 0.0, audit_layers, skipped)
 
-    def _forward(self, batch: dict, rows: np.ndarray, cols: dict) -> tuple[int, int, int]:
+    def _forward(self, batch: dict, rows: np.ndarray, cols: dict) -> tuple[int, int, int, int]:
         """One forward pass over batch positions `rows`; writes their results into `cols`."""
         spec = self.spec
         lengths = batch[B.NUM_TOKENS][rows].astype(np.int64)
@@ -141,7 +160,11 @@ class StageActor:
         else:
             hidden = blobs_to_hidden(batch[B.HIDDEN][rows], lengths, self.hidden_size, spec.carry_dtype)
             inputs = dict(hidden=hidden.to(self.device))
-        result = self.shard(torch.from_numpy(lengths), audit=audit, decided=decided, **inputs)
+        policy = self.shard.policy
+        state = None
+        if policy.state_size:  # carried from the previous stage; fresh for rows not yet through a head
+            state = state_from_blobs(batch[B.STATE][rows], policy.initial_state(len(rows)))
+        result = self.shard(torch.from_numpy(lengths), audit=audit, decided=decided, state=state, **inputs)
         layers = result.exit_layer.cpu().numpy()  # (S,)
         answered = layers > 0
         done = rows[answered]
@@ -158,11 +181,20 @@ class StageActor:
         left = np.ones(len(rows), dtype=bool)
         left[survivor_pos] = False
         cols[B.HIDDEN][rows[left]] = b""  # a row that leaves drops its states at once
+        cols[B.STATE][rows[left]] = b""
+        skipped = 0
+        if result.skipped is not None:
+            per_row = result.skipped.cpu().numpy()
+            cols[B.SKIPPED][rows] += per_row.astype(np.int16)
+            skipped = int(per_row.sum())
         if len(survivor_pos):
             blobs = hidden_to_blobs(result.hidden, result.lengths, spec.carry_dtype)
-            for i, blob in zip(rows[survivor_pos], blobs):
+            states = result.state.float().cpu().numpy() if result.state is not None else None
+            for j, (i, blob) in enumerate(zip(rows[survivor_pos], blobs)):
                 cols[B.HIDDEN][i] = blob
-        return result.row_layers, int(left.sum()), result.audit_row_layers
+                if states is not None:
+                    cols[B.STATE][i] = states[j].tobytes()
+        return result.row_layers, int(left.sum()), result.audit_row_layers, skipped
 
 
 def forward_groups(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:

@@ -1,7 +1,8 @@
-"""Fine-tune an early-exit classifier (DeeBERT two-stage) and save it for tag_corpus.py.
+"""Fine-tune an early-exit classifier with a chosen exit mechanism and save it for tag_corpus.py.
 
     python jobs/train_exits.py --train train.parquet --eval dev.parquet --output models/m \
-        [--base-model DIR] [--config conf/train.yaml] [--set stage1_epochs=1]
+        [--mechanism deebert|pabee|berxit|de3|smartbert] [--base-model DIR | --init-from MODEL] \
+        [--config conf/train.yaml] [--set stage1_epochs=1]
 """
 
 import argparse
@@ -21,7 +22,9 @@ def parse_args(argv=None):
     p.add_argument("--base-model", help="local Hugging Face BERT checkpoint (default: pip-shipped MiniLM-L6)")
     p.add_argument("--text-column")
     p.add_argument("--label-column")
-    p.add_argument("--policy", help="exit policy stored with the model (entropy, max_prob)")
+    p.add_argument("--mechanism", help="exit mechanism and training recipe: deebert, pabee, berxit, de3, smartbert")
+    p.add_argument("--init-from", help="warm start from an offramp model directory with the same labels")
+    p.add_argument("--policy", help="exit policy stored with the model (default: the mechanism's own)")
     p.add_argument("--max-train-rows", type=int)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. lr=3e-5")
     return p.parse_args(argv)
@@ -42,6 +45,8 @@ def main(argv=None) -> int:
                 "text_column": args.text_column,
                 "label_column": args.label_column,
                 "policy": args.policy,
+                "mechanism": args.mechanism,
+                "init_from": args.init_from,
                 "max_train_rows": args.max_train_rows,
             },
             args.set,

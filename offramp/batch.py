@@ -31,6 +31,8 @@ CONFIDENCE = "_confidence"  # float32: top-class probability at the exit
 SCORE = "_score"  # float32: exit-criterion value at the exit
 AUDIT = "_audit"  # bool: runs to full depth whatever the exits say (its answer is still the exit's)
 FULL_LABEL_ID = "_full_label_id"  # int32: full-depth prediction of an audited row; -1 = none (yet)
+STATE = "_state"  # binary: float32 exit-policy state of a running row (patience counters); b"" = fresh
+SKIPPED = "_skipped"  # int16: layers the row skipped through SmartBERT gates so far
 
 
 def batch_rows(batch: dict) -> int:

@@ -107,7 +107,7 @@ def candidate_thresholds(policy: ExitPolicy, num_classes: int, points: int) -> n
 
 
 def evaluate(
-    logits: np.ndarray,  # (N, K, C) every head's logits
+    logits,  # (N, K, C) every head's logits, or a thresholds.HeadPass
     exit_layers: list[int],
     policy: ExitPolicy,
     threshold: float,
@@ -115,15 +115,16 @@ def evaluate(
     gold: np.ndarray | None = None,  # (N,) class ids; -1 = unknown class (counts as wrong)
 ) -> dict:
     """One candidate: its speed, agreement, accuracy and the bound the target is tested with."""
-    scores = T.head_scores(policy, logits)
-    return _evaluate(scores, logits.argmax(-1), exit_layers, policy, np.array([threshold]), target, gold)[0]
+    return _evaluate(T.as_pass(logits), exit_layers, policy, np.array([threshold]), target, gold)[0]
 
 
-def _evaluate(scores, preds, exit_layers, policy, thresholds, target, gold) -> list[dict]:
-    """Every candidate threshold at once: (M, N) exit layers and predictions, then counts."""
+def _evaluate(hp: T.HeadPass, exit_layers, policy, thresholds, target, gold) -> list[dict]:
+    """Every candidate threshold at once: (M, N) exit heads and predictions, then counts."""
+    scores, preds = T.head_scores(policy, hp, exit_layers), hp.preds
     n = len(preds)
-    layers, pred = T.simulate(scores, preds, exit_layers, policy, np.asarray(thresholds))  # (M, N) each
-    mean_layers = layers.mean(axis=1)  # (M,)
+    first = T.first_exit(scores, policy, np.asarray(thresholds))  # (M, N)
+    pred = np.take_along_axis(preds[None], first[..., None], axis=2)[..., 0]
+    mean_layers = T.computed_layers(T.layer_costs(hp, exit_layers), first).mean(axis=1)  # (M,)
     full = preds[:, -1]
     disagree = (pred != full).sum(axis=1)  # (M,)
     delta = target.delta
@@ -151,7 +152,7 @@ def _evaluate(scores, preds, exit_layers, policy, thresholds, target, gold) -> l
 
 
 def calibrate(
-    logits: np.ndarray,  # (N, K, C)
+    logits,  # (N, K, C) every head's logits, or a thresholds.HeadPass
     exit_layers: list[int],
     policy: ExitPolicy,
     target: Target,
@@ -163,12 +164,13 @@ def calibrate(
         raise ValueError(f"mode {target.mode!r}: use one of {MODES}")
     if target.mode == "accuracy" and gold is None:
         raise ValueError("an accuracy target needs gold labels; use an agreement target for unlabeled data")
-    n = len(logits)
+    hp = T.as_pass(logits)
+    n = len(hp)
     if n == 0:
         raise ValueError("empty calibration set")
-    scores = T.head_scores(policy, logits)
-    preds = logits.argmax(-1)
-    curve = _evaluate(scores, preds, exit_layers, policy, candidate_thresholds(policy, logits.shape[-1], points), target, gold)
+    scores, preds = T.head_scores(policy, hp, exit_layers), hp.preds
+    candidates = candidate_thresholds(policy, hp.logits.shape[-1], points)
+    curve = _evaluate(hp, exit_layers, policy, candidates, target, gold)
     chosen, testing = None, True
     for i, p in enumerate(curve):
         never = i == 0  # never-exit is full depth itself: risk 0 with certainty
@@ -191,16 +193,16 @@ def naive_choice(curve: list[dict], target: Target) -> dict:
 # ---------------------------------------------------------------- model directory I/O
 
 
-def head_logits_for(model_dir: str, texts: list[str], max_length: int, batch_size: int = 64) -> np.ndarray:
-    """(N, K, C) every exit head's logits at full depth, from one pass of the saved model."""
+def head_logits_for(model_dir: str, texts: list[str], max_length: int, batch_size: int = 64) -> T.HeadPass:
+    """Every exit head's output at full depth, from one pass of the saved model."""
     from transformers import AutoTokenizer
 
     from offramp.modeling import load_model
-    from offramp.training import all_head_logits
+    from offramp.training import full_pass
 
     model = load_model(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return all_head_logits(model, tokenizer, texts, max_length, batch_size)
+    return full_pass(model, tokenizer, texts, max_length, batch_size)
 
 
 def write_calibration(model_dir: str, calibration: Calibration, exit_layers: list[int], source: str) -> None:

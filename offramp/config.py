@@ -36,6 +36,9 @@ class ExitConfig:
     """One threshold per exit head, in head order; overrides the stored ones."""
     disabled: bool = False
     """Run every row to full depth (the parity / full-depth baseline)."""
+    skip_gates: bool = True
+    """SmartBERT models: rows skip the layers their gates say to skip. False = every row runs
+    every layer it reaches (with `disabled`, the every-layer baseline). Ignored without gates."""
 
     def __post_init__(self):
         if self.threshold is not None and self.thresholds is not None:
@@ -215,6 +218,11 @@ class TrainConfig:
     """Directory the early-exit model is saved to."""
     base_model: str | None = None
     """Local Hugging Face BERT-family checkpoint; None = the pip-shipped all-MiniLM-L6-v2."""
+    mechanism: str = "deebert"
+    """Exit mechanism and its training recipe (offramp.mechanisms): deebert, pabee, berxit, de3, smartbert."""
+    init_from: str | None = None
+    """Warm start from an offramp model directory of the same labels (backbone, classifier, heads);
+    the mechanism's new modules start fresh. With stage1_epochs=0 the backbone stays as it is."""
     text_column: str = "text"
     label_column: str = "label"
     max_length: int = 128
@@ -232,8 +240,25 @@ class TrainConfig:
     warmup_ratio: float = 0.06
     exit_layers: tuple[int, ...] | None = None
     """1-based layers with an exit head; None = every layer. The last layer always has one."""
-    policy: str = "entropy"
-    """Exit policy stored with the model."""
+    policy: str | None = None
+    """Exit policy stored with the model; None = the mechanism's own (deebert/smartbert entropy,
+    pabee patience, berxit learned, de3 hybrid)."""
+    sparsity_weight: float = 0.04
+    """SmartBERT stage 1: weight of the term rewarding skipping (lambda / sum of mean gate values)."""
+    layer_contrastive_weight: float = 0.01
+    """SmartBERT stage 1: weight of cross-layer contrastive learning on token states (eta1)."""
+    head_contrastive_weight: float = 0.05
+    """SmartBERT stage 2: weight of contrastive learning between adjacent exit heads (eta2)."""
+    hard_weight_epochs: float = 1.0
+    """SmartBERT stage 1: the last this-many epochs use the hard weight mechanism (straight-through gates)."""
+    prototype_dim: int = 128
+    """DE³-BERT: width of each exit's prototype space."""
+    prototype_momentum: float = 0.1
+    """DE³-BERT: moving-average rate of the class prototypes."""
+    distance_weight: float = 1.0
+    """DE³-BERT: weight of the distance-aware regularizer beside the heads' CE."""
+    predictor_epochs: float = 10.0
+    """BERxiT: epochs of the learning-to-exit predictor on cached features."""
     max_accuracy_drop: float = 0.01
     """Stored thresholds: fastest global threshold whose dev accuracy is within this of full depth."""
     seed: int = 0
@@ -245,6 +270,12 @@ class TrainConfig:
             raise ConfigError("batch_size must be >= 1 and max_length >= 8")
         if self.stage1_epochs < 0 or self.stage2_epochs < 0:
             raise ConfigError("stage1_epochs and stage2_epochs must be >= 0")
+        if not 0 <= self.hard_weight_epochs <= max(self.stage1_epochs, 0) and self.mechanism == "smartbert":
+            raise ConfigError(
+                f"hard_weight_epochs={self.hard_weight_epochs} must lie in [0, stage1_epochs={self.stage1_epochs}]"
+            )
+        if self.prototype_dim < 2 or not 0 < self.prototype_momentum <= 1:
+            raise ConfigError("prototype_dim must be >= 2 and prototype_momentum in (0, 1]")
         if not 0 <= self.max_accuracy_drop < 1:
             raise ConfigError(f"max_accuracy_drop={self.max_accuracy_drop} is a fraction, e.g. 0.01 for 1 point")
 

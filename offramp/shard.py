@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
-from offramp.modeling import EarlyExitBertForSequenceClassification
-from offramp.policies import ExitPolicy, get_policy
+from offramp.modeling import EarlyExitBertForSequenceClassification, HeadOutput, exit_signal, masked_mean
+from offramp.policies import ExitPolicy, check_policy_fits, get_policy
 
 
 @dataclass
@@ -32,10 +32,11 @@ class ShardOutput:
     row_layers: int  # row-layers computed (a row through one layer = 1)
     full_logits: torch.Tensor | None = None  # (B, C) final head's logits of audited rows that finished here; nan else
     audit_row_layers: int = 0  # of row_layers, those spent on audited rows after their answer
+    skipped: torch.Tensor | None = None  # (B,) int64 layers each row skipped here (SmartBERT gates); None = no gates
 
 
 class LayerShard(nn.Module):
-    """Layers [start, end) (0-based, end exclusive) of an early-exit model, plus their heads."""
+    """Layers [start, end) (0-based, end exclusive) of an early-exit model, plus their heads and gates."""
 
     def __init__(
         self,
@@ -45,6 +46,7 @@ class LayerShard(nn.Module):
         policy: ExitPolicy | str | None = None,
         thresholds: dict[int, float] | None = None,
         exits_enabled: bool = True,
+        gates_enabled: bool = True,
     ):
         super().__init__()
         if not 0 <= start < end <= model.num_layers:
@@ -53,10 +55,14 @@ class LayerShard(nn.Module):
         self.model_config = model.config
         self.embeddings = model.bert.embeddings if start == 0 else None
         self.layers = nn.ModuleList(model.bert.encoder.layer[start:end])
+        # SmartBERT: the gate before each of this shard's layers
+        self.gates = nn.ModuleList(model.gates[start:end]) if model.gates is not None and gates_enabled else None
+        self.gate_threshold = model.config.gate_threshold
         self.head_layers = [l for l in model.exit_layers if start < l <= end]
         # heads are kept as modules of this shard so .to(dtype) and memory follow the shard
         self.heads = nn.ModuleDict({str(l): _HeadAt(model, l) for l in self.head_layers})
         self.policy = get_policy(policy or model.config.exit_policy) if not isinstance(policy, ExitPolicy) else policy
+        check_policy_fits(self.policy, model.config.exit_mechanism, model.signal_modules)
         stored = model.thresholds_by_layer()
         self.thresholds = {l: float((thresholds or stored).get(l, stored[l])) for l in self.head_layers}
         self.exits_enabled = exits_enabled
@@ -65,13 +71,34 @@ class LayerShard(nn.Module):
         """The mask each encoder layer expects, built as BertModel builds it."""
         return create_bidirectional_mask(config=self.model_config, inputs_embeds=hidden, attention_mask=mask2d)
 
+    def _layer(self, offset: int, hidden: torch.Tensor, lengths: torch.Tensor, mask2d: torch.Tensor):
+        """Layer `offset` of the shard on the rows that run it -> (new hidden, (S,) bool ran).
+
+        Without gates every row runs. With gates, rows whose gate says skip keep their states
+        unchanged, and only the others are computed, as one compacted sub-batch trimmed to
+        its own longest row: a skipped layer costs that row nothing but its gate."""
+        layer = self.layers[offset]
+        if self.gates is None:
+            return layer(hidden, self._mask(hidden, mask2d)), torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+        ran = self.gates[offset](hidden, mask2d) < self.gate_threshold  # (S,)
+        rows = ran.nonzero().squeeze(1)
+        if len(rows) == 0:
+            return hidden, ran
+        if len(rows) == hidden.shape[0]:
+            return layer(hidden, self._mask(hidden, mask2d)), ran
+        t = int(lengths[rows].max())
+        sub = hidden[rows, :t]  # (R, t, H)
+        out = hidden.clone()
+        out[rows, :t] = layer(sub, self._mask(sub, mask2d[rows, :t]))
+        return out, ran
+
     @torch.inference_mode()
     def forward(
         self,
         lengths: torch.Tensor,  # (B,) tokens per row
         input_ids: torch.Tensor | None = None,  # (B, T) when this shard holds the embeddings
         hidden: torch.Tensor | None = None,  # (B, T, H) otherwise
-        state: torch.Tensor | None = None,  # (B, state_size)
+        state: torch.Tensor | None = None,  # (B, state_size) policy state carried from earlier shards
         audit: torch.Tensor | None = None,  # (B,) bool: run to full depth whatever the exits say
         decided: torch.Tensor | None = None,  # (B,) bool: audited rows answered in an earlier shard
     ) -> ShardOutput:
@@ -79,7 +106,8 @@ class LayerShard(nn.Module):
 
         An audited row gets its early-exit answer exactly as any other row (exit_layer,
         logits, score), but keeps running; the final head's logits of audited rows that
-        finish here come back as `full_logits`."""
+        finish here come back as `full_logits`. With gates, a row that skips a layer gets no
+        exit decision there (its head would see the same states as before)."""
         if (input_ids is None) == (hidden is None):
             raise ValueError("pass input_ids (first shard) or hidden (later shards), not both")
         if input_ids is not None:
@@ -93,35 +121,42 @@ class LayerShard(nn.Module):
         exit_layer = torch.zeros(B, dtype=torch.long, device=device)
         logits_out = torch.zeros(B, C, dtype=torch.float32, device=device)
         score_out = torch.full((B,), float("nan"), dtype=torch.float32, device=device)
+        skipped_out = torch.zeros(B, dtype=torch.long, device=device) if self.gates is not None else None
         alive = torch.arange(B, device=device)  # (S,) rows still running
         lengths = lengths.to(device)
-        if state is None and self.policy.state_size:
-            state = torch.zeros(B, self.policy.state_size, device=device)
+        state = self.policy.initial_state(B, device) if state is None else state.to(device)
         audit = torch.zeros(B, dtype=torch.bool, device=device) if audit is None else audit.to(device)
         decided = torch.zeros(B, dtype=torch.bool, device=device) if decided is None else decided.to(device)
         full_out = None
         row_layers = 0
         audit_row_layers = torch.zeros((), dtype=torch.long, device=device)  # summed on device: no sync per layer
 
-        for offset, layer in enumerate(self.layers):
+        for offset in range(len(self.layers)):
             number = self.start + offset + 1  # 1-based layer number
             mask2d = torch.arange(hidden.shape[1], device=device)[None, :] < lengths[:, None]  # (S, T)
-            hidden = layer(hidden, self._mask(hidden, mask2d))  # (S, T, H)
-            row_layers += hidden.shape[0]
-            audit_row_layers += decided.sum()
+            hidden, ran = self._layer(offset, hidden, lengths, mask2d)  # (S, T, H), (S,)
+            if skipped_out is not None:
+                row_layers += int(ran.sum())
+                skipped_out[alive[~ran]] += 1
+            else:
+                row_layers += hidden.shape[0]
+            audit_row_layers += (decided & ran).sum()
             if number not in self.thresholds:
                 continue
-            logits = self.heads[str(number)](hidden, mask2d).float()  # (S, C)
-            if number == self.num_layers:
+            head = self.heads[str(number)](hidden, mask2d)
+            logits = head.logits.float()  # (S, C)
+            if number == self.num_layers:  # every row leaves, skipped the last layer or not
                 exited = torch.ones(hidden.shape[0], dtype=torch.bool, device=device)
-                score = self.policy.score(logits)
+                score = self.policy.score(logits, head.aux)
                 if audit.any():
                     full_out = torch.full((B, C), float("nan"), dtype=torch.float32, device=device)
                     full_out[alive[audit]] = logits[audit]
             else:
                 threshold = self.thresholds[number] if self.exits_enabled else self.policy.never_exits_threshold()
-                decision, state = self.policy.decide(logits, threshold, state)
-                exited, score = decision.exited, decision.score
+                decision, new_state = self.policy.decide(logits, threshold, state, head.aux)
+                exited, score = decision.exited & ran, decision.score
+                if new_state is not None:  # a row that skipped the layer keeps its state
+                    state = torch.where(ran[:, None], new_state, state)
             answered = exited & ~decided  # an audited row is answered once, at its first exit
             if answered.any():
                 rows = alive[answered]
@@ -150,21 +185,24 @@ class LayerShard(nn.Module):
             row_layers=row_layers,
             full_logits=full_out,
             audit_row_layers=int(audit_row_layers),
+            skipped=skipped_out,
         )
 
 
 class _HeadAt(nn.Module):
-    """The head after one layer, as its own module (the final one reuses pooler + classifier)."""
+    """The head after one layer, as its own module (the final one reuses pooler + classifier),
+    with the mechanism's signal module at that layer (DE³ prototypes, BERxiT's shared predictor)."""
 
     def __init__(self, model: EarlyExitBertForSequenceClassification, layer: int):
         super().__init__()
+        self.head = self.signal = None
         if layer == model.num_layers:
             self.pooler, self.dropout, self.classifier = model.bert.pooler, model.dropout, model.classifier
-            self.head = None
         else:
-            self.head = model.exit_heads[str(layer)]
+            self.head, self.signal = model.exit_heads[str(layer)], model.signal_module(layer)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, H), (B, T) -> (B, C)
-        if self.head is not None:
-            return self.head(hidden, mask)
-        return self.classifier(self.dropout(self.pooler(hidden)))
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> HeadOutput:  # (B, T, H), (B, T)
+        if self.head is None:
+            return HeadOutput(self.classifier(self.dropout(self.pooler(hidden))))
+        pooled = masked_mean(hidden, mask)  # (B, H)
+        return HeadOutput(self.head.classify(pooled), exit_signal(self.signal, pooled))

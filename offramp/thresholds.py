@@ -1,57 +1,114 @@
-"""Offline exit simulation on full-depth logits: trade-off curves and threshold choice.
+"""Offline exit simulation on one full-depth pass: trade-off curves and threshold choice.
 
-Given every head's logits for a labeled set (one full-depth pass), the exit of each
+Given every head's output for a labeled set (one full-depth pass), the exit of each
 row under any global threshold is a cheap array operation, so the whole
-accuracy / mean-layers curve comes from one forward pass.
+accuracy / mean-layers curve comes from one forward pass. With SmartBERT gates the
+pass also records which layers each row skipped: a skipped layer has no exit decision
+and costs nothing, so "layers computed" can be fewer than the exit layer.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-import torch
 
 from offramp.policies import ExitPolicy
 
 
-def head_scores(policy: ExitPolicy, logits: np.ndarray) -> np.ndarray:
-    """(N, K, C) logits of K heads -> (N, K) policy scores."""
-    n, k, c = logits.shape
-    return policy.score(torch.from_numpy(logits.reshape(n * k, c)).float()).numpy().reshape(n, k)
+@dataclass
+class HeadPass:
+    """Every head's output on N rows from one full-depth pass."""
+
+    logits: np.ndarray  # (N, K, C)
+    aux: np.ndarray | None = None  # (N, K, A) the mechanism's exit signal; nan at the last head
+    skipped: np.ndarray | None = None  # (N, L) bool: row skipped layer l+1 (SmartBERT gates)
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+    def __getitem__(self, rows) -> "HeadPass":
+        pick = lambda a: None if a is None else a[rows]  # noqa: E731
+        return HeadPass(self.logits[rows], pick(self.aux), pick(self.skipped))
+
+    @property
+    def preds(self) -> np.ndarray:  # (N, K)
+        return self.logits.argmax(-1)
+
+
+def as_pass(x) -> HeadPass:
+    """A bare (N, K, C) logits array is a pass of a model without signals or gates."""
+    return x if isinstance(x, HeadPass) else HeadPass(np.asarray(x))
+
+
+def head_scores(policy: ExitPolicy, x, exit_layers: list[int] | None = None) -> np.ndarray:
+    """(N, K) policy scores; a head at a layer the row skipped never passes (it made no decision)."""
+    hp = as_pass(x)
+    aux = None if hp.aux is None else np.nan_to_num(hp.aux)  # the last head's nan: it always exits anyway
+    scores = policy.head_scores(hp.logits, aux).astype(np.float64)
+    if hp.skipped is not None and exit_layers is not None:
+        skipped_at = hp.skipped[:, np.asarray(exit_layers) - 1]  # (N, K)
+        skipped_at[:, -1] = False
+        scores[skipped_at] = np.nan  # nan fails every comparison: no decision there
+    return scores
+
+
+def layer_costs(x, exit_layers: list[int]) -> np.ndarray:
+    """(N, K) layers a row has computed by the time it reaches head k (skipped layers are free)."""
+    hp = as_pass(x)
+    depth = np.broadcast_to(np.asarray(exit_layers, dtype=np.float64), hp.logits.shape[:2])
+    if hp.skipped is None:
+        return depth.copy()
+    skipped_by = np.cumsum(hp.skipped, axis=1)[:, np.asarray(exit_layers) - 1]  # (N, K)
+    return depth - skipped_by
+
+
+def first_exit(scores: np.ndarray, policy: ExitPolicy, threshold) -> np.ndarray:
+    """Index of the first head that exits (the last always does): (N,) for one threshold,
+    (M, N) for an (M,) array of candidates."""
+    t = np.asarray(threshold, dtype=np.float64)[..., None, None]  # broadcasts over (N, K)
+    passes = policy.passes(scores, t)  # (N, K) or (M, N, K)
+    passes[..., -1] = True
+    return passes.argmax(axis=-1)
 
 
 def simulate(scores: np.ndarray, preds: np.ndarray, exit_layers: list[int], policy: ExitPolicy, threshold):
-    """Per row: the layer of the first head that exits (the last head always does), and its prediction.
+    """Per row: the layer of the first head that exits, and its prediction.
 
     `threshold` is one value -> (N,) arrays, or an (M,) array of candidates -> (M, N) arrays."""
-    thr = np.asarray(threshold, dtype=np.float64)
-    t = thr[..., None, None]  # broadcasts over (N, K)
-    passes = scores < t if policy.lower_is_confident else scores >= t  # (N, K) or (M, N, K)
-    passes[..., -1] = True
-    first = passes.argmax(axis=-1)  # (N,) or (M, N)
+    first = first_exit(scores, policy, threshold)
     return np.asarray(exit_layers)[first], preds[np.arange(len(preds)), first]
 
 
-def sweep(logits: np.ndarray, gold: np.ndarray, exit_layers: list[int], policy: ExitPolicy, points: int = 80) -> list[dict]:
-    """Accuracy and mean layers for thresholds spread over the observed scores (plus never-exit)."""
-    scores = head_scores(policy, logits)
-    preds = logits.argmax(-1)  # (N, K)
+def computed_layers(costs: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Layers each row computed up to its exit head: (N,) or (M, N) like `first`."""
+    return costs[np.arange(costs.shape[0]), first]
+
+
+def sweep(x, gold: np.ndarray, exit_layers: list[int], policy: ExitPolicy, points: int = 80) -> list[dict]:
+    """Accuracy and mean layers computed for thresholds spread over the observed scores (plus never-exit)."""
+    hp = as_pass(x)
+    scores = head_scores(policy, hp, exit_layers)
+    preds, costs = hp.preds, layer_costs(hp, exit_layers)
     internal = scores[:, :-1].ravel()
+    internal = internal[np.isfinite(internal)]
     candidates = np.unique(np.quantile(internal, np.linspace(0, 1, points))) if internal.size else np.array([])
     candidates = np.concatenate([[policy.never_exits_threshold()], candidates])
+    first = first_exit(scores, policy, candidates)  # (M, N)
+    pred = np.take_along_axis(preds[None], first[..., None], axis=2)[..., 0] if len(preds) else first
+    mean_layers = computed_layers(costs, first).mean(axis=1)
+    depth = np.asarray(exit_layers)[first].mean(axis=1)
     num_layers = exit_layers[-1]
-    curve = []
-    for t in candidates:
-        layers, pred = simulate(scores, preds, exit_layers, policy, float(t))
-        mean_layers = float(layers.mean())
-        curve.append(
-            {
-                "threshold": float(t),
-                "accuracy": float((pred == gold).mean()),
-                "mean_layers": mean_layers,
-                "ideal_speedup": num_layers / mean_layers,
-            }
-        )
-    return curve
+    return [
+        {
+            "threshold": float(t),
+            "accuracy": float((pred[i] == gold).mean()),
+            "mean_layers": float(mean_layers[i]),
+            "mean_exit_layer": float(depth[i]),
+            "ideal_speedup": num_layers / float(mean_layers[i]),
+        }
+        for i, t in enumerate(candidates)
+    ]
 
 
 def choose(curve: list[dict], max_drop: float) -> dict:

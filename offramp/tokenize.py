@@ -101,6 +101,8 @@ def tokenize_batch(batch: dict, tokenizer, text_column: str, max_length: int, au
             B.SCORE: np.full(n, np.nan, dtype=np.float32),
             B.AUDIT: np.zeros(n, dtype=bool) if audit is None else np.asarray(audit, dtype=bool),
             B.FULL_LABEL_ID: np.full(n, -1, dtype=np.int32),
+            B.STATE: np.array([b""] * n, dtype=object),
+            B.SKIPPED: np.zeros(n, dtype=np.int16),
         }
     )
     return out

@@ -1,11 +1,10 @@
-"""DeeBERT's two-stage fine-tuning, then thresholds chosen on the dev set.
+"""Fine-tuning an early-exit model with the chosen mechanism, then thresholds on the dev set.
 
-Stage 1 fine-tunes the backbone and the final classifier on the final layer's loss.
-Stage 2 freezes both and trains the internal exit heads on the sum of their
-losses (the backbone's states are computed without gradients, so it is cheap).
-Then one full-depth pass over the dev set gives every head's logits, from which
-per-layer accuracy, the accuracy / mean-layers curve and the stored thresholds
-follow.
+The mechanism (offramp.mechanisms: deebert, pabee, berxit, de3, smartbert) owns the recipe;
+this module holds the parts they share: the optimizer loop, stage 1 on the backbone,
+pooled features of the frozen backbone (so head-only stages train on a cache in seconds),
+and one full-depth pass over the dev set, from which per-layer accuracy, the
+accuracy / mean-layers curve and the stored thresholds follow.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from offramp import thresholds as T
 from offramp.config import ConfigError, TrainConfig
 from offramp.data import load_labeled
 from offramp.modeling import EarlyExitBertForSequenceClassification, default_base_model, masked_mean
-from offramp.policies import get_policy
+from offramp.policies import check_policy_fits, get_policy
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +39,7 @@ class TrainReport:
     chosen: dict
     survival: list[float]
     losses: list[dict] = field(default_factory=list)  # {"stage", "step", "loss"}
+    skip_rate: list[float] | None = None  # SmartBERT: share of dev rows skipping each layer at full depth
 
 
 def _batches(n: int, batch_size: int, rng: random.Random | None):
@@ -102,116 +102,191 @@ def _optimize(params, n: int, cfg: TrainConfig, epochs: float, lr: float, stage:
                 break
 
 
-def _train_backbone(model, tokenizer, texts, y, cfg: TrainConfig, params, losses):
-    """DeeBERT stage 1: backbone + final classifier on the final layer's loss."""
+@dataclass
+class TrainRun:
+    """What a mechanism's recipe trains on: rows (tokenized on demand) and where losses go."""
 
-    def loss_of(idx):
-        enc = _encode(tokenizer, [texts[i] for i in idx], cfg.max_length)
-        h = model.bert(**enc).last_hidden_state  # (B, T, H)
-        return nn.functional.cross_entropy(model.head_logits(model.num_layers, h, enc["attention_mask"]), y[idx])
+    model: EarlyExitBertForSequenceClassification
+    tokenizer: object
+    texts: list[str]
+    y: torch.Tensor  # (N,) class ids
+    cfg: TrainConfig
+    losses: list[dict]
 
-    _optimize(params, len(texts), cfg, cfg.stage1_epochs, cfg.lr, 1, loss_of, losses, clip=1.0)
+    def encode(self, idx):
+        return _encode(self.tokenizer, [self.texts[i] for i in idx], self.cfg.max_length)
+
+    def optimize(self, params, epochs: float, lr: float, stage: int, loss_of, clip=None, n: int | None = None):
+        _optimize(params, len(self.y) if n is None else n, self.cfg, epochs, lr, stage, loss_of, self.losses, clip)
+
+
+def final_loss(run: TrainRun, idx) -> torch.Tensor:
+    """The final classifier's CE on rows `idx` through the whole backbone (DeeBERT stage 1)."""
+    model, enc = run.model, run.encode(idx)
+    h = model.bert(**enc).last_hidden_state  # (B, T, H)
+    return nn.functional.cross_entropy(model.head_logits(model.num_layers, h, enc["attention_mask"]), run.y[idx])
+
+
+def backbone_params(model) -> list:
+    """Backbone and final classifier: what stage 1 trains (exit heads and signal modules excluded)."""
+    skip = ("exit_heads.", "prototypes.", "exit_predictor.", "gates.")
+    return [p for n, p in model.named_parameters() if not n.startswith(skip)]
 
 
 @torch.inference_mode()
 def pooled_features(model, tokenizer, texts, max_length: int, batch_size: int = 64) -> torch.Tensor:
-    """(N, K-1, H) mean-pooled states of every internal exit layer (frozen backbone)."""
+    """(N, K-1, H) mean-pooled states of every internal exit layer (frozen backbone; gates
+    deciding as at inference)."""
     model.eval()
     internal = model.exit_layers[:-1]
-    progress = _Progress("stage 2 features", math.ceil(len(texts) / batch_size))
+    progress = _Progress("features", math.ceil(len(texts) / batch_size))
     out = []
     for b, i in enumerate(range(0, len(texts), batch_size)):
         enc = _encode(tokenizer, texts[i : i + batch_size], max_length)
-        states = model.bert(**enc, output_hidden_states=True).hidden_states
+        hidden = model.bert.embeddings(input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids"))
+        states = model.run_layers(hidden, enc["attention_mask"]).states
         out.append(torch.stack([masked_mean(states[l], enc["attention_mask"]) for l in internal], dim=1))
         progress.step(b + 1, 0.0)
-    return torch.cat(out)
+    return torch.cat(out).clone()  # clone: leave inference mode so the cache can feed training
 
 
-def _train_heads(model, features: torch.Tensor, y, cfg: TrainConfig, losses):
-    """DeeBERT stage 2: internal heads on the sum of their losses, backbone frozen.
+def head_losses(model, feats: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
+    """Each internal head's CE on cached pooled features (B, K-1, H)."""
+    heads = [model.exit_heads[str(l)] for l in model.exit_layers[:-1]]
+    return [nn.functional.cross_entropy(h.classify(feats[:, k]), y) for k, h in enumerate(heads)]
 
-    The backbone is frozen, so each head's pooled input is computed once and the heads
-    train on the cache: many epochs cost seconds."""
+
+def train_heads(run: TrainRun, features: torch.Tensor, loss_of, extra_params=(), stage: int = 2, epochs=None, y=None):
+    """Internal heads (plus `extra_params`) on cached features of the frozen backbone.
+
+    `loss_of(feats (B, K-1, H), y (B,))` -> loss. The backbone is frozen, so each head's
+    pooled input is computed once and the heads train on the cache: many epochs cost seconds.
+    `y` are the features' labels (default: every training row's)."""
+    model = run.model
+    y = run.y if y is None else y
     heads = [model.exit_heads[str(l)] for l in model.exit_layers[:-1]]
     for h in heads:
         h.train()
-
-    def loss_of(idx):
-        feats = features[idx]  # (B, K-1, H)
-        return sum(nn.functional.cross_entropy(h.classify(feats[:, k]), y[idx]) for k, h in enumerate(heads))
-
-    params = [p for h in heads for p in h.parameters()]
-    _optimize(params, len(y), cfg, cfg.stage2_epochs, cfg.head_lr, 2, loss_of, losses)
+    params = [p for h in heads for p in h.parameters()] + list(extra_params)
+    with torch.enable_grad():
+        run.optimize(
+            params,
+            run.cfg.stage2_epochs if epochs is None else epochs,
+            run.cfg.head_lr,
+            stage,
+            lambda idx: loss_of(features[idx], y[idx]),
+            n=len(features),
+        )
+    for h in heads:
+        h.eval()
 
 
 @torch.inference_mode()
-def all_head_logits(model, tokenizer, texts, max_length: int, batch_size: int = 64) -> np.ndarray:
-    """(N, K, C) logits of every exit head at full depth."""
+def full_pass(model, tokenizer, texts, max_length: int, batch_size: int = 64) -> T.HeadPass:
+    """Every exit head's logits (and signals, and gate decisions) at full depth."""
     model.eval()
-    out = []
+    logits, aux, skipped = [], [], []
     for i in range(0, len(texts), batch_size):
         enc = _encode(tokenizer, texts[i : i + batch_size], max_length)
-        out.append(torch.stack(model(**enc).exit_logits, dim=1).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(model.exit_layers), model.config.num_labels))
+        out = model(**enc)
+        logits.append(torch.stack(out.exit_logits, dim=1).float().numpy())
+        if model.aux_width:
+            nan = torch.full((len(out.logits), model.aux_width), float("nan"))
+            aux.append(torch.stack([a if a is not None else nan for a in out.aux], dim=1).float().numpy())
+        if out.skipped is not None:
+            skipped.append(out.skipped.numpy())
+    if not logits:
+        return T.HeadPass(np.zeros((0, len(model.exit_layers), model.config.num_labels)))
+    return T.HeadPass(
+        np.concatenate(logits), np.concatenate(aux) if aux else None, np.concatenate(skipped) if skipped else None
+    )
+
+
+def all_head_logits(model, tokenizer, texts, max_length: int, batch_size: int = 64) -> np.ndarray:
+    """(N, K, C) logits of every exit head at full depth."""
+    return full_pass(model, tokenizer, texts, max_length, batch_size).logits
 
 
 def train_early_exit(cfg: TrainConfig):
-    """Fine-tune an early-exit model as DeeBERT does; return (model, tokenizer, TrainReport)."""
+    """Fine-tune an early-exit model with cfg.mechanism; return (model, tokenizer, TrainReport)."""
+    from offramp.mechanisms import get_mechanism
+
     cfg.require("train", "eval", "output")
+    mechanism = get_mechanism(cfg.mechanism)
+    policy_name = cfg.policy or mechanism.policy
+    policy = get_policy(policy_name)
+    check_policy_fits(policy, mechanism.name, set(mechanism.signal_modules))
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
-    base = cfg.base_model or default_base_model()
-    policy = get_policy(cfg.policy)
+    base = cfg.init_from or cfg.base_model or default_base_model()
     texts, labels = load_labeled(cfg.train, cfg.text_column, cfg.label_column, cfg.max_train_rows, cfg.seed)
     dev_texts, dev_labels = load_labeled(cfg.eval, cfg.text_column, cfg.label_column, cfg.max_eval_rows, cfg.seed)
     if len(texts) == 0 or len(dev_texts) == 0:
         raise ConfigError("no usable rows in --train or --eval (every row lacked text or label)")
-    names = sorted(set(labels))
+    names = _warm_start_labels(cfg.init_from, set(labels)) if cfg.init_from else sorted(set(labels))
     if len(names) < 2:
         raise ConfigError(f"--label-column {cfg.label_column!r} has {len(names)} distinct value(s); need at least 2")
     label2id = {n: i for i, n in enumerate(names)}
-    logger.info("training on %d rows (%d labels), dev %d rows, base %s", len(texts), len(names), len(dev_texts), base)
-
-    config = BertConfig.from_pretrained(
-        base,
+    logger.info(
+        "training %s on %d rows (%d labels), dev %d rows, %s %s",
+        mechanism.name, len(texts), len(names), len(dev_texts), "warm start from" if cfg.init_from else "base", base,
+    )
+    config = BertConfig.from_pretrained(base)
+    # set, not passed as from_pretrained kwargs: those silently drop keys the file lacks
+    fields = dict(
         num_labels=len(names),
         id2label=dict(enumerate(names)),
         label2id=label2id,
         exit_layers=list(cfg.exit_layers) if cfg.exit_layers else None,
-        exit_policy=cfg.policy,
+        exit_policy=policy_name,
+        exit_mechanism=mechanism.name,
+        exit_thresholds=None,
+        **mechanism.config_fields(cfg),
     )
+    for key, value in fields.items():
+        setattr(config, key, value)
     model = EarlyExitBertForSequenceClassification.from_pretrained(base, config=config)
     tokenizer = AutoTokenizer.from_pretrained(base)
     y = torch.tensor([label2id[v] for v in labels])
     t0 = time.perf_counter()
-    losses: list[dict] = []
+    run = TrainRun(model, tokenizer, texts, y, cfg, [])
+    mechanism.train(run)
+    model.eval()
 
-    stage1 = [p for n, p in model.named_parameters() if not n.startswith("exit_heads.")]
-    if cfg.stage1_epochs > 0:
-        model.train()
-        _train_backbone(model, tokenizer, texts, y, cfg, stage1, losses)
-    if len(model.exit_layers) > 1 and cfg.stage2_epochs > 0:
-        features = pooled_features(model, tokenizer, texts, cfg.max_length).clone()  # leave inference mode
-        with torch.enable_grad():
-            _train_heads(model, features, y, cfg, losses)
-
-    logits = all_head_logits(model, tokenizer, dev_texts, cfg.max_length)
+    hp = full_pass(model, tokenizer, dev_texts, cfg.max_length)
     gold = np.array([label2id.get(v, -1) for v in dev_labels])  # unseen dev labels count as errors
-    layer_acc = {l: float((logits[:, k].argmax(-1) == gold).mean()) for k, l in enumerate(model.exit_layers)}
-    curve = T.sweep(logits, gold, model.exit_layers, policy)
+    layer_acc = {l: float((hp.logits[:, k].argmax(-1) == gold).mean()) for k, l in enumerate(model.exit_layers)}
+    curve = T.sweep(hp, gold, model.exit_layers, policy)
     chosen = T.choose(curve, cfg.max_accuracy_drop)
-    scores = T.head_scores(policy, logits)
-    surv = T.survival(scores, logits.argmax(-1), model.exit_layers, policy, chosen["threshold"], model.num_layers)
+    scores = T.head_scores(policy, hp, model.exit_layers)
+    surv = T.survival(scores, hp.preds, model.exit_layers, policy, chosen["threshold"], model.num_layers)
     model.config.exit_thresholds = [chosen["threshold"]] * len(model.exit_layers)
     seconds = time.perf_counter() - t0
     logger.info(
         "dev: full-depth accuracy %.4f; threshold %.4g gives %.4f at %.2f mean layers (ideal %.2fx)",
         curve[0]["accuracy"], chosen["threshold"], chosen["accuracy"], chosen["mean_layers"], chosen["ideal_speedup"],
     )
-    report = TrainReport(len(texts), len(dev_texts), seconds, layer_acc, curve, chosen, surv, losses)
-    return model.eval(), tokenizer, report
+    report = TrainReport(len(texts), len(dev_texts), seconds, layer_acc, curve, chosen, surv, run.losses)
+    if hp.skipped is not None:
+        report.skip_rate = [float(r) for r in hp.skipped.mean(0)]
+    return model, tokenizer, report
+
+
+def _warm_start_labels(directory: str, seen: set[str]) -> list[str]:
+    """--init-from reuses the model's classifier and heads, so its labels stay; the training
+    data may not bring labels the model has no class for."""
+    from offramp.modeling import read_config
+
+    cfg = read_config(directory)
+    have = [cfg.id2label[i] for i in range(cfg.num_labels)]
+    new = sorted(seen - set(have))
+    if new:
+        raise ConfigError(
+            f"--init-from {directory} has no class for training labels {new}; warm-start from a model "
+            f"of the same task or train from --base-model"
+        )
+    return have
 
 
 def save_trained(model, tokenizer, report: TrainReport, output: str) -> None:
@@ -228,5 +303,6 @@ def save_trained(model, tokenizer, report: TrainReport, output: str) -> None:
             "train_rows": report.train_rows,
             "eval_rows": report.eval_rows,
             "train_seconds": report.seconds,
+            "dev_skip_rate": report.skip_rate,
         },
     )

@@ -95,6 +95,7 @@ def plan_layout(cfg: TagConfig, num_layers: int, survival: list[float] | None, e
             max_tokens=scfg.max_tokens,
             policy=cfg.exit.policy,
             exits_enabled=exits_enabled,
+            gates_enabled=cfg.exit.skip_gates,
         )
         planned.append(PlannedStage(spec, batch, scfg.min_actors, max_actors, scfg.num_cpus, scfg.num_gpus, s_k, work))
     return planned

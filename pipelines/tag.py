@@ -28,7 +28,7 @@ from offramp.config import ConfigError, RayConfig, TagConfig
 from offramp.audit import flat_metrics, summarize_audit
 from offramp.metrics import summarize_output
 from offramp.modeling import ModelInfo
-from offramp.policies import get_policy
+from offramp.policies import check_policy_fits, get_policy
 from offramp.tokenize import tokenize_task
 from pipelines.finalize import GOLD_COLUMN, OUTPUT_COLUMNS, finalize_task
 from pipelines.io import _filesystem, read_corpus
@@ -157,7 +157,7 @@ def validate(cfg: TagConfig) -> ModelInfo:
     """Everything that can be checked before Ray starts."""
     cfg.require("input", "model", "output")
     info = ModelInfo.read(cfg.model)
-    get_policy(cfg.exit.policy or info.policy)
+    check_policy_fits(get_policy(cfg.exit.policy or info.policy), info.mechanism, set(info.signal_modules))
     clash = [c for c in cfg.passthrough_columns if c in OUTPUT_COLUMNS or c in (cfg.id_column, GOLD_COLUMN)]
     if clash:
         raise ConfigError(f"passthrough column(s) {clash} collide with output columns {list(OUTPUT_COLUMNS)}; rename them")

@@ -3,12 +3,20 @@
 from offramp.config import ConfigError
 from offramp.policies.base import ExitDecision, ExitPolicy
 from offramp.policies.entropy import EntropyPolicy
+from offramp.policies.hybrid import HybridPolicy
+from offramp.policies.learned import LearnedExitPolicy
 from offramp.policies.max_prob import MaxProbPolicy
+from offramp.policies.patience import PatiencePolicy
 
 POLICIES: dict[str, type[ExitPolicy]] = {
     "entropy": EntropyPolicy,
     "max_prob": MaxProbPolicy,
+    "patience": PatiencePolicy,
+    "learned": LearnedExitPolicy,
+    "hybrid": HybridPolicy,
 }
+
+_TRAINED_BY = {"prototypes": "de3", "exit_predictor": "berxit"}
 
 
 def get_policy(name: str) -> ExitPolicy:
@@ -19,4 +27,15 @@ def get_policy(name: str) -> ExitPolicy:
         raise ConfigError(f"unknown exit policy {name!r}; valid policies: {sorted(POLICIES)}") from None
 
 
-__all__ = ["POLICIES", "ExitDecision", "ExitPolicy", "get_policy"]
+def check_policy_fits(policy: ExitPolicy, mechanism: str, modules: set[str]) -> None:
+    """A policy that reads a module (prototypes, the exit predictor) needs a model trained with it;
+    `modules` are the signal modules the model has."""
+    if policy.needs and policy.needs not in modules:
+        raise ConfigError(
+            f"exit policy {policy.name!r} reads the model's {policy.needs}, which this model "
+            f"(mechanism {mechanism!r}) lacks; train it with --mechanism {_TRAINED_BY[policy.needs]} "
+            f"or pick a policy that reads logits only ({sorted(n for n, p in POLICIES.items() if not p.needs)})"
+        )
+
+
+__all__ = ["POLICIES", "ExitDecision", "ExitPolicy", "check_policy_fits", "get_policy"]

@@ -10,7 +10,7 @@ class MaxProbPolicy(ExitPolicy):
     lower_is_confident = False
     default_threshold = 0.9
 
-    def score(self, logits: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B,)
+    def score(self, logits: torch.Tensor, aux=None) -> torch.Tensor:  # (B, C) -> (B,)
         return torch.softmax(logits, dim=-1).max(dim=-1).values
 
     def score_range(self, num_classes: int) -> tuple[float, float]:

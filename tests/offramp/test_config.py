@@ -40,7 +40,7 @@ def test_flags_and_set_override_yaml(tmp_path):
 
 def test_train_config_defaults_and_checks():
     cfg = load_config(TrainConfig, None, {"train": "t.parquet"}, ["exit_layers=[2, 4]"])
-    assert cfg.exit_layers == (2, 4) and cfg.policy == "entropy"
+    assert cfg.exit_layers == (2, 4) and cfg.policy is None and cfg.mechanism == "deebert"  # policy: the mechanism's
     with pytest.raises(ConfigError, match="max_accuracy_drop"):
         load_config(TrainConfig, None, {}, ["max_accuracy_drop=5"])
 

@@ -1,0 +1,36 @@
+"""DeeBERT (Xin et al., 2020): entropy off-ramps, two-stage fine-tuning.
+
+Stage 1 fine-tunes the backbone and the final classifier on the final layer's loss.
+Stage 2 freezes both and trains the internal exit heads on the sum of their losses."""
+
+from __future__ import annotations
+
+from offramp.mechanisms.base import Mechanism
+from offramp.training import backbone_params, final_loss, head_losses, pooled_features, train_heads
+
+
+def stage1_final(run) -> None:
+    """Backbone + final classifier on the final layer's CE."""
+    if run.cfg.stage1_epochs > 0:
+        run.model.train()
+        run.optimize(backbone_params(run.model), run.cfg.stage1_epochs, run.cfg.lr, 1, lambda idx: final_loss(run, idx), clip=1.0)
+        run.model.eval()
+
+
+def cached_features(run):
+    """(N, K-1, H) pooled states of the frozen model, or None when there are no internal heads."""
+    model = run.model
+    if len(model.exit_layers) < 2:
+        return None
+    return pooled_features(model, run.tokenizer, run.texts, run.cfg.max_length)
+
+
+class DeebertMechanism(Mechanism):
+    name = "deebert"
+    policy = "entropy"
+
+    def train(self, run) -> None:
+        stage1_final(run)
+        feats = cached_features(run)
+        if feats is not None and run.cfg.stage2_epochs > 0:
+            train_heads(run, feats, lambda f, y: sum(head_losses(run.model, f, y)))
