@@ -16,6 +16,7 @@ def summarize_output(
     predicted: np.ndarray | None = None,  # (N,) predicted label strings
     gold: np.ndarray | None = None,  # (N,) gold label strings (None/null = unlabeled)
     audited: np.ndarray | None = None,  # (N,) bool: ran to full depth for the audit
+    skipped: np.ndarray | None = None,  # (N,) layers each row skipped through gates (SmartBERT)
 ) -> dict:
     """Counts, exit profile, per-stage entering/leaving rows and accuracy of one run.
 
@@ -32,8 +33,12 @@ def summarize_output(
     computed = layers.copy()
     if audited is not None:
         computed[np.asarray(audited, dtype=bool)[ran]] = num_layers
-    m["mean_layers"] = float(layers.mean()) if n_ran else 0.0
-    m["ideal_speedup"] = num_layers / m["mean_layers"] if n_ran else 1.0
+    m["mean_layers"] = float(layers.mean()) if n_ran else 0.0  # depth reached: the mean exit layer
+    skips = np.zeros_like(layers) if skipped is None else np.asarray(skipped, dtype=np.int64)[ran]
+    m["mean_layers_computed"] = float((layers - skips).mean()) if n_ran else 0.0
+    m["ideal_speedup"] = num_layers / m["mean_layers_computed"] if n_ran and m["mean_layers_computed"] else 1.0
+    m["rows_skipping"] = int((skips > 0).sum())  # rows that skipped at least one layer before their exit
+    m["layers_saved_by_skipping"] = int(skips.sum())
     m["exit_histogram"] = {int(l): int((layers == l).sum()) for l in range(1, num_layers + 1)}
     for k, (start, end) in enumerate(stage_ranges):
         entering = int((computed > start).sum())

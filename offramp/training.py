@@ -133,7 +133,7 @@ def backbone_params(model) -> list:
     return [p for n, p in model.named_parameters() if not n.startswith(skip)]
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the cache feeds autograd as an input later
 def pooled_features(model, tokenizer, texts, max_length: int, batch_size: int = 64) -> torch.Tensor:
     """(N, K-1, H) mean-pooled states of every internal exit layer (frozen backbone; gates
     deciding as at inference)."""
@@ -147,7 +147,7 @@ def pooled_features(model, tokenizer, texts, max_length: int, batch_size: int = 
         states = model.run_layers(hidden, enc["attention_mask"]).states
         out.append(torch.stack([masked_mean(states[l], enc["attention_mask"]) for l in internal], dim=1))
         progress.step(b + 1, 0.0)
-    return torch.cat(out).clone()  # clone: leave inference mode so the cache can feed training
+    return torch.cat(out)
 
 
 def head_losses(model, feats: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:

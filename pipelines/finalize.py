@@ -7,7 +7,9 @@ import numpy as np
 
 from offramp import batch as B
 
-OUTPUT_COLUMNS = ("label", "confidence", "exit_layer", "status", "num_tokens", "audited", "full_depth_label")
+OUTPUT_COLUMNS = (
+    "label", "confidence", "exit_layer", "skipped_layers", "status", "num_tokens", "audited", "full_depth_label"
+)
 GOLD_COLUMN = "gold_label"
 
 
@@ -19,6 +21,7 @@ def finalize_task(batch: dict, labels: list[str], id_column: str, keep: list[str
     out["label"] = names[np.where(label_id >= 0, label_id, len(labels))]
     out["confidence"] = batch[B.CONFIDENCE]
     out["exit_layer"] = batch[B.EXIT_LAYER]
+    out["skipped_layers"] = batch[B.SKIPPED]  # SmartBERT: layers below exit_layer the row skipped (0 without gates)
     out["status"] = batch[B.STATUS]
     out["num_tokens"] = batch[B.NUM_TOKENS]
     full = batch[B.FULL_LABEL_ID]

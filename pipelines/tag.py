@@ -199,7 +199,7 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
 
     full_depth = bool(cfg.label_column and cfg.full_depth_eval_rows and exits)
     id_column = cfg.id_column or "id"
-    columns = ["exit_layer", "status", "num_tokens", "label", "audited", "full_depth_label"]
+    columns = ["exit_layer", "skipped_layers", "status", "num_tokens", "label", "audited", "full_depth_label"]
     columns += [GOLD_COLUMN] if cfg.label_column else []
     columns += [id_column] if full_depth else []
     table = pads.dataset(cfg.output, format="parquet", filesystem=_filesystem(cfg.output)[0]).to_table(columns=columns)
@@ -217,6 +217,7 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
         predicted=predicted,
         gold=gold,
         audited=audited,
+        skipped=table["skipped_layers"].to_numpy(zero_copy_only=False),
     )
     audit = None
     if exits and cfg.audit.fraction > 0:
@@ -240,6 +241,7 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
         m[f"stage{k}_tokens_per_busy_second"] = t.get("tokens_in", 0) / busy if busy else 0.0
         m[f"stage{k}_docs_per_second"] = m[f"stage{k}_rows_in"] / wall
         m[f"stage{k}_audit_row_layers"] = t.get("audit_row_layers", 0)
+        m[f"stage{k}_skipped_row_layers"] = t.get("skipped_row_layers", 0)
     if full_depth:
         early = dict(zip(table[id_column].to_pylist(), table["label"].to_pylist()))
         m.update(_full_depth_eval(cfg, info, early, stage_cls, local))

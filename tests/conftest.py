@@ -105,3 +105,60 @@ def corpus_parquet(tmp_path_factory):
         path,
     )
     return str(path)
+
+
+# ---------------------------------------------------------------- one tiny model per exit mechanism
+
+MECHANISM_FIELDS = {
+    "deebert": dict(exit_mechanism="deebert", exit_policy="entropy"),
+    "pabee": dict(exit_mechanism="pabee", exit_policy="patience"),
+    "berxit": dict(exit_mechanism="berxit", exit_policy="learned", exit_predictor=True),
+    "de3": dict(exit_mechanism="de3", exit_policy="hybrid", prototype_dim=8),
+    "smartbert": dict(exit_mechanism="smartbert", exit_policy="entropy", skip_gates=True),
+}
+
+
+def midpoint_thresholds(policy, hp, exit_layers, quantile: float = 0.35, gap: float = 1e-3) -> list[float]:
+    """Per-head thresholds midway between two observed scores at least `gap` apart, near a
+    quantile, so rows exit at many layers and none sits within float noise of its threshold
+    (the same text padded differently scores within ~1e-7 of itself)."""
+    scores = head_scores(policy, hp, exit_layers)  # (N, K)
+    out = []
+    for k in range(scores.shape[1]):
+        values = np.unique(np.round(scores[:, k][np.isfinite(scores[:, k])], 4))
+        if not policy.lower_is_confident:
+            values = values[::-1]
+        start = min(max(int(quantile * len(values)), 1), len(values) - 1) if len(values) > 1 else 0
+        cut = next((i for i in range(start, len(values)) if abs(values[i] - values[i - 1]) > gap), None)
+        out.append(float((values[cut - 1] + values[cut]) / 2) if cut else policy.never_exits_threshold())
+    return out
+
+
+def make_mechanism_model(name: str, tokenizer, seed: int = 0):
+    """A tiny random model of mechanism `name` with thresholds that make rows exit at many layers."""
+    from offramp.training import full_pass
+
+    model = make_model(seed, **MECHANISM_FIELDS[name])
+    if model.prototypes is not None:  # random prototypes: untrained ones are all zero
+        for net in model.prototypes.values():
+            net.prototypes.normal_()
+    policy = get_policy(model.config.exit_policy)
+    hp = full_pass(model, tokenizer, TEXTS, max_length=64)
+    if policy.name == "patience":
+        model.config.exit_thresholds = [1.0] * len(model.exit_layers)  # exit once two heads in a row agree
+    else:
+        model.config.exit_thresholds = midpoint_thresholds(policy, hp, model.exit_layers)
+    return model
+
+
+@pytest.fixture(scope="session")
+def mechanism_dirs(tmp_path_factory, tokenizer):
+    """{mechanism: saved tiny model directory}."""
+    out = {}
+    for name in MECHANISM_FIELDS:
+        path = tmp_path_factory.mktemp(f"tiny_{name}")
+        model = make_mechanism_model(name, tokenizer)
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        out[name] = str(path)
+    return out

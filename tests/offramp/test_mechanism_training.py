@@ -1,0 +1,90 @@
+"""Each mechanism trains end to end on a tiny model, and what it trained is stored with the model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from offramp.config import ConfigError, TrainConfig
+from offramp.modeling import ModelInfo, load_model
+from offramp.shard import LayerShard
+from offramp.training import pooled_features, save_trained, train_early_exit
+from tests.conftest import LABELS, NUM_LAYERS, TEXTS, make_model
+
+DEFAULT_POLICY = {"deebert": "entropy", "pabee": "patience", "berxit": "learned", "de3": "hybrid", "smartbert": "entropy"}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("mech_train")
+    make_model(seed=3).bert.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    rows = pa.table({"text": TEXTS * 2, "label": [LABELS[i % 3] for i in range(len(TEXTS) * 2)]})
+    pq.write_table(rows, root / "train.parquet")
+    pq.write_table(rows.slice(0, 12), root / "dev.parquet")
+    return root
+
+
+def train(root, mechanism, out, **kw):
+    fields = dict(
+        train=str(root / "train.parquet"), eval=str(root / "dev.parquet"), output=str(out), base_model=str(root / "base"),
+        mechanism=mechanism, stage1_epochs=1, stage2_epochs=2, hard_weight_epochs=0.5, max_length=32, batch_size=8,
+        prototype_dim=8, predictor_epochs=2,
+    )
+    fields.update(kw)
+    cfg = TrainConfig(**fields)
+    model, tokenizer, report = train_early_exit(cfg)
+    save_trained(model, tokenizer, report, cfg.output)
+    return model, report
+
+
+@pytest.mark.parametrize("mechanism", list(DEFAULT_POLICY))
+def test_each_mechanism_trains_and_is_stored_with_the_model(mechanism, tiny_data, tmp_path, tokenizer):
+    out = tmp_path / mechanism
+    trained, report = train(tiny_data, mechanism, out)
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["exit_mechanism"] == mechanism and saved["exit_policy"] == DEFAULT_POLICY[mechanism]
+    info = ModelInfo.read(str(out))
+    assert info.mechanism == mechanism and info.policy == DEFAULT_POLICY[mechanism]
+    model = load_model(str(out))
+    for name, p in trained.state_dict().items():  # everything trained, incl. gates and prototypes, reloads
+        torch.testing.assert_close(model.state_dict()[name], p, msg=f"{name} did not round-trip")
+    assert (model.gates is not None) == (mechanism == "smartbert")
+    assert (model.prototypes is not None) == (mechanism == "de3")
+    assert (model.exit_predictor is not None) == (mechanism == "berxit")
+    assert np.isfinite(report.chosen["threshold"]) or report.chosen["threshold"] in (float("inf"), float("-inf"))
+    assert all(np.isfinite(rec["loss"]) for rec in report.losses), "no NaN losses in any stage"
+    LayerShard(model, 0, NUM_LAYERS)  # the stored policy fits the stored modules
+    if mechanism == "de3":  # each prototype sits nearest to the mean of its own class's mapped rows
+        feats = pooled_features(model, tokenizer, TEXTS, 32)  # (N, K-1, H)
+        y = torch.tensor([i % 3 for i in range(len(TEXTS))])
+        for k, net in enumerate(model.prototypes.values()):
+            emb = net.embed(feats[:, k])
+            means = torch.stack([emb[y == c].mean(0) for c in range(len(LABELS))])
+            assert torch.cdist(net.prototypes, means).argmin(1).tolist() == [0, 1, 2]
+    if mechanism == "smartbert":
+        assert report.skip_rate is not None and len(report.skip_rate) == NUM_LAYERS
+        assert {r["stage"] for r in report.losses} == {1, 2}
+    if mechanism == "berxit":
+        assert 3 in {r["stage"] for r in report.losses}, "the exit predictor trains in its own stage"
+
+
+def test_warm_start_keeps_the_backbone_and_refuses_other_labels(tiny_data, tmp_path):
+    first, _ = train(tiny_data, "deebert", tmp_path / "a")
+    warm, _ = train(tiny_data, "pabee", tmp_path / "b", base_model=None, init_from=str(tmp_path / "a"), stage1_epochs=0)
+    for name, p in first.bert.state_dict().items():
+        torch.testing.assert_close(warm.bert.state_dict()[name], p)  # stage1_epochs=0: backbone untouched
+    other = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"text": TEXTS[:6], "label": ["zeta"] * 3 + ["alpha"] * 3}), other)
+    with pytest.raises(ConfigError, match=r"no class for training labels \['zeta'\]"):
+        train(tiny_data, "de3", tmp_path / "c", train=str(other), base_model=None, init_from=str(tmp_path / "a"))
+
+
+def test_a_mechanism_with_a_policy_it_cannot_feed_fails_at_start(tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="--mechanism de3"):
+        train(tiny_data, "deebert", tmp_path / "x", policy="hybrid")
