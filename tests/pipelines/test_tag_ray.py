@@ -6,6 +6,7 @@ import json
 import os
 
 import mlflow
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -176,3 +177,46 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path, model_dir, corpus
         run_tagging(config(tmp_path, corpus_parquet, model_dir))
     with pytest.raises(ConfigError, match=r"'body' \(--text-column\).*columns are"):
         run_tagging(config(tmp_path, corpus_parquet, model_dir, overwrite=True, text_column="body"))
+
+
+@pytest.mark.parametrize("mechanism", ["deebert", "pabee", "berxit", "de3", "smartbert"])
+def test_every_mechanism_keeps_one_row_per_input_and_its_exits_through_ray(tmp_path, mechanism, mechanism_dirs):
+    """The real two-stage Ray pipeline per mechanism: every input row comes out once (bad rows
+    with a status), each row's exit is what the stage code decides for it alone (patience
+    counters and skip counts cross the stage boundary through Arrow), and the run's metrics
+    match the output, including SmartBERT's skipped layers."""
+    from actors.stage import StageActor, StageSpec
+    from offramp import batch as B
+    from offramp.tokenize import load_tokenizer, tokenize_batch
+
+    model_dir = mechanism_dirs[mechanism]
+    path = tmp_path / "in.jsonl"
+    docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS)]
+    docs += [{"id": "null", "text": None}, {"id": "empty", "text": ""}, {"id": "long", "text": "word " * 400}]
+    path.write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    cfg = config(tmp_path, str(path), model_dir, audit=AuditConfig(fraction=0.0))
+    result = run_tagging(cfg)
+    out = read(cfg.output).set_index("id")
+    assert len(out) == len(docs) and out.index.is_unique and set(out.index) == {d["id"] for d in docs}
+    assert out.loc["null", "status"] == "null" and out.loc["empty", "status"] == "empty"
+    assert out.loc["long", "status"] == "truncated" and out.loc["long", "label"] in LABELS
+
+    texts = [d["text"] for d in docs[: len(TEXTS)]]
+    batch = tokenize_batch({"id": np.arange(len(texts)), "text": np.array(texts, dtype=object)}, load_tokenizer(model_dir), "text", 64)
+    alone = StageActor(model_dir, StageSpec(0, 0, NUM_LAYERS, carry_dtype="float32"))(batch)
+    ids = [f"d{i}" for i in range(len(TEXTS))]
+    np.testing.assert_array_equal(out.loc[ids, "exit_layer"].to_numpy(), alone[B.EXIT_LAYER])
+    np.testing.assert_array_equal(out.loc[ids, "skipped_layers"].to_numpy(), alone[B.SKIPPED])
+    assert len(set(out.loc[ids, "exit_layer"])) >= 2
+
+    m = result.metrics
+    assert m["rows"] == len(docs) and m["rows_labeled"] == len(TEXTS) + 1
+    assert m["layers_saved_by_skipping"] == int(out["skipped_layers"].sum())
+    assert m["rows_skipping"] == int((out["skipped_layers"] > 0).sum())
+    assert sum(m[f"stage{k}_skipped_row_layers"] for k in range(2)) == m["layers_saved_by_skipping"]
+    ran = out[out["status"].isin(["ok", "truncated"])]
+    assert m["mean_layers_computed"] == pytest.approx((ran["exit_layer"] - ran["skipped_layers"]).mean())
+    if mechanism == "smartbert":
+        assert m["rows_skipping"] > 0 and m["mean_layers_computed"] < m["mean_layers"]
+    else:
+        assert m["layers_saved_by_skipping"] == 0
