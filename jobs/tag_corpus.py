@@ -24,9 +24,10 @@ def parse_args(argv=None):
     p.add_argument("--id-column")
     p.add_argument("--label-column", help="gold labels: accuracy is measured and logged")
     p.add_argument("--passthrough", help="comma-separated input columns copied to the output")
-    p.add_argument("--policy", help="exit policy (entropy, max_prob)")
+    p.add_argument("--policy", help="exit policy (default: the model's): entropy, max_prob, patience, learned, hybrid")
     p.add_argument("--threshold", type=float, help="one exit threshold for every head")
     p.add_argument("--no-exits", action="store_true", help="run every row to full depth")
+    p.add_argument("--no-skip-gates", action="store_true", help="SmartBERT models: every row runs every layer it reaches")
     p.add_argument("--num-stages", type=int, help="split the layers over this many actor pools")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--fail-on-error-rows", action="store_true", help="exit 3 if any row could not be labeled")
@@ -54,6 +55,7 @@ def main(argv=None) -> int:
         "exit.policy": args.policy,
         "exit.threshold": args.threshold,
         "exit.disabled": True if args.no_exits else None,
+        "exit.skip_gates": False if args.no_skip_gates else None,
         "num_stages": args.num_stages,
         "overwrite": True if args.overwrite else None,
         "audit.fraction": args.audit_fraction,

@@ -79,9 +79,11 @@ def _schedule(optim, total: int, warmup_ratio: float):
 
 
 def _optimize(params, n: int, cfg: TrainConfig, epochs: float, lr: float, stage: int, loss_of, losses, clip=None):
-    """AdamW with linear warmup/decay over `epochs` passes of n rows; loss_of(row indices) -> loss."""
+    """AdamW with linear warmup/decay over `epochs` passes of n rows; loss_of(row indices) -> loss.
+    `params`: tensors, or AdamW parameter groups (dicts with their own "lr")."""
     total = max(1, int(round(math.ceil(n / cfg.batch_size) * epochs)))
     optim = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    params = [p for g in optim.param_groups for p in g["params"]]  # flat, for clipping
     sched = _schedule(optim, total, cfg.warmup_ratio)
     rng = random.Random(cfg.seed + stage)
     progress = _Progress(f"stage {stage}", total)

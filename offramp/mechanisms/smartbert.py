@@ -95,7 +95,12 @@ class SmartbertMechanism(Mechanism):
             return (1 - w) * loss + w * contrast
 
         model.train()
-        params = backbone_params(model) + list(model.gates.parameters()) + list(projections.parameters())
+        # new modules learn at the heads' rate: at the backbone's they barely leave their
+        # initial 0.5 (measured: every gate in 0.44-0.50 after 1.25 epochs at 3e-5, no row skipped)
+        params = [
+            {"params": backbone_params(model), "lr": cfg.lr},
+            {"params": list(model.gates.parameters()) + list(projections.parameters()), "lr": cfg.head_lr},
+        ]
         run.optimize(params, cfg.stage1_epochs, cfg.lr, 1, loss_of, clip=1.0)
         model.eval()
 
