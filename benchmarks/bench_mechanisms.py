@@ -1,0 +1,236 @@
+"""The papers' exit mechanisms side by side: accuracy against layers computed, and what the pipeline realizes.
+
+    python benchmarks/bench_mechanisms.py \
+        --model deebert=DIR --model pabee=DIR --model berxit=DIR --model de3=DIR --model smartbert=DIR \
+        --dev ../shared/data/debian_sections/dev.parquet --test ../shared/data/debian_sections/test.parquet
+
+Per model (each run with its stored policy):
+1. One full-depth pass over dev and test rows gives every head's output (and SmartBERT's
+   gate decisions); cached in OUT/mech_cache/.
+2. Test curve: accuracy vs mean layers *computed* (skipped layers are free) over a sweep of
+   one global threshold. Operating point: the fastest threshold on dev within --max-drop of
+   dev full depth, then measured on test. Oracle: the same rule applied to the test curve
+   itself (the issue's "best ideal speed-up at most 1 point below its full-depth accuracy").
+3. Pipeline: the real Ray pipeline on the first --pipeline-rows test rows, at the operating
+   threshold and at full depth (exits off, gates off: every layer for every row), adjacent
+   in one process; plus a plain Ray Data map_batches over the Hugging Face model.
+One figure (OUT/mechanisms_tradeoff.png) and OUT/mechanisms.json; both logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+
+from offramp import thresholds as T  # noqa: E402
+from offramp.config import AuditConfig, ExitConfig, MlflowConfig, TagConfig  # noqa: E402
+from offramp.modeling import ModelInfo, load_model  # noqa: E402
+from offramp.policies import get_policy  # noqa: E402
+from offramp.training import full_pass  # noqa: E402
+
+
+def rows(path: str, limit: int):
+    t = pq.read_table(path, columns=["id", "text", "label"])
+    t = t.filter(pc.is_valid(t["text"]))
+    return t.slice(0, limit) if limit else t
+
+
+def head_pass(name, model_dir, table, split, max_length, cache_dir) -> tuple[T.HeadPass, np.ndarray]:
+    """The model's full-depth HeadPass on `table` and gold ids, cached per (model, split)."""
+    path = os.path.join(cache_dir, f"{name}_{split}.npz")
+    info = ModelInfo.read(model_dir)
+    gold_names = table["label"].to_pylist()
+    gold = np.array([info.labels.index(g) if g in info.labels else -1 for g in gold_names])
+    if os.path.exists(path):
+        d = np.load(path)
+        if len(d["logits"]) == table.num_rows:
+            return T.HeadPass(d["logits"], d["aux"] if d["aux"].size else None, d["skipped"] if d["skipped"].size else None), gold
+    model = load_model(model_dir)
+    hp = full_pass(model, AutoTokenizer.from_pretrained(model_dir), table["text"].to_pylist(), max_length)
+    empty = np.zeros(0)
+    np.savez(path, logits=hp.logits, aux=hp.aux if hp.aux is not None else empty,
+             skipped=hp.skipped if hp.skipped is not None else empty)
+    return hp, gold
+
+
+def point_at(hp, gold, exit_layers, policy, threshold) -> dict:
+    """Accuracy, layers computed and SmartBERT skip counts on `hp` at one threshold."""
+    scores = T.head_scores(policy, hp, exit_layers)
+    first = T.first_exit(scores, policy, threshold)  # (N,)
+    computed = T.computed_layers(T.layer_costs(hp, exit_layers), first)
+    pred = hp.preds[np.arange(len(hp)), first]
+    p = {"threshold": float(threshold), "accuracy": float((pred == gold).mean()), "mean_layers": float(computed.mean()),
+         "ideal_speedup": exit_layers[-1] / float(computed.mean())}
+    if hp.skipped is not None:
+        exit_layer = np.asarray(exit_layers)[first]
+        before_exit = hp.skipped & (np.arange(1, hp.skipped.shape[1] + 1)[None, :] <= exit_layer[:, None])
+        skipped = before_exit.sum(1)
+        p.update(rows_skipping=int((skipped > 0).sum()), rows=len(hp), layers_saved_by_skipping=int(skipped.sum()),
+                 skip_rate_by_layer=[float(r) for r in hp.skipped.mean(0)])
+    return p
+
+
+def offline(name, model_dir, dev, test, args, cache_dir) -> dict:
+    info = ModelInfo.read(model_dir)
+    policy = get_policy(info.policy)
+    layers = info.exit_layers
+    hp_dev, gold_dev = head_pass(name, model_dir, dev, "dev", args.max_length, cache_dir)
+    hp_test, gold_test = head_pass(name, model_dir, test, "test", args.max_length, cache_dir)
+    dev_curve = T.sweep(hp_dev, gold_dev, layers, policy, points=120)
+    test_curve = T.sweep(hp_test, gold_test, layers, policy, points=120)
+    chosen = T.choose(dev_curve, args.max_drop)
+    return {
+        "policy": info.policy,
+        "mechanism": info.mechanism,
+        "full_depth_accuracy": test_curve[0]["accuracy"],
+        "full_depth_ideal_speedup": test_curve[0]["ideal_speedup"],
+        "dev_full_depth_accuracy": dev_curve[0]["accuracy"],
+        "dev_chosen": chosen,
+        "test_at_dev_choice": point_at(hp_test, gold_test, layers, policy, chosen["threshold"]),
+        "test_oracle": T.choose(test_curve, args.max_drop),
+        "test_curve": test_curve,
+    }
+
+
+def pipeline_run(name, model_dir, data, out, args, exit_cfg) -> dict:
+    cfg = TagConfig(
+        input=data, model=model_dir, output=os.path.join(out, "mech_runs", name), overwrite=True, label_column="label",
+        max_length=args.max_length, batch_size=args.batch_size, num_stages=1, exit=exit_cfg,
+        audit=AuditConfig(fraction=0.0), mlflow=MlflowConfig(enabled=False),
+    )
+    from pipelines.tag import run_tagging
+
+    t0 = time.perf_counter()
+    m = run_tagging(cfg).metrics
+    wall = time.perf_counter() - t0
+    keep = ("rows", "accuracy", "mean_layers", "mean_layers_computed", "rows_skipping", "layers_saved_by_skipping")
+    return {**{k: m.get(k) for k in keep}, "docs_per_s": m["rows"] / wall, "wall_s": wall}
+
+
+def pipelines(models, results, args, subset) -> dict:
+    import ray
+    from bench_tagging import plain_ray_variant
+
+    ray.init(address="local", num_cpus=8, include_dashboard=False)
+    runs = {}
+    base = argparse.Namespace(model=models[0][1], max_length=args.max_length, batch_size=args.batch_size)
+    runs["plain_ray_map_batches"] = plain_ray_variant(base, subset, args.out, threads=os.cpu_count() or 1)
+    for name, model_dir in models:
+        threshold = results[name]["dev_chosen"]["threshold"]
+        full = pipeline_run(f"{name}_full", model_dir, subset, args.out, args, ExitConfig(disabled=True, skip_gates=False))
+        early = pipeline_run(f"{name}_exit", model_dir, subset, args.out, args, ExitConfig(threshold=threshold))
+        runs[name] = {"full": full, "exit": early, "realized_speedup": early["docs_per_s"] / full["docs_per_s"],
+                      "vs_plain_ray": early["docs_per_s"] / runs["plain_ray_map_batches"]["docs_per_s"]}
+        print(f"{name}: {early['docs_per_s']:.1f} docs/s with exits, {full['docs_per_s']:.1f} at full depth", flush=True)
+    ray.shutdown()
+    return runs
+
+
+def figure(results, path) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for name, r in results.items():
+        c = r["test_curve"]
+        line, = ax.plot([p["mean_layers"] for p in c], [100 * p["accuracy"] for p in c], "-", lw=1.3, label=name)
+        p = r["test_at_dev_choice"]
+        ax.plot([p["mean_layers"]], [100 * p["accuracy"]], "o", color=line.get_color(), ms=7)
+    ax.set_xlabel("mean layers computed per row (test)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("debian_sections, MiniLM-L6: one global threshold swept; dots = dev-chosen threshold")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def table(results, runs) -> str:
+    lines = ["| method | policy | full-depth acc | dev-chosen: test acc (Δ pts), ideal × | test oracle ideal × within 1 pt (acc) "
+             "| pipeline docs/s exit / full | realized × |", "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        full, p, o = r["full_depth_accuracy"], r["test_at_dev_choice"], r["test_oracle"]
+        run = runs.get(name)
+        pipe = f"{run['exit']['docs_per_s']:.1f} / {run['full']['docs_per_s']:.1f}" if run else "-"
+        realized = f"{run['realized_speedup']:.2f}×" if run else "-"
+        lines.append(
+            f"| {name} | {r['policy']} | {100 * full:.2f} | {100 * p['accuracy']:.2f} ({100 * (p['accuracy'] - full):+.2f}), "
+            f"{p['ideal_speedup']:.2f}× | {o['ideal_speedup']:.2f}× ({100 * o['accuracy']:.2f}) | {pipe} | {realized} |"
+        )
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", required=True, metavar="NAME=DIR")
+    p.add_argument("--dev", required=True)
+    p.add_argument("--test", required=True)
+    p.add_argument("--dev-rows", type=int, default=1500)
+    p.add_argument("--test-rows", type=int, default=0, help="0 = all")
+    p.add_argument("--pipeline-rows", type=int, default=2000)
+    p.add_argument("--max-length", type=int, default=96)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-drop", type=float, default=0.01)
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--mlflow-uri", default="sqlite:///mlflow.db")
+    p.add_argument("--skip-pipeline", action="store_true")
+    args = p.parse_args()
+    models = [tuple(m.split("=", 1)) for m in args.model]
+    cache = os.path.join(args.out, "mech_cache")
+    os.makedirs(cache, exist_ok=True)
+    dev, test = rows(args.dev, args.dev_rows), rows(args.test, args.test_rows)
+    results = {}
+    for name, model_dir in models:
+        results[name] = offline(name, model_dir, dev, test, args, cache)
+        print(f"{name}: offline done", flush=True)
+    runs = {}
+    if not args.skip_pipeline:
+        subset = os.path.join(args.out, "mech_pipeline_input.parquet")
+        pq.write_table(test.slice(0, args.pipeline_rows), subset)
+        runs = pipelines(models, results, args, subset)
+    fig = figure(results, os.path.join(args.out, "mechanisms_tradeoff.png"))
+    summary = {"dev_rows": dev.num_rows, "test_rows": test.num_rows, "pipeline_rows": args.pipeline_rows,
+               "models": dict(models), "results": results, "pipeline": runs}
+    with open(os.path.join(args.out, "mechanisms.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    md = table(results, runs)
+    print(md)
+    for name, r in results.items():
+        s = r["test_at_dev_choice"]
+        if "rows_skipping" in s:
+            print(f"\n{name} skipping at the dev-chosen threshold (test): {s['rows_skipping']}/{s['rows']} rows skipped "
+                  f"at least one layer before their exit, {s['layers_saved_by_skipping']} layers saved; "
+                  f"skip rate by layer at full depth {[round(x, 3) for x in s['skip_rate_by_layer']]}")
+    mlflow.set_tracking_uri(args.mlflow_uri)
+    mlflow.set_experiment("offramp-bench-mechanisms")
+    with mlflow.start_run():
+        mlflow.log_params({"models": json.dumps(dict(models)), "dev_rows": dev.num_rows, "test_rows": test.num_rows,
+                           "pipeline_rows": args.pipeline_rows, "max_drop": args.max_drop})
+        for name, r in results.items():
+            mlflow.log_metrics({f"{name}_full_depth_accuracy": r["full_depth_accuracy"],
+                                f"{name}_ideal_speedup_dev_chosen": r["test_at_dev_choice"]["ideal_speedup"],
+                                f"{name}_accuracy_dev_chosen": r["test_at_dev_choice"]["accuracy"],
+                                f"{name}_ideal_speedup_oracle": r["test_oracle"]["ideal_speedup"]})
+            if name in runs:
+                mlflow.log_metric(f"{name}_realized_speedup", runs[name]["realized_speedup"])
+        mlflow.log_figure(fig, "mechanisms_tradeoff.png")
+        mlflow.log_dict(summary, "mechanisms.json")
+        mlflow.log_text(md, "mechanisms_table.md")
+
+
+if __name__ == "__main__":
+    main()
