@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from offramp.mechanisms.base import Mechanism
-from offramp.mechanisms.deebert import cached_features, stage1_final
+from offramp.mechanisms.deebert import trained_backbone_features
 from offramp.training import head_losses, train_heads
 
 HELD_OUT = 0.2  # share of training rows kept from the heads for the predictor
@@ -29,8 +29,7 @@ class BerxitMechanism(Mechanism):
 
     def train(self, run) -> None:
         model, cfg = run.model, run.cfg
-        stage1_final(run)
-        feats = cached_features(run)
+        feats = trained_backbone_features(run)
         if feats is None:
             return
         order = torch.randperm(len(feats), generator=torch.Generator().manual_seed(cfg.seed))

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from offramp.mechanisms.base import Mechanism
-from offramp.mechanisms.deebert import cached_features, stage1_final
+from offramp.mechanisms.deebert import trained_backbone_features
 from offramp.training import head_losses, train_heads
 
 TEMPERATURE = 0.1  # cosine distances lie in [0, 2]; /0.1 gives the softmax a usable range
@@ -34,8 +34,7 @@ class De3Mechanism(Mechanism):
 
     def train(self, run) -> None:
         model, cfg = run.model, run.cfg
-        stage1_final(run)
-        feats = cached_features(run)
+        feats = trained_backbone_features(run)
         if feats is None:
             return
         nets = [model.prototypes[str(l)] for l in model.exit_layers[:-1]]

@@ -25,12 +25,17 @@ def cached_features(run):
     return pooled_features(model, run.tokenizer, run.texts, run.cfg.max_length)
 
 
+def trained_backbone_features(run):
+    """Stage 1, then the frozen model's pooled features for head-only stages (None: no internal heads)."""
+    stage1_final(run)
+    return cached_features(run)
+
+
 class DeebertMechanism(Mechanism):
     name = "deebert"
     policy = "entropy"
 
     def train(self, run) -> None:
-        stage1_final(run)
-        feats = cached_features(run)
+        feats = trained_backbone_features(run)
         if feats is not None and run.cfg.stage2_epochs > 0:
             train_heads(run, feats, lambda f, y: sum(head_losses(run.model, f, y)))
