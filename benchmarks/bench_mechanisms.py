@@ -4,16 +4,19 @@
         --model deebert=DIR --model pabee=DIR --model berxit=DIR --model de3=DIR --model smartbert=DIR \
         --dev ../shared/data/debian_sections/dev.parquet --test ../shared/data/debian_sections/test.parquet
 
-Per model (each run with its stored policy):
+Per model, each with its mechanism's own exit policy (offramp.mechanisms; the policy in
+config.json is whatever the training config set, and it once pinned entropy for all):
 1. One full-depth pass over dev and test rows gives every head's output (and SmartBERT's
    gate decisions); cached in OUT/mech_cache/.
 2. Test curve: accuracy vs mean layers *computed* (skipped layers are free) over a sweep of
    one global threshold. Operating point: the fastest threshold on dev within --max-drop of
    dev full depth, then measured on test. Oracle: the same rule applied to the test curve
    itself (the issue's "best ideal speed-up at most 1 point below its full-depth accuracy").
-3. Pipeline: the real Ray pipeline on the first --pipeline-rows test rows, at the operating
+   Dev and test rows are seeded random samples (the files are ordered by package).
+3. Pipeline: the real Ray pipeline on a seeded sample of --pipeline-rows test rows, at the operating
    threshold and at full depth (exits off, gates off: every layer for every row), adjacent
-   in one process; plus a plain Ray Data map_batches over the Hugging Face model.
+   in one process; plus, first, a plain Ray Data map_batches over the DeeBERT model's directory
+   as a Hugging Face classifier. SmartBERT: rows that skipped a layer before their exit.
 One figure (OUT/mechanisms_tradeoff.png) and OUT/mechanisms.json; both logged to MLflow.
 """
 
@@ -34,6 +37,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
@@ -46,31 +50,37 @@ from offramp.policies import get_policy  # noqa: E402
 from offramp.training import full_pass  # noqa: E402
 
 
-def rows(path: str, limit: int, seed: int = 0):
-    """Labeled rows; a seeded random sample when `limit` (the files are ordered by package,
-    so their first rows are not representative: dev's first 1,500 score 10 points lower)."""
+def rows(path: str) -> pa.Table:
     t = pq.read_table(path, columns=["id", "text", "label"])
-    t = t.filter(pc.is_valid(t["text"]))
+    return t.filter(pc.is_valid(t["text"]))
+
+
+def sample(t: pa.Table, limit: int, seed: int = 0) -> pa.Table:
+    """A seeded random sample of `limit` rows in file order (all when 0). The files are ordered by
+    package, so their first rows are not representative: dev's first 1,500 score 10 points lower."""
     if not limit or limit >= t.num_rows:
         return t
     return t.take(np.sort(np.random.default_rng(seed).choice(t.num_rows, limit, replace=False)))
 
 
 def head_pass(name, model_dir, table, split, max_length, cache_dir) -> tuple[T.HeadPass, np.ndarray]:
-    """The model's full-depth HeadPass on `table` and gold ids, cached per (model, split)."""
+    """The model's full-depth HeadPass on `table` and gold ids, cached per (model, split).
+
+    The cache is reused only for the same row ids and max length: a row count alone would
+    silently reuse a pass over a different sample."""
     path = os.path.join(cache_dir, f"{name}_{split}.npz")
     info = ModelInfo.read(model_dir)
-    gold_names = table["label"].to_pylist()
-    gold = np.array([info.labels.index(g) if g in info.labels else -1 for g in gold_names])
+    ids = np.asarray(table["id"].to_pylist()).astype(str)  # (N,)
+    gold = np.array([info.labels.index(g) if g in info.labels else -1 for g in table["label"].to_pylist()])  # (N,)
     if os.path.exists(path):
         d = np.load(path)
-        if len(d["logits"]) == table.num_rows:
+        if "ids" in d and np.array_equal(d["ids"], ids) and int(d["max_length"]) == max_length:
             return T.HeadPass(d["logits"], d["aux"] if d["aux"].size else None, d["skipped"] if d["skipped"].size else None), gold
     model = load_model(model_dir)
     hp = full_pass(model, AutoTokenizer.from_pretrained(model_dir), table["text"].to_pylist(), max_length)
     empty = np.zeros(0)
     np.savez(path, logits=hp.logits, aux=hp.aux if hp.aux is not None else empty,
-             skipped=hp.skipped if hp.skipped is not None else empty)
+             skipped=hp.skipped if hp.skipped is not None else empty, ids=ids, gold=gold, max_length=max_length)
     return hp, gold
 
 
@@ -83,12 +93,22 @@ def point_at(hp, gold, exit_layers, policy, threshold) -> dict:
     p = {"threshold": float(threshold), "accuracy": float((pred == gold).mean()), "mean_layers": float(computed.mean()),
          "ideal_speedup": exit_layers[-1] / float(computed.mean())}
     if hp.skipped is not None:
-        exit_layer = np.asarray(exit_layers)[first]
-        before_exit = hp.skipped & (np.arange(1, hp.skipped.shape[1] + 1)[None, :] <= exit_layer[:, None])
-        skipped = before_exit.sum(1)
-        p.update(rows_skipping=int((skipped > 0).sum()), rows=len(hp), layers_saved_by_skipping=int(skipped.sum()),
-                 skip_rate_by_layer=[float(r) for r in hp.skipped.mean(0)])
+        p.update(skip_stats(hp.skipped, np.asarray(exit_layers)[first]))
     return p
+
+
+def skip_stats(skipped: np.ndarray, exit_layer: np.ndarray) -> dict:
+    """SmartBERT: skipping without exiting. `skipped` (N, L) from the full pass, `exit_layer` (N,).
+
+    Only gates a row meets before its exit count; a gate at a layer the row never reaches
+    decided nothing. The per-layer rate is over the rows that reach that layer."""
+    reached = np.arange(1, skipped.shape[1] + 1)[None, :] <= exit_layer[:, None]  # (N, L)
+    before_exit = skipped & reached  # (N, L)
+    per_row = before_exit.sum(1)  # (N,)
+    rate = before_exit.sum(0) / np.maximum(reached.sum(0), 1)  # (L,)
+    return {"rows": len(skipped), "rows_skipping": int((per_row > 0).sum()), "layers_saved_by_skipping": int(per_row.sum()),
+            "skip_rate_by_layer": [float(r) for r in rate],
+            "skip_rate_by_layer_full_depth": [float(r) for r in skipped.mean(0)]}
 
 
 def offline(name, model_dir, dev, test, args, cache_dir) -> dict:
@@ -134,8 +154,13 @@ def pipelines(models, results, args, subset) -> dict:
 
     ray.init(address="local", num_cpus=8, include_dashboard=False)
     runs = {}
-    base = argparse.Namespace(model=models[0][1], max_length=args.max_length, batch_size=args.batch_size)
-    runs["plain_ray_map_batches"] = plain_ray_variant(base, subset, args.out, threads=os.cpu_count() or 1)
+    # DeeBERT adds nothing but exit heads, which AutoModelForSequenceClassification ignores: its
+    # directory is the plain classifier a user without offramp would run
+    plain_dir = next((d for _, d in models if ModelInfo.read(d).mechanism == "deebert"), models[0][1])
+    base = argparse.Namespace(model=plain_dir, max_length=args.max_length, batch_size=args.batch_size)
+    # threads = cores, as offramp's local run shares them: Ray's default of 1 thread would flatter the ratios
+    runs["plain_ray_map_batches"] = {**plain_ray_variant(base, subset, args.out, threads=os.cpu_count() or 1),
+                                     "model": plain_dir}
     for name, model_dir in models:
         threshold = results[name]["dev_chosen"]["threshold"]
         full = pipeline_run(f"{name}_full", model_dir, subset, args.out, args, ExitConfig(disabled=True, skip_gates=False))
@@ -148,16 +173,18 @@ def pipelines(models, results, args, subset) -> dict:
     return runs
 
 
-def figure(results, path) -> plt.Figure:
+def figure(results, path, data: str, max_drop: float) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for name, r in results.items():
         c = r["test_curve"]
         line, = ax.plot([p["mean_layers"] for p in c], [100 * p["accuracy"] for p in c], "-", lw=1.3, label=name)
         p = r["test_at_dev_choice"]
         ax.plot([p["mean_layers"]], [100 * p["accuracy"]], "o", color=line.get_color(), ms=7)
+        ax.axhline(100 * (r["full_depth_accuracy"] - max_drop), color=line.get_color(), ls=":", lw=0.8)
     ax.set_xlabel("mean layers computed per row (test)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("debian_sections, MiniLM-L6: one global threshold swept; dots = dev-chosen threshold")
+    ax.set_title(f"{os.path.basename(os.path.dirname(os.path.abspath(data)))}: one global threshold swept; "
+                 f"dots = dev-chosen, dotted = full depth − {100 * max_drop:g} pt", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -173,11 +200,33 @@ def table(results, runs) -> str:
         run = runs.get(name)
         pipe = f"{run['exit']['docs_per_s']:.1f} / {run['full']['docs_per_s']:.1f}" if run else "-"
         realized = f"{run['realized_speedup']:.2f}×" if run else "-"
+        # SmartBERT's never-exit point already skips layers: show what that alone buys
+        skip = f" ({r['full_depth_ideal_speedup']:.2f}× by skipping)" if r["full_depth_ideal_speedup"] > 1 else ""
         lines.append(
-            f"| {name} | {r['policy']} | {100 * full:.2f} | {100 * p['accuracy']:.2f} ({100 * (p['accuracy'] - full):+.2f}), "
+            f"| {name} | {r['policy']} | {100 * full:.2f}{skip} | {100 * p['accuracy']:.2f} ({100 * (p['accuracy'] - full):+.2f}), "
             f"{p['ideal_speedup']:.2f}× | {o['ideal_speedup']:.2f}× ({100 * o['accuracy']:.2f}) | {pipe} | {realized} |"
         )
+    plain = runs.get("plain_ray_map_batches")
+    if plain:
+        lines.append(f"\nplain Ray Data map_batches ({plain['model']}): {plain['docs_per_s']:.1f} docs/s, accuracy "
+                     f"{100 * plain['accuracy']:.2f}; exit runs over it: "
+                     + ", ".join(f"{n} {runs[n]['vs_plain_ray']:.2f}×" for n in results if n in runs))
     return "\n".join(lines)
+
+
+def skip_table(results, runs) -> str:
+    """SmartBERT rows that skipped a layer before their exit, offline at the dev-chosen threshold and in the pipeline."""
+    lines = ["| method | rows skipping (test) | layers saved | skip rate by layer (of rows reaching it) "
+             "| pipeline: rows skipping, layers saved |", "|---|---|---|---|---|"]
+    for name, r in results.items():
+        s = r["test_at_dev_choice"]
+        if "rows_skipping" not in s:
+            continue
+        e = runs.get(name, {}).get("exit")
+        pipe = f"{e['rows_skipping']}/{e['rows']}, {e['layers_saved_by_skipping']}" if e else "-"
+        rates = " ".join(f"{x:.2f}" for x in s["skip_rate_by_layer"])
+        lines.append(f"| {name} | {s['rows_skipping']}/{s['rows']} | {s['layers_saved_by_skipping']} | {rates} | {pipe} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def main():
@@ -198,7 +247,7 @@ def main():
     models = [tuple(m.split("=", 1)) for m in args.model]
     cache = os.path.join(args.out, "mech_cache")
     os.makedirs(cache, exist_ok=True)
-    dev, test = rows(args.dev, args.dev_rows), rows(args.test, args.test_rows)
+    dev, test = sample(rows(args.dev), args.dev_rows), sample(rows(args.test), args.test_rows)
     results = {}
     for name, model_dir in models:
         results[name] = offline(name, model_dir, dev, test, args, cache)
@@ -206,21 +255,19 @@ def main():
     runs = {}
     if not args.skip_pipeline:
         subset = os.path.join(args.out, "mech_pipeline_input.parquet")
-        pq.write_table(test.slice(0, args.pipeline_rows), subset)
+        pq.write_table(sample(test, args.pipeline_rows), subset)
         runs = pipelines(models, results, args, subset)
-    fig = figure(results, os.path.join(args.out, "mechanisms_tradeoff.png"))
-    summary = {"dev_rows": dev.num_rows, "test_rows": test.num_rows, "pipeline_rows": args.pipeline_rows,
+    fig = figure(results, os.path.join(args.out, "mechanisms_tradeoff.png"), args.test, args.max_drop)
+    summary = {"dev_rows": dev.num_rows, "test_rows": test.num_rows, "pipeline_rows": min(args.pipeline_rows, test.num_rows),
                "models": dict(models), "results": results, "pipeline": runs}
     with open(os.path.join(args.out, "mechanisms.json"), "w") as f:
         json.dump(summary, f, indent=1)
     md = table(results, runs)
     print(md)
-    for name, r in results.items():
-        s = r["test_at_dev_choice"]
-        if "rows_skipping" in s:
-            print(f"\n{name} skipping at the dev-chosen threshold (test): {s['rows_skipping']}/{s['rows']} rows skipped "
-                  f"at least one layer before their exit, {s['layers_saved_by_skipping']} layers saved; "
-                  f"skip rate by layer at full depth {[round(x, 3) for x in s['skip_rate_by_layer']]}")
+    skips = skip_table(results, runs)
+    if skips:
+        md += "\n\n" + skips
+        print("\n" + skips)
     mlflow.set_tracking_uri(args.mlflow_uri)
     mlflow.set_experiment("offramp-bench-mechanisms")
     with mlflow.start_run():
@@ -232,7 +279,12 @@ def main():
                                 f"{name}_accuracy_dev_chosen": r["test_at_dev_choice"]["accuracy"],
                                 f"{name}_ideal_speedup_oracle": r["test_oracle"]["ideal_speedup"]})
             if name in runs:
-                mlflow.log_metric(f"{name}_realized_speedup", runs[name]["realized_speedup"])
+                run = runs[name]
+                mlflow.log_metrics({f"{name}_realized_speedup": run["realized_speedup"], f"{name}_vs_plain_ray": run["vs_plain_ray"],
+                                    f"{name}_docs_per_s_exit": run["exit"]["docs_per_s"],
+                                    f"{name}_docs_per_s_full": run["full"]["docs_per_s"]})
+        if runs:
+            mlflow.log_metric("plain_ray_docs_per_s", runs["plain_ray_map_batches"]["docs_per_s"])
         mlflow.log_figure(fig, "mechanisms_tradeoff.png")
         mlflow.log_dict(summary, "mechanisms.json")
         mlflow.log_text(md, "mechanisms_table.md")
