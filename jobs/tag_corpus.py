@@ -21,12 +21,15 @@ def parse_args(argv=None):
     p.add_argument("--output", help="output directory (Parquet)")
     p.add_argument("--input-format", help="auto, parquet, jsonl or text")
     p.add_argument("--text-column")
+    p.add_argument("--words-column", help="token models: a column with each row's words (list of str)")
     p.add_argument("--id-column")
     p.add_argument("--label-column", help="gold labels: accuracy is measured and logged")
     p.add_argument("--passthrough", help="comma-separated input columns copied to the output")
     p.add_argument("--policy", help="exit policy (default: the model's): entropy, max_prob, patience, learned, hybrid")
     p.add_argument("--threshold", type=float, help="one exit threshold for every head")
     p.add_argument("--no-exits", action="store_true", help="run every row to full depth")
+    p.add_argument("--exit-mode", help="token models: token (TOKEE, per word) or sentence (SENTEE)")
+    p.add_argument("--window", type=int, help="token models, TOKEE: words on each side of a word's window")
     p.add_argument("--no-skip-gates", action="store_true", help="SmartBERT models: every row runs every layer it reaches")
     p.add_argument("--num-stages", type=int, help="split the layers over this many actor pools")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
@@ -49,6 +52,9 @@ def main(argv=None) -> int:
         "output": args.output,
         "input_format": args.input_format,
         "text_column": args.text_column,
+        "words_column": args.words_column,
+        "exit.mode": args.exit_mode,
+        "exit.window": args.window,
         "id_column": args.id_column,
         "label_column": args.label_column,
         "passthrough_columns": args.passthrough,
@@ -73,6 +79,9 @@ def main(argv=None) -> int:
     m = result.metrics
     run_id = log_tag_run(cfg, result, num_layers=result.layout[-1].spec.end)
     bad = m["rows"] - m["rows_labeled"]
+    if "token_layers" in m:
+        print(token_line(cfg, m) + (f"; mlflow run {run_id}" if run_id else ""))
+        return 3 if args.fail_on_error_rows and bad else 0
     line = (
         f"tagged {m['rows']} rows -> {cfg.output}: {m['rows_labeled']} labeled, {bad} with an error status, "
         f"{m['rows_status_truncated']} truncated; {m['docs_per_second']:.1f} docs/s, "
@@ -94,6 +103,22 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 4
     return 0
+
+
+def token_line(cfg, m: dict) -> str:
+    line = (
+        f"tagged {m['rows']} sentences ({m['words']} words) -> {cfg.output}: {m['rows_labeled']} tagged, "
+        f"{m['rows'] - m['rows_labeled']} with an error status, {m['rows_status_truncated']} truncated "
+        f"({m['words_untagged']} words untagged); {m['docs_per_second']:.1f} sentences/s, "
+        f"{100 * m['token_layer_saving']:.1f}% of token-layers saved (ideal {m['ideal_speedup']:.2f}x)"
+    )
+    if "accuracy" in m:
+        line += f", word accuracy {m['accuracy']:.4f}"
+    if "entity_f1" in m:
+        line += f", entity F1 {m['entity_f1']:.4f}"
+    if "accuracy_full_depth" in m:
+        line += f" (full depth {m['accuracy_full_depth']:.4f} on {m['full_depth_eval_rows']} sentences)"
+    return line
 
 
 def audit_line(a: dict) -> str:

@@ -1,8 +1,14 @@
-"""Fine-tune an early-exit classifier with a chosen exit mechanism and save it for tag_corpus.py.
+"""Fine-tune an early-exit classifier or tagger and save it for tag_corpus.py.
 
     python jobs/train_exits.py --train train.parquet --eval dev.parquet --output models/m \
         [--mechanism deebert|pabee|berxit|de3|smartbert] [--base-model DIR | --init-from MODEL] \
         [--config conf/train.yaml] [--set stage1_epochs=1]
+
+Sequence labeling (a list of tags per row, e.g. ../shared/data/debian_pos) is detected from the
+label column, or forced with --task token:
+
+    python jobs/train_exits.py --train train.parquet --eval dev.parquet --output models/pos \
+        --text-column tokens --label-column pos [--set token_exit_mode=sentence]
 """
 
 import argparse
@@ -25,6 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--mechanism", help="exit mechanism and training recipe: deebert, pabee, berxit, de3, smartbert")
     p.add_argument("--init-from", help="warm start from an offramp model directory with the same labels")
     p.add_argument("--policy", help="exit policy stored with the model (default: the mechanism's own)")
+    p.add_argument("--task", help="sequence, token (a tag per word) or auto (default: from the label column)")
     p.add_argument("--max-train-rows", type=int)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. lr=3e-5")
     return p.parse_args(argv)
@@ -48,17 +55,32 @@ def main(argv=None) -> int:
                 "mechanism": args.mechanism,
                 "init_from": args.init_from,
                 "max_train_rows": args.max_train_rows,
+                "task": args.task,
             },
             args.set,
         )
-        from offramp.training import save_trained, train_early_exit
+        from offramp.token_training import is_token_data
         from pipelines.tracking import log_train_run
 
-        model, tokenizer, report = train_early_exit(cfg)
+        cfg.require("train", "eval", "output")
+        token = cfg.task == "token" or (cfg.task == "auto" and is_token_data(cfg.train, cfg.label_column))
+        if token:
+            from offramp.token_training import save_token_trained as save, train_token_exits as train
+        else:
+            from offramp.training import save_trained as save, train_early_exit as train
+        model, tokenizer, report = train(cfg)
     except ConfigError as e:
         fail(str(e))
-    save_trained(model, tokenizer, report, cfg.output)
+    save(model, tokenizer, report, cfg.output)
     run_id = log_train_run(cfg, report, cfg.output)
+    if token:
+        c = report.chosen
+        print(
+            f"saved {cfg.output}: dev word accuracy {report.curve[0]['accuracy']:.4f} at full depth, "
+            f"{c['accuracy']:.4f} with {model.config.token_exit_mode}-level exits saving "
+            f"{100 * c['token_layer_saving']:.1f}% of token-layers ({c['ideal_speedup']:.2f}x ideal); mlflow run {run_id}"
+        )
+        return 0
     print(
         f"saved {cfg.output}: dev accuracy {report.curve[0]['accuracy']:.4f} at full depth, "
         f"{report.chosen['accuracy']:.4f} with exits at {report.chosen['mean_layers']:.2f} mean layers "

@@ -76,3 +76,24 @@ def audit_mask(ids, fraction: float, seed: int) -> np.ndarray:
         count=len(ids),
     )
     return u < np.uint64(int(fraction * 2**64))
+
+
+# Sequence labeling (token models) adds per-word columns. Lists travel as blobs: Arrow
+# stores them flat, and Ray never turns them into tensor extension columns.
+WORDS = "_words"  # binary: the row's words, UTF-8, joined by "\0" (echoed in the output)
+GOLD_TAGS = "_gold_tags"  # binary: gold tags joined by "\0"; b"" = none (or not one per word)
+NUM_WORDS = "_num_words"  # int32
+WORD_STARTS = "_word_starts"  # binary: int32 first sub-word position per word; -1 = untagged
+WORD_EXIT = "_word_exit"  # binary: int16 layer each word halted at; 0 = still active
+WORD_LABEL = "_word_label"  # binary: int16 predicted tag id per word; -1 = none
+WORD_UNC = "_word_unc"  # binary: float32 latest normalized uncertainty per word
+TOKEN_LAYERS = "_token_layers"  # int64: tokens computed as queries, summed over layers so far
+SEP = "\0"
+
+
+def join_words(words) -> bytes:
+    return SEP.join(words).encode("utf-8")
+
+
+def split_blob(blob: bytes) -> list[str]:
+    return blob.decode("utf-8").split(SEP) if blob else []

@@ -24,6 +24,20 @@ class ConfigError(ValueError):
     """A configuration problem found at start, before any work is done."""
 
 
+EXIT_MODES = ("token", "sentence")  # sequence labeling: TOKEE, SENTEE
+SENTENCE_POOLS = ("max", "mean")
+
+
+def check_token_exit(mode: str, pool: str, window: int) -> None:
+    """Token exit settings, checked where they enter (config, model, CLI)."""
+    if mode not in EXIT_MODES:
+        raise ConfigError(f"token exit mode {mode!r}: use one of {list(EXIT_MODES)} (token = TOKEE, sentence = SENTEE)")
+    if pool not in SENTENCE_POOLS:
+        raise ConfigError(f"sentence_pool {pool!r}: use one of {list(SENTENCE_POOLS)}")
+    if window < 0:
+        raise ConfigError(f"exit_window={window} must be >= 0 (words on each side of a word)")
+
+
 @dataclass(frozen=True)
 class ExitConfig:
     """Which exit criterion runs and where its thresholds come from."""
@@ -39,10 +53,17 @@ class ExitConfig:
     skip_gates: bool = True
     """SmartBERT models: rows skip the layers their gates say to skip. False = every row runs
     every layer it reaches (with `disabled`, the every-layer baseline). Ignored without gates."""
+    mode: str | None = None
+    """Token models: token (TOKEE: each word halts on its own) or sentence (SENTEE); None = stored."""
+    window: int | None = None
+    """Token models, TOKEE: words on each side a word's uncertainty is max-pooled over; None = stored."""
+    sentence_pool: str | None = None
+    """Token models, SENTEE: max or mean of the words' uncertainty; None = stored."""
 
     def __post_init__(self):
         if self.threshold is not None and self.thresholds is not None:
             raise ConfigError("exit.threshold and exit.thresholds are both set; keep one of them")
+        check_token_exit(self.mode or "token", self.sentence_pool or "max", 0 if self.window is None else self.window)
 
 
 @dataclass(frozen=True)
@@ -153,10 +174,14 @@ class TagConfig:
     input_format: str = "auto"
     """auto (from the file extension), parquet, jsonl or text."""
     text_column: str = "text"
+    words_column: str | None = None
+    """Token models: a column holding each row's words (a list of str); None = split text_column
+    into words by offramp.words.split_words (whitespace; punctuation and clitics apart)."""
     id_column: str | None = "id"
     """Id column; None = a row number is generated."""
     label_column: str | None = None
-    """Gold label column; when set, accuracy is measured and logged."""
+    """Gold label column; when set, accuracy is measured and logged (token models: a list of tags
+    per row, word accuracy and, for BIO tags, entity F1)."""
     passthrough_columns: tuple[str, ...] = ()
     """Input columns copied to the output unchanged."""
     max_length: int = 128
@@ -259,6 +284,21 @@ class TrainConfig:
     """DE³-BERT: weight of the distance-aware regularizer beside the heads' CE."""
     predictor_epochs: float = 10.0
     """BERxiT: epochs of the learning-to-exit predictor on cached features."""
+    task: str = "auto"
+    """sequence (one label per row), token (a tag per word: sequence labeling) or auto (token when
+    the label column holds lists). Token mode: text_column names the words column (list of str)."""
+    token_exit_mode: str = "token"
+    """Token task: exit mode stored with the model, token (TOKEE) or sentence (SENTEE)."""
+    sentence_pool: str = "max"
+    """Token task, SENTEE: pool the words' uncertainty with max or mean."""
+    exit_window: int = 2
+    """Token task, TOKEE: a word halts when the max uncertainty over this many words on each side is low."""
+    self_sampling_epochs: float = 1.0
+    """Token task: epochs of self-sampling fine-tuning after joint fine-tuning (stage1_epochs)."""
+    sample_max_window: int = 3
+    """Token task, self-sampling: each sentence's window is drawn from 0..this."""
+    sample_max_threshold: float = 0.4
+    """Token task, self-sampling: each sentence's threshold is drawn from U(0, this)."""
     max_accuracy_drop: float = 0.01
     """Stored thresholds: fastest global threshold whose dev accuracy is within this of full depth."""
     seed: int = 0
@@ -278,6 +318,11 @@ class TrainConfig:
             raise ConfigError("prototype_dim must be >= 2 and prototype_momentum in (0, 1]")
         if not 0 <= self.max_accuracy_drop < 1:
             raise ConfigError(f"max_accuracy_drop={self.max_accuracy_drop} is a fraction, e.g. 0.01 for 1 point")
+        if self.task not in ("auto", "sequence", "token"):
+            raise ConfigError(f"task {self.task!r}: use auto, sequence or token")
+        if self.self_sampling_epochs < 0 or self.sample_max_window < 0 or not 0 <= self.sample_max_threshold <= 1:
+            raise ConfigError("self_sampling_epochs and sample_max_window must be >= 0, sample_max_threshold in [0, 1]")
+        check_token_exit(self.token_exit_mode, self.sentence_pool, self.exit_window)
 
     def require(self, *names: str) -> None:
         TagConfig.require(self, *names)  # same message shape

@@ -278,6 +278,8 @@ class ModelInfo:
     mechanism: str = "deebert"
     skip_gates: bool = False
     signal_modules: frozenset = frozenset()  # exit-signal modules: prototypes, exit_predictor
+    task: str = "sequence"  # "token": a sequence-labeling model (offramp.token_model)
+    token_exit_mode: str | None = None  # token models: token (TOKEE) or sentence (SENTEE)
 
     @property
     def calibrated_agreement(self) -> float | None:
@@ -307,6 +309,8 @@ class ModelInfo:
             signal_modules=frozenset(
                 n for n, on in (("prototypes", getattr(cfg, "prototype_dim", 0)), ("exit_predictor", getattr(cfg, "exit_predictor", False))) if on
             ),
+            task=getattr(cfg, "task", None) or "sequence",
+            token_exit_mode=getattr(cfg, "token_exit_mode", None),
         )
 
 

@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from offramp import batch as B
+from offramp.words import as_words, encode_words, split_words
 
 
 class _FastTokenizer:
@@ -120,3 +121,74 @@ def tokenize_task(
     """Ray Data task entry point (stateless; the tokenizer is cached per process)."""
     audit = B.audit_mask(batch[id_column], audit_fraction, audit_seed) if audit_fraction > 0 else None
     return tokenize_batch(batch, load_tokenizer(model_dir), text_column, max_length, audit)
+
+
+def _as_words(value) -> tuple[list[str] | None, str]:
+    """Classify one cell of a words column: (words, status)."""
+    if value is None:
+        return None, B.NULL
+    words = as_words(value)
+    if words is None:
+        return None, B.UNDECODABLE
+    if any("\ufffd" in w or B.SEP in w for w in words):
+        return None, B.UNDECODABLE
+    if not any(w.strip() for w in words):
+        return None, B.EMPTY
+    return words, B.OK
+
+
+def tokenize_words_batch(batch: dict, tokenizer, words_column: str | None, text_column: str, max_length: int,
+                         gold: str | None = None) -> dict:
+    """Sequence labeling: add STATUS, TOKENS, NUM_TOKENS, the per-word columns and the empty
+    result columns. Words come from `words_column` (a list per row) or, when None, from
+    `text_column` split by offramp.words.split_words. A sentence over max_length sub-words keeps
+    its first ones and gets status 'truncated'; its words past the limit are untagged."""
+    source = words_column or text_column
+    B.check_columns(batch, [source] + ([gold] if gold else []), "tokenize")
+    cells = batch[source]
+    n = len(cells)
+    status = np.empty(n, dtype=object)
+    words_col = np.array([b""] * n, dtype=object)
+    gold_col = np.array([b""] * n, dtype=object)
+    tokens, starts = np.array([b""] * n, dtype=object), np.array([b""] * n, dtype=object)
+    num_tokens, num_words = np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32)
+    read_status = batch.get(B.READ_STATUS)
+    sentences, where = [], []
+    for i, cell in enumerate(cells):
+        if words_column:
+            words, status[i] = _as_words(cell)
+        else:
+            text, status[i] = _as_text(cell)
+            words = split_words(text) if text is not None else None
+        if read_status is not None and read_status[i]:
+            words, status[i] = None, read_status[i]
+        if words is not None:
+            sentences.append(words)
+            where.append(i)
+            words_col[i] = B.join_words(words)
+            tags = as_words(batch[gold][i]) if gold else None
+            if tags is not None and len(tags) == len(words):
+                gold_col[i] = B.join_words(tags)
+    for i, enc in zip(where, encode_words(tokenizer, sentences, max_length) if sentences else []):
+        tokens[i], starts[i] = enc.ids.tobytes(), enc.starts.tobytes()
+        num_tokens[i], num_words[i] = len(enc.ids), len(enc.starts)
+        if enc.truncated:
+            status[i] = B.TRUNCATED
+    out = {k: v for k, v in batch.items() if k not in (words_column, gold)}  # lists travel as blobs
+    out.update({
+        B.STATUS: status, B.TOKENS: tokens, B.NUM_TOKENS: num_tokens, B.WORDS: words_col, B.GOLD_TAGS: gold_col,
+        B.NUM_WORDS: num_words, B.WORD_STARTS: starts,
+        B.HIDDEN: np.array([b""] * n, dtype=object),
+        B.EXIT_LAYER: np.zeros(n, dtype=np.int16),
+        B.WORD_EXIT: np.array([b""] * n, dtype=object),
+        B.WORD_LABEL: np.array([b""] * n, dtype=object),
+        B.WORD_UNC: np.array([b""] * n, dtype=object),
+        B.TOKEN_LAYERS: np.zeros(n, dtype=np.int64),
+    })
+    return out
+
+
+def tokenize_words_task(batch: dict, model_dir: str, words_column: str | None, text_column: str, max_length: int,
+                        gold: str | None = None) -> dict:
+    """Ray Data task entry point for token models."""
+    return tokenize_words_batch(batch, load_tokenizer(model_dir), words_column, text_column, max_length, gold)

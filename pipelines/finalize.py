@@ -32,3 +32,50 @@ def finalize_task(batch: dict, labels: list[str], id_column: str, keep: list[str
     if gold:
         out[GOLD_COLUMN] = batch[gold]
     return out
+
+
+TOKEN_OUTPUT_COLUMNS = (
+    "words", "tags", "tag_layers", "exit_layer", "status", "num_tokens", "num_words", "words_untagged", "token_layers"
+)
+GOLD_TAGS_COLUMN = "gold_tags"
+
+
+def finalize_tokens_task(batch: dict, labels: list[str], id_column: str, keep: list[str], gold: bool):
+    """Token models: internal columns -> one output row per input row, as an Arrow table so the
+    per-word lists keep their types. `tags[i]` is None for an untagged word (its first sub-word
+    fell past the token limit, or it has none); `tag_layers[i]` is the layer the word halted at."""
+    import pyarrow as pa
+
+    names = np.array(labels + [None], dtype=object)
+    words, tags, layers, untagged = [], [], [], []
+    for w_blob, n, lab, ex in zip(batch[B.WORDS], batch[B.NUM_WORDS], batch[B.WORD_LABEL], batch[B.WORD_EXIT]):
+        w = B.split_blob(w_blob)
+        if not lab:  # never ran (bad input): no tags
+            words.append(w or None)
+            tags.append(None)
+            layers.append(None)
+            untagged.append(len(w))
+            continue
+        ids = np.frombuffer(lab, dtype=np.int16).astype(np.int64)
+        ex = np.frombuffer(ex, dtype=np.int16)
+        words.append(w)
+        tags.append(names[np.where(ids >= 0, ids, len(labels))].tolist())
+        layers.append([int(x) if x > 0 else None for x in ex])
+        untagged.append(int((ids < 0).sum()))
+    out = {
+        id_column: pa.array(batch[id_column].tolist()),
+        "words": pa.array(words, type=pa.list_(pa.string())),
+        "tags": pa.array(tags, type=pa.list_(pa.string())),
+        "tag_layers": pa.array(layers, type=pa.list_(pa.int16())),
+        "exit_layer": pa.array(batch[B.EXIT_LAYER], type=pa.int16()),
+        "status": pa.array(batch[B.STATUS].tolist(), type=pa.string()),
+        "num_tokens": pa.array(batch[B.NUM_TOKENS], type=pa.int32()),
+        "num_words": pa.array([len(w) if w else 0 for w in words], type=pa.int32()),
+        "words_untagged": pa.array(untagged, type=pa.int32()),
+        "token_layers": pa.array(batch[B.TOKEN_LAYERS], type=pa.int64()),
+    }
+    for c in keep:
+        out[c] = pa.array(batch[c].tolist())
+    if gold:
+        out[GOLD_TAGS_COLUMN] = pa.array([B.split_blob(g) or None for g in batch[B.GOLD_TAGS]], type=pa.list_(pa.string()))
+    return pa.table(out)

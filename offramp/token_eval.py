@@ -1,0 +1,95 @@
+"""Tagging quality and cost of a token model over labeled sentences: word accuracy,
+entity-level F1 for BIO schemes, and token-layers computed against full depth.
+
+Shared by training (thresholds on dev), the pipeline's metrics and the benchmark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from offramp.entities import entity_f1, is_bio
+from offramp.token_shard import TokenShard
+from offramp.words import EncodedWords
+
+
+@dataclass
+class TagPass:
+    """Per sentence: the predicted label id and exit layer of each word, and the cost."""
+
+    labels: list[np.ndarray]  # (W,) int64 label ids; -1 = untagged word
+    exit_layers: list[np.ndarray]  # (W,) layer each word halted at; 0 = untagged
+    token_layers: np.ndarray  # (N,) tokens computed as queries, summed over layers
+    tokens: np.ndarray  # (N,) tokens per sentence
+
+
+def pad(encoded: list[EncodedWords]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sentences -> ids (B, T), lengths (B,), starts (B, W) padded with -1."""
+    T = max(len(e.ids) for e in encoded)
+    W = max(1, max(len(e.starts) for e in encoded))
+    ids = np.zeros((len(encoded), T), dtype=np.int64)
+    starts = np.full((len(encoded), W), -1, dtype=np.int64)
+    for i, e in enumerate(encoded):
+        ids[i, : len(e.ids)] = e.ids
+        starts[i, : len(e.starts)] = e.starts
+    lengths = np.array([len(e.ids) for e in encoded], dtype=np.int64)
+    return torch.from_numpy(ids), torch.from_numpy(lengths), torch.from_numpy(starts)
+
+
+def tag_pass(model, encoded: list[EncodedWords], mode: str, threshold: float | None, window: int | None = None,
+             pool: str | None = None, max_tokens: int = 4096) -> TagPass:
+    """Run the whole model as one shard over `encoded`, longest-similar sentences batched
+    together; threshold None = never exit early (full depth)."""
+    L = model.num_layers
+    thresholds = {l: (-1.0 if threshold is None else threshold) for l in model.exit_layers}
+    shard = TokenShard(model, 0, L, mode=mode, thresholds=thresholds, window=window, pool=pool).eval()
+    n = len(encoded)
+    labels, layers = [None] * n, [None] * n
+    token_layers = np.zeros(n, dtype=np.int64)
+    order = np.argsort([len(e.ids) for e in encoded], kind="stable")
+    i = 0
+    while i < n:
+        longest = len(encoded[order[min(n - 1, i)]].ids)
+        j = i + 1
+        while j < n and (j + 1 - i) * len(encoded[order[j]].ids) <= max_tokens:
+            j += 1
+        rows = order[i:j]
+        ids, lengths, starts = pad([encoded[r] for r in rows])
+        out = shard(lengths, starts, input_ids=ids)
+        for k, r in enumerate(rows):
+            w = len(encoded[r].starts)
+            labels[r] = out.words.label[k, :w].numpy()
+            layers[r] = out.words.exit_layer[k, :w].numpy()
+        token_layers[rows] = out.token_layers.numpy()
+        del longest
+        i = j
+    tokens = np.array([len(e.ids) for e in encoded], dtype=np.int64)
+    return TagPass(labels, layers, token_layers, tokens)
+
+
+def score_pass(p: TagPass, gold: list[np.ndarray], names: list[str], num_layers: int) -> dict:
+    """Accuracy over tagged gold words (an untagged word counts as wrong), entity F1 for BIO
+    tag sets, and the token-layer cost against full depth."""
+    right = total = 0
+    for pred, g in zip(p.labels, gold):
+        right += int(((pred == g) & (g >= 0)).sum())
+        total += int((g >= 0).sum())
+    full = int(p.tokens.sum()) * num_layers
+    computed = int(p.token_layers.sum())
+    out = {
+        "accuracy": right / max(total, 1),
+        "words": total,
+        "token_layers": computed,
+        "token_layers_full": full,
+        "token_layer_saving": 1 - computed / full if full else 0.0,
+        "mean_layers": computed / max(int(p.tokens.sum()), 1),
+        "ideal_speedup": full / computed if computed else float("inf"),
+    }
+    if is_bio(names):
+        to_tags = lambda ids: [names[i] if i >= 0 else None for i in ids]  # noqa: E731
+        out["entity"] = entity_f1([to_tags(g) for g in gold], [to_tags(x) for x in p.labels])
+        out["f1"] = out["entity"]["f1"]
+    return out

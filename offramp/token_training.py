@@ -1,0 +1,247 @@
+"""Fine-tuning a sequence-labeling early-exit model (Li et al., ACL 2021), then thresholds on dev.
+
+Stage 1, joint fine-tuning: backbone and every token head on the layer-weighted average
+of the heads' CE (weight l for layer l). Stage 2, self-sampling fine-tuning: per sentence
+a random window and threshold; the forward halts words as TOKEE would (a halted word's
+state is copied upward, later layers still attend to it) and each head's loss covers only
+the words still active at its layer, so the heads learn on the inputs they will see.
+Thresholds: one global threshold per exit mode swept over dev with the real TokenShard.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from transformers import AutoTokenizer, BertConfig
+from transformers.masking_utils import create_bidirectional_mask
+
+from datasets import LargeList, List, Sequence, load_dataset
+
+from offramp.config import ConfigError, TrainConfig
+from offramp.data import _BUILDERS
+from offramp.modeling import default_base_model
+from offramp.token_eval import pad, score_pass, tag_pass
+from offramp.token_model import IGNORE, EarlyExitBertForTokenClassification, normalized_entropy, window_max, word_of_token
+from offramp.training import TrainReport, _optimize
+from offramp.words import EncodedWords, as_words, encode_words
+
+logger = logging.getLogger(__name__)
+
+# normalized-uncertainty thresholds swept on dev (0 = only certain words leave, 1 = all at layer 1)
+SWEEP = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6)
+
+
+def _dataset(path: str, flag: str):
+    if not os.path.exists(path):
+        raise ConfigError(f"data file {path} not found; pass an existing file to {flag}")
+    return load_dataset(_BUILDERS.get(os.path.splitext(path)[1].lower(), "parquet"), data_files=path, split="train")
+
+
+def is_token_data(path: str, label_column: str) -> bool:
+    """True when the training file's label column holds a list of tags per row (sequence labeling)."""
+    ds = _dataset(path, "--train")
+    if label_column not in ds.column_names:
+        raise ConfigError(f"column {label_column!r} not found in {path}; columns are {ds.column_names}; set --label-column")
+    return isinstance(ds.features[label_column], (List, Sequence, list, LargeList))
+
+
+def load_tagged(path: str, words_column: str, tags_column: str, max_rows: int | None, seed: int, flag: str):
+    """(sentences, tag lists) from Parquet/JSONL; rows without words or with a tag count that
+    does not match their words are dropped (and counted in the log)."""
+    ds = _dataset(path, flag)
+    for col, option in ((words_column, "--text-column"), (tags_column, "--label-column")):
+        if col not in ds.column_names:
+            raise ConfigError(f"column {col!r} not found in {path}; columns are {ds.column_names}; set {option}")
+    if max_rows is not None and len(ds) > max_rows:
+        ds = ds.shuffle(seed=seed).select(range(max_rows))
+    sentences, tags, dropped = [], [], 0
+    for w, t in zip(ds[words_column], ds[tags_column]):
+        w, t = as_words(w), as_words(t)
+        if not w or t is None or len(t) != len(w):
+            dropped += 1
+            continue
+        sentences.append(w)
+        tags.append(t)
+    if dropped:
+        logger.warning("%s: dropped %d rows without words or with tags not matching their words", path, dropped)
+    return sentences, tags
+
+
+def word_labels(tags: list[list[str]], label2id: dict) -> list[np.ndarray]:
+    """Per sentence (W,) label ids; -1 for a tag the model has no class for (counts as wrong)."""
+    return [np.array([label2id.get(t, -1) for t in s], dtype=np.int64) for s in tags]
+
+
+def _batch(encoded: list[EncodedWords], gold: list[np.ndarray], idx):
+    ids, lengths, starts = pad([encoded[i] for i in idx])
+    y = torch.full(starts.shape, IGNORE, dtype=torch.long)  # (B, W)
+    for k, i in enumerate(idx):
+        g = torch.from_numpy(gold[i])
+        y[k, : len(g)] = torch.where((g >= 0) & (starts[k, : len(g)] >= 0), g, IGNORE)
+    mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
+    return ids, mask, lengths, starts, y
+
+
+def _word_logits(model, layer: int, h: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) -> (B, W, C) the head after `layer` at each word's first sub-word."""
+    idx = starts.clamp(min=0)[..., None].expand(-1, -1, h.shape[-1])
+    return model.head(layer, torch.gather(h, 1, idx))
+
+
+def joint_loss(model, batch) -> torch.Tensor:
+    """Stage 1: every head on every word, CE averaged with weight l for layer l."""
+    ids, mask, _, starts, y = batch
+    states = model.layer_states(ids, mask)
+    C, w = model.config.num_labels, [float(l) for l in model.exit_layers]
+    losses = [F.cross_entropy(_word_logits(model, l, states[l], starts).reshape(-1, C), y.reshape(-1), ignore_index=IGNORE)
+              for l in model.exit_layers]
+    return sum(a * b for a, b in zip(w, losses)) / sum(w)
+
+
+def self_sampling_loss(model, batch, rng: random.Random, max_window: int, max_threshold: float) -> torch.Tensor:
+    """Stage 2: halt words as TOKEE would with a window and threshold drawn per sentence; each
+    head's CE only on words not halted below it; layer-weighted like stage 1."""
+    ids, mask, lengths, starts, y = batch
+    B, T = ids.shape
+    windows = torch.tensor([rng.randint(0, max_window) for _ in range(B)])  # (B,)
+    thresh = torch.tensor([rng.uniform(0.0, max_threshold) for _ in range(B)])  # (B,)
+    valid = (starts >= 0) & (y != IGNORE)  # (B, W) words that have a label
+    owner = word_of_token(starts, lengths, T)  # (B, T)
+    real = mask.bool()
+    hidden = model.bert.embeddings(input_ids=ids)
+    ext = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=mask)
+    active = valid.clone()  # (B, W)
+    num = den = 0.0
+    for i, layer in enumerate(model.bert.encoder.layer):
+        number = i + 1
+        tok = torch.gather(active, 1, owner.clamp(min=0)) & (owner >= 0)
+        tok = real & (tok | ((owner < 0) & active.any(1, keepdim=True)))  # (B, T) tokens still computed
+        hidden = torch.where(tok[..., None], layer(hidden, ext), hidden)
+        if number not in model.exit_layers:
+            continue
+        logits = _word_logits(model, number, hidden, starts)  # (B, W, C)
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.clamp(min=0).reshape(-1), reduction="none")
+        on = active.reshape(-1).float()
+        num, den = num + number * (ce * on).sum(), den + number * on.sum()
+        if number == model.num_layers:
+            break
+        with torch.no_grad():
+            u = normalized_entropy(logits)  # (B, W)
+            wm = torch.stack([window_max(u, valid, int(k)) for k in range(max_window + 1)])  # (K+1, B, W)
+            wm = wm[windows, torch.arange(B)]  # (B, W) each sentence with its own window
+            active = active & ~(wm < thresh[:, None])
+    return num / max(float(den), 1.0)
+
+
+def sweep_thresholds(model, encoded, gold, names, mode: str) -> list[dict]:
+    """Dev curve of one exit mode: full depth first, then each SWEEP threshold."""
+    L = model.num_layers
+    points = [{"threshold": None, **score_pass(tag_pass(model, encoded, mode, None), gold, names, L)}]
+    for t in SWEEP:
+        points.append({"threshold": t, **score_pass(tag_pass(model, encoded, mode, t), gold, names, L)})
+    for p in points:
+        p.pop("entity", None)
+    return points
+
+
+def choose(curve: list[dict], max_drop: float) -> dict:
+    """The cheapest point whose accuracy is within max_drop of full depth (full depth if none)."""
+    ok = [p for p in curve[1:] if p["accuracy"] >= curve[0]["accuracy"] - max_drop]
+    return min(ok, key=lambda p: p["token_layers"]) if ok else curve[0]
+
+
+def sentence_survival(model, encoded, mode: str, threshold: float) -> list[float]:
+    """Share of sentences still running entering each layer (for the pipeline's balanced layout)."""
+    p = tag_pass(model, encoded, mode, threshold)
+    done = np.array([int(l.max()) if len(l) and l.max() > 0 else 1 for l in p.exit_layers])  # (N,)
+    return [float((done >= layer).mean()) for layer in range(1, model.num_layers + 1)]
+
+
+def train_token_exits(cfg: TrainConfig):
+    """Fine-tune a token early-exit model; return (model, tokenizer, TrainReport)."""
+    cfg.require("train", "eval", "output")
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(cfg.seed)
+    base = cfg.init_from or cfg.base_model or default_base_model()
+    sents, tags = load_tagged(cfg.train, cfg.text_column, cfg.label_column, cfg.max_train_rows, cfg.seed, "--train")
+    dev_sents, dev_tags = load_tagged(cfg.eval, cfg.text_column, cfg.label_column, cfg.max_eval_rows, cfg.seed, "--eval")
+    if not sents or not dev_sents:
+        raise ConfigError("no usable rows in --train or --eval (every row lacked words or matching tags)")
+    names = sorted({t for s in tags for t in s})
+    label2id = {n: i for i, n in enumerate(names)}
+    config = BertConfig.from_pretrained(base)
+    fields = dict(num_labels=len(names), id2label=dict(enumerate(names)), label2id=label2id,
+                  exit_layers=list(cfg.exit_layers) if cfg.exit_layers else None, exit_thresholds=None,
+                  token_exit_mode=cfg.token_exit_mode, sentence_pool=cfg.sentence_pool, exit_window=cfg.exit_window)
+    for key, value in fields.items():
+        setattr(config, key, value)
+    model = EarlyExitBertForTokenClassification.from_pretrained(base, config=config)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    logger.info("training token model on %d sentences (%d tags), dev %d, base %s", len(sents), len(names), len(dev_sents), base)
+    encoded, gold = encode_words(tokenizer, sents, cfg.max_length), word_labels(tags, label2id)
+    losses: list[dict] = []
+    t0 = time.perf_counter()
+    model.train()
+    n = len(encoded)
+    _optimize(list(model.parameters()), n, cfg, cfg.stage1_epochs, cfg.lr, 1,
+              lambda idx: joint_loss(model, _batch(encoded, gold, idx)), losses, clip=1.0)
+    rng = random.Random(cfg.seed)
+    _optimize(list(model.parameters()), n, cfg, cfg.self_sampling_epochs, cfg.lr, 2,
+              lambda idx: self_sampling_loss(model, _batch(encoded, gold, idx), rng, cfg.sample_max_window,
+                                             cfg.sample_max_threshold), losses, clip=1.0)
+    model.eval()
+
+    dev_enc, dev_gold = encode_words(tokenizer, dev_sents, cfg.max_length), word_labels(dev_tags, label2id)
+    curves = {mode: sweep_thresholds(model, dev_enc, dev_gold, names, mode) for mode in ("token", "sentence")}
+    chosen = {mode: choose(c, cfg.max_accuracy_drop) for mode, c in curves.items()}
+    mode = cfg.token_exit_mode
+    stored = chosen[mode]["threshold"]
+    model.config.exit_thresholds = [float(stored if stored is not None else -1.0)] * len(model.exit_layers)
+    layer_acc = {}
+    with torch.no_grad():
+        for i in range(0, len(dev_enc), 64):
+            ids, lengths, starts = pad(dev_enc[i : i + 64])
+            mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
+            states = model.layer_states(ids, mask)
+            for l in model.exit_layers:
+                pred = _word_logits(model, l, states[l], starts).argmax(-1)
+                for k, g in enumerate(dev_gold[i : i + 64]):
+                    ok = (pred[k, : len(g)].numpy() == g) & (g >= 0) & (starts[k, : len(g)].numpy() >= 0)
+                    layer_acc.setdefault(l, [0, 0])
+                    layer_acc[l][0] += int(ok.sum())
+                    layer_acc[l][1] += int((g >= 0).sum())
+    layer_acc = {l: r / max(t, 1) for l, (r, t) in layer_acc.items()}
+    survival = sentence_survival(model, dev_enc, mode, stored if stored is not None else -1.0)
+    seconds = time.perf_counter() - t0
+    c = chosen[mode]
+    logger.info("dev (%s): full-depth accuracy %.4f; threshold %s gives %.4f saving %.1f%% of token-layers (ideal %.2fx)",
+                mode, curves[mode][0]["accuracy"], stored, c["accuracy"], 100 * c["token_layer_saving"], c["ideal_speedup"])
+    report = TrainReport(len(sents), len(dev_sents), seconds, layer_acc, curves[mode], c, survival, losses)
+    report.token_curves, report.token_chosen = curves, chosen
+    return model, tokenizer, report
+
+
+def save_token_trained(model, tokenizer, report: TrainReport, output: str) -> None:
+    """Weights, tokenizer, thresholds and the dev profile (both exit modes' curves)."""
+    from offramp.modeling import save_profile
+
+    model.save_pretrained(output)
+    tokenizer.save_pretrained(output)
+    save_profile(output, {
+        "dev_survival": report.survival,
+        "dev_layer_accuracy": {str(k): v for k, v in report.layer_accuracy.items()},
+        "dev_curve": report.curve,
+        "chosen": report.chosen,
+        "token_curves": report.token_curves,
+        "token_chosen": report.token_chosen,
+        "train_rows": report.train_rows,
+        "eval_rows": report.eval_rows,
+        "train_seconds": report.seconds,
+    })

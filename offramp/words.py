@@ -1,0 +1,71 @@
+"""Words <-> sub-words for sequence labeling: splitting raw text, aligning word tags.
+
+A word is tagged at its first sub-word. The encoding of a sentence is its token ids
+([CLS] ... [SEP]) and, per word, the position of its first sub-word, or -1 for a word
+that gets no tag: one the tokenizer turns into nothing (whitespace, control characters)
+or one cut off by the token limit. Those words are counted, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+# Raw text -> words, a spaCy-like English rule (the silver tags in ../shared/data/debian_pos
+# come from spaCy): whitespace separates words; every punctuation mark is its own word,
+# except inside a word (file.txt, 3.8, x86-64, e-mail); clitics split as in the
+# Penn Treebank: don't -> do n't, it's -> it 's.
+WORD_RE = re.compile(r"\w+(?=n't\b)|n't\b|'(?:s|re|ve|ll|d|m)\b|\w+(?:[-./+]\w+)*|[^\w\s]", re.IGNORECASE)
+
+
+def split_words(text: str) -> list[str]:
+    """The documented word rule above, for raw-text input."""
+    return WORD_RE.findall(text)
+
+
+@dataclass
+class EncodedWords:
+    ids: np.ndarray  # (T,) int32 token ids, [CLS] ... [SEP]
+    starts: np.ndarray  # (W,) int32 first sub-word position per word; -1 = untagged
+    truncated: bool  # the token limit cut sub-words off
+
+
+def backend(tokenizer):
+    """The `tokenizers.Tokenizer` behind a fast tokenizer (ours or transformers')."""
+    for name in ("tok", "backend_tokenizer", "_tokenizer"):
+        if hasattr(tokenizer, name):
+            return getattr(tokenizer, name)
+    raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer; sequence labeling needs tokenizer.json")
+
+
+def encode_words(tokenizer, sentences: list[list[str]], max_length: int) -> list[EncodedWords]:
+    """Pre-split sentences -> ids and word starts; over-long ones keep their first
+    max_length - 1 sub-words plus [SEP]."""
+    tok = backend(tokenizer)
+    sep = tok.token_to_id("[SEP]")
+    out = []
+    for words, enc in zip(sentences, tok.encode_batch(sentences, is_pretokenized=True, add_special_tokens=True)):
+        ids = enc.ids
+        starts = np.full(len(words), -1, dtype=np.int32)
+        for pos, w in enumerate(enc.word_ids):
+            if w is not None and starts[w] < 0:
+                starts[w] = pos
+        truncated = len(ids) > max_length
+        if truncated:
+            ids = ids[: max_length - 1] + [sep]
+            starts[starts >= max_length - 1] = -1
+        out.append(EncodedWords(np.asarray(ids, dtype=np.int32), starts, truncated))
+    return out
+
+
+def as_words(value) -> list[str] | None:
+    """One cell of a words column -> list of str, or None when it is not a list of strings."""
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(w, str) for w in value):
+        return None
+    return list(value)

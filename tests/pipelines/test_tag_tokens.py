@@ -1,0 +1,223 @@
+"""Sequence labeling through the pipeline: the words step, the token stage, finalize, and the
+real Ray Data pipeline end to end with its MLflow run."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+import torch
+
+from actors.stage import StageSpec
+from actors.token_stage import TokenStageActor
+from offramp import batch as B
+from offramp.config import ConfigError, ExitConfig, MlflowConfig, StageConfig, TagConfig
+from offramp.modeling import ModelInfo
+from offramp.token_eval import pad
+from offramp.token_model import load_token_model
+from offramp.tokenize import load_tokenizer, tokenize_words_batch
+from offramp.words import encode_words
+from pipelines.finalize import finalize_tokens_task
+from pipelines.tag import run_tagging
+from pipelines.tracking import log_tag_run
+from tests.conftest import NUM_LAYERS, SENTENCES, gold_tags
+
+
+def bad_rows() -> list[dict]:
+    """Real sentences plus every kind of bad row a corpus has."""
+    rows = [{"id": f"s{i}", "tokens": w, "ner": gold_tags(w)} for i, w in enumerate(SENTENCES)]
+    rows += [
+        {"id": "empty", "tokens": [], "ner": []},
+        {"id": "null", "tokens": None, "ner": None},
+        {"id": "blank", "tokens": [" ", "\n"], "ner": ["O", "O"]},
+        {"id": "long", "tokens": ["word"] * 90, "ner": ["O"] * 90},  # past max_length 64: truncated
+        {"id": "mismatch", "tokens": ["Only", "two"], "ner": ["O"]},  # gold ignored, row still tagged
+    ]
+    return rows
+
+
+@pytest.fixture
+def corpus(tmp_path) -> str:
+    path = tmp_path / "words.parquet"
+    pq.write_table(pa.Table.from_pylist(bad_rows()), path)
+    return str(path)
+
+
+def words_batch(model_dir, rows=None, max_length=64) -> dict:
+    rows = rows or bad_rows()
+    batch = {"id": np.array([r["id"] for r in rows], dtype=object),
+             "tokens": np.array([r["tokens"] for r in rows] + [None], dtype=object)[:-1],
+             "ner": np.array([r["ner"] for r in rows] + [None], dtype=object)[:-1]}
+    return tokenize_words_batch(batch, load_tokenizer(model_dir), "tokens", "text", max_length, "ner")
+
+
+# ---------------------------------------------------------------- steps, no cluster
+
+
+def test_words_step_gives_every_bad_row_a_status(token_model_dir):
+    """Empty, null, blank and over-long sentences get a status; a tag list of the wrong length is not used as gold."""
+    b = words_batch(token_model_dir)
+    status = dict(zip(b["id"], b[B.STATUS]))
+    assert status["empty"] == B.EMPTY and status["null"] == B.NULL and status["blank"] == B.EMPTY
+    assert status["long"] == B.TRUNCATED and status["s0"] == B.OK and status["mismatch"] == B.OK
+    i = list(b["id"]).index("long")
+    assert b[B.NUM_TOKENS][i] == 64 and b[B.NUM_WORDS][i] == 90
+    assert (np.frombuffer(b[B.WORD_STARTS][i], dtype=np.int32) == -1).sum() == 90 - 62  # [CLS] + 62 words + [SEP]
+    assert b[B.GOLD_TAGS][list(b["id"]).index("mismatch")] == b""
+    assert B.split_blob(b[B.GOLD_TAGS][0]) == gold_tags(SENTENCES[0])
+
+
+def test_raw_text_is_split_into_words_by_the_documented_rule(token_model_dir):
+    batch = {"id": np.array(["a"], dtype=object), "text": np.array(["It's v3.8, don't panic."], dtype=object)}
+    b = tokenize_words_batch(batch, load_tokenizer(token_model_dir), None, "text", 64)
+    assert B.split_blob(b[B.WORDS][0]) == ["It", "'s", "v3.8", ",", "do", "n't", "panic", "."]
+
+
+def run_stages(model_dir, batch, ranges, carry="float32", **kw) -> dict:
+    for k, (s, e) in enumerate(ranges):
+        batch = TokenStageActor(model_dir, StageSpec(k, s, e, carry_dtype=carry, max_tokens=kw.pop("max_tokens", 0)), **kw)(batch)
+    return batch
+
+
+@pytest.mark.parametrize("mode", ["token", "sentence"])
+def test_stage_split_changes_no_tag_and_no_exit_layer(token_model_dir, mode):
+    """One stage of all layers, two stages, or four give the same tags, word exit layers and cost."""
+    runs = [run_stages(token_model_dir, words_batch(token_model_dir), r, mode=mode)
+            for r in ([(0, NUM_LAYERS)], [(0, 2), (2, NUM_LAYERS)], [(l, l + 1) for l in range(NUM_LAYERS)])]
+    for other in runs[1:]:
+        for col in (B.WORD_LABEL, B.WORD_EXIT):
+            assert list(other[col]) == list(runs[0][col])
+        assert np.array_equal(other[B.TOKEN_LAYERS], runs[0][B.TOKEN_LAYERS])
+        assert np.array_equal(other[B.EXIT_LAYER], runs[0][B.EXIT_LAYER])
+    exits = np.concatenate([np.frombuffer(x, dtype=np.int16) for x in runs[0][B.WORD_EXIT] if x])
+    assert len(set(exits[exits > 0])) >= 2, "thresholds should halt words at several layers"
+
+
+def test_finished_sentences_drop_their_states_and_ride_on(token_model_dir):
+    b = run_stages(token_model_dir, words_batch(token_model_dir), [(0, 2)])
+    finished = b[B.EXIT_LAYER] > 0
+    assert finished.any() and (~finished & np.isin(b[B.STATUS], B.RUNNABLE)).any()
+    assert all(h == b"" for h in b[B.HIDDEN][finished])
+    assert all(h != b"" for h in b[B.HIDDEN][~finished & np.isin(b[B.STATUS], B.RUNNABLE)])
+
+
+def test_pipeline_steps_equal_the_full_model_when_nothing_halts(token_model_dir):
+    """With exits off every word's tag is the full model's argmax at its first sub-word."""
+    b = words_batch(token_model_dir)
+    spec = StageSpec(0, 0, NUM_LAYERS, carry_dtype="float32", exits_enabled=False)
+    out = TokenStageActor(token_model_dir, spec)(b)
+    model = load_token_model(token_model_dir)
+    tok = load_tokenizer(token_model_dir)
+    for i, r in enumerate(bad_rows()[: len(SENTENCES)]):
+        ids, lengths, starts = pad(encode_words(tok, [r["tokens"]], 64))
+        with torch.no_grad():
+            full = model(ids, torch.ones_like(ids)).logits[0].argmax(-1)
+        want = full[starts[0]].numpy()
+        assert np.array_equal(np.frombuffer(out[B.WORD_LABEL][i], dtype=np.int16), want)
+        assert set(np.frombuffer(out[B.WORD_EXIT][i], dtype=np.int16)) == {NUM_LAYERS}
+        assert out[B.TOKEN_LAYERS][i] == len(ids[0]) * NUM_LAYERS
+
+
+def test_finalize_writes_one_row_per_input_with_tags_per_word(token_model_dir):
+    b = run_stages(token_model_dir, words_batch(token_model_dir), [(0, NUM_LAYERS)])
+    info = ModelInfo.read(token_model_dir)
+    t = finalize_tokens_task(b, info.labels, "id", [], True)
+    rows = {r["id"]: r for r in t.to_pylist()}
+    assert len(rows) == t.num_rows == len(bad_rows())
+    assert rows["null"]["tags"] is None and rows["null"]["status"] == B.NULL
+    assert len(rows["s1"]["tags"]) == len(SENTENCES[1]) and all(tag in info.labels for tag in rows["s1"]["tags"])
+    long = rows["long"]
+    assert long["words_untagged"] == 28 and long["tags"][-1] is None and long["tag_layers"][-1] is None
+    assert long["tags"][0] is not None
+    assert rows["mismatch"]["gold_tags"] is None and rows["s0"]["gold_tags"] == gold_tags(SENTENCES[0])
+    assert t.schema.field("tags").type == pa.list_(pa.string())
+
+
+# ---------------------------------------------------------------- the real pipeline under Ray
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=8, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def tag_config(tmp_path, corpus, model_dir, **kw) -> TagConfig:
+    base = dict(
+        input=corpus, model=model_dir, output=str(tmp_path / "out"), words_column="tokens", label_column="ner",
+        max_length=64, batch_size=4, tokenize_batch_size=4,
+        stages=(StageConfig(layers=(0, 2), batch_size=4), StageConfig(layers=(2, NUM_LAYERS), batch_size=4)),
+        mlflow=MlflowConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="test"),
+    )
+    base.update(kw)
+    return TagConfig(**base)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_token_pipeline_end_to_end_under_ray(tmp_path, corpus, token_model_dir, local_ray):
+    """Two stage pools under real Ray: one output row per input, tags per word, metrics that match
+    the output, sentences leaving in both stages, and the run read back from MLflow."""
+    cfg = tag_config(tmp_path, corpus, token_model_dir, full_depth_eval_rows=-1)
+    result = run_tagging(cfg)
+    out = pq.read_table(cfg.output).to_pylist()
+    ids = [r["id"] for r in out]
+    assert sorted(ids) == sorted(r["id"] for r in bad_rows()), "every input row exactly once"
+    by_id = {r["id"]: r for r in out}
+    m = result.metrics
+    assert m["rows"] == len(out) and m["rows_status_truncated"] == 1 and m["rows_status_empty"] == 2
+    assert m["token_layers"] == sum(r["token_layers"] for r in out if r["status"] in B.RUNNABLE)
+    assert m["token_layers_full_depth"] == NUM_LAYERS * sum(r["num_tokens"] for r in out if r["status"] in B.RUNNABLE)
+    assert 0 < m["token_layer_saving"] < 1
+    assert m["words_untagged"] == by_id["long"]["words_untagged"] == 28
+    assert m["stage0_rows_exited"] > 0 and m["stage1_rows_exited"] > 0
+    assert m["stage0_rows_exited"] + m["stage1_rows_exited"] == m["rows_labeled"]
+    halted = [l for r in out for l in (r["tag_layers"] or []) if l]
+    assert sum(m[f"words_halted_layer{l}"] for l in range(1, NUM_LAYERS + 1)) == len(halted)
+    gold = [(r["tags"], r["gold_tags"]) for r in out if r["gold_tags"]]
+    right = sum(p == g for ts, gs in gold for p, g in zip(ts, gs))
+    assert m["accuracy"] == pytest.approx(right / sum(len(gs) for _, gs in gold))
+    assert "entity_f1" in m and "accuracy_full_depth" in m and "entity_f1_full_depth" in m
+
+    run_id = log_tag_run(cfg, result, NUM_LAYERS)
+    mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
+    logged = mlflow.get_run(run_id).data.metrics
+    assert logged["token_layer_saving"] == pytest.approx(m["token_layer_saving"])
+    assert logged["stage1_rows_exited"] == m["stage1_rows_exited"]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_token_pipeline_without_exits_matches_full_model_and_reads_jsonl(tmp_path, token_model_dir, local_ray):
+    """JSONL with word lists, run at full depth: every tag is the plain full model's."""
+    path = tmp_path / "words.jsonl"
+    with open(path, "w") as f:
+        for i, w in enumerate(SENTENCES):
+            f.write(json.dumps({"id": f"s{i}", "tokens": w, "ner": gold_tags(w)}) + "\n")
+        f.write('{"id": "broken", "tokens": "not a list"}\n')
+        f.write(b"\xff\xfe not json\n".decode("latin-1"))
+    cfg = tag_config(tmp_path, str(path), token_model_dir, exit=ExitConfig(disabled=True))
+    out = {r["id"]: r for r in pq.read_table(run_tagging(cfg).output).to_pylist()}
+    assert len(out) == len(SENTENCES) + 2 and out["broken"]["status"] == B.UNDECODABLE
+    model, tok = load_token_model(token_model_dir), load_tokenizer(token_model_dir)
+    for i, w in enumerate(SENTENCES):
+        ids, _, starts = pad(encode_words(tok, [w], 64))
+        with torch.no_grad():
+            want = [model.labels[j] for j in model(ids).logits[0].argmax(-1)[starts[0]]]
+        assert out[f"s{i}"]["tags"] == want
+        assert set(out[f"s{i}"]["tag_layers"]) == {NUM_LAYERS}
+
+
+def test_bad_token_configuration_fails_at_start_naming_the_fix(tmp_path, corpus, token_model_dir):
+    with pytest.raises(ConfigError, match="drop --policy"):
+        run_tagging(tag_config(tmp_path, corpus, token_model_dir, exit=ExitConfig(policy="patience")))
+    with pytest.raises(ConfigError, match="token = TOKEE"):
+        ExitConfig(mode="word")
+    with pytest.raises(ConfigError, match="--words-column"):
+        run_tagging(tag_config(tmp_path, corpus, token_model_dir, words_column="words"))
