@@ -8,6 +8,7 @@ or one cut off by the token limit. Those words are counted, never silently dropp
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 
@@ -33,10 +34,18 @@ class EncodedWords:
 
 
 def backend(tokenizer):
-    """The `tokenizers.Tokenizer` behind a fast tokenizer (ours or transformers')."""
+    """The `tokenizers.Tokenizer` behind a fast tokenizer (ours or transformers'), without padding
+    or truncation: a checkpoint's tokenizer.json may pad every row to a fixed length (MiniLM's
+    pads to 128), which would make padding look like sub-words."""
     for name in ("tok", "backend_tokenizer", "_tokenizer"):
         if hasattr(tokenizer, name):
-            return getattr(tokenizer, name)
+            tok = getattr(tokenizer, name)
+            if tok.padding is None and tok.truncation is None:
+                return tok
+            tok = copy.deepcopy(tok)  # the caller's tokenizer keeps its settings
+            tok.no_padding()
+            tok.no_truncation()
+            return tok
     raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer; sequence labeling needs tokenizer.json")
 
 
