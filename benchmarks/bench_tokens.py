@@ -35,6 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
+import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
@@ -47,11 +48,12 @@ from offramp.token_model import load_token_model  # noqa: E402
 from offramp.token_training import word_labels  # noqa: E402
 from offramp.words import encode_words  # noqa: E402
 
-SWEEP = (0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.45)
+SWEEP = (0.0, 0.05, 0.1, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
 
 
 def sample(path: str, rows: int, seed: int = 0) -> pa.Table:
     t = pq.read_table(path)
+    t = t.filter(pc.greater(pc.fill_null(pc.list_value_length(t["tokens"]), 0), 0))  # debian_pos has none empty; a test copy may
     if rows and rows < t.num_rows:
         t = t.take(np.sort(np.random.default_rng(seed).choice(t.num_rows, rows, replace=False)))
     return t
