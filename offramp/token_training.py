@@ -151,8 +151,10 @@ def sweep_thresholds(model, encoded, gold, names, mode: str) -> list[dict]:
 
 
 def choose(curve: list[dict], max_drop: float) -> dict:
-    """The cheapest point whose accuracy is within max_drop of full depth (full depth if none)."""
-    ok = [p for p in curve[1:] if p["accuracy"] >= curve[0]["accuracy"] - max_drop]
+    """The cheapest point whose quality is within max_drop of full depth (full depth if none).
+    Quality: entity F1 for BIO tag sets (word accuracy is mostly the O tag there), else word accuracy."""
+    key = "f1" if "f1" in curve[0] else "accuracy"
+    ok = [p for p in curve[1:] if p[key] >= curve[0][key] - max_drop]
     return min(ok, key=lambda p: p["token_layers"]) if ok else curve[0]
 
 
