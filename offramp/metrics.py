@@ -7,6 +7,16 @@ import numpy as np
 from offramp import batch as B
 
 
+def status_counts(status) -> tuple[dict, np.ndarray]:
+    """Rows, rows labeled and rows per status; and (N,) bool: the rows that ran."""
+    status = np.asarray(status, dtype=object)
+    ran = np.isin(status, B.RUNNABLE)
+    m: dict = {"rows": int(len(status)), "rows_labeled": int(ran.sum())}
+    for s in B.STATUSES:
+        m[f"rows_status_{s}"] = int((status == s).sum())
+    return m, ran
+
+
 def summarize_output(
     exit_layer: np.ndarray,  # (N,) 1-based exit layer, 0 = not run
     status: np.ndarray,  # (N,) row status strings
@@ -22,12 +32,8 @@ def summarize_output(
 
     A stage's rows_in counts the rows its layers computed: audited rows enter every stage."""
     exit_layer = np.asarray(exit_layer, dtype=np.int64)
-    status = np.asarray(status, dtype=object)
-    ran = np.isin(status, B.RUNNABLE)
-    n_ran = int(ran.sum())
-    m: dict = {"rows": int(len(status)), "rows_labeled": n_ran}
-    for s in B.STATUSES:
-        m[f"rows_status_{s}"] = int((status == s).sum())
+    m, ran = status_counts(status)
+    n_ran = m["rows_labeled"]
     m["tokens"] = int(np.asarray(num_tokens)[ran].sum())
     layers = exit_layer[ran]
     computed = layers.copy()
@@ -71,12 +77,8 @@ def summarize_token_output(
     and entity F1 for BIO tag sets. Computed from the output rows."""
     from offramp.entities import entity_f1
 
-    status = np.asarray(status, dtype=object)
-    ran = np.isin(status, B.RUNNABLE)
-    n_ran = int(ran.sum())
-    m: dict = {"rows": int(len(status)), "rows_labeled": n_ran}
-    for s in B.STATUSES:
-        m[f"rows_status_{s}"] = int((status == s).sum())
+    m, ran = status_counts(status)
+    n_ran = m["rows_labeled"]
     tokens = np.asarray(num_tokens, dtype=np.int64)[ran]
     m["tokens"] = int(tokens.sum())
     computed = int(np.asarray(token_layers, dtype=np.int64)[ran].sum())

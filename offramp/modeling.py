@@ -108,7 +108,28 @@ class LayerTrace:
 GATE_MODES = ("hard", "soft", "straight_through")
 
 
-class EarlyExitBertForSequenceClassification(BertPreTrainedModel):
+class ExitLayersMixin:
+    """What every early-exit model (classifier or tagger) answers from its config."""
+
+    config: BertConfig
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def exit_layers(self) -> list[int]:
+        return list(self.config.exit_layers)
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.config.id2label[i] for i in range(self.config.num_labels)]
+
+    def thresholds_by_layer(self) -> dict[int, float]:
+        return dict(zip(self.config.exit_layers, self.config.exit_thresholds))
+
+
+class EarlyExitBertForSequenceClassification(ExitLayersMixin, BertPreTrainedModel):
     """BertModel + final classifier + internal exit heads, plus the chosen mechanism's modules.
 
     Config fields it adds to `BertConfig` (saved in config.json):
@@ -159,14 +180,6 @@ class EarlyExitBertForSequenceClassification(BertPreTrainedModel):
         self.post_init()
 
     @property
-    def num_layers(self) -> int:
-        return self.config.num_hidden_layers
-
-    @property
-    def exit_layers(self) -> list[int]:
-        return list(self.config.exit_layers)
-
-    @property
     def signal_modules(self) -> set[str]:
         """Names of the exit-signal modules this model has (what signal-reading policies need)."""
         return {n for n in ("prototypes", "exit_predictor") if getattr(self, n) is not None}
@@ -177,9 +190,6 @@ class EarlyExitBertForSequenceClassification(BertPreTrainedModel):
         if self.prototypes is not None:
             return self.config.num_labels
         return 1 if self.exit_predictor is not None else 0
-
-    def thresholds_by_layer(self) -> dict[int, float]:
-        return dict(zip(self.config.exit_layers, self.config.exit_thresholds))
 
     def signal_module(self, layer: int) -> nn.Module | None:
         """The mechanism's signal module at internal exit `layer`, or None."""
@@ -239,10 +249,6 @@ class EarlyExitBertForSequenceClassification(BertPreTrainedModel):
         return EarlyExitOutput(
             logits=exit_logits[-1], exit_logits=exit_logits, loss=loss, aux=tuple(h.aux for h in heads), skipped=trace.skipped
         )
-
-    @property
-    def labels(self) -> list[str]:
-        return [self.config.id2label[i] for i in range(self.config.num_labels)]
 
     def save_profile(self, directory: str, profile: dict) -> None:
         save_profile(directory, profile)

@@ -52,7 +52,6 @@ def tag_pass(model, encoded: list[EncodedWords], mode: str, threshold: float | N
     order = np.argsort([len(e.ids) for e in encoded], kind="stable")
     i = 0
     while i < n:
-        longest = len(encoded[order[min(n - 1, i)]].ids)
         j = i + 1
         while j < n and (j + 1 - i) * len(encoded[order[j]].ids) <= max_tokens:
             j += 1
@@ -64,7 +63,6 @@ def tag_pass(model, encoded: list[EncodedWords], mode: str, threshold: float | N
             labels[r] = out.words.label[k, :w].numpy()
             layers[r] = out.words.exit_layer[k, :w].numpy()
         token_layers[rows] = out.token_layers.numpy()
-        del longest
         i = j
     tokens = np.array([len(e.ids) for e in encoded], dtype=np.int64)
     return TagPass(labels, layers, token_layers, tokens)

@@ -27,6 +27,7 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertLayer, BertModel, BertPreTrainedModel
 
 from offramp.config import ConfigError, check_token_exit
+from offramp.modeling import ExitLayersMixin, read_config
 
 TOKEN_TASK = "token"
 IGNORE = -100  # label of positions that are not a word's first sub-word (CE ignore_index)
@@ -100,7 +101,7 @@ class TokenExitOutput:
     loss: torch.Tensor | None = None
 
 
-class EarlyExitBertForTokenClassification(BertPreTrainedModel):
+class EarlyExitBertForTokenClassification(ExitLayersMixin, BertPreTrainedModel):
     """BertModel + final token classifier + a token head after each internal exit layer.
 
     Config fields it adds to `BertConfig` (saved in config.json):
@@ -139,21 +140,6 @@ class EarlyExitBertForTokenClassification(BertPreTrainedModel):
         )
         self.post_init()
 
-    @property
-    def num_layers(self) -> int:
-        return self.config.num_hidden_layers
-
-    @property
-    def exit_layers(self) -> list[int]:
-        return list(self.config.exit_layers)
-
-    @property
-    def labels(self) -> list[str]:
-        return [self.config.id2label[i] for i in range(self.config.num_labels)]
-
-    def thresholds_by_layer(self) -> dict[int, float]:
-        return dict(zip(self.config.exit_layers, self.config.exit_thresholds))
-
     def head(self, layer: int, states: torch.Tensor) -> torch.Tensor:
         """The token head after `layer` (1-based) on states (..., H) -> logits (..., C)."""
         h = self.classifier if layer == self.num_layers else self.exit_heads[str(layer)]
@@ -183,13 +169,9 @@ class EarlyExitBertForTokenClassification(BertPreTrainedModel):
 
 def is_token_model(model_dir: str) -> bool:
     """True when `model_dir` holds a sequence-labeling model (config task == token)."""
-    from offramp.modeling import read_config
-
     return getattr(read_config(model_dir), "task", None) == TOKEN_TASK
 
 
 def load_token_model(directory: str, dtype: torch.dtype = torch.float32) -> EarlyExitBertForTokenClassification:
-    from offramp.modeling import read_config
-
     read_config(directory)
     return EarlyExitBertForTokenClassification.from_pretrained(directory, dtype=dtype).eval()

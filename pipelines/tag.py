@@ -238,16 +238,10 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
         audit.update(fraction=cfg.audit.fraction, seed=cfg.audit.seed)
         m.update(flat_metrics(audit))
     hist = m.pop("exit_histogram")
-    m["wall_seconds"] = wall
-    m["docs_per_second"] = m["rows"] / wall
-    m["tokens_per_second"] = m["tokens"] / wall
+    add_rates(m, wall, timings, "row_layers")
     for k, t in sorted(timings.items()):
         busy = t.get("seconds", 0.0)
-        m[f"stage{k}_busy_seconds"] = busy
-        m[f"stage{k}_batches"] = t.get("batches", 0)
-        m[f"stage{k}_row_layers"] = t.get("row_layers", 0)
         m[f"stage{k}_docs_per_busy_second"] = t.get("rows_in", 0) / busy if busy else 0.0
-        m[f"stage{k}_tokens_per_busy_second"] = t.get("tokens_in", 0) / busy if busy else 0.0
         m[f"stage{k}_docs_per_second"] = m[f"stage{k}_rows_in"] / wall
         m[f"stage{k}_audit_row_layers"] = t.get("audit_row_layers", 0)
         m[f"stage{k}_skipped_row_layers"] = t.get("skipped_row_layers", 0)
@@ -255,6 +249,20 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
         early = dict(zip(table[id_column].to_pylist(), table["label"].to_pylist()))
         m.update(_full_depth_eval(cfg, info, early, stage_cls, local))
     return TagResult(cfg.output, m, hist, planned, thresholds, policy, timings, audit, info.calibration)
+
+
+def add_rates(m: dict, wall: float, timings: dict, work: str) -> None:
+    """Wall time, overall rates and each stage's busy time and work (`work`: what its
+    row_layers count, row-layers or token-layers) from the stages' reports."""
+    m["wall_seconds"] = wall
+    m["docs_per_second"] = m["rows"] / wall
+    m["tokens_per_second"] = m["tokens"] / wall
+    for k, t in sorted(timings.items()):
+        busy = t.get("seconds", 0.0)
+        m[f"stage{k}_busy_seconds"] = busy
+        m[f"stage{k}_batches"] = t.get("batches", 0)
+        m[f"stage{k}_{work}"] = t.get("row_layers", 0)
+        m[f"stage{k}_tokens_per_busy_second"] = t.get("tokens_in", 0) / busy if busy else 0.0
 
 
 def _full_depth_eval(cfg: TagConfig, info: ModelInfo, early: dict, stage_cls, local: bool) -> dict:

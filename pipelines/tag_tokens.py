@@ -104,7 +104,7 @@ def _metrics(table, info: ModelInfo, planned, cfg: TagConfig) -> dict:
 
 def run_token_tagging(cfg: TagConfig, info: ModelInfo, thresholds: dict, planned, stage_cls=TokenStageActor):
     """Tag every word of cfg.input into cfg.output; return the run's TagResult."""
-    from pipelines.tag import TagResult, init_ray, runs_locally, stage_plan
+    from pipelines.tag import TagResult, add_rates, init_ray, runs_locally
 
     check_token_config(cfg, info)
     init_ray(cfg.ray)
@@ -124,16 +124,8 @@ def run_token_tagging(cfg: TagConfig, info: ModelInfo, thresholds: dict, planned
     table = pads.dataset(cfg.output, format="parquet", filesystem=_filesystem(cfg.output)[0]).to_table(columns=columns)
     m = _metrics(table, info, planned, cfg)
     hist = m.pop("exit_histogram")
-    m["wall_seconds"] = wall
-    m["docs_per_second"] = m["rows"] / wall
-    m["tokens_per_second"] = m["tokens"] / wall
+    add_rates(m, wall, timings, "token_layers")
     m["words_per_second"] = m["words"] / wall
-    for k, t in sorted(timings.items()):
-        busy = t.get("seconds", 0.0)
-        m[f"stage{k}_busy_seconds"] = busy
-        m[f"stage{k}_batches"] = t.get("batches", 0)
-        m[f"stage{k}_token_layers"] = t.get("row_layers", 0)
-        m[f"stage{k}_tokens_per_busy_second"] = t.get("tokens_in", 0) / busy if busy else 0.0
     if full_depth:
         m.update(_full_depth_eval(cfg, info, table, stage_cls, runs_locally(cfg.ray)))
     mode = cfg.exit.mode or getattr(info, "token_exit_mode", None) or "token"
