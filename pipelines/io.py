@@ -87,7 +87,7 @@ def _jsonl_rows(row: dict, id_column: str, text_column: str, extra: tuple, lists
         text = rec.get(text_column)
         if not status and text is None:
             status = B.NULL
-        elif not status and _cell(text, words) is None:
+        elif not status and (_cell(text, True) is None if words else not isinstance(text, str)):
             status = B.UNDECODABLE
         ident = rec.get(id_column)
         out.append(
