@@ -1,0 +1,91 @@
+"""Token-model training: the self-sampling loss covers exactly the words not yet halted, and
+`jobs/train_exits.py`'s token path trains end to end and stores what the pipeline needs."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch.nn import functional as F
+from transformers import AutoModelForTokenClassification
+
+from offramp.config import TrainConfig
+from offramp.token_model import IGNORE, load_token_model
+from offramp.token_training import _batch, _word_logits, joint_loss, save_token_trained, self_sampling_loss, train_token_exits
+from offramp.words import encode_words
+from tests.conftest import SENTENCES, TAGS, make_model, make_token_model
+
+
+class FixedDraws:
+    """Stands in for the per-sentence random draws: window 0 and the largest threshold."""
+
+    def randint(self, a, b):
+        return a
+
+    def uniform(self, a, b):
+        return b
+
+
+def gold_tags(sentences):
+    return [[TAGS[(len(w) + i) % len(TAGS)] for i, w in enumerate(s)] for s in sentences]
+
+
+@pytest.fixture(scope="module")
+def batch(tokenizer):
+    encoded = encode_words(tokenizer, SENTENCES, 64)
+    label2id = {t: i for i, t in enumerate(TAGS)}
+    gold = [torch.tensor([label2id[t] for t in s]).numpy() for s in gold_tags(SENTENCES)]
+    return _batch(encoded, gold, list(range(len(encoded))))
+
+
+def test_self_sampling_with_nothing_halted_is_the_joint_loss(batch):
+    model = make_token_model(seed=1)
+    torch.testing.assert_close(self_sampling_loss(model, batch, FixedDraws(), 0, 0.0), joint_loss(model, batch))
+
+
+def test_self_sampling_loss_covers_only_words_still_active(batch):
+    """A threshold above any normalized uncertainty halts every word at the first head: the loss is
+    that head's CE alone, the deeper heads contribute nothing (and get no gradient)."""
+    model = make_token_model(seed=1)
+    ids, mask, _, starts, y = batch
+    first = model.exit_layers[0]
+    with torch.no_grad():
+        h = model.layer_states(ids, mask)[first]
+        want = F.cross_entropy(_word_logits(model, first, h, starts).reshape(-1, len(TAGS)), y.reshape(-1),
+                               ignore_index=IGNORE)
+    loss = self_sampling_loss(model, batch, FixedDraws(), 0, 1.5)
+    torch.testing.assert_close(loss, want)
+    loss.backward()
+    assert model.exit_heads[str(first)].weight.grad.abs().sum() > 0
+    assert model.classifier.weight.grad is None or model.classifier.weight.grad.abs().sum() == 0
+
+
+def test_token_training_end_to_end_stores_thresholds_and_profile(tmp_path, tokenizer):
+    base = tmp_path / "base"
+    make_model(seed=3).bert.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    rows = pa.table({"tokens": SENTENCES * 2, "pos": gold_tags(SENTENCES) * 2})
+    pq.write_table(rows, tmp_path / "train.parquet")
+    pq.write_table(rows.slice(0, 8), tmp_path / "dev.parquet")
+    cfg = TrainConfig(train=str(tmp_path / "train.parquet"), eval=str(tmp_path / "dev.parquet"), output=str(tmp_path / "m"),
+                      base_model=str(base), task="token", text_column="tokens", label_column="pos", stage1_epochs=1,
+                      self_sampling_epochs=1, max_length=32, batch_size=8, max_accuracy_drop=0.02)
+    trained, tok, report = train_token_exits(cfg)
+    save_token_trained(trained, tok, report, cfg.output)
+
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    chosen = report.token_chosen["token"]["threshold"]
+    assert saved["exit_thresholds"] == [chosen if chosen is not None else -1.0] * len(trained.exit_layers)
+    profile = json.loads((tmp_path / "m" / "exit_profile.json").read_text())
+    assert set(profile["token_curves"]) == {"token", "sentence"}
+    assert len(profile["dev_survival"]) == trained.num_layers and profile["dev_survival"][0] == 1.0
+    # stage 1 then self-sampling both ran: losses logged for both stages
+    assert {l["stage"] for l in report.losses} == {1, 2}
+    model = load_token_model(cfg.output)
+    for name, p in trained.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], p, msg=f"{name} did not round-trip")
+    hf = AutoModelForTokenClassification.from_pretrained(cfg.output)  # the full-depth tagger from the same directory
+    assert hf.config.id2label == trained.config.id2label
