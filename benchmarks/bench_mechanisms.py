@@ -113,7 +113,8 @@ def skip_stats(skipped: np.ndarray, exit_layer: np.ndarray) -> dict:
 
 def offline(name, model_dir, dev, test, args, cache_dir) -> dict:
     info = ModelInfo.read(model_dir)
-    policy = get_policy(get_mechanism(info.mechanism).policy)  # each mechanism with its own exit rule
+    # each mechanism with its own exit rule unless --policy names another for this model
+    policy = get_policy(args.policies.get(name) or get_mechanism(info.mechanism).policy)
     layers = info.exit_layers
     hp_dev, gold_dev = head_pass(name, model_dir, dev, "dev", args.max_length, cache_dir)
     hp_test, gold_test = head_pass(name, model_dir, test, "test", args.max_length, cache_dir)
@@ -233,6 +234,8 @@ def skip_table(results, runs) -> str:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True, metavar="NAME=DIR")
+    p.add_argument("--policy", action="append", default=[], metavar="NAME=POLICY",
+                   help="run model NAME with this exit policy instead of its mechanism's (e.g. a PABEE model with entropy)")
     p.add_argument("--dev", required=True)
     p.add_argument("--test", required=True)
     p.add_argument("--dev-rows", type=int, default=1500)
@@ -248,6 +251,7 @@ def main():
                    help="pipeline exit runs at the dev-chosen threshold or at the test oracle point")
     args = p.parse_args()
     models = [tuple(m.split("=", 1)) for m in args.model]
+    args.policies = dict(p.split("=", 1) for p in args.policy)
     cache = os.path.join(args.out, "mech_cache")
     os.makedirs(cache, exist_ok=True)
     dev, test = sample(rows(args.dev), args.dev_rows), sample(rows(args.test), args.test_rows)
