@@ -74,10 +74,11 @@ def main(argv=None) -> int:
     save(model, tokenizer, report, cfg.output)
     run_id = log_train_run(cfg, report, cfg.output)
     if token:
-        c = report.chosen
+        c, full = report.chosen, report.curve[0]
+        what, key = ("entity F1", "f1") if "f1" in full else ("word accuracy", "accuracy")
         print(
-            f"saved {cfg.output}: dev word accuracy {report.curve[0]['accuracy']:.4f} at full depth, "
-            f"{c['accuracy']:.4f} with {model.config.token_exit_mode}-level exits saving "
+            f"saved {cfg.output}: dev {what} {full[key]:.4f} at full depth, "
+            f"{c[key]:.4f} with {model.config.token_exit_mode}-level exits saving "
             f"{100 * c['token_layer_saving']:.1f}% of token-layers ({c['ideal_speedup']:.2f}x ideal); mlflow run {run_id}"
         )
         return 0

@@ -223,8 +223,9 @@ def train_token_exits(cfg: TrainConfig):
     survival = sentence_survival(model, dev_enc, mode, stored if stored is not None else -1.0)
     seconds = time.perf_counter() - t0
     c = chosen[mode]
-    logger.info("dev (%s): full-depth accuracy %.4f; threshold %s gives %.4f saving %.1f%% of token-layers (ideal %.2fx)",
-                mode, curves[mode][0]["accuracy"], stored, c["accuracy"], 100 * c["token_layer_saving"], c["ideal_speedup"])
+    key = "f1" if "f1" in c else "accuracy"
+    logger.info("dev (%s): full-depth %s %.4f; threshold %s gives %.4f saving %.1f%% of token-layers (ideal %.2fx)",
+                mode, key, curves[mode][0][key], stored, c[key], 100 * c["token_layer_saving"], c["ideal_speedup"])
     report = TrainReport(len(sents), len(dev_sents), seconds, layer_acc, curves[mode], c, survival, losses)
     report.token_curves, report.token_chosen = curves, chosen
     return model, tokenizer, report
