@@ -8,8 +8,9 @@
    token-layers saved. A token-layer is one token computed as a query through one layer; a
    halted token still costs its key/value projections, which this count leaves out and the
    pipeline timing includes.
-2. Operating point: the threshold the model stored from dev (trained with
-   max_accuracy_drop), and the cheapest test point within --max-drop of full depth (oracle).
+2. Operating point: with --dev, the cheapest threshold within --max-drop of full depth on a
+   seeded dev sample (training's finer grid, both modes); without, the thresholds the model
+   stored from dev at training. Also the cheapest test point within --max-drop (oracle).
 3. Pipeline: the real Ray pipeline on a seeded test sample at the stored TOKEE threshold and
    at full depth, adjacent in one process, plus a plain Ray Data map_batches over the Hugging
    Face token classifier in the same directory. Realized: the share of the token-layer saving
@@ -45,10 +46,10 @@ from offramp.entities import is_bio  # noqa: E402
 from offramp.modeling import load_profile  # noqa: E402
 from offramp.token_eval import score_pass, tag_pass  # noqa: E402
 from offramp.token_model import load_token_model  # noqa: E402
-from offramp.token_training import word_labels  # noqa: E402
+from offramp.token_training import choose, sweep_thresholds, word_labels  # noqa: E402
 from offramp.words import encode_words  # noqa: E402
 
-SWEEP = (0.0, 0.05, 0.1, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
+SWEEP = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.275, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7)
 
 
 def sample(path: str, rows: int, seed: int = 0) -> pa.Table:
@@ -83,6 +84,15 @@ def curves(name, model_dir, table, args) -> dict:
         ok = [p for p in pts if quality(p) >= quality(full) - args.max_drop]
         out[mode] = {"curve": pts, "test_oracle": max(ok, key=lambda p: p["token_layer_saving"]) if ok else None}
     chosen = load_profile(model_dir).get("token_chosen", {})
+    out["threshold_source"] = "stored at training"
+    if args.dev:
+        dev = sample(args.dev, args.dev_rows, seed=2)
+        dev_enc = encode_words(tok, dev["tokens"].to_pylist(), args.max_length)
+        dev_gold = word_labels(dev[tag_col].to_pylist(), {n: i for i, n in enumerate(model.labels)})
+        chosen = {mode: choose(sweep_thresholds(model, dev_enc, dev_gold, model.labels, mode), args.max_drop)
+                  for mode in ("token", "sentence")}
+        out["threshold_source"] = f"dev sweep, {dev.num_rows} rows"
+        print(f"{name}: dev-chosen thresholds {({m: c['threshold'] for m, c in chosen.items()})}", flush=True)
     for mode in ("token", "sentence"):
         t = (chosen.get(mode) or {}).get("threshold")
         t = stored if t is None and mode == model.config.token_exit_mode else t
@@ -153,7 +163,7 @@ def pipeline_run(name, model_dir, data, tags, args, exit_cfg) -> dict:
     return {**{k: m[k] for k in keep if k in m}, "docs_per_s": m["rows"] / wall, "wall_s": wall}
 
 
-def pipelines(models, args) -> dict:
+def pipelines(models, args, results) -> dict:
     import ray
 
     ray.init(address="local", num_cpus=8, include_dashboard=False)
@@ -164,8 +174,9 @@ def pipelines(models, args) -> dict:
         tags = args.tags[name]
         plain = plain_ray(model_dir, data, tags, args)
         full = pipeline_run(f"{name}_full", model_dir, data, tags, args, ExitConfig(disabled=True))
-        tokee = pipeline_run(f"{name}_tokee", model_dir, data, tags, args, ExitConfig(mode="token"))
-        sentee_t = (load_profile(model_dir).get("token_chosen", {}).get("sentence") or {}).get("threshold")
+        tokee_t = results[name]["token"].get("dev_chosen", {}).get("threshold")
+        tokee = pipeline_run(f"{name}_tokee", model_dir, data, tags, args, ExitConfig(mode="token", threshold=tokee_t))
+        sentee_t = results[name]["sentence"].get("dev_chosen", {}).get("threshold")
         sentee = (pipeline_run(f"{name}_sentee", model_dir, data, tags, args, ExitConfig(mode="sentence", threshold=sentee_t))
                   if sentee_t is not None else None)
         r = {"plain_ray_map_batches": plain, "full": full, "tokee": tokee, "sentee": sentee}
@@ -199,7 +210,7 @@ def figure(results) -> plt.Figure:
         ax.axvline(50, color="grey", lw=0.8, ls="--")
         ax.set_xlabel("token-layers saved (%)")
         ax.set_ylabel(("entity F1" if r["metric"] == "entity_f1" else "word accuracy") + " (%)")
-        ax.set_title(f"debian_pos {name} ({r['tags']}): stars = stored (dev) thresholds", fontsize=9)
+        ax.set_title(f"debian_pos {name} ({r['tags']}): stars = dev-chosen thresholds", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -207,13 +218,13 @@ def figure(results) -> plt.Figure:
 
 
 def table(results, runs) -> str:
-    lines = ["| model | mode | full depth | stored threshold: score, saving (ideal) | best within 0.5 pt (test) "
+    lines = ["| model | mode | full depth | dev-chosen threshold: test score (Δ), saving (ideal) | best within 0.5 pt (test) "
              "| pipeline sentences/s exit / full / plain | realized speed-up | share of saving realized |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         for mode, label in (("token", "TOKEE"), ("sentence", "SENTEE")):
             p, o = r[mode].get("dev_chosen"), r[mode]["test_oracle"]
-            pt = (f"{100 * quality(p):.2f} ({100 * (quality(p) - quality(r['full_depth'])):+.2f}), "
+            pt = (f"{p['threshold']}: {100 * quality(p):.2f} ({100 * (quality(p) - quality(r['full_depth'])):+.2f}), "
                   f"{100 * p['token_layer_saving']:.1f}% ({p['ideal_speedup']:.2f}×)") if p else "-"
             ot = f"{100 * o['token_layer_saving']:.1f}% ({100 * quality(o):.2f})" if o else "-"
             run = runs.get(name, {}).get("tokee" if mode == "token" else "sentee")
@@ -232,6 +243,8 @@ def main():
     p.add_argument("--tags", action="append", default=[], metavar="NAME=COLUMN", help="default: pos, ner by name")
     p.add_argument("--test", required=True)
     p.add_argument("--test-rows", type=int, default=3000)
+    p.add_argument("--dev", help="choose the operating thresholds on a sample of this split (else: as stored)")
+    p.add_argument("--dev-rows", type=int, default=1500)
     p.add_argument("--pipeline-rows", type=int, default=2000)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=64)
@@ -246,7 +259,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     test = sample(args.test, args.test_rows)
     results = {name: curves(name, d, test, args) for name, d in models}
-    runs = {} if args.skip_pipeline else pipelines(models, args)
+    runs = {} if args.skip_pipeline else pipelines(models, args, results)
     fig = figure(results)
     fig.savefig(os.path.join(args.out, "tokens_tradeoff.png"), dpi=120)
     summary = {"test_rows": test.num_rows, "pipeline_rows": args.pipeline_rows, "models": dict(models),
