@@ -18,6 +18,7 @@ config.json is whatever the training config set, and it once pinned entropy for 
    in one process; plus, first, a plain Ray Data map_batches over the DeeBERT model's directory
    as a Hugging Face classifier. SmartBERT: rows that skipped a layer before their exit.
 One figure (OUT/mechanisms_tradeoff.png) and OUT/mechanisms.json; both logged to MLflow.
+--combine A.json B.json: no measurement, one figure (OUT/mechanisms_all.png) over earlier runs.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def pipelines(models, results, args, subset) -> dict:
 def figure(results, path, data: str, max_drop: float) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for name, r in results.items():
-        c = r["test_curve"]
+        c = sorted(r["test_curve"], key=lambda p: p["mean_layers"])  # patience's full-depth point comes first
         line, = ax.plot([p["mean_layers"] for p in c], [100 * p["accuracy"] for p in c], "-", lw=1.3, label=name)
         p = r["test_at_dev_choice"]
         ax.plot([p["mean_layers"]], [100 * p["accuracy"]], "o", color=line.get_color(), ms=7)
@@ -231,13 +232,40 @@ def skip_table(results, runs) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def combine(paths: list[str], args) -> None:
+    """One figure (OUT/mechanisms_all.png, logged to MLflow) from earlier runs' summaries on the
+    same test set: the curves are deterministic, so runs made in different sessions compare."""
+    results, models, test_rows = {}, {}, set()
+    for path in paths:
+        with open(path) as f:
+            summary = json.load(f)
+        clash = set(summary["results"]) & set(results)
+        if clash:
+            raise SystemExit(f"{path}: models {sorted(clash)} already come from an earlier file; rename one run")
+        results.update(summary["results"])
+        models.update(summary["models"])
+        test_rows.add(summary["test_rows"])
+    if len(test_rows) != 1:
+        raise SystemExit(f"the files were measured on different test sets ({sorted(test_rows)} rows); rerun on one")
+    fig = figure(results, os.path.join(args.out, "mechanisms_all.png"), args.test or "debian_sections/test.parquet", args.max_drop)
+    mlflow.set_tracking_uri(args.mlflow_uri)
+    mlflow.set_experiment("offramp-bench-mechanisms")
+    with mlflow.start_run(run_name="combined"):
+        mlflow.log_params({"combined_from": json.dumps(paths), "models": json.dumps(models), "max_drop": args.max_drop})
+        mlflow.log_figure(fig, "mechanisms_all.png")
+        mlflow.log_dict({"models": models, "results": results}, "mechanisms_all.json")
+    print(f"wrote {os.path.join(args.out, 'mechanisms_all.png')} ({len(results)} curves)")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", required=True, metavar="NAME=DIR")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=DIR")
+    p.add_argument("--combine", nargs="+", metavar="JSON",
+                   help="no new measurement: draw one figure from these mechanisms.json files (same test set)")
     p.add_argument("--policy", action="append", default=[], metavar="NAME=POLICY",
                    help="run model NAME with this exit policy instead of its mechanism's (e.g. a PABEE model with entropy)")
-    p.add_argument("--dev", required=True)
-    p.add_argument("--test", required=True)
+    p.add_argument("--dev")
+    p.add_argument("--test")
     p.add_argument("--dev-rows", type=int, default=1500)
     p.add_argument("--test-rows", type=int, default=0, help="0 = all")
     p.add_argument("--pipeline-rows", type=int, default=2000)
@@ -250,6 +278,10 @@ def main():
     p.add_argument("--operating-point", choices=("dev", "oracle"), default="dev",
                    help="pipeline exit runs at the dev-chosen threshold or at the test oracle point")
     args = p.parse_args()
+    if args.combine:
+        return combine(args.combine, args)
+    if not (args.model and args.dev and args.test):
+        p.error("--model, --dev and --test are required (or --combine JSON ...)")
     models = [tuple(m.split("=", 1)) for m in args.model]
     args.policies = dict(p.split("=", 1) for p in args.policy)
     cache = os.path.join(args.out, "mech_cache")
