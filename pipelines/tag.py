@@ -184,8 +184,9 @@ def _run_plan(cfg, info, planned, stage_cls, output, mode) -> tuple[float, dict]
     return wall, timings
 
 
-def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
-    """Tag every document of cfg.input into cfg.output; return the run's metrics."""
+def run_tagging(cfg: TagConfig, stage_cls=None) -> TagResult:
+    """Tag every document of cfg.input into cfg.output; return the run's metrics.
+    `stage_cls`: the stage actor class (default StageActor, TokenStageActor for token models)."""
     info = validate(cfg)
     thresholds = resolve_thresholds(cfg, info)
     exits = not cfg.exit.disabled
@@ -195,7 +196,8 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
     if info.task == "token":
         from pipelines.tag_tokens import run_token_tagging
 
-        return run_token_tagging(cfg, info, thresholds, planned)
+        return run_token_tagging(cfg, info, thresholds, planned, **({"stage_cls": stage_cls} if stage_cls else {}))
+    stage_cls = stage_cls or StageActor
     init_ray(cfg.ray)
     for p in planned:
         logger.info(

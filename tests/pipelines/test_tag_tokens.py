@@ -4,6 +4,7 @@ real Ray Data pipeline end to end with its MLflow run."""
 from __future__ import annotations
 
 import json
+import os
 
 import mlflow
 import numpy as np
@@ -212,6 +213,31 @@ def test_token_pipeline_without_exits_matches_full_model_and_reads_jsonl(tmp_pat
             want = [model.labels[j] for j in model(ids).logits[0].argmax(-1)[starts[0]]]
         assert out[f"s{i}"]["tags"] == want
         assert set(out[f"s{i}"]["tag_layers"]) == {NUM_LAYERS}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_crashed_token_stage_actor_loses_and_duplicates_no_rows(tmp_path, corpus, token_model_dir, local_ray):
+    """The deeper stage's actor dies mid-batch once: Ray Data restarts it and retries the batch,
+    and every input row comes out exactly once with the tags an uncrashed run gives."""
+    marker = tmp_path / "crashed"
+
+    class CrashOnce(TokenStageActor):
+        def __call__(self, batch):
+            if self.spec.index == 1 and not marker.exists():
+                marker.write_text("x")
+                os._exit(1)  # the actor process dies mid-batch
+            return super().__call__(batch)
+
+    (tmp_path / "clean").mkdir()
+    clean = run_tagging(tag_config(tmp_path / "clean", corpus, token_model_dir)).output
+    cfg = tag_config(tmp_path, corpus, token_model_dir)
+    run_tagging(cfg, stage_cls=CrashOnce)
+    assert marker.exists(), "the fault was injected"
+    out = pq.read_table(cfg.output).to_pylist()
+    assert sorted(r["id"] for r in out) == sorted(r["id"] for r in bad_rows())
+    want = {r["id"]: (r["tags"], r["tag_layers"]) for r in pq.read_table(clean).to_pylist()}
+    assert {r["id"]: (r["tags"], r["tag_layers"]) for r in out} == want
 
 
 def test_bad_token_configuration_fails_at_start_naming_the_fix(tmp_path, corpus, token_model_dir):
