@@ -37,6 +37,19 @@ TEXTS = [
 ] * 3
 
 
+def crash_once(stage_cls, marker, stage: int = 1):
+    """`stage_cls` whose actor for `stage` kills its own process mid-batch, once (a file marks it)."""
+
+    class CrashOnce(stage_cls):
+        def __call__(self, batch):
+            if self.spec.index == stage and not marker.exists():
+                marker.write_text("x")
+                os._exit(1)  # the actor process dies mid-batch
+            return super().__call__(batch)
+
+    return CrashOnce
+
+
 def tiny_config(**extra) -> BertConfig:
     return BertConfig(
         vocab_size=30522,  # the MiniLM tokenizer's vocabulary, reused by the tiny models

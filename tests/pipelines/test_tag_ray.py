@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import mlflow
 import numpy as np
@@ -17,7 +16,7 @@ from offramp.config import AuditConfig, MlflowConfig, RayConfig, StageConfig, Ta
 from offramp.modeling import load_model
 from pipelines.tag import run_tagging
 from pipelines.tracking import log_tag_run
-from tests.conftest import LABELS, NUM_LAYERS, TEXTS
+from tests.conftest import LABELS, NUM_LAYERS, TEXTS, crash_once
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -155,15 +154,8 @@ def test_bad_rows_get_a_status_never_a_crash(tmp_path, model_dir):
 def test_crashed_actor_loses_and_duplicates_no_rows(tmp_path, model_dir, corpus_parquet):
     marker = tmp_path / "crashed"
 
-    class CrashOnce(StageActor):
-        def __call__(self, batch):
-            if self.spec.index == 1 and not marker.exists():
-                marker.write_text("x")
-                os._exit(1)  # the actor process dies mid-batch
-            return super().__call__(batch)
-
     cfg = config(tmp_path, corpus_parquet, model_dir)
-    run_tagging(cfg, stage_cls=CrashOnce)
+    run_tagging(cfg, stage_cls=crash_once(StageActor, marker))
     assert marker.exists(), "the fault was injected"
     out = read(cfg.output)
     assert len(out) == len(TEXTS) and out["id"].is_unique

@@ -4,7 +4,6 @@ real Ray Data pipeline end to end with its MLflow run."""
 from __future__ import annotations
 
 import json
-import os
 
 import mlflow
 import numpy as np
@@ -26,7 +25,7 @@ from offramp.words import encode_words
 from pipelines.finalize import finalize_tokens_task
 from pipelines.tag import run_tagging
 from pipelines.tracking import log_tag_run
-from tests.conftest import NUM_LAYERS, SENTENCES, gold_tags
+from tests.conftest import NUM_LAYERS, SENTENCES, crash_once, gold_tags
 
 
 def bad_rows() -> list[dict]:
@@ -222,17 +221,10 @@ def test_crashed_token_stage_actor_loses_and_duplicates_no_rows(tmp_path, corpus
     and every input row comes out exactly once with the tags an uncrashed run gives."""
     marker = tmp_path / "crashed"
 
-    class CrashOnce(TokenStageActor):
-        def __call__(self, batch):
-            if self.spec.index == 1 and not marker.exists():
-                marker.write_text("x")
-                os._exit(1)  # the actor process dies mid-batch
-            return super().__call__(batch)
-
     (tmp_path / "clean").mkdir()
     clean = run_tagging(tag_config(tmp_path / "clean", corpus, token_model_dir)).output
     cfg = tag_config(tmp_path, corpus, token_model_dir)
-    run_tagging(cfg, stage_cls=CrashOnce)
+    run_tagging(cfg, stage_cls=crash_once(TokenStageActor, marker))
     assert marker.exists(), "the fault was injected"
     out = pq.read_table(cfg.output).to_pylist()
     assert sorted(r["id"] for r in out) == sorted(r["id"] for r in bad_rows())
