@@ -118,6 +118,9 @@ class RayConfig:
     """None: join RAY_ADDRESS / a job's cluster if there is one, else start an embedded local Ray."""
     num_cpus: int = 8
     """Logical CPUs of an embedded local Ray (more than cores so read tasks and actors don't starve)."""
+    autoscaling: bool = False
+    """The cluster adds nodes on demand (cluster.yaml's autoscaler): skip the start-time check
+    that the stage actors fit the resources the cluster has now."""
 
 
 @dataclass(frozen=True)

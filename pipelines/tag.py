@@ -65,6 +65,26 @@ def init_ray(cfg: RayConfig) -> None:
         ray.init(address=cfg.address or os.environ["RAY_ADDRESS"], log_to_driver=True)
 
 
+def check_cluster_fits(planned: list[PlannedStage], cfg: RayConfig) -> None:
+    """Fail at start when the stage actors' minimum reservations leave no CPU for the read,
+    tokenize and write tasks (1 CPU at a time) or ask for more GPUs than the cluster has: Ray
+    Data would otherwise wait forever with every actor up and no input reaching it."""
+    if cfg.autoscaling:
+        return
+    have = ray.cluster_resources()
+    cpus = sum(p.min_actors * p.num_cpus for p in planned)
+    gpus = sum(p.min_actors * p.num_gpus for p in planned)
+    if cpus + 1 > have.get("CPU", 0) or gpus > have.get("GPU", 0):
+        raise ConfigError(
+            f"the stage actors reserve {cpus:g} CPUs and {gpus:g} GPUs ({len(planned)} stages, "
+            f"min_actors x num_cpus / num_gpus each) plus 1 CPU for reading, tokenizing and writing, "
+            f"but the Ray cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs: "
+            "use fewer stages (--num-stages), give each stage less (`stages:` with num_cpus: 0.5), "
+            "or add nodes (an embedded local Ray: raise ray.num_cpus; an autoscaling cluster: set "
+            "ray.autoscaling: true)"
+        )
+
+
 def local_torch_threads(planned: list[PlannedStage]) -> list[PlannedStage]:
     """On this machine, share its cores among the CPU stage actors.
 
@@ -199,6 +219,7 @@ def run_tagging(cfg: TagConfig, stage_cls=None) -> TagResult:
         return run_token_tagging(cfg, info, thresholds, planned, **({"stage_cls": stage_cls} if stage_cls else {}))
     stage_cls = stage_cls or StageActor
     init_ray(cfg.ray)
+    check_cluster_fits(planned, cfg.ray)
     for p in planned:
         logger.info(
             "stage %d: layers [%d, %d) batch %d actors %d..%d threads %s (expected survival in %.2f)",

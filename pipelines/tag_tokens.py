@@ -104,10 +104,11 @@ def _metrics(table, info: ModelInfo, planned, cfg: TagConfig) -> dict:
 
 def run_token_tagging(cfg: TagConfig, info: ModelInfo, thresholds: dict, planned, stage_cls=TokenStageActor):
     """Tag every word of cfg.input into cfg.output; return the run's TagResult."""
-    from pipelines.tag import TagResult, add_rates, init_ray, runs_locally
+    from pipelines.tag import TagResult, add_rates, check_cluster_fits, init_ray, runs_locally
 
     check_token_config(cfg, info)
     init_ray(cfg.ray)
+    check_cluster_fits(planned, cfg.ray)
     collector = ray.remote(num_cpus=0)(MetricsCollector).remote()
     ds = build_token_pipeline(read_corpus(cfg, cfg.label_column, token=True), cfg, info, planned, collector, stage_cls)
     t0 = time.perf_counter()

@@ -161,6 +161,25 @@ def test_crashed_actor_loses_and_duplicates_no_rows(tmp_path, model_dir, corpus_
     assert len(out) == len(TEXTS) and out["id"].is_unique
 
 
+def test_stages_that_leave_no_cpu_for_reading_fail_at_start_naming_the_fix(tmp_path, model_dir, corpus_parquet):
+    """On a cluster whose CPUs the stage actors take whole, Ray Data would wait forever with no
+    input reaching them: the run fails at start instead, unless the cluster autoscales."""
+    from types import SimpleNamespace
+
+    from offramp.config import ConfigError
+    from pipelines.tag import check_cluster_fits
+
+    greedy = tuple(StageConfig(layers=l, batch_size=8, num_cpus=4) for l in ((0, 2), (2, NUM_LAYERS)))
+    with pytest.raises(ConfigError, match=r"reserve 8 CPUs.*has 8 CPUs.*--num-stages"):
+        run_tagging(config(tmp_path, corpus_parquet, model_dir, stages=greedy))
+    assert not (tmp_path / "out").exists(), "nothing was written"
+    stages = [SimpleNamespace(min_actors=2, num_cpus=4, num_gpus=0.5)]
+    with pytest.raises(ConfigError, match=r"1 GPUs.*0 GPUs"):
+        check_cluster_fits(stages, RayConfig())
+    check_cluster_fits(stages, RayConfig(autoscaling=True))  # nodes come on demand: no check
+    check_cluster_fits([SimpleNamespace(min_actors=3, num_cpus=2, num_gpus=0)], RayConfig())  # 6 + 1 <= 8
+
+
 def test_existing_output_is_refused_unless_overwrite(tmp_path, model_dir, corpus_parquet):
     from offramp.config import ConfigError
 
