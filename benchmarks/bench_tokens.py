@@ -11,7 +11,7 @@
 2. Operating point: with --dev, the cheapest threshold within --max-drop of full depth on a
    seeded dev sample (training's finer grid, both modes); without, the thresholds the model
    stored from dev at training. Also the cheapest test point within --max-drop (oracle).
-3. Pipeline: the real Ray pipeline on a seeded test sample at the stored TOKEE threshold and
+3. Pipeline: the real Ray pipeline on a seeded test sample at the operating thresholds (2.) and
    at full depth, adjacent in one process, plus a plain Ray Data map_batches over the Hugging
    Face token classifier in the same directory. Realized: the share of the token-layer saving
    that shows up as wall time saved.
@@ -95,6 +95,8 @@ def curves(name, model_dir, table, args) -> dict:
         print(f"{name}: dev-chosen thresholds {({m: c['threshold'] for m, c in chosen.items()})}", flush=True)
     for mode in ("token", "sentence"):
         t = (chosen.get(mode) or {}).get("threshold")
+        if args.dev and t is None:
+            t = -1.0  # dev kept full depth: a threshold no word goes below
         t = stored if t is None and mode == model.config.token_exit_mode else t
         if t is not None:
             p = score_pass(tag_pass(model, enc, mode, t), gold, model.labels, L)
