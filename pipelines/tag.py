@@ -214,9 +214,10 @@ def run_tagging(cfg: TagConfig, stage_cls=None) -> TagResult:
     local = runs_locally(cfg.ray)
     planned = stage_plan(cfg, info, exits, thresholds, local)  # layout errors surface before Ray starts
     if info.task == "token":
+        from actors.token_stage import TokenStageActor
         from pipelines.tag_tokens import run_token_tagging
 
-        return run_token_tagging(cfg, info, thresholds, planned, **({"stage_cls": stage_cls} if stage_cls else {}))
+        return run_token_tagging(cfg, info, thresholds, planned, stage_cls or TokenStageActor)
     stage_cls = stage_cls or StageActor
     init_ray(cfg.ray)
     check_cluster_fits(planned, cfg.ray)
