@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from offramp import batch as B
-from offramp.modeling import load_model
-from offramp.shard import LayerShard
+from offramp import schema
+from offramp.models.sequence import load_model
+from offramp.exits.sequence_shard import LayerShard
 
 logger = logging.getLogger(__name__)
 
@@ -63,20 +63,20 @@ def hidden_to_blobs(hidden: torch.Tensor, lengths: torch.Tensor, carry_dtype: st
     h = hidden.to(TORCH_DTYPES[carry_dtype]).cpu()
     if carry_dtype == "bfloat16":
         h = h.view(torch.int16)
-    return B.unpad_to_blobs(h.numpy(), lengths.cpu().numpy())
+    return schema.unpad_to_blobs(h.numpy(), lengths.cpu().numpy())
 
 
 def blobs_to_hidden(blobs, lengths: np.ndarray, hidden_size: int, carry_dtype: str) -> torch.Tensor:
     """Per-row blobs -> (S, T, H) tensor padded to the longest row."""
-    t = torch.from_numpy(B.pad_blobs(blobs, lengths, _NP_CARRY[carry_dtype], hidden_size))
+    t = torch.from_numpy(schema.pad_blobs(blobs, lengths, _NP_CARRY[carry_dtype], hidden_size))
     return t.view(torch.bfloat16) if carry_dtype == "bfloat16" else t
 
 
 REQUIRED = (
-    B.STATUS, B.TOKENS, B.NUM_TOKENS, B.HIDDEN, B.EXIT_LAYER, B.LABEL_ID, B.CONFIDENCE, B.SCORE, B.AUDIT,
-    B.FULL_LABEL_ID, B.STATE, B.SKIPPED,
+    schema.STATUS, schema.TOKENS, schema.NUM_TOKENS, schema.HIDDEN, schema.EXIT_LAYER, schema.LABEL_ID, schema.CONFIDENCE, schema.SCORE, schema.AUDIT,
+    schema.FULL_LABEL_ID, schema.STATE, schema.SKIPPED,
 )
-RESULT_COLUMNS = (B.EXIT_LAYER, B.LABEL_ID, B.CONFIDENCE, B.SCORE, B.HIDDEN, B.FULL_LABEL_ID, B.STATE, B.SKIPPED)
+RESULT_COLUMNS = (schema.EXIT_LAYER, schema.LABEL_ID, schema.CONFIDENCE, schema.SCORE, schema.HIDDEN, schema.FULL_LABEL_ID, schema.STATE, schema.SKIPPED)
 
 
 def state_from_blobs(blobs, fresh: torch.Tensor) -> torch.Tensor:
@@ -90,8 +90,8 @@ def state_from_blobs(blobs, fresh: torch.Tensor) -> torch.Tensor:
 
 def running_rows(batch: dict) -> np.ndarray:
     """Rows that still need layers: unanswered, or audited and not yet at full depth."""
-    unfinished = (batch[B.EXIT_LAYER] == 0) | (batch[B.AUDIT] & (batch[B.FULL_LABEL_ID] < 0))
-    return np.flatnonzero(unfinished & np.isin(batch[B.STATUS], B.RUNNABLE))
+    unfinished = (batch[schema.EXIT_LAYER] == 0) | (batch[schema.AUDIT] & (batch[schema.FULL_LABEL_ID] < 0))
+    return np.flatnonzero(unfinished & np.isin(batch[schema.STATUS], schema.RUNNABLE))
 
 
 class StageActor:
@@ -117,15 +117,15 @@ class StageActor:
 
     def __call__(self, batch: dict) -> dict:
         t0 = time.perf_counter()
-        B.check_columns(batch, REQUIRED, f"stage {self.spec.index}")
-        n = B.batch_rows(batch)
+        schema.check_columns(batch, REQUIRED, f"stage {self.spec.index}")
+        n = schema.batch_rows(batch)
         running = running_rows(batch)
         out = dict(batch)
         stats = StageBatchStats(self.spec.index, len(running), 0, 0, 0, 0.0)
         if len(running):
             out, stats = self._run(batch, out, running)
         stats = StageBatchStats(**{**stats.__dict__, "seconds": time.perf_counter() - t0})
-        assert B.batch_rows(out) == n, "a stage must return exactly the rows it received"
+        assert schema.batch_rows(out) == n, "a stage must return exactly the rows it received"
         if self.collector is not None:
             import ray
 
@@ -137,63 +137,63 @@ class StageActor:
         # copy before writing: zero-copy batches are read-only
         cols = {c: batch[c].copy() for c in RESULT_COLUMNS}
         row_layers = exited = audit_layers = skipped = 0
-        for group in forward_groups(batch[B.NUM_TOKENS][running], spec.max_tokens):
+        for group in forward_groups(batch[schema.NUM_TOKENS][running], spec.max_tokens):
             layers_g, exited_g, audit_g, skipped_g = self._forward(batch, running[group], cols)
             row_layers, exited, audit_layers = row_layers + layers_g, exited + exited_g, audit_layers + audit_g
             skipped += skipped_g
         if spec.start == 0:
-            cols[B.TOKENS] = batch[B.TOKENS].copy()
-            cols[B.TOKENS][running] = b""  # token ids are in the states now
+            cols[schema.TOKENS] = batch[schema.TOKENS].copy()
+            cols[schema.TOKENS][running] = b""  # token ids are in the states now
         out.update(cols)
-        tokens = int(batch[B.NUM_TOKENS][running].sum())
+        tokens = int(batch[schema.NUM_TOKENS][running].sum())
         return out, StageBatchStats(spec.index, len(running), exited, tokens, row_layers, 0.0, audit_layers, skipped)
 
     def _forward(self, batch: dict, rows: np.ndarray, cols: dict) -> tuple[int, int, int, int]:
         """One forward pass over batch positions `rows`; writes their results into `cols`."""
         spec = self.spec
-        lengths = batch[B.NUM_TOKENS][rows].astype(np.int64)
-        audit = torch.from_numpy(np.asarray(batch[B.AUDIT][rows], dtype=bool))
-        decided = torch.from_numpy(batch[B.EXIT_LAYER][rows] > 0)
+        lengths = batch[schema.NUM_TOKENS][rows].astype(np.int64)
+        audit = torch.from_numpy(np.asarray(batch[schema.AUDIT][rows], dtype=bool))
+        decided = torch.from_numpy(batch[schema.EXIT_LAYER][rows] > 0)
         if spec.start == 0:
-            ids = B.pad_blobs(batch[B.TOKENS][rows], lengths, np.int32)[..., 0]  # (S, T)
+            ids = schema.pad_blobs(batch[schema.TOKENS][rows], lengths, np.int32)[..., 0]  # (S, T)
             inputs = dict(input_ids=torch.from_numpy(ids).long().to(self.device))
         else:
-            hidden = blobs_to_hidden(batch[B.HIDDEN][rows], lengths, self.hidden_size, spec.carry_dtype)
+            hidden = blobs_to_hidden(batch[schema.HIDDEN][rows], lengths, self.hidden_size, spec.carry_dtype)
             inputs = dict(hidden=hidden.to(self.device))
         policy = self.shard.policy
         state = None
         if policy.state_size:  # carried from the previous stage; fresh for rows not yet through a head
-            state = state_from_blobs(batch[B.STATE][rows], policy.initial_state(len(rows)))
+            state = state_from_blobs(batch[schema.STATE][rows], policy.initial_state(len(rows)))
         result = self.shard(torch.from_numpy(lengths), audit=audit, decided=decided, state=state, **inputs)
         layers = result.exit_layer.cpu().numpy()  # (S,)
         answered = layers > 0
         done = rows[answered]
         probs = torch.softmax(result.logits[torch.from_numpy(answered)], dim=-1).cpu()
-        cols[B.EXIT_LAYER][done] = layers[answered]
-        cols[B.LABEL_ID][done] = probs.argmax(-1).numpy()
-        cols[B.CONFIDENCE][done] = probs.max(-1).values.numpy()
-        cols[B.SCORE][done] = result.score.cpu().numpy()[answered]
+        cols[schema.EXIT_LAYER][done] = layers[answered]
+        cols[schema.LABEL_ID][done] = probs.argmax(-1).numpy()
+        cols[schema.CONFIDENCE][done] = probs.max(-1).values.numpy()
+        cols[schema.SCORE][done] = result.score.cpu().numpy()[answered]
         if result.full_logits is not None:
             full = result.full_logits.cpu()
             finished = ~torch.isnan(full[:, 0]).numpy()
-            cols[B.FULL_LABEL_ID][rows[finished]] = full[finished].argmax(-1).numpy()
+            cols[schema.FULL_LABEL_ID][rows[finished]] = full[finished].argmax(-1).numpy()
         survivor_pos = result.survivors.cpu().numpy()
         left = np.ones(len(rows), dtype=bool)
         left[survivor_pos] = False
-        cols[B.HIDDEN][rows[left]] = b""  # a row that leaves drops its states at once
-        cols[B.STATE][rows[left]] = b""
+        cols[schema.HIDDEN][rows[left]] = b""  # a row that leaves drops its states at once
+        cols[schema.STATE][rows[left]] = b""
         skipped = 0
         if result.skipped is not None:
             per_row = result.skipped.cpu().numpy()
-            cols[B.SKIPPED][rows] += per_row.astype(np.int16)
+            cols[schema.SKIPPED][rows] += per_row.astype(np.int16)
             skipped = int(per_row.sum())
         if len(survivor_pos):
             blobs = hidden_to_blobs(result.hidden, result.lengths, spec.carry_dtype)
             states = result.state.float().cpu().numpy() if result.state is not None else None
             for j, (i, blob) in enumerate(zip(rows[survivor_pos], blobs)):
-                cols[B.HIDDEN][i] = blob
+                cols[schema.HIDDEN][i] = blob
                 if states is not None:
-                    cols[B.STATE][i] = states[j].tobytes()
+                    cols[schema.STATE][i] = states[j].tobytes()
         return result.row_layers, int(left.sum()), result.audit_row_layers, skipped
 
 

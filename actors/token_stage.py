@@ -15,15 +15,15 @@ import numpy as np
 import torch
 
 from actors.stage import TORCH_DTYPES, StageBatchStats, StageSpec, blobs_to_hidden, forward_groups, hidden_to_blobs
-from offramp import batch as B
-from offramp.token_model import load_token_model
-from offramp.token_shard import TokenShard, WordState
+from offramp import schema
+from offramp.models.token import load_token_model
+from offramp.exits.token_shard import TokenShard, WordState
 
 REQUIRED = (
-    B.STATUS, B.TOKENS, B.NUM_TOKENS, B.HIDDEN, B.EXIT_LAYER, B.NUM_WORDS, B.WORD_STARTS, B.WORD_EXIT, B.WORD_LABEL,
-    B.WORD_UNC, B.TOKEN_LAYERS,
+    schema.STATUS, schema.TOKENS, schema.NUM_TOKENS, schema.HIDDEN, schema.EXIT_LAYER, schema.NUM_WORDS, schema.WORD_STARTS, schema.WORD_EXIT, schema.WORD_LABEL,
+    schema.WORD_UNC, schema.TOKEN_LAYERS,
 )
-RESULT_COLUMNS = (B.HIDDEN, B.EXIT_LAYER, B.WORD_EXIT, B.WORD_LABEL, B.WORD_UNC, B.TOKEN_LAYERS)
+RESULT_COLUMNS = (schema.HIDDEN, schema.EXIT_LAYER, schema.WORD_EXIT, schema.WORD_LABEL, schema.WORD_UNC, schema.TOKEN_LAYERS)
 
 
 def pad_words(blobs, counts: np.ndarray, dtype, fill) -> np.ndarray:
@@ -52,25 +52,25 @@ class TokenStageActor:
 
     def __call__(self, batch: dict) -> dict:
         t0 = time.perf_counter()
-        B.check_columns(batch, REQUIRED, f"token stage {self.spec.index}")
-        n = B.batch_rows(batch)
-        running = np.flatnonzero((batch[B.EXIT_LAYER] == 0) & np.isin(batch[B.STATUS], B.RUNNABLE))
+        schema.check_columns(batch, REQUIRED, f"token stage {self.spec.index}")
+        n = schema.batch_rows(batch)
+        running = np.flatnonzero((batch[schema.EXIT_LAYER] == 0) & np.isin(batch[schema.STATUS], schema.RUNNABLE))
         out = dict(batch)
         exited = token_layers = 0
         if len(running):
             cols = {c: batch[c].copy() for c in RESULT_COLUMNS}  # zero-copy batches are read-only
-            for group in forward_groups(batch[B.NUM_TOKENS][running], self.spec.max_tokens):
+            for group in forward_groups(batch[schema.NUM_TOKENS][running], self.spec.max_tokens):
                 e, t = self._forward(batch, running[group], cols)
                 exited, token_layers = exited + e, token_layers + t
             if self.spec.start == 0:
-                cols[B.TOKENS] = batch[B.TOKENS].copy()
-                cols[B.TOKENS][running] = b""  # token ids are in the states now
+                cols[schema.TOKENS] = batch[schema.TOKENS].copy()
+                cols[schema.TOKENS][running] = b""  # token ids are in the states now
             out.update(cols)
         stats = StageBatchStats(
-            self.spec.index, len(running), exited, int(batch[B.NUM_TOKENS][running].sum()), token_layers,
+            self.spec.index, len(running), exited, int(batch[schema.NUM_TOKENS][running].sum()), token_layers,
             time.perf_counter() - t0,
         )
-        assert B.batch_rows(out) == n, "a stage must return exactly the rows it received"
+        assert schema.batch_rows(out) == n, "a stage must return exactly the rows it received"
         if self.collector is not None:
             import ray
 
@@ -79,19 +79,19 @@ class TokenStageActor:
 
     def _forward(self, batch: dict, rows: np.ndarray, cols: dict) -> tuple[int, int]:
         """One pass over batch positions `rows`; returns (rows finished, token-layers computed)."""
-        lengths = batch[B.NUM_TOKENS][rows].astype(np.int64)
-        counts = batch[B.NUM_WORDS][rows].astype(np.int64)
-        starts = torch.from_numpy(pad_words(batch[B.WORD_STARTS][rows], counts, np.int32, -1)).long()
+        lengths = batch[schema.NUM_TOKENS][rows].astype(np.int64)
+        counts = batch[schema.NUM_WORDS][rows].astype(np.int64)
+        starts = torch.from_numpy(pad_words(batch[schema.WORD_STARTS][rows], counts, np.int32, -1)).long()
         words = WordState(
-            torch.from_numpy(pad_words(batch[B.WORD_EXIT][rows], counts, np.int16, 0)).long(),
-            torch.from_numpy(pad_words(batch[B.WORD_LABEL][rows], counts, np.int16, -1)).long(),
-            torch.from_numpy(pad_words(batch[B.WORD_UNC][rows], counts, np.float32, 1.0)),
+            torch.from_numpy(pad_words(batch[schema.WORD_EXIT][rows], counts, np.int16, 0)).long(),
+            torch.from_numpy(pad_words(batch[schema.WORD_LABEL][rows], counts, np.int16, -1)).long(),
+            torch.from_numpy(pad_words(batch[schema.WORD_UNC][rows], counts, np.float32, 1.0)),
         )
         if self.spec.start == 0:
-            ids = B.pad_blobs(batch[B.TOKENS][rows], lengths, np.int32)[..., 0]  # (S, T)
+            ids = schema.pad_blobs(batch[schema.TOKENS][rows], lengths, np.int32)[..., 0]  # (S, T)
             inputs = dict(input_ids=torch.from_numpy(ids).long().to(self.device))
         else:
-            hidden = blobs_to_hidden(batch[B.HIDDEN][rows], lengths, self.hidden_size, self.spec.carry_dtype)
+            hidden = blobs_to_hidden(batch[schema.HIDDEN][rows], lengths, self.hidden_size, self.spec.carry_dtype)
             inputs = dict(hidden=hidden.to(self.device))
         result = self.shard(torch.from_numpy(lengths), starts, words=words, **inputs)
         w_exit = result.words.exit_layer.cpu().numpy().astype(np.int16)
@@ -99,16 +99,16 @@ class TokenStageActor:
         w_unc = result.words.uncertainty.float().cpu().numpy()
         for j, i in enumerate(rows):
             c = counts[j]
-            cols[B.WORD_EXIT][i], cols[B.WORD_LABEL][i] = w_exit[j, :c].tobytes(), w_label[j, :c].tobytes()
-            cols[B.WORD_UNC][i] = w_unc[j, :c].tobytes()
+            cols[schema.WORD_EXIT][i], cols[schema.WORD_LABEL][i] = w_exit[j, :c].tobytes(), w_label[j, :c].tobytes()
+            cols[schema.WORD_UNC][i] = w_unc[j, :c].tobytes()
         row_exit = result.row_exit.cpu().numpy()
         token_layers = result.token_layers.cpu().numpy()
-        cols[B.TOKEN_LAYERS][rows] += token_layers
+        cols[schema.TOKEN_LAYERS][rows] += token_layers
         finished = row_exit > 0
-        cols[B.EXIT_LAYER][rows[finished]] = row_exit[finished]
-        cols[B.HIDDEN][rows[finished]] = b""  # a finished sentence drops its states at once
+        cols[schema.EXIT_LAYER][rows[finished]] = row_exit[finished]
+        cols[schema.HIDDEN][rows[finished]] = b""  # a finished sentence drops its states at once
         survivors = result.survivors.cpu().numpy()
         if len(survivors):
             for i, blob in zip(rows[survivors], hidden_to_blobs(result.hidden, result.lengths, self.spec.carry_dtype)):
-                cols[B.HIDDEN][i] = blob
+                cols[schema.HIDDEN][i] = blob
         return int(finished.sum()), int(token_layers.sum())

@@ -120,8 +120,8 @@ def main():
 
 def seed_study(full_output: str, target: float | None, seeds: int, fractions=(0.01, 0.05), confidence=0.95):
     """What the audit would have said under other seeds: every row of `full_output` was audited."""
-    from offramp.audit import summarize_audit
-    from offramp.batch import audit_mask
+    from offramp.quality.audit import summarize_audit
+    from offramp.schema import audit_mask
 
     t = pq.read_table(full_output, columns=["id", "label", "exit_layer", "full_depth_label", "status"]).to_pandas()
     t = t[t["status"].isin(["ok", "truncated"])]

@@ -4,7 +4,7 @@
 
 One full-depth pass gives every head's logits for every row (cached in OUT/logits.npz).
 Then, for each target and each of --splits random splits into --calib-rows calibration
-rows and the rest as test rows: calibrate on the calibration rows (offramp.calibration,
+rows and the rest as test rows: calibrate on the calibration rows (offramp.quality.calibration,
 the code jobs/calibrate.py runs), then measure the chosen threshold's risk on the test
 rows. The guarantee promises a violation (test risk over the target) in at most about
 1 - confidence of the splits, up to the test split's own sampling noise. For contrast,
@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from transformers import BertConfig  # noqa: E402
 
-from offramp import calibration as C  # noqa: E402
+from offramp.quality import calibration  # noqa: E402
 from offramp.policies import get_policy  # noqa: E402
 
 
@@ -42,16 +42,16 @@ def load_logits(model: str, data: str, text_column: str, label_column: str, max_
     t = pq.read_table(data, columns=[text_column, label_column]).to_pylist()
     rows = [r for r in t if isinstance(r[text_column], str) and r[text_column].strip()]
     t0 = time.perf_counter()
-    logits = C.head_logits_for(model, [r[text_column] for r in rows], max_length)
+    logits = calibration.head_logits_for(model, [r[text_column] for r in rows], max_length)
     print(f"full-depth pass over {len(rows)} rows: {time.perf_counter() - t0:.0f} s", flush=True)
     gold = np.array([cfg.label2id.get(str(r[label_column]), -1) for r in rows])
     np.savez(cache, logits=logits, gold=gold)
     return logits, gold
 
 
-def parse_target(text: str, confidence: float) -> C.Target:
+def parse_target(text: str, confidence: float) -> calibration.Target:
     mode, _, value = text.partition(":")
-    return C.Target(mode, float(value), confidence)
+    return calibration.Target(mode, float(value), confidence)
 
 
 def main():
@@ -82,11 +82,11 @@ def main():
         for _ in range(args.splits):
             idx = rng.permutation(len(gold))
             cal_i, test_i = idx[: args.calib_rows], idx[args.calib_rows :]
-            cal = C.calibrate(logits[cal_i], layers, policy, target, gold[cal_i])
+            cal = calibration.calibrate(logits[cal_i], layers, policy, target, gold[cal_i])
             uncertified += not cal.certified
-            naive = C.naive_choice(cal.curve, target)
-            ev = C.evaluate(logits[test_i], layers, policy, cal.point["threshold"], target, gold[test_i])
-            evn = C.evaluate(logits[test_i], layers, policy, naive["threshold"], target, gold[test_i])
+            naive = calibration.naive_choice(cal.curve, target)
+            ev = calibration.evaluate(logits[test_i], layers, policy, cal.point["threshold"], target, gold[test_i])
+            evn = calibration.evaluate(logits[test_i], layers, policy, naive["threshold"], target, gold[test_i])
             test_risk.append(ev["risk"])
             naive_risk.append(evn["risk"])
             speed.append(cal.point["ideal_speedup"])

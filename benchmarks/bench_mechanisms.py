@@ -4,7 +4,7 @@
         --model deebert=DIR --model pabee=DIR --model berxit=DIR --model de3=DIR --model smartbert=DIR \
         --dev ../shared/data/debian_sections/dev.parquet --test ../shared/data/debian_sections/test.parquet
 
-Per model, each with its mechanism's own exit policy (offramp.mechanisms; the policy in
+Per model, each with its mechanism's own exit policy (offramp.training.mechanisms; the policy in
 config.json is whatever the training config set, and it once pinned entropy for all):
 1. One full-depth pass over dev and test rows gives every head's output (and SmartBERT's
    gate decisions); cached in OUT/mech_cache/.
@@ -43,12 +43,12 @@ import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from offramp import thresholds as T  # noqa: E402
+from offramp.exits import simulate  # noqa: E402
 from offramp.config import AuditConfig, ExitConfig, MlflowConfig, TagConfig  # noqa: E402
-from offramp.mechanisms import get_mechanism  # noqa: E402
-from offramp.modeling import ModelInfo, load_model  # noqa: E402
+from offramp.training.mechanisms import get_mechanism  # noqa: E402
+from offramp.models.sequence import ModelInfo, load_model  # noqa: E402
 from offramp.policies import get_policy  # noqa: E402
-from offramp.training import full_pass  # noqa: E402
+from offramp.training.loop import full_pass  # noqa: E402
 
 
 def rows(path: str) -> pa.Table:
@@ -64,7 +64,7 @@ def sample(t: pa.Table, limit: int, seed: int = 0) -> pa.Table:
     return t.take(np.sort(np.random.default_rng(seed).choice(t.num_rows, limit, replace=False)))
 
 
-def head_pass(name, model_dir, table, split, max_length, cache_dir) -> tuple[T.HeadPass, np.ndarray]:
+def head_pass(name, model_dir, table, split, max_length, cache_dir) -> tuple[simulate.HeadPass, np.ndarray]:
     """The model's full-depth HeadPass on `table` and gold ids, cached per (model, split).
 
     The cache is reused only for the same row ids and max length: a row count alone would
@@ -76,7 +76,7 @@ def head_pass(name, model_dir, table, split, max_length, cache_dir) -> tuple[T.H
     if os.path.exists(path):
         d = np.load(path)
         if "ids" in d and np.array_equal(d["ids"], ids) and int(d["max_length"]) == max_length:
-            return T.HeadPass(d["logits"], d["aux"] if d["aux"].size else None, d["skipped"] if d["skipped"].size else None), gold
+            return simulate.HeadPass(d["logits"], d["aux"] if d["aux"].size else None, d["skipped"] if d["skipped"].size else None), gold
     model = load_model(model_dir)
     hp = full_pass(model, AutoTokenizer.from_pretrained(model_dir), table["text"].to_pylist(), max_length)
     empty = np.zeros(0)
@@ -87,9 +87,9 @@ def head_pass(name, model_dir, table, split, max_length, cache_dir) -> tuple[T.H
 
 def point_at(hp, gold, exit_layers, policy, threshold) -> dict:
     """Accuracy, layers computed and SmartBERT skip counts on `hp` at one threshold."""
-    scores = T.head_scores(policy, hp, exit_layers)
-    first = T.first_exit(scores, policy, threshold)  # (N,)
-    computed = T.computed_layers(T.layer_costs(hp, exit_layers), first)
+    scores = simulate.head_scores(policy, hp, exit_layers)
+    first = simulate.first_exit(scores, policy, threshold)  # (N,)
+    computed = simulate.computed_layers(simulate.layer_costs(hp, exit_layers), first)
     pred = hp.preds[np.arange(len(hp)), first]
     p = {"threshold": float(threshold), "accuracy": float((pred == gold).mean()), "mean_layers": float(computed.mean()),
          "ideal_speedup": exit_layers[-1] / float(computed.mean())}
@@ -119,9 +119,9 @@ def offline(name, model_dir, dev, test, args, cache_dir) -> dict:
     layers = info.exit_layers
     hp_dev, gold_dev = head_pass(name, model_dir, dev, "dev", args.max_length, cache_dir)
     hp_test, gold_test = head_pass(name, model_dir, test, "test", args.max_length, cache_dir)
-    dev_curve = T.sweep(hp_dev, gold_dev, layers, policy, points=120)
-    test_curve = T.sweep(hp_test, gold_test, layers, policy, points=120)
-    chosen = T.choose(dev_curve, args.max_drop)
+    dev_curve = simulate.sweep(hp_dev, gold_dev, layers, policy, points=120)
+    test_curve = simulate.sweep(hp_test, gold_test, layers, policy, points=120)
+    chosen = simulate.choose(dev_curve, args.max_drop)
     return {
         "policy": policy.name,
         "mechanism": info.mechanism,
@@ -130,7 +130,7 @@ def offline(name, model_dir, dev, test, args, cache_dir) -> dict:
         "dev_full_depth_accuracy": dev_curve[0]["accuracy"],
         "dev_chosen": chosen,
         "test_at_dev_choice": point_at(hp_test, gold_test, layers, policy, chosen["threshold"]),
-        "test_oracle": T.choose(test_curve, args.max_drop),
+        "test_oracle": simulate.choose(test_curve, args.max_drop),
         "test_curve": test_curve,
     }
 

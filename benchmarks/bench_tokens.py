@@ -42,12 +42,12 @@ import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from offramp.config import AuditConfig, ExitConfig, MlflowConfig, TagConfig  # noqa: E402
-from offramp.entities import is_bio  # noqa: E402
-from offramp.modeling import load_profile  # noqa: E402
-from offramp.token_eval import score_pass, tag_pass  # noqa: E402
-from offramp.token_model import load_token_model  # noqa: E402
-from offramp.token_training import choose, sweep_thresholds, word_labels  # noqa: E402
-from offramp.words import encode_words  # noqa: E402
+from offramp.quality.entities import is_bio  # noqa: E402
+from offramp.models.sequence import load_profile  # noqa: E402
+from offramp.exits.token_pass import score_pass, tag_pass  # noqa: E402
+from offramp.models.token import load_token_model  # noqa: E402
+from offramp.training.token import choose, sweep_thresholds, word_labels  # noqa: E402
+from offramp.text.words import encode_words  # noqa: E402
 
 SWEEP = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.275, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7)
 

@@ -22,9 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from offramp.data import load_labeled  # noqa: E402
-from offramp.modeling import ExitHead, load_model, masked_mean  # noqa: E402
-from offramp.training import _encode  # noqa: E402
+from offramp.training.data import load_labeled  # noqa: E402
+from offramp.models.sequence import ExitHead, load_model, masked_mean  # noqa: E402
+from offramp.training.loop import _encode  # noqa: E402
 
 
 @torch.inference_mode()

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     }
     try:
         cfg = load_config(CalibrateConfig, args.config, overrides, args.set)
-        from offramp.calibration_run import run_calibration
+        from pipelines.calibrate import run_calibration
 
         outcome = run_calibration(cfg)
     except ConfigError as e:

@@ -11,7 +11,7 @@ import sys
 import _common  # noqa: F401  (puts the repo on sys.path)
 from _common import fail, setup_logging
 
-from offramp.capacity import format_plan, load_run_summary, log_plan, plan_capacity
+from offramp.planning.capacity import format_plan, load_run_summary, log_plan, plan_capacity
 from offramp.config import ConfigError, MlflowConfig
 
 

@@ -16,7 +16,7 @@ import _common
 from _common import fail, setup_logging
 
 from offramp.config import ConfigError
-from offramp.demo_data import APT_LISTS, build_demo_corpus
+from offramp.demo import APT_LISTS, build_demo_corpus
 
 
 def main(argv=None) -> int:

@@ -122,7 +122,7 @@ def token_line(cfg, m: dict) -> str:
 
 
 def audit_line(a: dict) -> str:
-    from offramp.audit import verdict
+    from offramp.quality.audit import verdict
 
     if not a["rows"]:
         return f"audit (fraction {a['fraction']}): {verdict(a)}"

@@ -59,15 +59,15 @@ def main(argv=None) -> int:
             },
             args.set,
         )
-        from offramp.token_training import is_token_data
+        from offramp.training.token import is_token_data
         from pipelines.tracking import log_train_run
 
         cfg.require("train", "eval", "output")
         token = cfg.task == "token" or (cfg.task == "auto" and is_token_data(cfg.train, cfg.label_column))
         if token:
-            from offramp.token_training import save_token_trained as save, train_token_exits as train
+            from offramp.training.token import save_token_trained as save, train_token_exits as train
         else:
-            from offramp.training import save_trained as save, train_early_exit as train
+            from offramp.training.loop import save_trained as save, train_early_exit as train
         model, tokenizer, report = train(cfg)
     except ConfigError as e:
         fail(str(e))

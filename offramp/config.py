@@ -179,7 +179,7 @@ class TagConfig:
     text_column: str = "text"
     words_column: str | None = None
     """Token models: a column holding each row's words (a list of str); None = split text_column
-    into words by offramp.words.split_words (whitespace; punctuation and clitics apart)."""
+    into words by offramp.text.words.split_words (whitespace; punctuation and clitics apart)."""
     id_column: str | None = "id"
     """Id column; None = a row number is generated."""
     label_column: str | None = None
@@ -247,7 +247,7 @@ class TrainConfig:
     base_model: str | None = None
     """Local Hugging Face BERT-family checkpoint; None = the pip-shipped all-MiniLM-L6-v2."""
     mechanism: str = "deebert"
-    """Exit mechanism and its training recipe (offramp.mechanisms): deebert, pabee, berxit, de3, smartbert."""
+    """Exit mechanism and its training recipe (offramp.training.mechanisms): deebert, pabee, berxit, de3, smartbert."""
     init_from: str | None = None
     """Warm start from an offramp model directory of the same labels (backbone, classifier, heads);
     the mechanism's new modules start fresh. With stage1_epochs=0 the backbone stays as it is."""

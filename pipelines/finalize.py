@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from offramp import batch as B
+from offramp import schema
 
 OUTPUT_COLUMNS = (
     "label", "confidence", "exit_layer", "skipped_layers", "status", "num_tokens", "audited", "full_depth_label"
@@ -15,17 +15,17 @@ GOLD_COLUMN = "gold_label"
 
 def finalize_task(batch: dict, labels: list[str], id_column: str, keep: list[str], gold: str | None) -> dict:
     """Internal columns -> the user's output columns (exactly the same rows)."""
-    label_id = batch[B.LABEL_ID]
+    label_id = batch[schema.LABEL_ID]
     names = np.array(labels + [None], dtype=object)
     out = {id_column: batch[id_column]}
     out["label"] = names[np.where(label_id >= 0, label_id, len(labels))]
-    out["confidence"] = batch[B.CONFIDENCE]
-    out["exit_layer"] = batch[B.EXIT_LAYER]
-    out["skipped_layers"] = batch[B.SKIPPED]  # SmartBERT: layers below exit_layer the row skipped (0 without gates)
-    out["status"] = batch[B.STATUS]
-    out["num_tokens"] = batch[B.NUM_TOKENS]
-    full = batch[B.FULL_LABEL_ID]
-    out["audited"] = batch[B.AUDIT] & (full >= 0)  # rows that never ran (bad input) are not audited
+    out["confidence"] = batch[schema.CONFIDENCE]
+    out["exit_layer"] = batch[schema.EXIT_LAYER]
+    out["skipped_layers"] = batch[schema.SKIPPED]  # SmartBERT: layers below exit_layer the row skipped (0 without gates)
+    out["status"] = batch[schema.STATUS]
+    out["num_tokens"] = batch[schema.NUM_TOKENS]
+    full = batch[schema.FULL_LABEL_ID]
+    out["audited"] = batch[schema.AUDIT] & (full >= 0)  # rows that never ran (bad input) are not audited
     out["full_depth_label"] = names[np.where(full >= 0, full, len(labels))]
     for c in keep:
         out[c] = batch[c]
@@ -48,8 +48,8 @@ def finalize_tokens_task(batch: dict, labels: list[str], id_column: str, keep: l
 
     names = np.array(labels + [None], dtype=object)
     words, tags, layers, untagged = [], [], [], []
-    for w_blob, n, lab, ex in zip(batch[B.WORDS], batch[B.NUM_WORDS], batch[B.WORD_LABEL], batch[B.WORD_EXIT]):
-        w = B.split_blob(w_blob)
+    for w_blob, n, lab, ex in zip(batch[schema.WORDS], batch[schema.NUM_WORDS], batch[schema.WORD_LABEL], batch[schema.WORD_EXIT]):
+        w = schema.split_blob(w_blob)
         if not lab:  # never ran (bad input): no tags
             words.append(w or None)
             tags.append(None)
@@ -67,15 +67,15 @@ def finalize_tokens_task(batch: dict, labels: list[str], id_column: str, keep: l
         "words": pa.array(words, type=pa.list_(pa.string())),
         "tags": pa.array(tags, type=pa.list_(pa.string())),
         "tag_layers": pa.array(layers, type=pa.list_(pa.int16())),
-        "exit_layer": pa.array(batch[B.EXIT_LAYER], type=pa.int16()),
-        "status": pa.array(batch[B.STATUS].tolist(), type=pa.string()),
-        "num_tokens": pa.array(batch[B.NUM_TOKENS], type=pa.int32()),
+        "exit_layer": pa.array(batch[schema.EXIT_LAYER], type=pa.int16()),
+        "status": pa.array(batch[schema.STATUS].tolist(), type=pa.string()),
+        "num_tokens": pa.array(batch[schema.NUM_TOKENS], type=pa.int32()),
         "num_words": pa.array([len(w) if w else 0 for w in words], type=pa.int32()),
         "words_untagged": pa.array(untagged, type=pa.int32()),
-        "token_layers": pa.array(batch[B.TOKEN_LAYERS], type=pa.int64()),
+        "token_layers": pa.array(batch[schema.TOKEN_LAYERS], type=pa.int64()),
     }
     for c in keep:
         out[c] = pa.array(batch[c].tolist())
     if gold:
-        out[GOLD_TAGS_COLUMN] = pa.array([B.split_blob(g) or None for g in batch[B.GOLD_TAGS]], type=pa.list_(pa.string()))
+        out[GOLD_TAGS_COLUMN] = pa.array([schema.split_blob(g) or None for g in batch[schema.GOLD_TAGS]], type=pa.list_(pa.string()))
     return pa.table(out)

@@ -17,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from offramp.capacity import (  # noqa: E402
+from offramp.planning.capacity import (  # noqa: E402
     TABLE_HEADER,
     CapacityPlan,
     exit_histogram,
@@ -28,7 +28,7 @@ from offramp.capacity import (  # noqa: E402
     stage_utilization,
     survival_by_layer,
 )
-from offramp.audit import verdict  # noqa: E402
+from offramp.quality.audit import verdict  # noqa: E402
 from pipelines.tracking import exit_histogram_figure  # noqa: E402
 
 NO_PLAN = (

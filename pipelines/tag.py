@@ -21,18 +21,18 @@ import ray
 from ray.data import ActorPoolStrategy
 from ray.data._internal.savemode import SaveMode
 
-from actors.metrics import MetricsCollector
+from actors.collector import MetricsCollector
 from actors.stage import StageActor
-from offramp import batch as B
+from offramp import schema
 from offramp.config import ConfigError, RayConfig, TagConfig
-from offramp.audit import flat_metrics, summarize_audit
-from offramp.metrics import summarize_output
-from offramp.modeling import ModelInfo
+from offramp.quality.audit import flat_metrics, summarize_audit
+from offramp.quality.metrics import summarize_output
+from offramp.models.sequence import ModelInfo
 from offramp.policies import check_policy_fits, get_policy
-from offramp.tokenize import tokenize_task
+from offramp.text.tokenize import tokenize_task
 from pipelines.finalize import GOLD_COLUMN, OUTPUT_COLUMNS, finalize_task
-from pipelines.io import _filesystem, read_corpus
-from pipelines.layout import PlannedStage, plan_layout
+from pipelines.read import _filesystem, read_corpus
+from offramp.planning.layout import PlannedStage, plan_layout
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class TagResult:
     thresholds: dict[int, float]
     policy: str
     stage_timings: dict = field(default_factory=dict)
-    audit: dict | None = None  # offramp.audit.summarize_audit; None when no audit ran
+    audit: dict | None = None  # offramp.quality.audit.summarize_audit; None when no audit ran
     calibration: dict | None = None  # the model's stored calibration record
 
 
@@ -299,7 +299,7 @@ def _full_depth_eval(cfg: TagConfig, info: ModelInfo, early: dict, stage_cls, lo
     ds = build_pipeline(ds, full_cfg, info, planned, None, stage_cls)
     id_column = cfg.id_column or "id"
     rows = ds.select_columns([id_column, "label", "status", GOLD_COLUMN]).take_all()
-    rows = [r for r in rows if r["status"] in B.RUNNABLE and r[GOLD_COLUMN] is not None]
+    rows = [r for r in rows if r["status"] in schema.RUNNABLE and r[GOLD_COLUMN] is not None]
     if not rows:
         return {}
     full = np.mean([r["label"] == r[GOLD_COLUMN] for r in rows])

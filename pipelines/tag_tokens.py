@@ -19,16 +19,16 @@ import ray
 from ray.data import ActorPoolStrategy
 from ray.data._internal.savemode import SaveMode
 
-from actors.metrics import MetricsCollector
+from actors.collector import MetricsCollector
 from actors.token_stage import TokenStageActor
-from offramp import batch as B
+from offramp import schema
 from offramp.config import ConfigError, TagConfig
-from offramp.entities import is_bio
-from offramp.metrics import summarize_token_output
-from offramp.modeling import ModelInfo
-from offramp.tokenize import tokenize_words_task
+from offramp.quality.entities import is_bio
+from offramp.quality.metrics import summarize_token_output
+from offramp.models.sequence import ModelInfo
+from offramp.text.tokenize import tokenize_words_task
 from pipelines.finalize import GOLD_TAGS_COLUMN, TOKEN_OUTPUT_COLUMNS, finalize_tokens_task
-from pipelines.io import _filesystem, detect_format, read_corpus
+from pipelines.read import _filesystem, detect_format, read_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def _full_depth_eval(cfg: TagConfig, info: ModelInfo, early_table, stage_cls, lo
     id_column = cfg.id_column or "id"
     rows = build_token_pipeline(ds, full_cfg, info, planned, None, stage_cls).select_columns(
         [id_column, "tags", "status", GOLD_TAGS_COLUMN]).take_all()
-    rows = [r for r in rows if r["status"] in B.RUNNABLE and r[GOLD_TAGS_COLUMN]]
+    rows = [r for r in rows if r["status"] in schema.RUNNABLE and r[GOLD_TAGS_COLUMN]]
     if not rows:
         return {}
     early = dict(zip(early_table[id_column].to_pylist(), early_table["tags"].to_pylist()))
@@ -162,7 +162,7 @@ def _full_depth_eval(cfg: TagConfig, info: ModelInfo, early_table, stage_cls, lo
         "agreement_with_full_depth": sum(int(p == q) for pt, qt in zip(exit_tags, full_tags) for p, q in zip(pt, qt)) / words,
     }
     if is_bio(info.labels):
-        from offramp.entities import entity_f1
+        from offramp.quality.entities import entity_f1
 
         out["entity_f1_full_depth"] = entity_f1(gold, full_tags)["f1"]
         out["entity_f1_exit_on_eval_rows"] = entity_f1(gold, exit_tags)["f1"]

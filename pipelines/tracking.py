@@ -80,7 +80,7 @@ def run_summary(result, num_layers: int, params: dict) -> dict:
 
 def run_report(summary: dict, target_docs_per_hour: float | None) -> str:
     """The run's HTML report, with a capacity recommendation for the target (default: this run's rate)."""
-    from offramp.capacity import plan_capacity
+    from offramp.planning.capacity import plan_capacity
     from offramp.config import ConfigError
     from pipelines.report import render_report
 
@@ -122,7 +122,7 @@ def log_tag_run(cfg, result, num_layers: int) -> str:
         if result.audit is not None:
             mlflow.set_tags(
                 {
-                    "offramp.audit": result.audit["status"],
+                    "offramp.quality.audit": result.audit["status"],
                     "offramp.audit_significant": str(result.audit["significant"]).lower(),
                 }
             )

@@ -11,10 +11,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig
 
-from offramp.modeling import EarlyExitBertForSequenceClassification, default_base_model
+from offramp.models.sequence import EarlyExitBertForSequenceClassification, default_base_model
 from offramp.policies import get_policy
-from offramp.thresholds import head_scores
-from offramp.training import all_head_logits
+from offramp.exits.simulate import head_scores
+from offramp.training.loop import all_head_logits
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 LABELS = ["alpha", "beta", "gamma"]
@@ -149,7 +149,7 @@ def midpoint_thresholds(policy, hp, exit_layers, quantile: float = 0.35, gap: fl
 
 def make_mechanism_model(name: str, tokenizer, seed: int = 0):
     """A tiny random model of mechanism `name` with thresholds that make rows exit at many layers."""
-    from offramp.training import full_pass
+    from offramp.training.loop import full_pass
 
     model = make_model(seed, **MECHANISM_FIELDS[name])
     if model.prototypes is not None:  # random prototypes: untrained ones are all zero
@@ -200,7 +200,7 @@ def gold_tags(words: list[str]) -> list[str]:
 
 
 def make_token_model(seed: int = 0, **extra):
-    from offramp.token_model import EarlyExitBertForTokenClassification
+    from offramp.models.token import EarlyExitBertForTokenClassification
 
     torch.manual_seed(seed)
     cfg = tiny_config(**extra)  # its three labels are replaced by the tag set
@@ -211,9 +211,9 @@ def make_token_model(seed: int = 0, **extra):
 def token_thresholds(model, tokenizer, sentences, quantile: float = 0.4) -> list[float]:
     """Per-head uncertainty thresholds midway between two observed word uncertainties near a
     quantile (window max, as TOKEE decides), so words halt at many layers and none within float noise."""
-    from offramp.token_eval import pad
-    from offramp.token_model import normalized_entropy, window_max
-    from offramp.words import encode_words
+    from offramp.exits.token_pass import pad
+    from offramp.models.token import normalized_entropy, window_max
+    from offramp.text.words import encode_words
 
     ids, lengths, starts = pad(encode_words(tokenizer, sentences, 64))
     mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from actors.stage import StageActor, StageSpec
-from offramp import batch as B
-from offramp.modeling import load_model
-from offramp.tokenize import load_tokenizer, tokenize_batch
+from offramp import schema
+from offramp.models.sequence import load_model
+from offramp.text.tokenize import load_tokenizer, tokenize_batch
 from tests.conftest import NUM_LAYERS, TEXTS
 
 
@@ -25,28 +25,28 @@ def test_two_stages_equal_one_stage_and_keep_every_row(model_dir):
     n = len(batch["id"])
     assert all(len(v) == n for v in two.values())
     np.testing.assert_array_equal(two["id"], batch["id"])
-    np.testing.assert_array_equal(two[B.EXIT_LAYER], one[B.EXIT_LAYER])
-    np.testing.assert_array_equal(two[B.LABEL_ID], one[B.LABEL_ID])
-    np.testing.assert_allclose(two[B.CONFIDENCE], one[B.CONFIDENCE], atol=1e-5)
-    exit_layers = two[B.EXIT_LAYER][:-2]
+    np.testing.assert_array_equal(two[schema.EXIT_LAYER], one[schema.EXIT_LAYER])
+    np.testing.assert_array_equal(two[schema.LABEL_ID], one[schema.LABEL_ID])
+    np.testing.assert_allclose(two[schema.CONFIDENCE], one[schema.CONFIDENCE], atol=1e-5)
+    exit_layers = two[schema.EXIT_LAYER][:-2]
     assert (exit_layers <= 2).any() and (exit_layers > 2).any(), "rows must exit in both stages"
     # after stage 0: exited rows dropped their states, survivors carry exactly their own length
     for i in range(n - 2):
-        blob = mid[B.HIDDEN][i]
-        if mid[B.EXIT_LAYER][i]:
+        blob = mid[schema.HIDDEN][i]
+        if mid[schema.EXIT_LAYER][i]:
             assert blob == b""
         else:
-            assert len(blob) == mid[B.NUM_TOKENS][i] * 32 * 4  # tokens x hidden x fp32
-    assert all(b == b"" for b in two[B.HIDDEN])
+            assert len(blob) == mid[schema.NUM_TOKENS][i] * 32 * 4  # tokens x hidden x fp32
+    assert all(b == b"" for b in two[schema.HIDDEN])
     # bad rows pass through untouched, with no label
-    assert list(two[B.STATUS][-2:]) == ["null", "empty"] and list(two[B.LABEL_ID][-2:]) == [-1, -1]
+    assert list(two[schema.STATUS][-2:]) == ["null", "empty"] and list(two[schema.LABEL_ID][-2:]) == [-1, -1]
 
 
 def test_fp16_carry_halves_the_bytes_and_keeps_decisions_close(model_dir):
     batch = tokenized(model_dir, TEXTS)
     mid = StageActor(model_dir, StageSpec(0, 0, 1, carry_dtype="float16"))(batch)
-    alive = [i for i in range(len(TEXTS)) if not mid[B.EXIT_LAYER][i]]
-    assert alive and all(len(mid[B.HIDDEN][i]) == mid[B.NUM_TOKENS][i] * 32 * 2 for i in alive)
+    alive = [i for i in range(len(TEXTS)) if not mid[schema.EXIT_LAYER][i]]
+    assert alive and all(len(mid[schema.HIDDEN][i]) == mid[schema.NUM_TOKENS][i] * 32 * 2 for i in alive)
 
 
 def test_stage_checks_its_input_columns(model_dir):
@@ -63,8 +63,8 @@ def test_stage_output_matches_direct_model_prediction(model_dir, tokenizer):
     with torch.no_grad():
         heads = model(**enc).exit_logits
     for i in range(12):
-        layer = int(out[B.EXIT_LAYER][i])
-        assert out[B.LABEL_ID][i] == heads[model.exit_layers.index(layer)][i].argmax().item()
+        layer = int(out[schema.EXIT_LAYER][i])
+        assert out[schema.LABEL_ID][i] == heads[model.exit_layers.index(layer)][i].argmax().item()
 
 
 def test_forward_groups_sort_by_length_and_respect_the_token_budget():
@@ -83,9 +83,9 @@ def test_grouped_forward_passes_give_the_same_rows_as_one_pass(model_dir):
     batch = tokenized(model_dir, TEXTS)
     one = StageActor(model_dir, StageSpec(0, 0, NUM_LAYERS, max_tokens=0))(batch)
     grouped = StageActor(model_dir, StageSpec(0, 0, NUM_LAYERS, max_tokens=64))(batch)
-    np.testing.assert_array_equal(grouped[B.EXIT_LAYER], one[B.EXIT_LAYER])
-    np.testing.assert_array_equal(grouped[B.LABEL_ID], one[B.LABEL_ID])
-    np.testing.assert_allclose(grouped[B.CONFIDENCE], one[B.CONFIDENCE], atol=1e-4)
+    np.testing.assert_array_equal(grouped[schema.EXIT_LAYER], one[schema.EXIT_LAYER])
+    np.testing.assert_array_equal(grouped[schema.LABEL_ID], one[schema.LABEL_ID])
+    np.testing.assert_allclose(grouped[schema.CONFIDENCE], one[schema.CONFIDENCE], atol=1e-4)
 
 
 @pytest.mark.parametrize("split", [None, 1, 2])
@@ -106,22 +106,22 @@ def test_audited_rows_keep_their_answer_and_get_the_full_depth_label(model_dir, 
         return s1(s0(batch))
 
     base, out, full = run(plain), run(audited), run(plain, exits=False)
-    np.testing.assert_array_equal(out[B.EXIT_LAYER], base[B.EXIT_LAYER])
-    np.testing.assert_array_equal(out[B.LABEL_ID], base[B.LABEL_ID])
-    np.testing.assert_allclose(out[B.CONFIDENCE], base[B.CONFIDENCE], atol=1e-5)
-    ok = np.isin(out[B.STATUS], B.RUNNABLE)
-    np.testing.assert_array_equal(out[B.FULL_LABEL_ID][audit & ok], full[B.LABEL_ID][audit & ok])
-    assert (out[B.FULL_LABEL_ID][~audit | ~ok] == -1).all()
-    early = audit & ok & (out[B.EXIT_LAYER] < NUM_LAYERS)
+    np.testing.assert_array_equal(out[schema.EXIT_LAYER], base[schema.EXIT_LAYER])
+    np.testing.assert_array_equal(out[schema.LABEL_ID], base[schema.LABEL_ID])
+    np.testing.assert_allclose(out[schema.CONFIDENCE], base[schema.CONFIDENCE], atol=1e-5)
+    ok = np.isin(out[schema.STATUS], schema.RUNNABLE)
+    np.testing.assert_array_equal(out[schema.FULL_LABEL_ID][audit & ok], full[schema.LABEL_ID][audit & ok])
+    assert (out[schema.FULL_LABEL_ID][~audit | ~ok] == -1).all()
+    early = audit & ok & (out[schema.EXIT_LAYER] < NUM_LAYERS)
     assert early.any(), "some audited rows must exit early for the check to mean anything"
-    assert all(b == b"" for b in out[B.HIDDEN])
+    assert all(b == b"" for b in out[schema.HIDDEN])
 
 
 def test_audit_selection_is_reproducible_and_near_its_fraction():
     ids = np.array([f"doc{i}" for i in range(20000)], dtype=object)
-    a = B.audit_mask(ids, 0.05, seed=7)
-    assert (a == B.audit_mask(ids, 0.05, seed=7)).all()
-    assert (a[5000:] == B.audit_mask(ids[5000:], 0.05, seed=7)).all()  # per row, not per batch
+    a = schema.audit_mask(ids, 0.05, seed=7)
+    assert (a == schema.audit_mask(ids, 0.05, seed=7)).all()
+    assert (a[5000:] == schema.audit_mask(ids[5000:], 0.05, seed=7)).all()  # per row, not per batch
     assert abs(a.mean() - 0.05) < 0.01
-    assert (a != B.audit_mask(ids, 0.05, seed=8)).any()
-    assert not B.audit_mask(ids, 0.0, 0).any() and B.audit_mask(ids, 1.0, 0).all()
+    assert (a != schema.audit_mask(ids, 0.05, seed=8)).any()
+    assert not schema.audit_mask(ids, 0.0, 0).any() and schema.audit_mask(ids, 1.0, 0).all()

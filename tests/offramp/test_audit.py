@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from offramp.audit import BELOW, NO_SAMPLE, NO_TARGET, PASS, flat_metrics, summarize_audit
-from offramp.stats import binomial_interval
+from offramp.quality.audit import BELOW, NO_SAMPLE, NO_TARGET, PASS, flat_metrics, summarize_audit
+from offramp.quality.stats import binomial_interval
 
 
 def rows():

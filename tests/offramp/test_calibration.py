@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from offramp import calibration as C
+from offramp.quality import calibration
 from offramp.policies import get_policy
-from offramp.stats import binomial_interval, binomial_lower, binomial_upper, rows_needed
+from offramp.quality.stats import binomial_interval, binomial_lower, binomial_upper, rows_needed
 
 ENTROPY = get_policy("entropy")
 LAYERS = [1, 2, 3]
@@ -38,20 +38,20 @@ def population(n: int, seed: int = 0):
 
 
 def true_risk(logits, gold, threshold, target):
-    return C.evaluate(logits, LAYERS, ENTROPY, threshold, target, gold)["risk"]
+    return calibration.evaluate(logits, LAYERS, ENTROPY, threshold, target, gold)["risk"]
 
 
 def test_candidates_are_fixed_in_advance_and_ordered_conservative_first():
-    ent = C.candidate_thresholds(ENTROPY, 3, 50)
+    ent = calibration.candidate_thresholds(ENTROPY, 3, 50)
     assert ent[0] == -np.inf and np.all(np.diff(ent[1:]) > 0) and ent[-1] == pytest.approx(math.log(3))
-    mp = C.candidate_thresholds(get_policy("max_prob"), 4, 50)
+    mp = calibration.candidate_thresholds(get_policy("max_prob"), 4, 50)
     assert mp[0] == np.inf and np.all(np.diff(mp[1:]) < 0) and mp[-1] == pytest.approx(0.25)
 
 
 def test_chosen_threshold_is_the_last_certified_one_and_meets_the_target_on_the_calibration_set():
     logits, gold = population(4000)
-    target = C.Target("agreement", 0.95, 0.9)
-    cal = C.calibrate(logits, LAYERS, ENTROPY, target, gold)
+    target = calibration.Target("agreement", 0.95, 0.9)
+    cal = calibration.calibrate(logits, LAYERS, ENTROPY, target, gold)
     assert cal.certified and cal.point["risk_bound"] <= 0.05
     certified = [p["certified"] for p in cal.curve]
     first_fail = certified.index(False)
@@ -66,17 +66,17 @@ def test_chosen_threshold_is_the_last_certified_one_and_meets_the_target_on_the_
 
 def test_accuracy_target_bounds_the_drop_and_needs_labels():
     logits, gold = population(4000, seed=1)
-    target = C.Target("accuracy", 0.01, 0.9)
-    cal = C.calibrate(logits, LAYERS, ENTROPY, target, gold)
+    target = calibration.Target("accuracy", 0.01, 0.9)
+    cal = calibration.calibrate(logits, LAYERS, ENTROPY, target, gold)
     assert cal.certified and cal.point["accuracy_drop_upper"] <= 0.01
     assert cal.point["accuracy_full_depth"] - cal.point["accuracy"] == pytest.approx(cal.point["accuracy_drop"])
     with pytest.raises(ValueError, match="gold labels"):
-        C.calibrate(logits, LAYERS, ENTROPY, target, None)
+        calibration.calibrate(logits, LAYERS, ENTROPY, target, None)
 
 
 def test_too_few_rows_certify_nothing():
     logits, gold = population(50, seed=2)
-    cal = C.calibrate(logits, LAYERS, ENTROPY, C.Target("agreement", 0.99, 0.9), gold)
+    cal = calibration.calibrate(logits, LAYERS, ENTROPY, calibration.Target("agreement", 0.99, 0.9), gold)
     assert not cal.certified and cal.threshold is None
     assert cal.point["mean_layers"] == 3.0  # falls back to full depth
 
@@ -87,15 +87,15 @@ def test_guarantee_holds_over_repeated_calibration_draws(mode, value):
     threshold exceeds the target in at most about delta of them. Choosing by observed risk
     alone (hand-sweeping) exceeds it far more often."""
     pop_logits, pop_gold = population(60000, seed=3)
-    target = C.Target(mode, value, 0.9)
+    target = calibration.Target(mode, value, 0.9)
     rng = np.random.default_rng(4)
     reps, n = 150, 600
     violations = naive_violations = 0
     risk_cache = {}
     for _ in range(reps):
         idx = rng.integers(0, len(pop_gold), n)
-        cal = C.calibrate(pop_logits[idx], LAYERS, ENTROPY, target, pop_gold[idx], points=80)
-        for choice, counter in ((cal.point["threshold"], "ltt"), (C.naive_choice(cal.curve, target)["threshold"], "naive")):
+        cal = calibration.calibrate(pop_logits[idx], LAYERS, ENTROPY, target, pop_gold[idx], points=80)
+        for choice, counter in ((cal.point["threshold"], "ltt"), (calibration.naive_choice(cal.curve, target)["threshold"], "naive")):
             if choice not in risk_cache:
                 risk_cache[choice] = true_risk(pop_logits, pop_gold, choice, target)
             if risk_cache[choice] > target.max_risk:

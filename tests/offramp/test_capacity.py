@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from offramp.capacity import plan_capacity, stage_utilization, survival_by_layer
+from offramp.planning.capacity import plan_capacity, stage_utilization, survival_by_layer
 from offramp.config import ConfigError
 
 

@@ -1,7 +1,7 @@
 import pyarrow.parquet as pq
 import pytest
 
-from offramp.demo_data import build_demo_corpus, read_packages
+from offramp.demo import build_demo_corpus, read_packages
 
 PACKAGES = """Package: libfoo-perl
 Source: libfoo-perl

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from offramp.config import ConfigError, TrainConfig
-from offramp.modeling import ModelInfo, load_model
-from offramp.shard import LayerShard
-from offramp.training import pooled_features, save_trained, train_early_exit
+from offramp.models.sequence import ModelInfo, load_model
+from offramp.exits.sequence_shard import LayerShard
+from offramp.training.loop import pooled_features, save_trained, train_early_exit
 from tests.conftest import LABELS, NUM_LAYERS, TEXTS, make_model
 
 DEFAULT_POLICY = {"deebert": "entropy", "pabee": "patience", "berxit": "learned", "de3": "hybrid", "smartbert": "entropy"}

@@ -10,17 +10,17 @@ import pytest
 import torch
 
 from actors.stage import StageActor, StageSpec
-from offramp import batch as B
-from offramp import thresholds as T
+from offramp import schema
+from offramp.exits import simulate
 from offramp.config import ConfigError
-from offramp.exit_modules import PrototypeNet
-from offramp.mechanisms import MECHANISMS, get_mechanism
-from offramp.modeling import load_model
+from offramp.models.modules import PrototypeNet
+from offramp.training.mechanisms import MECHANISMS, get_mechanism
+from offramp.models.sequence import load_model
 from offramp.policies import get_policy
 from offramp.policies.hybrid import distance_ratio
-from offramp.shard import LayerShard
-from offramp.tokenize import load_tokenizer, tokenize_batch
-from offramp.training import full_pass
+from offramp.exits.sequence_shard import LayerShard
+from offramp.text.tokenize import load_tokenizer, tokenize_batch
+from offramp.training.loop import full_pass
 from tests.conftest import MECHANISM_FIELDS, NUM_LAYERS, TEXTS, make_mechanism_model, make_model
 
 
@@ -78,9 +78,9 @@ def test_patience_is_counted_per_row():
     logits = np.zeros((4, 4, 2), dtype=np.float32)
     logits[np.arange(4)[:, None], np.arange(4)[None, :], preds] = 3.0
     policy = get_policy("patience")
-    scores = T.head_scores(policy, logits)
+    scores = simulate.head_scores(policy, logits)
     np.testing.assert_array_equal(scores, [[0, 1, 2, 0], [0, 0, 1, 2], [0, 0, 0, 0], [0, 1, 0, 1]])
-    layers, pred = T.simulate(scores, preds, [1, 2, 3, 4], policy, 2.0)
+    layers, pred = simulate.simulate(scores, preds, [1, 2, 3, 4], policy, 2.0)
     np.testing.assert_array_equal(layers, [3, 4, 4, 4])
     np.testing.assert_array_equal(pred, [0, 1, 0, 0])
     # the same through decide(), head by head, with the state each row carries
@@ -117,29 +117,29 @@ def test_exits_are_per_row_whatever_the_batch_or_the_stage_split(name, mechanism
     n = len(TEXTS)
     for cuts in ([2], [1, 3]):
         split = run_stages(model_dir, batch, cuts)
-        np.testing.assert_array_equal(split[B.EXIT_LAYER], one[B.EXIT_LAYER])
-        np.testing.assert_array_equal(split[B.LABEL_ID], one[B.LABEL_ID])
-        np.testing.assert_array_equal(split[B.SKIPPED], one[B.SKIPPED])
+        np.testing.assert_array_equal(split[schema.EXIT_LAYER], one[schema.EXIT_LAYER])
+        np.testing.assert_array_equal(split[schema.LABEL_ID], one[schema.LABEL_ID])
+        np.testing.assert_array_equal(split[schema.SKIPPED], one[schema.SKIPPED])
     for i in range(0, n, 5):
         alone = run_stages(model_dir, tokenized(model_dir, [TEXTS[i]]), [2])
-        assert alone[B.EXIT_LAYER][0] == one[B.EXIT_LAYER][i] and alone[B.LABEL_ID][0] == one[B.LABEL_ID][i]
-    assert len(one[B.EXIT_LAYER]) == n + 2 and list(one[B.STATUS][-2:]) == ["null", "empty"]
+        assert alone[schema.EXIT_LAYER][0] == one[schema.EXIT_LAYER][i] and alone[schema.LABEL_ID][0] == one[schema.LABEL_ID][i]
+    assert len(one[schema.EXIT_LAYER]) == n + 2 and list(one[schema.STATUS][-2:]) == ["null", "empty"]
 
     model = load_model(model_dir)
     policy = get_policy(model.config.exit_policy)
     hp = full_pass(model, tokenizer, TEXTS, max_length=64)
-    scores = T.head_scores(policy, hp, model.exit_layers)
+    scores = simulate.head_scores(policy, hp, model.exit_layers)
     thresholds = np.array(model.config.exit_thresholds)
     passes = policy.passes(scores, thresholds[None, :])  # per-head thresholds
     passes[:, -1] = True
     first = passes.argmax(1)
-    np.testing.assert_array_equal(one[B.EXIT_LAYER][:n], np.array(model.exit_layers)[first])
-    np.testing.assert_array_equal(one[B.LABEL_ID][:n], hp.preds[np.arange(n), first])
-    exit_layers = one[B.EXIT_LAYER][:n]
+    np.testing.assert_array_equal(one[schema.EXIT_LAYER][:n], np.array(model.exit_layers)[first])
+    np.testing.assert_array_equal(one[schema.LABEL_ID][:n], hp.preds[np.arange(n), first])
+    exit_layers = one[schema.EXIT_LAYER][:n]
     assert len(set(exit_layers)) >= 2, f"{name}: rows must exit at several layers for the test to mean anything"
     if hp.skipped is not None:
         skipped_before_exit = [int(hp.skipped[i, : exit_layers[i]].sum()) for i in range(n)]
-        np.testing.assert_array_equal(one[B.SKIPPED][:n], skipped_before_exit)
+        np.testing.assert_array_equal(one[schema.SKIPPED][:n], skipped_before_exit)
 
 
 def test_smartbert_gate_at_inference_is_the_hard_decision_of_training(tokenizer):

@@ -3,7 +3,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from offramp.config import ConfigError
-from offramp.modeling import load_model, load_profile
+from offramp.models.sequence import load_model, load_profile
 from tests.conftest import LABELS, TEXTS
 
 

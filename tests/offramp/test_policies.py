@@ -3,7 +3,7 @@ import math
 import numpy as np
 import torch
 
-from offramp import thresholds as T
+from offramp.exits import simulate
 from offramp.policies import get_policy
 
 
@@ -35,9 +35,9 @@ def test_sweep_and_choose_on_a_toy_problem():
     )
     gold = np.array([0, 1, 1, 0])
     policy = get_policy("entropy")
-    curve = T.sweep(logits, gold, [1, 2], policy)
+    curve = simulate.sweep(logits, gold, [1, 2], policy)
     assert curve[0]["accuracy"] == 1.0 and curve[0]["mean_layers"] == 2.0  # never exit
-    best = T.choose(curve, max_drop=0.0)
+    best = simulate.choose(curve, max_drop=0.0)
     assert best["mean_layers"] == 1.5 and best["accuracy"] == 1.0  # rows 0-1 exit at layer 1
-    scores = T.head_scores(policy, logits)
-    assert T.survival(scores, logits.argmax(-1), [1, 2], policy, best["threshold"], 2) == [0.5, 0.0]
+    scores = simulate.head_scores(policy, logits)
+    assert simulate.survival(scores, logits.argmax(-1), [1, 2], policy, best["threshold"], 2) == [0.5, 0.0]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from offramp.shard import LayerShard
+from offramp.exits.sequence_shard import LayerShard
 from tests.conftest import NUM_LAYERS, TEXTS, make_model, spread_thresholds
 
 # fp32 on CPU: the sharded path runs the same modules as BertModel.forward, only on

@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers.masking_utils import create_bidirectional_mask
 
-from offramp.token_eval import pad
-from offramp.token_model import load_token_model, normalized_entropy, sparse_layer, window_max, word_of_token
-from offramp.token_shard import TokenShard
-from offramp.words import encode_words, split_words
+from offramp.exits.token_pass import pad
+from offramp.models.token import load_token_model, normalized_entropy, sparse_layer, window_max, word_of_token
+from offramp.exits.token_shard import TokenShard
+from offramp.text.words import encode_words, split_words
 from tests.conftest import NUM_LAYERS, SENTENCES, make_token_model, token_thresholds
 
 LONG = ["firmware", "0xFFFFdeadbeefcafe", "\n", "flasher"]  # a word of many sub-words, a word of none

@@ -13,9 +13,9 @@ from torch.nn import functional as F
 from transformers import AutoModelForTokenClassification
 
 from offramp.config import TrainConfig
-from offramp.token_model import IGNORE, load_token_model
-from offramp.token_training import _batch, _word_logits, joint_loss, save_token_trained, self_sampling_loss, train_token_exits
-from offramp.words import encode_words
+from offramp.models.token import IGNORE, load_token_model
+from offramp.training.token import _batch, _word_logits, joint_loss, save_token_trained, self_sampling_loss, train_token_exits
+from offramp.text.words import encode_words
 from tests.conftest import SENTENCES, TAGS, make_model, make_token_model
 
 

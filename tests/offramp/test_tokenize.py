@@ -1,26 +1,26 @@
 import numpy as np
 from transformers import AutoTokenizer
 
-from offramp import batch as B
-from offramp.tokenize import load_tokenizer, tokenize_batch
+from offramp import schema
+from offramp.text.tokenize import load_tokenizer, tokenize_batch
 from tests.conftest import TEXTS
 
 
 def test_every_row_gets_a_status_and_bad_rows_no_tokens(model_dir):
     cells = np.array(["a fine text", None, "   ", b"\xff\xfe", b"bytes ok", 7, "word " * 400, "bad \ufffd"], dtype=object)
     out = tokenize_batch({"text": cells, "id": np.arange(8)}, load_tokenizer(model_dir), "text", max_length=32)
-    assert list(out[B.STATUS]) == ["ok", "null", "empty", "undecodable", "ok", "undecodable", "truncated", "undecodable"]
-    assert [len(t) for t in out[B.TOKENS]][1:4] == [0, 0, 0]
-    assert out[B.NUM_TOKENS][6] == 32  # truncated to max_length, [SEP] kept
-    ids = np.frombuffer(out[B.TOKENS][6], dtype=np.int32)
+    assert list(out[schema.STATUS]) == ["ok", "null", "empty", "undecodable", "ok", "undecodable", "truncated", "undecodable"]
+    assert [len(t) for t in out[schema.TOKENS]][1:4] == [0, 0, 0]
+    assert out[schema.NUM_TOKENS][6] == 32  # truncated to max_length, [SEP] kept
+    ids = np.frombuffer(out[schema.TOKENS][6], dtype=np.int32)
     assert ids[0] == 101 and ids[-1] == 102
     assert list(out["id"]) == list(range(8))  # rows keep their order and count
 
 
 def test_reader_status_wins(model_dir):
-    batch = {"text": np.array(["", "fine"], dtype=object), B.READ_STATUS: np.array(["undecodable", ""], dtype=object)}
+    batch = {"text": np.array(["", "fine"], dtype=object), schema.READ_STATUS: np.array(["undecodable", ""], dtype=object)}
     out = tokenize_batch(batch, load_tokenizer(model_dir), "text", 32)
-    assert list(out[B.STATUS]) == ["undecodable", "ok"]
+    assert list(out[schema.STATUS]) == ["undecodable", "ok"]
 
 
 def test_fast_path_ids_equal_auto_tokenizer(model_dir):

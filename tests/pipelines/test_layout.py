@@ -1,7 +1,7 @@
 import pytest
 
 from offramp.config import ConfigError, StageConfig, TagConfig
-from pipelines.layout import plan_layout, split_layers
+from offramp.planning.layout import plan_layout, split_layers
 
 
 def test_even_split_covers_all_layers():

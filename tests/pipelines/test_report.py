@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from offramp.capacity import plan_capacity
+from offramp.planning.capacity import plan_capacity
 from pipelines.report import render_report, write_report
 from tests.offramp.test_capacity import make_summary
 

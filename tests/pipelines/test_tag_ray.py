@@ -13,7 +13,7 @@ import torch
 
 from actors.stage import StageActor
 from offramp.config import AuditConfig, MlflowConfig, RayConfig, StageConfig, TagConfig
-from offramp.modeling import load_model
+from offramp.models.sequence import load_model
 from pipelines.tag import run_tagging
 from pipelines.tracking import log_tag_run
 from tests.conftest import LABELS, NUM_LAYERS, TEXTS, crash_once
@@ -100,7 +100,7 @@ def test_two_stage_pipeline_one_row_per_input_with_exits_in_both_stages(tmp_path
     assert run.data.metrics["ideal_speedup"] == pytest.approx(NUM_LAYERS / m["mean_layers"])
     assert run.data.params["stage1_layers"] == "[2, 4)"
     assert run.data.metrics["audit_agreement"] == pytest.approx(agree.mean())
-    assert run.data.tags["offramp.audit"] == ("pass" if agree.mean() >= 0.5 else "below_target")
+    assert run.data.tags["offramp.quality.audit"] == ("pass" if agree.mean() >= 0.5 else "below_target")
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
     assert {"exit_histogram.png", "run_summary.json", "report.html"} <= arts
     summary = mlflow.artifacts.load_dict(f"runs:/{run_id}/run_summary.json")
@@ -197,8 +197,8 @@ def test_every_mechanism_keeps_one_row_per_input_and_its_exits_through_ray(tmp_p
     counters and skip counts cross the stage boundary through Arrow), and the run's metrics
     match the output, including SmartBERT's skipped layers."""
     from actors.stage import StageActor, StageSpec
-    from offramp import batch as B
-    from offramp.tokenize import load_tokenizer, tokenize_batch
+    from offramp import schema
+    from offramp.text.tokenize import load_tokenizer, tokenize_batch
 
     model_dir = mechanism_dirs[mechanism]
     path = tmp_path / "in.jsonl"
@@ -216,8 +216,8 @@ def test_every_mechanism_keeps_one_row_per_input_and_its_exits_through_ray(tmp_p
     batch = tokenize_batch({"id": np.arange(len(texts)), "text": np.array(texts, dtype=object)}, load_tokenizer(model_dir), "text", 64)
     alone = StageActor(model_dir, StageSpec(0, 0, NUM_LAYERS, carry_dtype="float32"))(batch)
     ids = [f"d{i}" for i in range(len(TEXTS))]
-    np.testing.assert_array_equal(out.loc[ids, "exit_layer"].to_numpy(), alone[B.EXIT_LAYER])
-    np.testing.assert_array_equal(out.loc[ids, "skipped_layers"].to_numpy(), alone[B.SKIPPED])
+    np.testing.assert_array_equal(out.loc[ids, "exit_layer"].to_numpy(), alone[schema.EXIT_LAYER])
+    np.testing.assert_array_equal(out.loc[ids, "skipped_layers"].to_numpy(), alone[schema.SKIPPED])
     assert len(set(out.loc[ids, "exit_layer"])) >= 2
 
     m = result.metrics

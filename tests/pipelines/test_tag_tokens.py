@@ -15,13 +15,13 @@ import torch
 
 from actors.stage import StageSpec
 from actors.token_stage import TokenStageActor
-from offramp import batch as B
+from offramp import schema
 from offramp.config import ConfigError, ExitConfig, MlflowConfig, StageConfig, TagConfig
-from offramp.modeling import ModelInfo
-from offramp.token_eval import pad
-from offramp.token_model import load_token_model
-from offramp.tokenize import load_tokenizer, tokenize_words_batch
-from offramp.words import encode_words
+from offramp.models.sequence import ModelInfo
+from offramp.exits.token_pass import pad
+from offramp.models.token import load_token_model
+from offramp.text.tokenize import load_tokenizer, tokenize_words_batch
+from offramp.text.words import encode_words
 from pipelines.finalize import finalize_tokens_task
 from pipelines.tag import run_tagging
 from pipelines.tracking import log_tag_run
@@ -62,20 +62,20 @@ def words_batch(model_dir, rows=None, max_length=64) -> dict:
 def test_words_step_gives_every_bad_row_a_status(token_model_dir):
     """Empty, null, blank and over-long sentences get a status; a tag list of the wrong length is not used as gold."""
     b = words_batch(token_model_dir)
-    status = dict(zip(b["id"], b[B.STATUS]))
-    assert status["empty"] == B.EMPTY and status["null"] == B.NULL and status["blank"] == B.EMPTY
-    assert status["long"] == B.TRUNCATED and status["s0"] == B.OK and status["mismatch"] == B.OK
+    status = dict(zip(b["id"], b[schema.STATUS]))
+    assert status["empty"] == schema.EMPTY and status["null"] == schema.NULL and status["blank"] == schema.EMPTY
+    assert status["long"] == schema.TRUNCATED and status["s0"] == schema.OK and status["mismatch"] == schema.OK
     i = list(b["id"]).index("long")
-    assert b[B.NUM_TOKENS][i] == 64 and b[B.NUM_WORDS][i] == 90
-    assert (np.frombuffer(b[B.WORD_STARTS][i], dtype=np.int32) == -1).sum() == 90 - 62  # [CLS] + 62 words + [SEP]
-    assert b[B.GOLD_TAGS][list(b["id"]).index("mismatch")] == b""
-    assert B.split_blob(b[B.GOLD_TAGS][0]) == gold_tags(SENTENCES[0])
+    assert b[schema.NUM_TOKENS][i] == 64 and b[schema.NUM_WORDS][i] == 90
+    assert (np.frombuffer(b[schema.WORD_STARTS][i], dtype=np.int32) == -1).sum() == 90 - 62  # [CLS] + 62 words + [SEP]
+    assert b[schema.GOLD_TAGS][list(b["id"]).index("mismatch")] == b""
+    assert schema.split_blob(b[schema.GOLD_TAGS][0]) == gold_tags(SENTENCES[0])
 
 
 def test_raw_text_is_split_into_words_by_the_documented_rule(token_model_dir):
     batch = {"id": np.array(["a"], dtype=object), "text": np.array(["It's v3.8, don't panic."], dtype=object)}
     b = tokenize_words_batch(batch, load_tokenizer(token_model_dir), None, "text", 64)
-    assert B.split_blob(b[B.WORDS][0]) == ["It", "'s", "v3.8", ",", "do", "n't", "panic", "."]
+    assert schema.split_blob(b[schema.WORDS][0]) == ["It", "'s", "v3.8", ",", "do", "n't", "panic", "."]
 
 
 def run_stages(model_dir, batch, ranges, carry="float32", **kw) -> dict:
@@ -90,20 +90,20 @@ def test_stage_split_changes_no_tag_and_no_exit_layer(token_model_dir, mode):
     runs = [run_stages(token_model_dir, words_batch(token_model_dir), r, mode=mode)
             for r in ([(0, NUM_LAYERS)], [(0, 2), (2, NUM_LAYERS)], [(l, l + 1) for l in range(NUM_LAYERS)])]
     for other in runs[1:]:
-        for col in (B.WORD_LABEL, B.WORD_EXIT):
+        for col in (schema.WORD_LABEL, schema.WORD_EXIT):
             assert list(other[col]) == list(runs[0][col])
-        assert np.array_equal(other[B.TOKEN_LAYERS], runs[0][B.TOKEN_LAYERS])
-        assert np.array_equal(other[B.EXIT_LAYER], runs[0][B.EXIT_LAYER])
-    exits = np.concatenate([np.frombuffer(x, dtype=np.int16) for x in runs[0][B.WORD_EXIT] if x])
+        assert np.array_equal(other[schema.TOKEN_LAYERS], runs[0][schema.TOKEN_LAYERS])
+        assert np.array_equal(other[schema.EXIT_LAYER], runs[0][schema.EXIT_LAYER])
+    exits = np.concatenate([np.frombuffer(x, dtype=np.int16) for x in runs[0][schema.WORD_EXIT] if x])
     assert len(set(exits[exits > 0])) >= 2, "thresholds should halt words at several layers"
 
 
 def test_finished_sentences_drop_their_states_and_ride_on(token_model_dir):
     b = run_stages(token_model_dir, words_batch(token_model_dir), [(0, 2)])
-    finished = b[B.EXIT_LAYER] > 0
-    assert finished.any() and (~finished & np.isin(b[B.STATUS], B.RUNNABLE)).any()
-    assert all(h == b"" for h in b[B.HIDDEN][finished])
-    assert all(h != b"" for h in b[B.HIDDEN][~finished & np.isin(b[B.STATUS], B.RUNNABLE)])
+    finished = b[schema.EXIT_LAYER] > 0
+    assert finished.any() and (~finished & np.isin(b[schema.STATUS], schema.RUNNABLE)).any()
+    assert all(h == b"" for h in b[schema.HIDDEN][finished])
+    assert all(h != b"" for h in b[schema.HIDDEN][~finished & np.isin(b[schema.STATUS], schema.RUNNABLE)])
 
 
 def test_pipeline_steps_equal_the_full_model_when_nothing_halts(token_model_dir):
@@ -118,9 +118,9 @@ def test_pipeline_steps_equal_the_full_model_when_nothing_halts(token_model_dir)
         with torch.no_grad():
             full = model(ids, torch.ones_like(ids)).logits[0].argmax(-1)
         want = full[starts[0]].numpy()
-        assert np.array_equal(np.frombuffer(out[B.WORD_LABEL][i], dtype=np.int16), want)
-        assert set(np.frombuffer(out[B.WORD_EXIT][i], dtype=np.int16)) == {NUM_LAYERS}
-        assert out[B.TOKEN_LAYERS][i] == len(ids[0]) * NUM_LAYERS
+        assert np.array_equal(np.frombuffer(out[schema.WORD_LABEL][i], dtype=np.int16), want)
+        assert set(np.frombuffer(out[schema.WORD_EXIT][i], dtype=np.int16)) == {NUM_LAYERS}
+        assert out[schema.TOKEN_LAYERS][i] == len(ids[0]) * NUM_LAYERS
 
 
 def test_finalize_writes_one_row_per_input_with_tags_per_word(token_model_dir):
@@ -129,7 +129,7 @@ def test_finalize_writes_one_row_per_input_with_tags_per_word(token_model_dir):
     t = finalize_tokens_task(b, info.labels, "id", [], True)
     rows = {r["id"]: r for r in t.to_pylist()}
     assert len(rows) == t.num_rows == len(bad_rows())
-    assert rows["null"]["tags"] is None and rows["null"]["status"] == B.NULL
+    assert rows["null"]["tags"] is None and rows["null"]["status"] == schema.NULL
     assert len(rows["s1"]["tags"]) == len(SENTENCES[1]) and all(tag in info.labels for tag in rows["s1"]["tags"])
     long = rows["long"]
     assert long["words_untagged"] == 28 and long["tags"][-1] is None and long["tag_layers"][-1] is None
@@ -172,8 +172,8 @@ def test_token_pipeline_end_to_end_under_ray(tmp_path, corpus, token_model_dir, 
     by_id = {r["id"]: r for r in out}
     m = result.metrics
     assert m["rows"] == len(out) and m["rows_status_truncated"] == 1 and m["rows_status_empty"] == 2
-    assert m["token_layers"] == sum(r["token_layers"] for r in out if r["status"] in B.RUNNABLE)
-    assert m["token_layers_full_depth"] == NUM_LAYERS * sum(r["num_tokens"] for r in out if r["status"] in B.RUNNABLE)
+    assert m["token_layers"] == sum(r["token_layers"] for r in out if r["status"] in schema.RUNNABLE)
+    assert m["token_layers_full_depth"] == NUM_LAYERS * sum(r["num_tokens"] for r in out if r["status"] in schema.RUNNABLE)
     assert 0 < m["token_layer_saving"] < 1
     assert m["words_untagged"] == by_id["long"]["words_untagged"] == 28
     assert m["stage0_rows_exited"] > 0 and m["stage1_rows_exited"] > 0
@@ -204,7 +204,7 @@ def test_token_pipeline_without_exits_matches_full_model_and_reads_jsonl(tmp_pat
         f.write(b"\xff\xfe not json\n".decode("latin-1"))
     cfg = tag_config(tmp_path, str(path), token_model_dir, exit=ExitConfig(disabled=True))
     out = {r["id"]: r for r in pq.read_table(run_tagging(cfg).output).to_pylist()}
-    assert len(out) == len(SENTENCES) + 2 and out["broken"]["status"] == B.UNDECODABLE
+    assert len(out) == len(SENTENCES) + 2 and out["broken"]["status"] == schema.UNDECODABLE
     model, tok = load_token_model(token_model_dir), load_tokenizer(token_model_dir)
     for i, w in enumerate(SENTENCES):
         ids, _, starts = pad(encode_words(tok, [w], 64))

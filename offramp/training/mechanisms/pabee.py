@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from offramp.mechanisms.base import Mechanism
-from offramp.mechanisms.deebert import cached_features
-from offramp.training import head_losses, train_heads
+from offramp.training.mechanisms.base import Mechanism
+from offramp.training.mechanisms.deebert import cached_features
+from offramp.training.loop import head_losses, train_heads
 
 
 def weighted(losses: list[torch.Tensor], layers: list[int]) -> torch.Tensor:

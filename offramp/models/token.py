@@ -27,7 +27,7 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertLayer, BertModel, BertPreTrainedModel
 
 from offramp.config import ConfigError, check_token_exit
-from offramp.modeling import ExitLayersMixin, read_config
+from offramp.models.sequence import ExitLayersMixin, read_config
 
 TOKEN_TASK = "token"
 IGNORE = -100  # label of positions that are not a word's first sub-word (CE ignore_index)

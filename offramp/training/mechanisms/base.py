@@ -15,5 +15,5 @@ class Mechanism:
         return {}
 
     def train(self, run) -> None:
-        """Train `run.model` in place (offramp.training.TrainRun)."""
+        """Train `run.model` in place (offramp.training.loop.TrainRun)."""
         raise NotImplementedError

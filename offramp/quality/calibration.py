@@ -2,7 +2,7 @@
 
 One full-depth pass over a calibration set gives every head's logits; the early-exit
 prediction of every row under any global threshold is then array arithmetic
-(`offramp.thresholds.simulate`). The candidate thresholds are ordered from the most
+(`offramp.exits.simulate.simulate`). The candidate thresholds are ordered from the most
 conservative (never exit: identical to full depth, risk 0) to the most aggressive.
 Each is tested at level delta = 1 - confidence, in that order, and the procedure stops
 at the first one it cannot certify. Fixed-sequence testing keeps the family-wise error
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from offramp import thresholds as T
+from offramp.exits import simulate
 from offramp.policies import ExitPolicy
-from offramp.stats import binomial_lower, binomial_upper
+from offramp.quality.stats import binomial_lower, binomial_upper
 
 MODES = ("agreement", "accuracy")
 
@@ -115,16 +115,16 @@ def evaluate(
     gold: np.ndarray | None = None,  # (N,) class ids; -1 = unknown class (counts as wrong)
 ) -> dict:
     """One candidate: its speed, agreement, accuracy and the bound the target is tested with."""
-    return _evaluate(T.as_pass(logits), exit_layers, policy, np.array([threshold]), target, gold)[0]
+    return _evaluate(simulate.as_pass(logits), exit_layers, policy, np.array([threshold]), target, gold)[0]
 
 
-def _evaluate(hp: T.HeadPass, exit_layers, policy, thresholds, target, gold) -> list[dict]:
+def _evaluate(hp: simulate.HeadPass, exit_layers, policy, thresholds, target, gold) -> list[dict]:
     """Every candidate threshold at once: (M, N) exit heads and predictions, then counts."""
-    scores, preds = T.head_scores(policy, hp, exit_layers), hp.preds
+    scores, preds = simulate.head_scores(policy, hp, exit_layers), hp.preds
     n = len(preds)
-    first = T.first_exit(scores, policy, np.asarray(thresholds))  # (M, N)
+    first = simulate.first_exit(scores, policy, np.asarray(thresholds))  # (M, N)
     pred = np.take_along_axis(preds[None], first[..., None], axis=2)[..., 0]
-    mean_layers = T.computed_layers(T.layer_costs(hp, exit_layers), first).mean(axis=1)  # (M,)
+    mean_layers = simulate.computed_layers(simulate.layer_costs(hp, exit_layers), first).mean(axis=1)  # (M,)
     full = preds[:, -1]
     disagree = (pred != full).sum(axis=1)  # (M,)
     delta = target.delta
@@ -164,11 +164,11 @@ def calibrate(
         raise ValueError(f"mode {target.mode!r}: use one of {MODES}")
     if target.mode == "accuracy" and gold is None:
         raise ValueError("an accuracy target needs gold labels; use an agreement target for unlabeled data")
-    hp = T.as_pass(logits)
+    hp = simulate.as_pass(logits)
     n = len(hp)
     if n == 0:
         raise ValueError("empty calibration set")
-    scores, preds = T.head_scores(policy, hp, exit_layers), hp.preds
+    scores, preds = simulate.head_scores(policy, hp, exit_layers), hp.preds
     candidates = candidate_thresholds(policy, hp.logits.shape[-1], points)
     curve = _evaluate(hp, exit_layers, policy, candidates, target, gold)
     chosen, testing = None, True
@@ -180,7 +180,7 @@ def calibrate(
             chosen = p
     point = chosen or curve[0]
     num_layers = exit_layers[-1]
-    surv = T.survival(scores, preds, exit_layers, policy, point["threshold"], num_layers)
+    surv = simulate.survival(scores, preds, exit_layers, policy, point["threshold"], num_layers)
     return Calibration(target, n, chosen["threshold"] if chosen else None, point, curve, surv)
 
 
@@ -193,12 +193,12 @@ def naive_choice(curve: list[dict], target: Target) -> dict:
 # ---------------------------------------------------------------- model directory I/O
 
 
-def head_logits_for(model_dir: str, texts: list[str], max_length: int, batch_size: int = 64) -> T.HeadPass:
+def head_logits_for(model_dir: str, texts: list[str], max_length: int, batch_size: int = 64) -> simulate.HeadPass:
     """Every exit head's output at full depth, from one pass of the saved model."""
     from transformers import AutoTokenizer
 
-    from offramp.modeling import load_model
-    from offramp.training import full_pass
+    from offramp.models.sequence import load_model
+    from offramp.training.loop import full_pass
 
     model = load_model(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -210,7 +210,7 @@ def write_calibration(model_dir: str, calibration: Calibration, exit_layers: lis
 
     The stored survival becomes the calibrated one, so stage layouts are planned for the
     thresholds that will actually run."""
-    from offramp.modeling import load_profile, read_config, save_profile
+    from offramp.models.sequence import load_profile, read_config, save_profile
 
     if not calibration.certified:
         raise ValueError("nothing certified: refusing to overwrite the model's thresholds")

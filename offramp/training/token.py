@@ -24,12 +24,12 @@ from transformers.masking_utils import create_bidirectional_mask
 from datasets import LargeList, List, Sequence, load_dataset
 
 from offramp.config import ConfigError, TrainConfig
-from offramp.data import _BUILDERS
-from offramp.modeling import default_base_model
-from offramp.token_eval import pad, score_pass, tag_pass
-from offramp.token_model import IGNORE, EarlyExitBertForTokenClassification, normalized_entropy, window_max, word_of_token
-from offramp.training import TrainReport, _optimize
-from offramp.words import EncodedWords, as_words, encode_words
+from offramp.training.data import _BUILDERS
+from offramp.models.sequence import default_base_model
+from offramp.exits.token_pass import pad, score_pass, tag_pass
+from offramp.models.token import IGNORE, EarlyExitBertForTokenClassification, normalized_entropy, window_max, word_of_token
+from offramp.training.loop import TrainReport, _optimize
+from offramp.text.words import EncodedWords, as_words, encode_words
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def train_token_exits(cfg: TrainConfig):
 
 def save_token_trained(model, tokenizer, report: TrainReport, output: str) -> None:
     """Weights, tokenizer, thresholds and the dev profile (both exit modes' curves)."""
-    from offramp.modeling import save_profile
+    from offramp.models.sequence import save_profile
 
     model.save_pretrained(output)
     tokenizer.save_pretrained(output)

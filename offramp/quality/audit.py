@@ -1,6 +1,6 @@
 """What the in-run audit shows: agreement of early exit with full depth on the audited rows.
 
-Which rows are audited is `offramp.batch.audit_mask` (decided at tokenization). An
+Which rows are audited is `offramp.schema.audit_mask` (decided at tokenization). An
 audited row still gets its early-exit answer (the output does not change), and it
 also runs the remaining layers, so its full-depth prediction is known; agreement
 between the two on the sample estimates agreement on the whole run.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from offramp.stats import binomial_interval
+from offramp.quality.stats import binomial_interval
 
 PASS, BELOW, NO_TARGET, NO_SAMPLE = "pass", "below_target", "no_target", "no_sample"
 

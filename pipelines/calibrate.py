@@ -10,30 +10,30 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from offramp import calibration as C
+from offramp.quality import calibration
 from offramp.config import CalibrateConfig, ConfigError
-from offramp.data import load_labeled
-from offramp.modeling import ModelInfo
+from offramp.training.data import load_labeled
+from offramp.models.sequence import ModelInfo
 from offramp.policies import get_policy
-from offramp.stats import rows_needed
+from offramp.quality.stats import rows_needed
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Outcome:
-    calibration: C.Calibration
+    calibration: calibration.Calibration
     summary: str  # one paragraph for the terminal
     written: bool
     run_id: str
 
 
-def _target(cfg: CalibrateConfig) -> C.Target:
+def _target(cfg: CalibrateConfig) -> calibration.Target:
     if cfg.max_accuracy_drop is not None:
         if not cfg.label_column:
             raise ConfigError("--max-accuracy-drop needs gold labels: pass --label-column, or use --min-agreement")
-        return C.Target("accuracy", cfg.max_accuracy_drop, cfg.confidence)
-    return C.Target("agreement", cfg.min_agreement, cfg.confidence)
+        return calibration.Target("accuracy", cfg.max_accuracy_drop, cfg.confidence)
+    return calibration.Target("agreement", cfg.min_agreement, cfg.confidence)
 
 
 def run_calibration(cfg: CalibrateConfig) -> Outcome:
@@ -49,21 +49,21 @@ def run_calibration(cfg: CalibrateConfig) -> Outcome:
     exit_layers = info.exit_layers
     t0 = time.perf_counter()
     logger.info("calibration: %d rows, target: %s at confidence %.2f", len(texts), target.describe(), cfg.confidence)
-    logits = C.head_logits_for(cfg.model, texts, cfg.max_length, cfg.batch_size)
+    logits = calibration.head_logits_for(cfg.model, texts, cfg.max_length, cfg.batch_size)
     gold = None
     if labels is not None:
         label2id = {name: i for i, name in enumerate(info.labels)}
         gold = np.array([label2id.get(v, -1) for v in labels])  # unseen labels count as errors
-    result = C.calibrate(logits, exit_layers, policy, target, gold, cfg.points)
+    result = calibration.calibrate(logits, exit_layers, policy, target, gold, cfg.points)
     seconds = time.perf_counter() - t0
     written = result.certified and not cfg.dry_run
     if written:
-        C.write_calibration(cfg.model, result, exit_layers, os.path.abspath(cfg.data))
+        calibration.write_calibration(cfg.model, result, exit_layers, os.path.abspath(cfg.data))
     run_id = log_calibration(cfg, result, seconds) if cfg.mlflow.enabled else ""
     return Outcome(result, _summary(cfg, result, written, run_id), written, run_id)
 
 
-def _summary(cfg: CalibrateConfig, result: C.Calibration, written: bool, run_id: str) -> str:
+def _summary(cfg: CalibrateConfig, result: calibration.Calibration, written: bool, run_id: str) -> str:
     t, p = result.target, result.point
     if not result.certified:
         need = rows_needed(t.max_risk, t.delta)
@@ -86,7 +86,7 @@ def _summary(cfg: CalibrateConfig, result: C.Calibration, written: bool, run_id:
     return line + (f"; mlflow run {run_id}" if run_id else "")
 
 
-def log_calibration(cfg: CalibrateConfig, result: C.Calibration, seconds: float) -> str:
+def log_calibration(cfg: CalibrateConfig, result: calibration.Calibration, seconds: float) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,7 +110,7 @@ def log_calibration(cfg: CalibrateConfig, result: C.Calibration, seconds: float)
                 "dry_run": cfg.dry_run,
             }
         )
-        mlflow.set_tag("offramp.calibration", "certified" if result.certified else "not_certified")
+        mlflow.set_tag("offramp.quality.calibration", "certified" if result.certified else "not_certified")
         metrics = {k: v for k, v in p.items() if isinstance(v, (int, float)) and np.isfinite(v)}
         metrics["certified_candidates"] = sum(q["certified"] for q in result.curve) - 1
         metrics["calibration_seconds"] = seconds
@@ -130,7 +130,7 @@ def log_calibration(cfg: CalibrateConfig, result: C.Calibration, seconds: float)
         return run.info.run_id
 
 
-def tradeoff_figure(result: C.Calibration):
+def tradeoff_figure(result: calibration.Calibration):
     """Risk and its certified bound against mean layers; the target and the chosen point."""
     import matplotlib.pyplot as plt
 

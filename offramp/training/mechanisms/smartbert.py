@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from offramp.mechanisms.base import Mechanism
-from offramp.mechanisms.deebert import cached_features
-from offramp.training import backbone_params, head_losses, train_heads
+from offramp.training.mechanisms.base import Mechanism
+from offramp.training.mechanisms.deebert import cached_features
+from offramp.training.loop import backbone_params, head_losses, train_heads
 
 LAYER_TEMPERATURE = 0.5  # the paper's t1
 HEAD_TEMPERATURE = 0.55  # the paper's t2

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from offramp.entities import entity_f1, is_bio
-from offramp.token_shard import TokenShard
-from offramp.words import EncodedWords
+from offramp.quality.entities import entity_f1, is_bio
+from offramp.exits.token_shard import TokenShard
+from offramp.text.words import EncodedWords
 
 
 @dataclass

@@ -22,7 +22,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.bert.modeling_bert import BertPreTrainedModel, BertModel
 
 from offramp.config import ConfigError
-from offramp.exit_modules import ExitPredictor, PrototypeNet, SkipGate
+from offramp.models.modules import ExitPredictor, PrototypeNet, SkipGate
 
 PROFILE_FILE = "exit_profile.json"
 
@@ -136,7 +136,7 @@ class EarlyExitBertForSequenceClassification(ExitLayersMixin, BertPreTrainedMode
       exit_layers: 1-based layers with a head, ascending, always ending with L.
       exit_policy: registry name of the exit criterion.
       exit_thresholds: one threshold per exit layer (the last is never used: L always exits).
-      exit_mechanism: registry name of the training recipe that made the model (offramp.mechanisms).
+      exit_mechanism: registry name of the training recipe that made the model (offramp.training.mechanisms).
       skip_gates / gate_threshold: SmartBERT's gate before every layer; a row skips a layer
         when its gate's probability is >= gate_threshold.
       prototype_dim: DE³-BERT's prototype space width at each internal exit (0 = none).
@@ -284,7 +284,7 @@ class ModelInfo:
     mechanism: str = "deebert"
     skip_gates: bool = False
     signal_modules: frozenset = frozenset()  # exit-signal modules: prototypes, exit_predictor
-    task: str = "sequence"  # "token": a sequence-labeling model (offramp.token_model)
+    task: str = "sequence"  # "token": a sequence-labeling model (offramp.models.token)
     token_exit_mode: str | None = None  # token models: token (TOKEE) or sentence (SENTEE)
 
     @property

@@ -13,10 +13,10 @@ import os
 import pyarrow.fs as pafs
 import ray
 
-from offramp import batch as B
+from offramp import schema
 from offramp.config import ConfigError, TagConfig
 
-READ_STATUS = B.READ_STATUS
+READ_STATUS = schema.READ_STATUS
 EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}
 
 
@@ -55,7 +55,7 @@ def _text_rows(row: dict, id_column: str, text_column: str) -> list[dict]:
         try:
             text, status = raw.decode("utf-8"), ""
         except UnicodeDecodeError:
-            text, status = "", B.UNDECODABLE
+            text, status = "", schema.UNDECODABLE
         out.append({id_column: f"{name}:{lineno}", text_column: text, READ_STATUS: status})
     return out
 
@@ -81,14 +81,14 @@ def _jsonl_rows(row: dict, id_column: str, text_column: str, extra: tuple, lists
         try:
             rec = json.loads(raw.decode("utf-8"))
             if not isinstance(rec, dict):
-                rec, status = {}, B.UNDECODABLE
+                rec, status = {}, schema.UNDECODABLE
         except (UnicodeDecodeError, json.JSONDecodeError):
-            status = B.UNDECODABLE
+            status = schema.UNDECODABLE
         text = rec.get(text_column)
         if not status and text is None:
-            status = B.NULL
+            status = schema.NULL
         elif not status and (_cell(text, True) is None if words else not isinstance(text, str)):
-            status = B.UNDECODABLE
+            status = schema.UNDECODABLE
         ident = rec.get(id_column)
         out.append(
             {

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
-from offramp.modeling import EarlyExitBertForSequenceClassification, HeadOutput, exit_signal, masked_mean
+from offramp.models.sequence import EarlyExitBertForSequenceClassification, HeadOutput, exit_signal, masked_mean
 from offramp.policies import ExitPolicy, check_policy_fits, get_policy
 
 

@@ -5,8 +5,8 @@ Stage 2 freezes both and trains the internal exit heads on the sum of their loss
 
 from __future__ import annotations
 
-from offramp.mechanisms.base import Mechanism
-from offramp.training import backbone_params, final_loss, head_losses, pooled_features, train_heads
+from offramp.training.mechanisms.base import Mechanism
+from offramp.training.loop import backbone_params, final_loss, head_losses, pooled_features, train_heads
 
 
 def stage1_final(run) -> None:

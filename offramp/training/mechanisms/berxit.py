@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from offramp.mechanisms.base import Mechanism
-from offramp.mechanisms.deebert import trained_backbone_features
-from offramp.training import head_losses, train_heads
+from offramp.training.mechanisms.base import Mechanism
+from offramp.training.mechanisms.deebert import trained_backbone_features
+from offramp.training.loop import head_losses, train_heads
 
 HELD_OUT = 0.2  # share of training rows kept from the heads for the predictor
 

@@ -1,6 +1,6 @@
 """A contiguous shard of encoder layers of a sequence-labeling model, deciding exits per word.
 
-The sequence-labeling counterpart of `offramp.shard.LayerShard`, and the unit a token-mode
+The sequence-labeling counterpart of `offramp.exits.sequence_shard.LayerShard`, and the unit a token-mode
 pipeline stage runs. Per-word state (exit layer, label, uncertainty) comes in and goes out
 with the rows, so a word's window sees its halted neighbours across stage boundaries.
 A row whose words have all halted (TOKEE) or whose sentence exited (SENTEE) leaves the
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
 
-from offramp.token_model import (
+from offramp.models.token import (
     EarlyExitBertForTokenClassification, check_token_exit, normalized_entropy, sparse_layer, window_max, word_of_token,
 )
 

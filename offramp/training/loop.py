@@ -1,6 +1,6 @@
 """Fine-tuning an early-exit model with the chosen mechanism, then thresholds on the dev set.
 
-The mechanism (offramp.mechanisms: deebert, pabee, berxit, de3, smartbert) owns the recipe;
+The mechanism (offramp.training.mechanisms: deebert, pabee, berxit, de3, smartbert) owns the recipe;
 this module holds the parts they share: the optimizer loop, stage 1 on the backbone,
 pooled features of the frozen backbone (so head-only stages train on a cache in seconds),
 and one full-depth pass over the dev set, from which per-layer accuracy, the
@@ -20,10 +20,10 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, BertConfig
 
-from offramp import thresholds as T
+from offramp.exits import simulate
 from offramp.config import ConfigError, TrainConfig
-from offramp.data import load_labeled
-from offramp.modeling import EarlyExitBertForSequenceClassification, default_base_model, masked_mean
+from offramp.training.data import load_labeled
+from offramp.models.sequence import EarlyExitBertForSequenceClassification, default_base_model, masked_mean
 from offramp.policies import check_policy_fits, get_policy
 
 logger = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def train_heads(run: TrainRun, features: torch.Tensor, loss_of, extra_params=(),
 
 
 @torch.inference_mode()
-def full_pass(model, tokenizer, texts, max_length: int, batch_size: int = 64) -> T.HeadPass:
+def full_pass(model, tokenizer, texts, max_length: int, batch_size: int = 64) -> simulate.HeadPass:
     """Every exit head's logits (and signals, and gate decisions) at full depth."""
     model.eval()
     logits, aux, skipped = [], [], []
@@ -198,8 +198,8 @@ def full_pass(model, tokenizer, texts, max_length: int, batch_size: int = 64) ->
         if out.skipped is not None:
             skipped.append(out.skipped.numpy())
     if not logits:
-        return T.HeadPass(np.zeros((0, len(model.exit_layers), model.config.num_labels)))
-    return T.HeadPass(
+        return simulate.HeadPass(np.zeros((0, len(model.exit_layers), model.config.num_labels)))
+    return simulate.HeadPass(
         np.concatenate(logits), np.concatenate(aux) if aux else None, np.concatenate(skipped) if skipped else None
     )
 
@@ -211,7 +211,7 @@ def all_head_logits(model, tokenizer, texts, max_length: int, batch_size: int = 
 
 def train_early_exit(cfg: TrainConfig):
     """Fine-tune an early-exit model with cfg.mechanism; return (model, tokenizer, TrainReport)."""
-    from offramp.mechanisms import get_mechanism
+    from offramp.training.mechanisms import get_mechanism
 
     cfg.require("train", "eval", "output")
     mechanism = get_mechanism(cfg.mechanism)
@@ -259,10 +259,10 @@ def train_early_exit(cfg: TrainConfig):
     hp = full_pass(model, tokenizer, dev_texts, cfg.max_length)
     gold = np.array([label2id.get(v, -1) for v in dev_labels])  # unseen dev labels count as errors
     layer_acc = {l: float((hp.logits[:, k].argmax(-1) == gold).mean()) for k, l in enumerate(model.exit_layers)}
-    curve = T.sweep(hp, gold, model.exit_layers, policy)
-    chosen = T.choose(curve, cfg.max_accuracy_drop)
-    scores = T.head_scores(policy, hp, model.exit_layers)
-    surv = T.survival(scores, hp.preds, model.exit_layers, policy, chosen["threshold"], model.num_layers)
+    curve = simulate.sweep(hp, gold, model.exit_layers, policy)
+    chosen = simulate.choose(curve, cfg.max_accuracy_drop)
+    scores = simulate.head_scores(policy, hp, model.exit_layers)
+    surv = simulate.survival(scores, hp.preds, model.exit_layers, policy, chosen["threshold"], model.num_layers)
     model.config.exit_thresholds = [chosen["threshold"]] * len(model.exit_layers)
     seconds = time.perf_counter() - t0
     logger.info(
@@ -278,7 +278,7 @@ def train_early_exit(cfg: TrainConfig):
 def _warm_start_labels(directory: str, seen: set[str]) -> list[str]:
     """--init-from reuses the model's classifier and heads, so its labels stay; the training
     data may not bring labels the model has no class for."""
-    from offramp.modeling import read_config
+    from offramp.models.sequence import read_config
 
     cfg = read_config(directory)
     have = [cfg.id2label[i] for i in range(cfg.num_labels)]

@@ -6,12 +6,12 @@ stored in the model's config.json; every mechanism shares the foundation's layer
 stage code (no forked model). Add one: one file, one line here."""
 
 from offramp.config import ConfigError
-from offramp.mechanisms.base import Mechanism
-from offramp.mechanisms.berxit import BerxitMechanism
-from offramp.mechanisms.de3 import De3Mechanism
-from offramp.mechanisms.deebert import DeebertMechanism
-from offramp.mechanisms.pabee import PabeeMechanism
-from offramp.mechanisms.smartbert import SmartbertMechanism
+from offramp.training.mechanisms.base import Mechanism
+from offramp.training.mechanisms.berxit import BerxitMechanism
+from offramp.training.mechanisms.de3 import De3Mechanism
+from offramp.training.mechanisms.deebert import DeebertMechanism
+from offramp.training.mechanisms.pabee import PabeeMechanism
+from offramp.training.mechanisms.smartbert import SmartbertMechanism
 
 MECHANISMS: dict[str, type[Mechanism]] = {
     "deebert": DeebertMechanism,

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from offramp import batch as B
+from offramp import schema
 
 
 def status_counts(status) -> tuple[dict, np.ndarray]:
     """Rows, rows labeled and rows per status; and (N,) bool: the rows that ran."""
     status = np.asarray(status, dtype=object)
-    ran = np.isin(status, B.RUNNABLE)
+    ran = np.isin(status, schema.RUNNABLE)
     m: dict = {"rows": int(len(status)), "rows_labeled": int(ran.sum())}
-    for s in B.STATUSES:
+    for s in schema.STATUSES:
         m[f"rows_status_{s}"] = int((status == s).sum())
     return m, ran
 
@@ -75,7 +75,7 @@ def summarize_token_output(
     """Sequence labeling: counts, the token-layer saving, sentences entering and leaving each
     stage, the words' exit profile, and with gold tags word accuracy (an untagged word is wrong)
     and entity F1 for BIO tag sets. Computed from the output rows."""
-    from offramp.entities import entity_f1
+    from offramp.quality.entities import entity_f1
 
     m, ran = status_counts(status)
     n_ran = m["rows_labeled"]

@@ -1,6 +1,6 @@
 """DE³-BERT (He et al., 2024): distance-enhanced early exit with prototypical networks.
 
-Each internal exit gets a prototypical network (offramp.exit_modules.PrototypeNet): a map
+Each internal exit gets a prototypical network (offramp.models.modules.PrototypeNet): a map
 of the pooled state into a metric space and one prototype per class, a moving average of
 that class's mapped rows. Training: backbone as DeeBERT's stage 1, then heads and maps on
 cached features with each head's CE plus the distance-aware regularizer: a softmax over
@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from offramp.mechanisms.base import Mechanism
-from offramp.mechanisms.deebert import trained_backbone_features
-from offramp.training import head_losses, train_heads
+from offramp.training.mechanisms.base import Mechanism
+from offramp.training.mechanisms.deebert import trained_backbone_features
+from offramp.training.loop import head_losses, train_heads
 
 TEMPERATURE = 0.1  # cosine distances lie in [0, 2]; /0.1 gives the softmax a usable range
 
