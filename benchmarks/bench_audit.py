@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pyarrow.parquet as pq  # noqa: E402
 
 from offramp.config import AuditConfig, MlflowConfig, TagConfig  # noqa: E402
-from pipelines.tag import run_tagging  # noqa: E402
+from pipelines.run import run_tagging  # noqa: E402
 from pipelines.tracking import log_tag_run  # noqa: E402
 
 

@@ -141,7 +141,7 @@ def pipeline_run(name, model_dir, data, out, args, exit_cfg) -> dict:
         max_length=args.max_length, batch_size=args.batch_size, num_stages=1, exit=exit_cfg,
         audit=AuditConfig(fraction=0.0), mlflow=MlflowConfig(enabled=False),
     )
-    from pipelines.tag import run_tagging
+    from pipelines.run import run_tagging
 
     t0 = time.perf_counter()
     m = run_tagging(cfg).metrics

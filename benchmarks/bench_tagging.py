@@ -30,7 +30,7 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 
 from offramp.config import ExitConfig, MlflowConfig, StageConfig, TagConfig  # noqa: E402
-from pipelines.tag import run_tagging  # noqa: E402
+from pipelines.run import run_tagging  # noqa: E402
 
 
 class PeakRSS:

@@ -152,7 +152,7 @@ def plain_ray(model_dir, data, tags, args) -> dict:
 
 
 def pipeline_run(name, model_dir, data, tags, args, exit_cfg) -> dict:
-    from pipelines.tag import run_tagging
+    from pipelines.run import run_tagging
 
     cfg = TagConfig(input=data, model=model_dir, output=os.path.join(args.out, "tok_runs", name), overwrite=True,
                     words_column="tokens", label_column=tags, max_length=args.max_length, batch_size=args.batch_size,

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     }
     try:
         cfg = load_config(TagConfig, args.config, overrides, args.set)
-        from pipelines.tag import run_tagging
+        from pipelines.run import run_tagging
         from pipelines.tracking import log_tag_run
 
         result = run_tagging(cfg)

@@ -1,7 +1,7 @@
 """The tagging pipeline for sequence-labeling models: read -> words and sub-words (tasks) ->
 K token-stage actor pools -> finalize -> write.
 
-`pipelines.tag.run_tagging` hands a token model here. The plan mirrors classification's:
+`pipelines.run.run_tagging` hands a token model here. The plan mirrors classification's:
 sentences whose words have all halted leave their stage's compute and ride on as metadata;
 the run's metrics come from the written output (tags, per-word exit layers, token-layers
 computed per row), plus the stages' timings.
@@ -104,7 +104,7 @@ def _metrics(table, info: ModelInfo, planned, cfg: TagConfig) -> dict:
 
 def run_token_tagging(cfg: TagConfig, info: ModelInfo, thresholds: dict, planned, stage_cls=TokenStageActor):
     """Tag every word of cfg.input into cfg.output; return the run's TagResult."""
-    from pipelines.tag import TagResult, add_rates, check_cluster_fits, init_ray, runs_locally
+    from pipelines.run import TagResult, add_rates, check_cluster_fits, init_ray, runs_locally
 
     check_token_config(cfg, info)
     init_ray(cfg.ray)
@@ -137,7 +137,7 @@ def run_token_tagging(cfg: TagConfig, info: ModelInfo, thresholds: dict, planned
 def _full_depth_eval(cfg: TagConfig, info: ModelInfo, early_table, stage_cls, local: bool) -> dict:
     """Run (a prefix of) the corpus at full depth: word accuracy and entity F1 without exits,
     and how many words the exits tagged differently."""
-    from pipelines.tag import stage_plan
+    from pipelines.run import stage_plan
 
     full_cfg = dataclasses.replace(cfg, exit=dataclasses.replace(cfg.exit, disabled=True))
     planned = stage_plan(full_cfg, info, False, info.thresholds, local)

@@ -14,7 +14,7 @@ from transformers import BertConfig
 from offramp.quality import calibration
 from offramp.models.sequence import load_profile
 from offramp.policies import get_policy
-from pipelines.tag import ModelInfo
+from pipelines.run import ModelInfo
 from tests.conftest import LABELS, TEXTS
 
 REPO = Path(__file__).resolve().parents[2]

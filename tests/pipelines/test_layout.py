@@ -36,7 +36,7 @@ def test_bad_layouts_name_the_fix():
 
 
 def test_local_runs_share_the_machines_cores_among_cpu_stage_actors(monkeypatch):
-    from pipelines.tag import local_torch_threads
+    from pipelines.run import local_torch_threads
 
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     cfg = TagConfig(stages=(StageConfig(layers=(0, 2), max_actors=2), StageConfig(layers=(2, 6), max_actors=2)))

@@ -14,7 +14,7 @@ import torch
 from actors.stage import StageActor
 from offramp.config import AuditConfig, MlflowConfig, RayConfig, StageConfig, TagConfig
 from offramp.models.sequence import load_model
-from pipelines.tag import run_tagging
+from pipelines.run import run_tagging
 from pipelines.tracking import log_tag_run
 from tests.conftest import LABELS, NUM_LAYERS, TEXTS, crash_once
 
@@ -167,7 +167,7 @@ def test_stages_that_leave_no_cpu_for_reading_fail_at_start_naming_the_fix(tmp_p
     from types import SimpleNamespace
 
     from offramp.config import ConfigError
-    from pipelines.tag import check_cluster_fits
+    from pipelines.run import check_cluster_fits
 
     greedy = tuple(StageConfig(layers=l, batch_size=8, num_cpus=4) for l in ((0, 2), (2, NUM_LAYERS)))
     with pytest.raises(ConfigError, match=r"reserve 8 CPUs.*has 8 CPUs.*--num-stages"):

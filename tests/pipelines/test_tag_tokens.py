@@ -23,7 +23,7 @@ from offramp.models.token import load_token_model
 from offramp.text.tokenize import load_tokenizer, tokenize_words_batch
 from offramp.text.words import encode_words
 from pipelines.finalize import finalize_tokens_task
-from pipelines.tag import run_tagging
+from pipelines.run import run_tagging
 from pipelines.tracking import log_tag_run
 from tests.conftest import NUM_LAYERS, SENTENCES, crash_once, gold_tags
 
