@@ -88,6 +88,11 @@ WORD_EXIT = "_word_exit"  # binary: int16 layer each word halted at; 0 = still a
 WORD_LABEL = "_word_label"  # binary: int16 predicted tag id per word; -1 = none
 WORD_UNC = "_word_unc"  # binary: float32 latest normalized uncertainty per word
 TOKEN_LAYERS = "_token_layers"  # int64: tokens computed as queries, summed over layers so far
+# The audit of a token model: an audited row also runs a second, full-depth lane (no word halts)
+# beside its answer, whose states differ from the answer's once a word has halted.
+FULL_HIDDEN = "_full_hidden"  # binary: the full-depth lane's states; b"" when not running
+FULL_WORD_LABEL = "_full_word_label"  # binary: int16 full-depth tag id per word; b"" = not (yet) known
+FULL_DONE = "_full_done"  # bool: the audited row's full-depth lane has finished
 SEP = "\0"
 
 

@@ -10,17 +10,19 @@ from __future__ import annotations
 import json
 import os
 
+import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import ray
 
 from offramp import schema
 from offramp.config import ConfigError, TagConfig
+from offramp.tasks import Task
 
 READ_STATUS = schema.READ_STATUS
 EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}
 
 
-def _filesystem(path: str):
+def filesystem(path: str):
     try:
         return pafs.FileSystem.from_uri(path)
     except (ValueError, TypeError):  # a plain local path, not a URI
@@ -31,7 +33,7 @@ def detect_format(path: str, declared: str = "auto") -> str:
     """parquet / jsonl / text from the declared format or the files' extensions."""
     if declared != "auto":
         return declared
-    fs, root = _filesystem(path)
+    fs, root = filesystem(path)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         raise ConfigError(f"input {path} does not exist; pass --input with a file or directory")
@@ -101,30 +103,42 @@ def _jsonl_rows(row: dict, id_column: str, text_column: str, extra: tuple, lists
     return out
 
 
-def read_corpus(cfg: TagConfig, label_column: str | None = None, token: bool = False) -> ray.data.Dataset:
-    """One row per document with the id, text (token models: words), passthrough and label columns."""
+def input_columns(cfg: TagConfig) -> list[str] | None:
+    """The column names of a Parquet input, read from its footer before Ray starts (None for
+    JSONL and text, whose fields are only known row by row)."""
+    if detect_format(cfg.input, cfg.input_format) != "parquet":
+        return None
+    fs, root = filesystem(cfg.input)
+    return pads.dataset(root, format="parquet", filesystem=fs).schema.names
+
+
+def check_columns(cfg: TagConfig, task: Task, names: list[str]) -> None:
+    """Every column the run reads exists in the Parquet input; else fail naming the flag to set."""
+    source, source_flag = task.source_column(cfg)
+    flags = {source: source_flag, cfg.id_column: "--id-column", cfg.label_column: "--label-column"}
+    needed = [source, *([cfg.id_column] if cfg.id_column else []), *cfg.passthrough_columns,
+              *([cfg.label_column] if cfg.label_column else [])]
+    missing = [c for c in dict.fromkeys(needed) if c not in names]
+    if missing:
+        fixes = ", ".join(f"{c!r} ({flags.get(c, 'passthrough_columns')})" for c in missing)
+        raise ConfigError(f"column(s) {fixes} not found in {cfg.input}; columns are {names}")
+    if not cfg.id_column:
+        raise ConfigError(f"Parquet input needs an id column; columns are {names}; set --id-column")
+
+
+def read_corpus(cfg: TagConfig, task: Task) -> ray.data.Dataset:
+    """One row per document with the id, the task's source column (text or words), the
+    passthrough and label columns. The columns were checked by `check_columns` at start."""
     fmt = detect_format(cfg.input, cfg.input_format)
-    source = (cfg.words_column or cfg.text_column) if token else cfg.text_column
+    source, _ = task.source_column(cfg)
     id_column = cfg.id_column or "id"
-    extra = tuple(dict.fromkeys([*cfg.passthrough_columns, *([label_column] if label_column else [])]))
+    extra = tuple(dict.fromkeys([*cfg.passthrough_columns, *([cfg.label_column] if cfg.label_column else [])]))
     if fmt == "parquet":
-        ds = ray.data.read_parquet(cfg.input)
-        names = ds.schema().names
-        needed = [source, *([cfg.id_column] if cfg.id_column else []), *extra]
-        missing = [c for c in needed if c not in names]
-        if missing:
-            flag = {cfg.text_column: "--text-column", cfg.words_column: "--words-column", cfg.id_column: "--id-column",
-                    label_column: "--label-column"}
-            fixes = ", ".join(f"{c!r} ({flag.get(c, 'passthrough_columns')})" for c in missing)
-            raise ConfigError(f"column(s) {fixes} not found in {cfg.input}; columns are {names}")
-        if not cfg.id_column:
-            raise ConfigError(f"Parquet input needs an id column; columns are {names}; set --id-column")
-        return ds.select_columns(list(dict.fromkeys(needed)))
+        return ray.data.read_parquet(cfg.input).select_columns(list(dict.fromkeys([source, id_column, *extra])))
     files = ray.data.read_binary_files(cfg.input, include_paths=True)
     if fmt == "text":
         if extra:
             raise ConfigError("plain-text input has no columns to pass through or label; use JSONL or Parquet")
-        return files.flat_map(_text_rows, fn_kwargs=dict(id_column=id_column, text_column=cfg.text_column))
-    lists = tuple(c for c in (cfg.words_column, label_column) if token and c)
+        return files.flat_map(_text_rows, fn_kwargs=dict(id_column=id_column, text_column=source))
+    lists = task.list_columns(cfg)
     return files.flat_map(_jsonl_rows, fn_kwargs=dict(id_column=id_column, text_column=source, extra=extra, lists=lists))
-

@@ -11,7 +11,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig
 
-from offramp.models.sequence import EarlyExitBertForSequenceClassification, default_base_model
+from offramp.models.sequence import EarlyExitBertForSequenceClassification
+
+from offramp.models.checkpoint import default_base_model
 from offramp.policies import get_policy
 from offramp.exits.simulate import head_scores
 from offramp.training.loop import all_head_logits

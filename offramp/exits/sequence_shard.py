@@ -1,20 +1,25 @@
-"""A contiguous shard of encoder layers with their exit heads, deciding exits per row.
+"""A shard of a sequence classifier: exits decided per row.
 
-This is the unit a pipeline stage runs. Rows that exit after a layer are removed
-from the batch at once (the survivors are compacted into a smaller tensor and
-their padding is trimmed to the longest survivor), so an exited row costs nothing
-in later layers. A one-stage layout is a shard of all layers.
+Rows that exit after a layer are removed from the batch at once (the survivors are
+compacted into a smaller tensor and their padding is trimmed to the longest survivor),
+so an exited row costs nothing in later layers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
-from transformers.masking_utils import create_bidirectional_mask
 
-from offramp.models.sequence import EarlyExitBertForSequenceClassification, HeadOutput, exit_signal, masked_mean
+from offramp.models.sequence import EarlyExitBertForSequenceClassification
+
+from offramp.models.heads import HeadOutput, exit_signal, masked_mean
+from offramp import schema
+from offramp.exits.shard import ShardBase, keep_rows, trim
+from offramp.exits.stage import PassWork, StageRunner, hidden_to_blobs
+from offramp.planning.layout import StageSpec
 from offramp.policies import ExitPolicy, check_policy_fits, get_policy
 
 
@@ -35,7 +40,7 @@ class ShardOutput:
     skipped: torch.Tensor | None = None  # (B,) int64 layers each row skipped here (SmartBERT gates); None = no gates
 
 
-class LayerShard(nn.Module):
+class LayerShard(ShardBase):
     """Layers [start, end) (0-based, end exclusive) of an early-exit model, plus their heads and gates."""
 
     def __init__(
@@ -48,28 +53,14 @@ class LayerShard(nn.Module):
         exits_enabled: bool = True,
         gates_enabled: bool = True,
     ):
-        super().__init__()
-        if not 0 <= start < end <= model.num_layers:
-            raise ValueError(f"shard [{start}, {end}) outside the model's {model.num_layers} layers")
-        self.start, self.end, self.num_layers = start, end, model.num_layers
-        self.model_config = model.config
-        self.embeddings = model.bert.embeddings if start == 0 else None
-        self.layers = nn.ModuleList(model.bert.encoder.layer[start:end])
+        super().__init__(model, start, end, thresholds, exits_enabled)
         # SmartBERT: the gate before each of this shard's layers
         self.gates = nn.ModuleList(model.gates[start:end]) if model.gates is not None and gates_enabled else None
         self.gate_threshold = model.config.gate_threshold
-        self.head_layers = [l for l in model.exit_layers if start < l <= end]
         # heads are kept as modules of this shard so .to(dtype) and memory follow the shard
         self.heads = nn.ModuleDict({str(l): _HeadAt(model, l) for l in self.head_layers})
         self.policy = get_policy(policy or model.config.exit_policy) if not isinstance(policy, ExitPolicy) else policy
         check_policy_fits(self.policy, model.config.exit_mechanism, model.signal_modules)
-        stored = model.thresholds_by_layer()
-        self.thresholds = {l: float((thresholds or stored).get(l, stored[l])) for l in self.head_layers}
-        self.exits_enabled = exits_enabled
-
-    def _mask(self, hidden, mask2d):
-        """The mask each encoder layer expects, built as BertModel builds it."""
-        return create_bidirectional_mask(config=self.model_config, inputs_embeds=hidden, attention_mask=mask2d)
 
     def _layer(self, offset: int, hidden: torch.Tensor, lengths: torch.Tensor, mask2d: torch.Tensor):
         """Layer `offset` of the shard on the rows that run it -> (new hidden, (S,) bool ran).
@@ -79,17 +70,17 @@ class LayerShard(nn.Module):
         its own longest row: a skipped layer costs that row nothing but its gate."""
         layer = self.layers[offset]
         if self.gates is None:
-            return layer(hidden, self._mask(hidden, mask2d)), torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+            return layer(hidden, self.layer_mask(hidden, mask2d)), torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
         ran = self.gates[offset](hidden, mask2d) < self.gate_threshold  # (S,)
         rows = ran.nonzero().squeeze(1)
         if len(rows) == 0:
             return hidden, ran
         if len(rows) == hidden.shape[0]:
-            return layer(hidden, self._mask(hidden, mask2d)), ran
+            return layer(hidden, self.layer_mask(hidden, mask2d)), ran
         t = int(lengths[rows].max())
         sub = hidden[rows, :t]  # (R, t, H)
         out = hidden.clone()
-        out[rows, :t] = layer(sub, self._mask(sub, mask2d[rows, :t]))
+        out[rows, :t] = layer(sub, self.layer_mask(sub, mask2d[rows, :t]))
         return out, ran
 
     @torch.inference_mode()
@@ -108,14 +99,7 @@ class LayerShard(nn.Module):
         logits, score), but keeps running; the final head's logits of audited rows that
         finish here come back as `full_logits`. With gates, a row that skips a layer gets no
         exit decision there (its head would see the same states as before)."""
-        if (input_ids is None) == (hidden is None):
-            raise ValueError("pass input_ids (first shard) or hidden (later shards), not both")
-        if input_ids is not None:
-            if self.embeddings is None:
-                raise ValueError(f"shard [{self.start}, {self.end}) has no embeddings; pass hidden states")
-            hidden = self.embeddings(input_ids=input_ids)  # (B, T, H)
-        dtype = next(self.layers.parameters()).dtype
-        hidden = hidden.to(dtype)
+        hidden = self.embed(input_ids, hidden)  # (B, T, H)
         B, device = hidden.shape[0], hidden.device
         C = self.model_config.num_labels
         exit_layer = torch.zeros(B, dtype=torch.long, device=device)
@@ -147,13 +131,13 @@ class LayerShard(nn.Module):
             logits = head.logits.float()  # (S, C)
             if number == self.num_layers:  # every row leaves, skipped the last layer or not
                 exited = torch.ones(hidden.shape[0], dtype=torch.bool, device=device)
-                score = self.policy.score(logits, head.aux)
+                score = self.policy.score(logits, head.signal)
                 if audit.any():
                     full_out = torch.full((B, C), float("nan"), dtype=torch.float32, device=device)
                     full_out[alive[audit]] = logits[audit]
             else:
                 threshold = self.thresholds[number] if self.exits_enabled else self.policy.never_exits_threshold()
-                decision, new_state = self.policy.decide(logits, threshold, state, head.aux)
+                decision, new_state = self.policy.decide(logits, threshold, state, head.signal)
                 exited, score = decision.exited & ran, decision.score
                 if new_state is not None:  # a row that skipped the layer keeps its state
                     state = torch.where(ran[:, None], new_state, state)
@@ -166,13 +150,10 @@ class LayerShard(nn.Module):
             leave = exited & ~audit if number < self.num_layers else exited
             decided = decided | (answered & audit)
             if leave.any():
-                keep = ~leave
-                alive, lengths, hidden = alive[keep], lengths[keep], hidden[keep]
-                audit, decided = audit[keep], decided[keep]
-                state = state[keep] if state is not None else None
+                alive, lengths, hidden, audit, decided, state = keep_rows(~leave, alive, lengths, hidden, audit, decided, state)
                 if hidden.shape[0] == 0:
                     break
-                hidden = hidden[:, : int(lengths.max())]  # trim padding to the longest survivor
+                hidden = trim(hidden, lengths)  # padding only up to the longest survivor
 
         return ShardOutput(
             exit_layer=exit_layer,
@@ -206,3 +187,81 @@ class _HeadAt(nn.Module):
             return HeadOutput(self.classifier(self.dropout(self.pooler(hidden))))
         pooled = masked_mean(hidden, mask)  # (B, H)
         return HeadOutput(self.head.classify(pooled), exit_signal(self.signal, pooled))
+
+
+# ---------------------------------------------------------------- the stage codec
+
+def state_from_blobs(blobs, fresh: torch.Tensor) -> torch.Tensor:
+    """Per-row float32 state blobs -> (S, state_size); rows with no blob yet keep `fresh`'s row."""
+    state = fresh.clone()
+    for i, blob in enumerate(blobs):
+        if blob:
+            state[i] = torch.from_numpy(np.frombuffer(blob, dtype=np.float32).copy())
+    return state
+
+
+class SequenceStageRunner(StageRunner):
+    """A classifier's shard on Ray Data batches: one label per row.
+
+    A row runs while it is unanswered, or audited and not yet at full depth. Its policy
+    state (patience counters) and SmartBERT's skipped-layer count travel with it."""
+
+    required = (
+        schema.STATUS, schema.TOKENS, schema.NUM_TOKENS, schema.HIDDEN, schema.EXIT_LAYER, schema.LABEL_ID,
+        schema.CONFIDENCE, schema.SCORE, schema.AUDIT, schema.FULL_LABEL_ID, schema.STATE, schema.SKIPPED,
+    )
+    result_columns = (
+        schema.EXIT_LAYER, schema.LABEL_ID, schema.CONFIDENCE, schema.SCORE, schema.HIDDEN, schema.FULL_LABEL_ID,
+        schema.STATE, schema.SKIPPED,
+    )
+
+    def build_shard(self, model, spec: StageSpec) -> LayerShard:
+        return LayerShard(
+            model, spec.start, spec.end, policy=spec.policy, thresholds=spec.thresholds,
+            exits_enabled=spec.exits_enabled, gates_enabled=spec.gates_enabled,
+        )
+
+    def running(self, batch: dict) -> np.ndarray:
+        unfinished = (batch[schema.EXIT_LAYER] == 0) | (batch[schema.AUDIT] & (batch[schema.FULL_LABEL_ID] < 0))
+        return np.flatnonzero(unfinished & np.isin(batch[schema.STATUS], schema.RUNNABLE))
+
+    def forward(self, batch: dict, rows: np.ndarray, cols: dict) -> PassWork:
+        lengths = batch[schema.NUM_TOKENS][rows].astype(np.int64)
+        audit = torch.from_numpy(np.asarray(batch[schema.AUDIT][rows], dtype=bool))
+        decided = torch.from_numpy(batch[schema.EXIT_LAYER][rows] > 0)
+        policy = self.shard.policy
+        state = None
+        if policy.state_size:  # carried from the previous stage; fresh for rows not yet through a head
+            state = state_from_blobs(batch[schema.STATE][rows], policy.initial_state(len(rows)))
+        inputs = self.inputs(batch, rows, lengths)
+        result = self.shard(torch.from_numpy(lengths), audit=audit, decided=decided, state=state, **inputs)
+        layers = result.exit_layer.cpu().numpy()  # (S,)
+        answered = layers > 0
+        done = rows[answered]
+        probs = torch.softmax(result.logits[torch.from_numpy(answered)], dim=-1).cpu()
+        cols[schema.EXIT_LAYER][done] = layers[answered]
+        cols[schema.LABEL_ID][done] = probs.argmax(-1).numpy()
+        cols[schema.CONFIDENCE][done] = probs.max(-1).values.numpy()
+        cols[schema.SCORE][done] = result.score.cpu().numpy()[answered]
+        if result.full_logits is not None:
+            full = result.full_logits.cpu()
+            finished = ~torch.isnan(full[:, 0]).numpy()
+            cols[schema.FULL_LABEL_ID][rows[finished]] = full[finished].argmax(-1).numpy()
+        survivor_pos = result.survivors.cpu().numpy()
+        left = np.ones(len(rows), dtype=bool)
+        left[survivor_pos] = False
+        cols[schema.HIDDEN][rows[left]] = b""  # a row that leaves drops its states at once
+        cols[schema.STATE][rows[left]] = b""
+        skipped = 0
+        if result.skipped is not None:
+            per_row = result.skipped.cpu().numpy()
+            cols[schema.SKIPPED][rows] += per_row.astype(np.int16)
+            skipped = int(per_row.sum())
+        if len(survivor_pos):
+            blobs = hidden_to_blobs(result.hidden, result.lengths, self.spec.carry_dtype)
+            states = result.state.float().cpu().numpy() if result.state is not None else None
+            for j, (i, blob) in enumerate(zip(rows[survivor_pos], blobs)):
+                cols[schema.HIDDEN][i] = blob
+                if states is not None:
+                    cols[schema.STATE][i] = states[j].tobytes()
+        return PassWork(int(left.sum()), result.row_layers, result.audit_row_layers, skipped)

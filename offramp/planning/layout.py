@@ -12,8 +12,29 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from actors.stage import StageSpec
 from offramp.config import ConfigError, StageConfig, TagConfig
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What one stage actor needs: its layer range and how to run it."""
+
+    index: int
+    start: int  # first layer, 0-based
+    end: int  # one past the last layer
+    task: str = "sequence"  # offramp.tasks name: which shard and codec the stage runs
+    dtype: str = "float32"
+    carry_dtype: str = "float16"
+    device: str = "cpu"
+    torch_threads: int = 0
+    max_tokens: int = 0  # padded tokens per forward pass; 0 = the whole batch
+    policy: str | None = None
+    thresholds: dict | None = None  # {layer: threshold}; None = stored with the model
+    exits_enabled: bool = True
+    gates_enabled: bool = True  # SmartBERT skipping gates (models without gates ignore it)
+    exit_mode: str | None = None  # token task: token (TOKEE) or sentence (SENTEE); None = stored
+    window: int | None = None  # token task, TOKEE: words on each side; None = stored
+    sentence_pool: str | None = None  # token task, SENTEE: max or mean; None = stored
 
 
 @dataclass(frozen=True)
@@ -56,7 +77,9 @@ def split_layers(num_layers: int, num_stages: int, survival: list[float] | None,
     return ranges
 
 
-def plan_layout(cfg: TagConfig, num_layers: int, survival: list[float] | None, exits_enabled: bool) -> list[PlannedStage]:
+def plan_layout(
+    cfg: TagConfig, num_layers: int, survival: list[float] | None, exits_enabled: bool, task: str = "sequence"
+) -> list[PlannedStage]:
     """Resolve the config's stages into concrete ranges, batch sizes and actor counts."""
     stages = list(cfg.stages) or [StageConfig() for _ in range(cfg.num_stages)]
     given = [s.layers is not None for s in stages]
@@ -96,6 +119,10 @@ def plan_layout(cfg: TagConfig, num_layers: int, survival: list[float] | None, e
             policy=cfg.exit.policy,
             exits_enabled=exits_enabled,
             gates_enabled=cfg.exit.skip_gates,
+            task=task,
+            exit_mode=cfg.exit.token.mode,
+            window=cfg.exit.token.window,
+            sentence_pool=cfg.exit.token.sentence_pool,
         )
         planned.append(PlannedStage(spec, batch, scfg.min_actors, max_actors, scfg.num_cpus, scfg.num_gpus, s_k, work))
     return planned

@@ -38,4 +38,14 @@ def check_policy_fits(policy: ExitPolicy, mechanism: str, modules: set[str]) -> 
         )
 
 
-__all__ = ["POLICIES", "ExitDecision", "ExitPolicy", "check_policy_fits", "get_policy"]
+def check_word_policy(policy: ExitPolicy) -> None:
+    """A sequence-labeling model decides per word: the policy must judge a word's logits alone."""
+    if not policy.per_word:
+        usable = sorted(n for n, p in POLICIES.items() if p.per_word)
+        raise ConfigError(
+            f"exit policy {policy.name!r} cannot decide per word (it needs state across layers or a "
+            f"sentence-level module); a sequence-labeling model takes one of {usable}"
+        )
+
+
+__all__ = ["POLICIES", "ExitDecision", "ExitPolicy", "check_policy_fits", "check_word_policy", "get_policy"]

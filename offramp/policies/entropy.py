@@ -17,8 +17,14 @@ class EntropyPolicy(ExitPolicy):
     lower_is_confident = True
     default_threshold = 0.3  # nats; DeeBERT sweeps 0..0.7 on GLUE
 
-    def score(self, logits: torch.Tensor, aux=None) -> torch.Tensor:  # (B, C) -> (B,)
+    def score(self, logits: torch.Tensor, signal=None) -> torch.Tensor:  # (B, C) -> (B,)
         return entropy(logits)
+
+    per_word = True
+
+    def word_uncertainty(self, logits: torch.Tensor) -> torch.Tensor:  # (..., C) -> (...,)
+        """Normalized entropy: entropy over log C (Li et al.'s word uncertainty)."""
+        return entropy(logits.float()) / math.log(logits.shape[-1])
 
     def score_range(self, num_classes: int) -> tuple[float, float]:
         return 0.0, math.log(num_classes)

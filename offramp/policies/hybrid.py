@@ -31,11 +31,11 @@ class HybridPolicy(ExitPolicy):
     needs = "prototypes"
     lam = 1.0  # weight of the distance part; the paper's lambda
 
-    def score(self, logits: torch.Tensor, aux=None) -> torch.Tensor:  # aux (B, C) prototype distances
+    def score(self, logits: torch.Tensor, signal=None) -> torch.Tensor:  # signal (B, C) prototype distances
         ent = entropy(logits.float()) / math.log(logits.shape[-1])
-        if aux is None:  # the last layer has no prototypes; it always exits, the score is only reported
+        if signal is None:  # the last layer has no prototypes; it always exits, the score is only reported
             return ent
-        dr = distance_ratio(aux.float())
+        dr = distance_ratio(signal.float())
         return (self.lam + 1) / (self.lam / dr.clamp(min=EPS) + 1 / ent.clamp(min=EPS))
 
     def score_range(self, num_classes: int) -> tuple[float, float]:

@@ -11,10 +11,10 @@ class LearnedExitPolicy(ExitPolicy):
     default_threshold = 0.5
     needs = "exit_predictor"
 
-    def score(self, logits: torch.Tensor, aux=None) -> torch.Tensor:  # aux (B, 1) P(right)
-        if aux is None:  # the last layer has no predictor; it always exits, the score is only reported
+    def score(self, logits: torch.Tensor, signal=None) -> torch.Tensor:  # signal (B, 1) P(right)
+        if signal is None:  # the last layer has no predictor; it always exits, the score is only reported
             return torch.softmax(logits, dim=-1).max(dim=-1).values
-        return aux[:, 0].float()
+        return signal[:, 0].float()
 
     def score_range(self, num_classes: int) -> tuple[float, float]:
         return 0.0, 1.0

@@ -23,14 +23,14 @@ class PatiencePolicy(ExitPolicy):
         state[:, 0] = NO_PREDICTION
         return state
 
-    def score(self, logits: torch.Tensor, aux=None) -> torch.Tensor:
+    def score(self, logits: torch.Tensor, signal=None) -> torch.Tensor:
         """Without history a head has agreed with nobody: count 0 (used at the last layer only)."""
         return torch.zeros(logits.shape[0], device=logits.device)
 
     def score_range(self, num_classes: int) -> tuple[float, float]:
         return 0.0, 24.0  # a count of agreeing heads; no model here has more than 24 exits
 
-    def decide(self, logits: torch.Tensor, threshold: float, state: torch.Tensor | None = None, aux=None):
+    def decide(self, logits: torch.Tensor, threshold: float, state: torch.Tensor | None = None, signal=None):
         if state is None:
             state = self.initial_state(logits.shape[0], logits.device)
         pred = logits.argmax(-1).to(state.dtype)  # (B,)
@@ -38,7 +38,7 @@ class PatiencePolicy(ExitPolicy):
         new_state = torch.stack([pred, count], dim=1)
         return ExitDecision(logits=logits, score=count, exited=self.passes(count, threshold)), new_state
 
-    def head_scores(self, logits: np.ndarray, aux: np.ndarray | None = None) -> np.ndarray:
+    def head_scores(self, logits: np.ndarray, signal: np.ndarray | None = None) -> np.ndarray:
         """(N, K) the counter after each head, as the heads would run in order."""
         preds = logits.argmax(-1)  # (N, K)
         counts = np.zeros(preds.shape, dtype=np.float64)

@@ -197,7 +197,7 @@ def head_logits_for(model_dir: str, texts: list[str], max_length: int, batch_siz
     """Every exit head's output at full depth, from one pass of the saved model."""
     from transformers import AutoTokenizer
 
-    from offramp.models.sequence import load_model
+    from offramp.models.checkpoint import load_model
     from offramp.training.loop import full_pass
 
     model = load_model(model_dir)
@@ -210,7 +210,8 @@ def write_calibration(model_dir: str, calibration: Calibration, exit_layers: lis
 
     The stored survival becomes the calibrated one, so stage layouts are planned for the
     thresholds that will actually run."""
-    from offramp.models.sequence import load_profile, read_config, save_profile
+    from offramp.models.profile import load_profile, save_profile
+    from offramp.models.checkpoint import read_config
 
     if not calibration.certified:
         raise ValueError("nothing certified: refusing to overwrite the model's thresholds")

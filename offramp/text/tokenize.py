@@ -1,4 +1,7 @@
-"""Text -> token ids with a status for every row (tokenize step of the pipeline)."""
+"""Text -> token ids, and a status for every cell: the light half of the tokenize step.
+
+No torch here: tokenize tasks run in Ray workers that should start fast. The task-specific
+half (which columns a row gets) is in `offramp.tasks`."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import os
 import numpy as np
 
 from offramp import schema
-from offramp.text.words import as_words, encode_words, split_words
+from offramp.text.words import as_words
 
 
 class _FastTokenizer:
@@ -40,8 +43,8 @@ def load_tokenizer(model_dir: str):
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def _as_text(value) -> tuple[str | None, str]:
-    """Classify one cell: (text, status)."""
+def cell_text(value) -> tuple[str | None, str]:
+    """Classify one text cell: (text, status); text is None unless the status is ok."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None, schema.NULL
     if isinstance(value, (bytes, bytearray, np.bytes_)):
@@ -58,72 +61,7 @@ def _as_text(value) -> tuple[str | None, str]:
     return value, schema.OK
 
 
-def tokenize_batch(batch: dict, tokenizer, text_column: str, max_length: int, audit: np.ndarray | None = None) -> dict:
-    """Add STATUS, TOKENS, NUM_TOKENS, AUDIT and the empty per-row result columns to a batch.
-
-    Over-long documents keep their first max_length-1 tokens plus [SEP] and get status
-    'truncated' (they are still labeled).
-    """
-    schema.check_columns(batch, [text_column], "tokenize")
-    cells = batch[text_column]
-    n = len(cells)
-    status = np.empty(n, dtype=object)
-    tokens = np.empty(n, dtype=object)
-    num_tokens = np.zeros(n, dtype=np.int32)
-    read_status = batch.get(schema.READ_STATUS)
-    texts, where = [], []
-    for i, cell in enumerate(cells):
-        text, status[i] = _as_text(cell)
-        if read_status is not None and read_status[i]:
-            text, status[i] = None, read_status[i]
-        tokens[i] = b""
-        if text is not None:
-            texts.append(text)
-            where.append(i)
-    if texts:
-        ids = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
-        sep = tokenizer.sep_token_id
-        for i, row in zip(where, ids):
-            if len(row) > max_length:
-                row = row[: max_length - 1] + [sep]
-                status[i] = schema.TRUNCATED
-            tokens[i] = np.asarray(row, dtype=np.int32).tobytes()
-            num_tokens[i] = len(row)
-    out = dict(batch)
-    out.update(
-        {
-            schema.STATUS: status,
-            schema.TOKENS: tokens,
-            schema.NUM_TOKENS: num_tokens,
-            schema.HIDDEN: np.array([b""] * n, dtype=object),
-            schema.EXIT_LAYER: np.zeros(n, dtype=np.int16),
-            schema.LABEL_ID: np.full(n, -1, dtype=np.int32),
-            schema.CONFIDENCE: np.full(n, np.nan, dtype=np.float32),
-            schema.SCORE: np.full(n, np.nan, dtype=np.float32),
-            schema.AUDIT: np.zeros(n, dtype=bool) if audit is None else np.asarray(audit, dtype=bool),
-            schema.FULL_LABEL_ID: np.full(n, -1, dtype=np.int32),
-            schema.STATE: np.array([b""] * n, dtype=object),
-            schema.SKIPPED: np.zeros(n, dtype=np.int16),
-        }
-    )
-    return out
-
-
-def tokenize_task(
-    batch: dict,
-    model_dir: str,
-    text_column: str,
-    max_length: int,
-    id_column: str = "id",
-    audit_fraction: float = 0.0,
-    audit_seed: int = 0,
-) -> dict:
-    """Ray Data task entry point (stateless; the tokenizer is cached per process)."""
-    audit = schema.audit_mask(batch[id_column], audit_fraction, audit_seed) if audit_fraction > 0 else None
-    return tokenize_batch(batch, load_tokenizer(model_dir), text_column, max_length, audit)
-
-
-def _as_words(value) -> tuple[list[str] | None, str]:
+def cell_words(value) -> tuple[list[str] | None, str]:
     """Classify one cell of a words column: (words, status)."""
     if value is None:
         return None, schema.NULL
@@ -137,58 +75,29 @@ def _as_words(value) -> tuple[list[str] | None, str]:
     return words, schema.OK
 
 
-def tokenize_words_batch(batch: dict, tokenizer, words_column: str | None, text_column: str, max_length: int,
-                         gold: str | None = None) -> dict:
-    """Sequence labeling: add STATUS, TOKENS, NUM_TOKENS, the per-word columns and the empty
-    result columns. Words come from `words_column` (a list per row) or, when None, from
-    `text_column` split by offramp.text.words.split_words. A sentence over max_length sub-words keeps
-    its first ones and gets status 'truncated'; its words past the limit are untagged."""
-    source = words_column or text_column
-    schema.check_columns(batch, [source] + ([gold] if gold else []), "tokenize")
-    cells = batch[source]
-    n = len(cells)
-    status = np.empty(n, dtype=object)
-    words_col = np.array([b""] * n, dtype=object)
-    gold_col = np.array([b""] * n, dtype=object)
-    tokens, starts = np.array([b""] * n, dtype=object), np.array([b""] * n, dtype=object)
-    num_tokens, num_words = np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32)
+def read_cells(batch: dict, column: str, classify) -> tuple[list, np.ndarray]:
+    """Every cell of `column` through `classify` -> (values, (N,) status); a status the reader
+    decided (a bad JSON line, bad bytes) wins, and its value is None."""
+    cells = batch[column]
+    values, status = [None] * len(cells), np.empty(len(cells), dtype=object)
     read_status = batch.get(schema.READ_STATUS)
-    sentences, where = [], []
     for i, cell in enumerate(cells):
-        if words_column:
-            words, status[i] = _as_words(cell)
-        else:
-            text, status[i] = _as_text(cell)
-            words = split_words(text) if text is not None else None
+        values[i], status[i] = classify(cell)
         if read_status is not None and read_status[i]:
-            words, status[i] = None, read_status[i]
-        if words is not None:
-            sentences.append(words)
-            where.append(i)
-            words_col[i] = schema.join_words(words)
-            tags = as_words(batch[gold][i]) if gold else None
-            if tags is not None and len(tags) == len(words):
-                gold_col[i] = schema.join_words(tags)
-    for i, enc in zip(where, encode_words(tokenizer, sentences, max_length) if sentences else []):
-        tokens[i], starts[i] = enc.ids.tobytes(), enc.starts.tobytes()
-        num_tokens[i], num_words[i] = len(enc.ids), len(enc.starts)
-        if enc.truncated:
-            status[i] = schema.TRUNCATED
-    out = {k: v for k, v in batch.items() if k not in (words_column, gold)}  # lists travel as blobs
-    out.update({
-        schema.STATUS: status, schema.TOKENS: tokens, schema.NUM_TOKENS: num_tokens, schema.WORDS: words_col, schema.GOLD_TAGS: gold_col,
-        schema.NUM_WORDS: num_words, schema.WORD_STARTS: starts,
-        schema.HIDDEN: np.array([b""] * n, dtype=object),
-        schema.EXIT_LAYER: np.zeros(n, dtype=np.int16),
-        schema.WORD_EXIT: np.array([b""] * n, dtype=object),
-        schema.WORD_LABEL: np.array([b""] * n, dtype=object),
-        schema.WORD_UNC: np.array([b""] * n, dtype=object),
-        schema.TOKEN_LAYERS: np.zeros(n, dtype=np.int64),
-    })
+            values[i], status[i] = None, read_status[i]
+    return values, status
+
+
+def encode_texts(tokenizer, texts: list[str], max_length: int) -> list[tuple[np.ndarray, bool]]:
+    """Texts -> (int32 ids [CLS] ... [SEP], truncated) each; over-long ones keep their first
+    max_length - 1 tokens plus [SEP]."""
+    if not texts:
+        return []
+    ids = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    sep, out = tokenizer.sep_token_id, []
+    for row in ids:
+        truncated = len(row) > max_length
+        if truncated:
+            row = row[: max_length - 1] + [sep]
+        out.append((np.asarray(row, dtype=np.int32), truncated))
     return out
-
-
-def tokenize_words_task(batch: dict, model_dir: str, words_column: str | None, text_column: str, max_length: int,
-                        gold: str | None = None) -> dict:
-    """Ray Data task entry point for token models."""
-    return tokenize_words_batch(batch, load_tokenizer(model_dir), words_column, text_column, max_length, gold)

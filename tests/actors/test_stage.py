@@ -2,10 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from actors.stage import StageActor, StageSpec
+from actors.stage import StageActor
+
+from offramp.planning.layout import StageSpec
 from offramp import schema
-from offramp.models.sequence import load_model
-from offramp.text.tokenize import load_tokenizer, tokenize_batch
+from offramp.models.checkpoint import load_model
+from offramp.tasks.sequence import tokenize_batch
+from offramp.text.tokenize import load_tokenizer
 from tests.conftest import NUM_LAYERS, TEXTS
 
 
@@ -68,7 +71,7 @@ def test_stage_output_matches_direct_model_prediction(model_dir, tokenizer):
 
 
 def test_forward_groups_sort_by_length_and_respect_the_token_budget():
-    from actors.stage import forward_groups
+    from offramp.exits.stage import forward_groups
 
     lengths = np.array([50, 3, 40, 4, 5, 60])
     groups = forward_groups(lengths, max_tokens=100)

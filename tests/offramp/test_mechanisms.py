@@ -9,17 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from actors.stage import StageActor, StageSpec
+from actors.stage import StageActor
+
+from offramp.planning.layout import StageSpec
 from offramp import schema
 from offramp.exits import simulate
 from offramp.config import ConfigError
 from offramp.models.modules import PrototypeNet
 from offramp.training.mechanisms import MECHANISMS, get_mechanism
-from offramp.models.sequence import load_model
+from offramp.models.checkpoint import load_model
 from offramp.policies import get_policy
 from offramp.policies.hybrid import distance_ratio
 from offramp.exits.sequence_shard import LayerShard
-from offramp.text.tokenize import load_tokenizer, tokenize_batch
+from offramp.tasks.sequence import tokenize_batch
+from offramp.text.tokenize import load_tokenizer
 from offramp.training.loop import full_pass
 from tests.conftest import MECHANISM_FIELDS, NUM_LAYERS, TEXTS, make_mechanism_model, make_model
 
@@ -54,10 +57,10 @@ def test_prototype_distances_and_the_hybrid_score_on_a_toy_problem():
     torch.testing.assert_close(distance_ratio(d), torch.tensor([0.0, 0.5, 0.5]))
     # EDR = (lambda + 1) / (lambda / DR + 1 / normalized entropy), lambda = 1: a harmonic mean
     logits = torch.tensor([[0.0, 0.0, 0.0], [4.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    aux = torch.tensor([[0.2, 1.0, 2.0], [0.3, 0.6, 1.0], [0.0, 1.0, 1.0]])
+    signal = torch.tensor([[0.2, 1.0, 2.0], [0.3, 0.6, 1.0], [0.0, 1.0, 1.0]])
     ent = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1) / math.log(3)
     dr = torch.tensor([0.1, 0.25, 0.0])
-    score = get_policy("hybrid").score(logits, aux)
+    score = get_policy("hybrid").score(logits, signal)
     torch.testing.assert_close(score[:2], 2 / (1 / dr[:2] + 1 / ent[:2]))
     assert score[2] < 1e-9  # a row on a prototype is certain whatever its softmax
     assert score[0] < ent[0]  # near one prototype: more confident than entropy alone

@@ -3,7 +3,8 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from offramp.config import ConfigError
-from offramp.models.sequence import load_model, load_profile
+from offramp.models.checkpoint import load_model
+from offramp.models.profile import load_profile
 from tests.conftest import LABELS, TEXTS
 
 

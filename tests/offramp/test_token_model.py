@@ -7,7 +7,8 @@ import torch
 from transformers.masking_utils import create_bidirectional_mask
 
 from offramp.exits.token_pass import pad
-from offramp.models.token import load_token_model, normalized_entropy, sparse_layer, window_max, word_of_token
+from offramp.models.checkpoint import load_model
+from offramp.models.token import normalized_entropy, sparse_layer, window_max, word_of_token
 from offramp.exits.token_shard import TokenShard
 from offramp.text.words import encode_words, split_words
 from tests.conftest import NUM_LAYERS, SENTENCES, make_token_model, token_thresholds
@@ -168,7 +169,7 @@ def test_loss_reads_only_word_starts_and_save_load_keeps_the_exit_config(model, 
     assert torch.isfinite(loss)
     model.config.token_exit_mode, model.config.exit_thresholds = "sentence", [0.3] * len(model.exit_layers)
     model.save_pretrained(tmp_path)
-    back = load_token_model(str(tmp_path))
+    back = load_model(str(tmp_path))
     assert back.config.token_exit_mode == "sentence" and back.config.exit_window == 1
     assert back.config.exit_thresholds == [0.3] * NUM_LAYERS
     with torch.no_grad():

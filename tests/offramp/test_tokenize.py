@@ -2,7 +2,8 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from offramp import schema
-from offramp.text.tokenize import load_tokenizer, tokenize_batch
+from offramp.tasks.sequence import tokenize_batch
+from offramp.text.tokenize import load_tokenizer
 from tests.conftest import TEXTS
 
 

@@ -13,7 +13,7 @@ import torch
 
 from actors.stage import StageActor
 from offramp.config import AuditConfig, MlflowConfig, RayConfig, StageConfig, TagConfig
-from offramp.models.sequence import load_model
+from offramp.models.checkpoint import load_model
 from pipelines.run import run_tagging
 from pipelines.tracking import log_tag_run
 from tests.conftest import LABELS, NUM_LAYERS, TEXTS, crash_once
@@ -196,9 +196,11 @@ def test_every_mechanism_keeps_one_row_per_input_and_its_exits_through_ray(tmp_p
     with a status), each row's exit is what the stage code decides for it alone (patience
     counters and skip counts cross the stage boundary through Arrow), and the run's metrics
     match the output, including SmartBERT's skipped layers."""
-    from actors.stage import StageActor, StageSpec
+    from actors.stage import StageActor
+    from offramp.planning.layout import StageSpec
     from offramp import schema
-    from offramp.text.tokenize import load_tokenizer, tokenize_batch
+    from offramp.tasks.sequence import tokenize_batch
+    from offramp.text.tokenize import load_tokenizer
 
     model_dir = mechanism_dirs[mechanism]
     path = tmp_path / "in.jsonl"

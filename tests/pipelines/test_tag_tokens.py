@@ -13,16 +13,17 @@ import pytest
 import ray
 import torch
 
-from actors.stage import StageSpec
-from actors.token_stage import TokenStageActor
+from offramp.planning.layout import StageSpec
+from actors.stage import StageActor
 from offramp import schema
-from offramp.config import ConfigError, ExitConfig, MlflowConfig, StageConfig, TagConfig
-from offramp.models.sequence import ModelInfo
+from offramp.config import ConfigError, ExitConfig, MlflowConfig, StageConfig, TagConfig, TokenExitConfig
+from offramp.models.checkpoint import ModelInfo
 from offramp.exits.token_pass import pad
-from offramp.models.token import load_token_model
-from offramp.text.tokenize import load_tokenizer, tokenize_words_batch
+from offramp.models.checkpoint import load_model
+from offramp.tasks import get_task
+from offramp.tasks.token import tokenize_batch as tokenize_words_batch
+from offramp.text.tokenize import load_tokenizer
 from offramp.text.words import encode_words
-from pipelines.finalize import finalize_tokens_task
 from pipelines.run import run_tagging
 from pipelines.tracking import log_tag_run
 from tests.conftest import NUM_LAYERS, SENTENCES, crash_once, gold_tags
@@ -80,7 +81,9 @@ def test_raw_text_is_split_into_words_by_the_documented_rule(token_model_dir):
 
 def run_stages(model_dir, batch, ranges, carry="float32", **kw) -> dict:
     for k, (s, e) in enumerate(ranges):
-        batch = TokenStageActor(model_dir, StageSpec(k, s, e, carry_dtype=carry, max_tokens=kw.pop("max_tokens", 0)), **kw)(batch)
+        spec = StageSpec(k, s, e, task="token", carry_dtype=carry, max_tokens=kw.get("max_tokens", 0),
+                         exit_mode=kw.get("mode"), window=kw.get("window"), sentence_pool=kw.get("pool"))
+        batch = StageActor(model_dir, spec)(batch)
     return batch
 
 
@@ -109,9 +112,9 @@ def test_finished_sentences_drop_their_states_and_ride_on(token_model_dir):
 def test_pipeline_steps_equal_the_full_model_when_nothing_halts(token_model_dir):
     """With exits off every word's tag is the full model's argmax at its first sub-word."""
     b = words_batch(token_model_dir)
-    spec = StageSpec(0, 0, NUM_LAYERS, carry_dtype="float32", exits_enabled=False)
-    out = TokenStageActor(token_model_dir, spec)(b)
-    model = load_token_model(token_model_dir)
+    spec = StageSpec(0, 0, NUM_LAYERS, task="token", carry_dtype="float32", exits_enabled=False)
+    out = StageActor(token_model_dir, spec)(b)
+    model = load_model(token_model_dir)
     tok = load_tokenizer(token_model_dir)
     for i, r in enumerate(bad_rows()[: len(SENTENCES)]):
         ids, lengths, starts = pad(encode_words(tok, [r["tokens"]], 64))
@@ -126,7 +129,7 @@ def test_pipeline_steps_equal_the_full_model_when_nothing_halts(token_model_dir)
 def test_finalize_writes_one_row_per_input_with_tags_per_word(token_model_dir):
     b = run_stages(token_model_dir, words_batch(token_model_dir), [(0, NUM_LAYERS)])
     info = ModelInfo.read(token_model_dir)
-    t = finalize_tokens_task(b, info.labels, "id", [], True)
+    t = get_task("token").finalize(b, info.labels, "id", [], "ner")
     rows = {r["id"]: r for r in t.to_pylist()}
     assert len(rows) == t.num_rows == len(bad_rows())
     assert rows["null"]["tags"] is None and rows["null"]["status"] == schema.NULL
@@ -205,7 +208,7 @@ def test_token_pipeline_without_exits_matches_full_model_and_reads_jsonl(tmp_pat
     cfg = tag_config(tmp_path, str(path), token_model_dir, exit=ExitConfig(disabled=True))
     out = {r["id"]: r for r in pq.read_table(run_tagging(cfg).output).to_pylist()}
     assert len(out) == len(SENTENCES) + 2 and out["broken"]["status"] == schema.UNDECODABLE
-    model, tok = load_token_model(token_model_dir), load_tokenizer(token_model_dir)
+    model, tok = load_model(token_model_dir), load_tokenizer(token_model_dir)
     for i, w in enumerate(SENTENCES):
         ids, _, starts = pad(encode_words(tok, [w], 64))
         with torch.no_grad():
@@ -224,7 +227,7 @@ def test_crashed_token_stage_actor_loses_and_duplicates_no_rows(tmp_path, corpus
     (tmp_path / "clean").mkdir()
     clean = run_tagging(tag_config(tmp_path / "clean", corpus, token_model_dir)).output
     cfg = tag_config(tmp_path, corpus, token_model_dir)
-    run_tagging(cfg, stage_cls=crash_once(TokenStageActor, marker))
+    run_tagging(cfg, stage_cls=crash_once(StageActor, marker))
     assert marker.exists(), "the fault was injected"
     out = pq.read_table(cfg.output).to_pylist()
     assert sorted(r["id"] for r in out) == sorted(r["id"] for r in bad_rows())
@@ -233,9 +236,9 @@ def test_crashed_token_stage_actor_loses_and_duplicates_no_rows(tmp_path, corpus
 
 
 def test_bad_token_configuration_fails_at_start_naming_the_fix(tmp_path, corpus, token_model_dir):
-    with pytest.raises(ConfigError, match="drop --policy"):
+    with pytest.raises(ConfigError, match="cannot decide per word"):
         run_tagging(tag_config(tmp_path, corpus, token_model_dir, exit=ExitConfig(policy="patience")))
     with pytest.raises(ConfigError, match="token = TOKEE"):
-        ExitConfig(mode="word")
+        TokenExitConfig(mode="word")
     with pytest.raises(ConfigError, match="--words-column"):
         run_tagging(tag_config(tmp_path, corpus, token_model_dir, words_column="words"))

@@ -1,0 +1,54 @@
+"""What both kinds of layer shard share: a contiguous slice of the model's encoder layers with
+the exit heads inside it, thresholds per head, and compaction of the rows that keep running.
+
+A shard is the unit a pipeline stage runs; a one-stage layout is a shard of all layers.
+`offramp.exits.sequence_shard` decides per row, `offramp.exits.token_shard` per word.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.masking_utils import create_bidirectional_mask
+
+
+class ShardBase(nn.Module):
+    """Layers [start, end) (0-based, end exclusive) of an early-exit model, with its heads."""
+
+    def __init__(self, model, start: int, end: int, thresholds: dict[int, float] | None, exits_enabled: bool):
+        super().__init__()
+        if not 0 <= start < end <= model.num_layers:
+            raise ValueError(f"shard [{start}, {end}) outside the model's {model.num_layers} layers")
+        self.start, self.end, self.num_layers = start, end, model.num_layers
+        self.model_config = model.config
+        self.embeddings = model.bert.embeddings if start == 0 else None
+        self.layers = nn.ModuleList(model.bert.encoder.layer[start:end])
+        self.head_layers = [l for l in model.exit_layers if start < l <= end]
+        stored = model.thresholds_by_layer()
+        self.thresholds = {l: float((thresholds or stored).get(l, stored[l])) for l in self.head_layers}
+        self.exits_enabled = exits_enabled
+
+    def embed(self, input_ids: torch.Tensor | None, hidden: torch.Tensor | None) -> torch.Tensor:
+        """The first shard embeds (B, T) token ids; later ones take (B, T, H) states. Either way
+        the result is in the layers' dtype."""
+        if (input_ids is None) == (hidden is None):
+            raise ValueError("pass input_ids (first shard) or hidden (later shards), not both")
+        if input_ids is not None:
+            if self.embeddings is None:
+                raise ValueError(f"shard [{self.start}, {self.end}) has no embeddings; pass hidden states")
+            hidden = self.embeddings(input_ids=input_ids)  # (B, T, H)
+        return hidden.to(next(self.layers.parameters()).dtype)
+
+    def layer_mask(self, hidden: torch.Tensor, mask2d: torch.Tensor):
+        """The mask each encoder layer expects, built as BertModel builds it."""
+        return create_bidirectional_mask(config=self.model_config, inputs_embeds=hidden, attention_mask=mask2d)
+
+
+def keep_rows(keep: torch.Tensor, *tensors):
+    """Rows `keep` (bool or indices) of every tensor given; None stays None."""
+    return tuple(None if t is None else t[keep] for t in tensors)
+
+
+def trim(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(S, T, H) -> (S, T', H) with the padding beyond the longest row cut off."""
+    return hidden[:, : int(lengths.max())] if len(lengths) else hidden

@@ -1,0 +1,150 @@
+"""A shard run on Ray Data batches: what a stage does with its columns, for either task.
+
+A `StageRunner` loads the model, keeps only its shard of layers [start, end) and turns a
+numpy batch (the row contract in `offramp.schema`) into forward passes and back. The
+task's runner (`SequenceStageRunner`, `TokenStageRunner`) says which columns it reads,
+which rows still run, and how one forward pass reads and writes them. Exactly the rows
+that came in go out; an exited row drops its hidden states at once. `actors.stage`
+wraps a runner as a Ray Data actor.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from offramp import schema
+from offramp.models.checkpoint import load_model
+from offramp.planning.layout import StageSpec
+
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# numpy has no bfloat16: bf16 blobs are stored as their raw 16-bit patterns.
+_NP_CARRY = {"float32": np.float32, "float16": np.float16, "bfloat16": np.int16}
+
+
+@dataclass(frozen=True)
+class StageBatchStats:
+    """What one stage call did; the driver aggregates these (workers never log to MLflow)."""
+
+    stage: int
+    rows_in: int  # rows that entered this stage's layers
+    rows_exited: int  # of those, rows that finished inside this stage
+    tokens_in: int
+    row_layers: int  # work computed: row-layers (sequence) or token-layers (token)
+    seconds: float  # wall time of the call
+    audit_row_layers: int = 0  # of the work, what audited rows ran beyond their answer
+    skipped_row_layers: int = 0  # row-layers skipped through gates (not in row_layers)
+
+
+@dataclass
+class PassWork:
+    """What one forward pass did, summed over a batch's passes."""
+
+    exited: int = 0
+    layers: int = 0
+    audit_layers: int = 0
+    skipped: int = 0
+
+    def __iadd__(self, other: "PassWork") -> "PassWork":
+        self.exited += other.exited
+        self.layers += other.layers
+        self.audit_layers += other.audit_layers
+        self.skipped += other.skipped
+        return self
+
+
+def hidden_to_blobs(hidden: torch.Tensor, lengths: torch.Tensor, carry_dtype: str) -> list[bytes]:
+    """Survivors' (S, T, H) states -> per-row blobs in the carry dtype, no padding."""
+    h = hidden.to(TORCH_DTYPES[carry_dtype]).cpu()
+    if carry_dtype == "bfloat16":
+        h = h.view(torch.int16)
+    return schema.unpad_to_blobs(h.numpy(), lengths.cpu().numpy())
+
+
+def blobs_to_hidden(blobs, lengths: np.ndarray, hidden_size: int, carry_dtype: str) -> torch.Tensor:
+    """Per-row blobs -> (S, T, H) tensor padded to the longest row."""
+    t = torch.from_numpy(schema.pad_blobs(blobs, lengths, _NP_CARRY[carry_dtype], hidden_size))
+    return t.view(torch.bfloat16) if carry_dtype == "bfloat16" else t
+
+
+def forward_groups(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """Positions into `lengths`, sorted by length and cut so rows x longest <= max_tokens.
+
+    A forward pass pads every row to its longest one; grouping similar lengths spends
+    compute on real tokens. Exit decisions are per row, so grouping changes no result."""
+    if max_tokens <= 0 or len(lengths) == 0:
+        return [np.arange(len(lengths))]
+    order = np.argsort(lengths, kind="stable")
+    groups, start = [], 0
+    for end in range(1, len(order) + 1):
+        # order is ascending, so the group's longest row is its last
+        if end == len(order) or (end + 1 - start) * int(lengths[order[end]]) > max_tokens:
+            groups.append(order[start:end])
+            start = end
+    return groups
+
+
+class StageRunner:
+    """One stage's shard over numpy batches; subclasses are the task-specific codecs."""
+
+    required: tuple[str, ...] = ()
+    """Columns every batch must have."""
+    result_columns: tuple[str, ...] = ()
+    """Columns a forward pass writes (copied first: zero-copy batches are read-only)."""
+
+    def __init__(self, model_dir: str, spec: StageSpec):
+        if spec.torch_threads:
+            torch.set_num_threads(spec.torch_threads)
+        model = load_model(model_dir)
+        self.spec = spec
+        self.device = torch.device(spec.device)
+        self.hidden_size = model.config.hidden_size
+        self.shard = self.build_shard(model, spec)
+        del model  # layers outside [start, end) are freed with it
+        self.shard.to(device=self.device, dtype=TORCH_DTYPES[spec.dtype]).eval()
+
+    def build_shard(self, model, spec: StageSpec) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def running(self, batch: dict) -> np.ndarray:
+        """Positions of the rows that still need this stage's layers."""
+        raise NotImplementedError
+
+    def forward(self, batch: dict, rows: np.ndarray, cols: dict) -> PassWork:
+        """One forward pass over batch positions `rows`; writes their results into `cols`."""
+        raise NotImplementedError
+
+    def inputs(self, batch: dict, rows: np.ndarray, lengths: np.ndarray, hidden_column: str = schema.HIDDEN) -> dict:
+        """The shard's input for `rows`: token ids on the first stage, carried states after it."""
+        if self.spec.start == 0:
+            ids = schema.pad_blobs(batch[schema.TOKENS][rows], lengths, np.int32)[..., 0]  # (S, T)
+            return dict(input_ids=torch.from_numpy(ids).long().to(self.device))
+        hidden = blobs_to_hidden(batch[hidden_column][rows], lengths, self.hidden_size, self.spec.carry_dtype)
+        return dict(hidden=hidden.to(self.device))
+
+    def __call__(self, batch: dict) -> tuple[dict, StageBatchStats]:
+        t0 = time.perf_counter()
+        spec = self.spec
+        schema.check_columns(batch, self.required, f"stage {spec.index}")
+        n = schema.batch_rows(batch)
+        running = self.running(batch)
+        out = dict(batch)
+        work = PassWork()
+        if len(running):
+            cols = {c: batch[c].copy() for c in self.result_columns}
+            for group in forward_groups(batch[schema.NUM_TOKENS][running], spec.max_tokens):
+                work += self.forward(batch, running[group], cols)
+            if spec.start == 0:
+                cols[schema.TOKENS] = batch[schema.TOKENS].copy()
+                cols[schema.TOKENS][running] = b""  # token ids are in the states now
+            out.update(cols)
+        assert schema.batch_rows(out) == n, "a stage must return exactly the rows it received"
+        tokens = int(batch[schema.NUM_TOKENS][running].sum())
+        stats = StageBatchStats(
+            spec.index, len(running), work.exited, tokens, work.layers, time.perf_counter() - t0,
+            work.audit_layers, work.skipped,
+        )
+        return out, stats

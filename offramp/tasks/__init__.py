@@ -1,0 +1,42 @@
+"""Tasks by name: what a kind of model changes in the one pipeline. Add one: one file, one
+line here. A model's config names its task (`offramp.models.checkpoint.model_task`).
+
+The two step functions below are what Ray Data runs as tasks (stateless; the tokenizer is
+cached per worker process)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from offramp import schema
+from offramp.config import ConfigError
+from offramp.tasks.base import Task
+from offramp.tasks.sequence import SequenceTask
+from offramp.tasks.token import TokenTask
+from offramp.text.tokenize import load_tokenizer
+
+TASKS: dict[str, type[Task]] = {"sequence": SequenceTask, "token": TokenTask}
+
+
+def get_task(name: str) -> Task:
+    """A task by registry name; an unknown name lists the valid ones."""
+    try:
+        return TASKS[name]()
+    except KeyError:
+        raise ConfigError(f"unknown task {name!r}; valid tasks: {sorted(TASKS)}") from None
+
+
+def tokenize_step(batch: dict, task: str, model_dir: str, max_length: int, id_column: str = "id",
+                  audit_fraction: float = 0.0, audit_seed: int = 0, **kwargs) -> dict:
+    """Ray Data task: statuses, token ids, the audit sample and the task's state columns."""
+    audit = schema.audit_mask(batch[id_column], audit_fraction, audit_seed) if audit_fraction > 0 else None
+    return get_task(task).tokenize(batch, load_tokenizer(model_dir), max_length, audit, **kwargs)
+
+
+def finalize_step(batch: dict, task: str, labels: list[str], id_column: str, keep: list[str],
+                  gold: str | None) -> pa.Table:
+    """Ray Data task: internal columns -> the user's output columns (exactly the same rows)."""
+    return get_task(task).finalize(batch, labels, id_column, keep, gold)
+
+
+__all__ = ["TASKS", "Task", "finalize_step", "get_task", "tokenize_step"]

@@ -1,0 +1,122 @@
+"""The task contract: what one kind of model (a label per row, a tag per word) changes in
+the one pipeline. Everything else (reading, the stage plan, actors, metrics plumbing,
+MLflow) is shared.
+
+Task objects are light (no torch): the tokenize and finalize steps run in Ray tasks whose
+workers should start fast. The stage codec, which needs torch, is named by `stage_runner`
+and loaded only inside a stage actor.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from offramp import schema
+from offramp.config import ConfigError
+from offramp.policies import ExitPolicy
+
+if TYPE_CHECKING:  # annotations only: the model's checkpoint module imports torch
+    from offramp.config import TagConfig
+    from offramp.models.checkpoint import ModelInfo
+
+COMMON_OUTPUT_COLUMNS = ("exit_layer", "status", "num_tokens", "audited")
+
+
+class Task:
+    name: str = ""
+    work_unit: str = "row_layers"
+    """What a stage's work counts, as its MLflow metric names it (stage<k>_<work_unit>)."""
+    gold_column: str = ""
+    """Output column holding the input's gold label(s), with --label-column."""
+    output_columns: tuple[str, ...] = ()
+    """The task's own output columns, beside COMMON_OUTPUT_COLUMNS, the id and passthrough ones."""
+    stage_runner: str = ""
+    """`module:Class` of the task's `offramp.exits.stage.StageRunner` (imports torch)."""
+
+    # ------------------------------------------------------------ start-time checks
+
+    def source_column(self, cfg: TagConfig) -> tuple[str, str]:
+        """The input column the model reads, and the flag that names it."""
+        return cfg.text_column, "--text-column"
+
+    def list_columns(self, cfg: TagConfig) -> tuple[str, ...]:
+        """Input columns holding a list of strings per row (the JSONL reader keeps them lists)."""
+        return ()
+
+    def check(self, cfg: TagConfig, info: ModelInfo, fmt: str) -> None:
+        """Task-specific settings that cannot work, failing with the fix."""
+
+    def check_policy(self, policy: ExitPolicy, info: ModelInfo) -> None:
+        raise NotImplementedError
+
+    def describe_policy(self, cfg: TagConfig, info: ModelInfo) -> str:
+        return cfg.exit.policy or info.policy
+
+    def output_names(self) -> tuple[str, ...]:
+        return COMMON_OUTPUT_COLUMNS + self.output_columns
+
+    # ------------------------------------------------------------ the light steps
+
+    def tokenize_kwargs(self, cfg: TagConfig) -> dict:
+        """What the tokenize step needs from the config, beyond max_length."""
+        return dict(text_column=cfg.text_column)
+
+    def tokenize(self, batch: dict, tokenizer, max_length: int, audit: np.ndarray | None, **kwargs) -> dict:
+        """Add the status, token ids and the task's empty state columns to a batch (same rows)."""
+        raise NotImplementedError
+
+    def finalize(self, batch: dict, labels: list[str], id_column: str, keep: list[str], gold: str | None) -> pa.Table:
+        """Internal columns -> the user's output columns (exactly the same rows)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ what the driver computes
+
+    def metric_columns(self, cfg: TagConfig) -> list[str]:
+        return list(self.output_names()) + ([self.gold_column] if cfg.label_column else [])
+
+    def summarize(self, table: pa.Table, info: ModelInfo, ranges: list[tuple[int, int]], cfg: TagConfig) -> dict:
+        raise NotImplementedError
+
+    def audit(self, table: pa.Table, info: ModelInfo, cfg: TagConfig) -> dict:
+        raise NotImplementedError
+
+    def answer_column(self) -> str:
+        """The output column whose values the full-depth comparison compares."""
+        raise NotImplementedError
+
+    def compare_full_depth(self, early: dict, full_rows: list[dict], info: ModelInfo, id_column: str) -> dict:
+        """Metrics of the early answers against a full-depth run of the same rows."""
+        raise NotImplementedError
+
+    def runner_cls(self):
+        module, _, name = self.stage_runner.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+def common_output(batch: dict, id_column: str, keep: list[str]) -> dict:
+    """The output columns every task writes, with fixed Arrow types (the same in every file)."""
+    out = {id_column: pa.array(batch[id_column].tolist())}
+    out["exit_layer"] = pa.array(batch[schema.EXIT_LAYER], type=pa.int16())
+    out["status"] = pa.array(batch[schema.STATUS].tolist(), type=pa.string())
+    out["num_tokens"] = pa.array(batch[schema.NUM_TOKENS], type=pa.int32())
+    for c in keep:
+        out[c] = pa.array(batch[c].tolist())
+    return out
+
+
+def fresh_columns(n: int, spec: dict) -> dict:
+    """{column: (dtype, fill)} -> n-row columns; blobs (dtype object) start as b""."""
+    return {c: (np.array([fill] * n, dtype=object) if dtype is object else np.full(n, fill, dtype=dtype))
+            for c, (dtype, fill) in spec.items()}
+
+
+def check_no_clash(cfg: TagConfig, task: Task) -> None:
+    """Passthrough columns may not overwrite an output column."""
+    taken = set(task.output_names()) | {cfg.id_column, task.gold_column}
+    clash = [c for c in cfg.passthrough_columns if c in taken]
+    if clash:
+        raise ConfigError(f"passthrough column(s) {clash} collide with output columns {sorted(taken - {None})}; rename them")

@@ -1,0 +1,197 @@
+"""Sequence labeling: a tag per word, with sentence-level (SENTEE) or token-level (TOKEE) exits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from offramp import schema
+from offramp.config import ConfigError
+from offramp.policies import check_word_policy
+from offramp.quality.audit import summarize_audit
+from offramp.quality.entities import is_bio
+from offramp.quality.metrics import summarize_rows, token_metrics, word_scores
+from offramp.tasks.base import Task, common_output, fresh_columns
+from offramp.text.tokenize import cell_text, cell_words, read_cells
+from offramp.text.words import as_words, encode_words, split_words
+
+STATE = {
+    schema.HIDDEN: (object, b""),
+    schema.EXIT_LAYER: (np.int16, 0),
+    schema.WORD_EXIT: (object, b""),
+    schema.WORD_LABEL: (object, b""),
+    schema.WORD_UNC: (object, b""),
+    schema.TOKEN_LAYERS: (np.int64, 0),
+    schema.FULL_HIDDEN: (object, b""),
+    schema.FULL_WORD_LABEL: (object, b""),
+    schema.FULL_DONE: (bool, False),
+}
+
+
+def tokenize_batch(batch: dict, tokenizer, words_column: str | None, text_column: str, max_length: int,
+                   gold: str | None = None, audit: np.ndarray | None = None) -> dict:
+    """Add STATUS, TOKENS, NUM_TOKENS, the per-word columns, AUDIT and the empty state columns.
+
+    Words come from `words_column` (a list per row) or, when None, from `text_column` split by
+    offramp.text.words.split_words. A sentence over max_length sub-words keeps its first ones and
+    gets status 'truncated'; its words past the limit are untagged."""
+    source = words_column or text_column
+    schema.check_columns(batch, [source] + ([gold] if gold else []), "tokenize")
+    if words_column:
+        sentences, status = read_cells(batch, source, cell_words)
+    else:
+        texts, status = read_cells(batch, source, cell_text)
+        sentences = [split_words(t) if t is not None else None for t in texts]
+    n = len(sentences)
+    words_col, gold_col = np.array([b""] * n, dtype=object), np.array([b""] * n, dtype=object)
+    tokens, starts = np.array([b""] * n, dtype=object), np.array([b""] * n, dtype=object)
+    num_tokens, num_words = np.zeros(n, dtype=np.int32), np.zeros(n, dtype=np.int32)
+    where = [i for i, w in enumerate(sentences) if w is not None]
+    for i in where:
+        words_col[i] = schema.join_words(sentences[i])
+        tags = as_words(batch[gold][i]) if gold else None
+        if tags is not None and len(tags) == len(sentences[i]):
+            gold_col[i] = schema.join_words(tags)
+    encoded = encode_words(tokenizer, [sentences[i] for i in where], max_length) if where else []
+    for i, enc in zip(where, encoded):
+        tokens[i], starts[i] = enc.ids.tobytes(), enc.starts.tobytes()
+        num_tokens[i], num_words[i] = len(enc.ids), len(enc.starts)
+        if enc.truncated:
+            status[i] = schema.TRUNCATED
+    out = {k: v for k, v in batch.items() if k not in (words_column, gold)}  # lists travel as blobs
+    out.update({
+        schema.STATUS: status, schema.TOKENS: tokens, schema.NUM_TOKENS: num_tokens, schema.WORDS: words_col,
+        schema.GOLD_TAGS: gold_col, schema.NUM_WORDS: num_words, schema.WORD_STARTS: starts,
+        schema.AUDIT: np.zeros(n, dtype=bool) if audit is None else np.asarray(audit, dtype=bool),
+    })
+    out.update(fresh_columns(n, STATE))
+    return out
+
+
+def _tags(blob: bytes, names: np.ndarray, fallback: int) -> list:
+    ids = np.frombuffer(blob, dtype=np.int16).astype(np.int64)
+    return names[np.where(ids >= 0, ids, fallback)].tolist()
+
+
+class TokenTask(Task):
+    name = "token"
+    work_unit = "token_layers"
+    gold_column = "gold_tags"
+    output_columns = ("words", "tags", "tag_layers", "num_words", "words_untagged", "token_layers", "full_depth_tags")
+    stage_runner = "offramp.exits.token_shard:TokenStageRunner"
+
+    def source_column(self, cfg) -> tuple[str, str]:
+        return (cfg.words_column, "--words-column") if cfg.words_column else (cfg.text_column, "--text-column")
+
+    def list_columns(self, cfg) -> tuple[str, ...]:
+        return tuple(c for c in (cfg.words_column, cfg.label_column) if c)
+
+    def check(self, cfg, info, fmt) -> None:
+        if cfg.words_column and fmt == "text":
+            raise ConfigError("plain-text input has no words column; drop --words-column (each line is split into words)")
+
+    def check_policy(self, policy, info) -> None:
+        check_word_policy(policy)
+
+    def describe_policy(self, cfg, info) -> str:
+        mode = cfg.exit.token.mode or info.token_exit_mode or "token"
+        return f"{mode}-level exit ({cfg.exit.policy or info.policy})"
+
+    def tokenize_kwargs(self, cfg) -> dict:
+        return dict(words_column=cfg.words_column, text_column=cfg.text_column, gold=cfg.label_column)
+
+    def tokenize(self, batch, tokenizer, max_length, audit, words_column=None, text_column="text", gold=None, **_):
+        return tokenize_batch(batch, tokenizer, words_column, text_column, max_length, gold, audit)
+
+    def finalize(self, batch, labels, id_column, keep, gold) -> pa.Table:
+        """`tags[i]` is None for an untagged word (its first sub-word fell past the token limit, or
+        it has none); `tag_layers[i]` is the layer the word halted at."""
+        names = np.array(labels + [None], dtype=object)
+        words, tags, layers, untagged, full_tags = [], [], [], [], []
+        rows = zip(batch[schema.WORDS], batch[schema.WORD_LABEL], batch[schema.WORD_EXIT], batch[schema.FULL_WORD_LABEL])
+        for w_blob, lab, ex, full in rows:
+            w = schema.split_blob(w_blob)
+            full_tags.append(_tags(full, names, len(labels)) if full else None)
+            if not lab:  # never ran (bad input): no tags
+                words.append(w or None)
+                tags.append(None)
+                layers.append(None)
+                untagged.append(len(w))
+                continue
+            words.append(w)
+            tags.append(_tags(lab, names, len(labels)))
+            layers.append([int(x) if x > 0 else None for x in np.frombuffer(ex, dtype=np.int16)])
+            untagged.append(sum(t is None for t in tags[-1]))
+        out = common_output(batch, id_column, keep)
+        out.update({
+            "words": pa.array(words, type=pa.list_(pa.string())),
+            "tags": pa.array(tags, type=pa.list_(pa.string())),
+            "tag_layers": pa.array(layers, type=pa.list_(pa.int16())),
+            "num_words": pa.array([len(w) if w else 0 for w in words], type=pa.int32()),
+            "words_untagged": pa.array(untagged, type=pa.int32()),
+            "token_layers": pa.array(batch[schema.TOKEN_LAYERS], type=pa.int64()),
+            "audited": pa.array([t is not None for t in full_tags], type=pa.bool_()),
+            "full_depth_tags": pa.array(full_tags, type=pa.list_(pa.string())),
+        })
+        if gold:
+            out[self.gold_column] = pa.array([schema.split_blob(g) or None for g in batch[schema.GOLD_TAGS]],
+                                             type=pa.list_(pa.string()))
+        return pa.table(out)
+
+    def metric_columns(self, cfg) -> list[str]:
+        return [c for c in super().metric_columns(cfg) if c not in ("words",)]
+
+    def summarize(self, table, info, ranges, cfg) -> dict:
+        status = np.asarray(table["status"].to_pylist(), dtype=object)
+        num_tokens = table["num_tokens"].to_numpy(zero_copy_only=False)
+        audited = table["audited"].to_numpy(zero_copy_only=False).astype(bool)
+        m, ran = summarize_rows(table["exit_layer"].to_numpy(zero_copy_only=False), status, num_tokens,
+                                info.num_layers, ranges, audited)
+        gold = table[self.gold_column].to_pylist() if cfg.label_column else None
+        return token_metrics(m, ran, num_tokens, table["token_layers"].to_numpy(zero_copy_only=False),
+                             table["tags"].to_pylist(), table["tag_layers"].to_pylist(), info.num_layers, gold,
+                             bio=is_bio(info.labels))
+
+    def audit(self, table, info, cfg) -> dict:
+        """Per word: the audited sentences' tags against their full-depth lane's tags."""
+        audited = table["audited"].to_numpy(zero_copy_only=False).astype(bool)
+        rows = np.flatnonzero(audited)
+        pick = lambda name: [table[name][int(i)].as_py() for i in rows]  # noqa: E731
+        tags, full, layers = pick("tags"), pick("full_depth_tags"), pick("tag_layers")
+        gold = pick(self.gold_column) if cfg.label_column else [None] * len(rows)
+        flat = [(t, f, l or 0, (g[k] if g and k < len(g) else None))
+                for ts, fs, ls, g in zip(tags, full, layers, gold)
+                for k, (t, f, l) in enumerate(zip(ts, fs, ls)) if t is not None]
+        word_tag = np.array([x[0] for x in flat], dtype=object)
+        word_full = np.array([x[1] for x in flat], dtype=object)
+        word_layer = np.array([x[2] for x in flat], dtype=np.int64)
+        word_gold = np.array([x[3] for x in flat], dtype=object) if cfg.label_column else None
+        out = summarize_audit(word_layer, word_tag, word_full, np.ones(len(flat), dtype=bool), info.num_layers,
+                              cfg.audit.confidence, cfg.audit.target_agreement or info.calibrated_agreement,
+                              cfg.audit.alarm, word_gold)
+        out.update(unit="words", sentences=int(len(rows)))
+        return out
+
+    def answer_column(self) -> str:
+        return "tags"
+
+    def compare_full_depth(self, early, full_rows, info, id_column) -> dict:
+        """Word accuracy and entity F1 without exits, and how many words the exits tagged differently."""
+        rows = [r for r in full_rows if r[self.gold_column]]
+        if not rows:
+            return {}
+        full_tags = [list(r["tags"]) for r in rows]
+        gold = [list(r[self.gold_column]) for r in rows]
+        exit_tags = [list(early.get(r[id_column]) or []) for r in rows]
+        bio = is_bio(info.labels)
+        full, exited = word_scores(full_tags, gold, bio), word_scores(exit_tags, gold, bio)
+        out = {
+            "full_depth_eval_rows": len(rows),
+            "accuracy_full_depth": full["accuracy"],
+            "accuracy_exit_on_eval_rows": exited["accuracy"],
+            "agreement_with_full_depth": word_scores(exit_tags, full_tags, False)["accuracy"],
+        }
+        if bio:
+            out["entity_f1_full_depth"] = full["entity_f1"]
+            out["entity_f1_exit_on_eval_rows"] = exited["entity_f1"]
+        return out
