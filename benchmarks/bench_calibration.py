@@ -30,7 +30,8 @@ import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from transformers import BertConfig  # noqa: E402
 
-from offramp.quality import calibration  # noqa: E402
+from offramp.quality import calibration
+from pipelines.calibrate import head_logits_for  # noqa: E402
 from offramp.policies import get_policy  # noqa: E402
 
 
@@ -42,7 +43,7 @@ def load_logits(model: str, data: str, text_column: str, label_column: str, max_
     t = pq.read_table(data, columns=[text_column, label_column]).to_pylist()
     rows = [r for r in t if isinstance(r[text_column], str) and r[text_column].strip()]
     t0 = time.perf_counter()
-    logits = calibration.head_logits_for(model, [r[text_column] for r in rows], max_length)
+    logits = head_logits_for(model, [r[text_column] for r in rows], max_length)
     print(f"full-depth pass over {len(rows)} rows: {time.perf_counter() - t0:.0f} s", flush=True)
     gold = np.array([cfg.label2id.get(str(r[label_column]), -1) for r in rows])
     np.savez(cache, logits=logits, gold=gold)

@@ -7,15 +7,24 @@ import os
 import time
 from dataclasses import dataclass
 
+import matplotlib.pyplot as plt
+import mlflow
 import numpy as np
 import torch
+from transformers import AutoTokenizer
+from mlflow.entities import Metric
 
-from offramp.quality import calibration
 from offramp.config import CalibrateConfig, ConfigError
-from offramp.training.data import load_labeled
-from offramp.models.sequence import ModelInfo
+from offramp.exits.simulate import HeadPass
+from offramp.models.checkpoint import ModelInfo, load_model, read_config
+from offramp.models.profile import load_profile, save_profile
 from offramp.policies import get_policy
+from offramp.quality import calibration
 from offramp.quality.stats import rows_needed
+from offramp.training.data import load_labeled
+from offramp.training.loop import full_pass
+from pipelines.figures import tradeoff_figure
+from pipelines.tracking import start_run
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +35,28 @@ class Outcome:
     summary: str  # one paragraph for the terminal
     written: bool
     run_id: str
+
+
+def head_logits_for(model_dir: str, texts: list[str], max_length: int, batch_size: int = 64) -> HeadPass:
+    """Every exit head's output at full depth, from one pass of the saved model."""
+    model = load_model(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return full_pass(model, tokenizer, texts, max_length, batch_size)
+
+
+def write_calibration(model_dir: str, result: calibration.Calibration, exit_layers: list[int], source: str) -> None:
+    """Store the certified threshold in config.json and the record in exit_profile.json.
+
+    The stored survival becomes the calibrated one, so stage layouts are planned for the
+    thresholds that will actually run."""
+    if not result.certified:
+        raise ValueError("nothing certified: refusing to overwrite the model's thresholds")
+    cfg = read_config(model_dir)
+    cfg.exit_thresholds = [float(result.threshold)] * len(exit_layers)
+    cfg.save_pretrained(model_dir)
+    profile = load_profile(model_dir)
+    profile["calibration"] = {**result.record(), "data": source}
+    save_profile(model_dir, profile)
 
 
 def _target(cfg: CalibrateConfig) -> calibration.Target:
@@ -49,7 +80,7 @@ def run_calibration(cfg: CalibrateConfig) -> Outcome:
     exit_layers = info.exit_layers
     t0 = time.perf_counter()
     logger.info("calibration: %d rows, target: %s at confidence %.2f", len(texts), target.describe(), cfg.confidence)
-    logits = calibration.head_logits_for(cfg.model, texts, cfg.max_length, cfg.batch_size)
+    logits = head_logits_for(cfg.model, texts, cfg.max_length, cfg.batch_size)
     gold = None
     if labels is not None:
         label2id = {name: i for i, name in enumerate(info.labels)}
@@ -58,7 +89,7 @@ def run_calibration(cfg: CalibrateConfig) -> Outcome:
     seconds = time.perf_counter() - t0
     written = result.certified and not cfg.dry_run
     if written:
-        calibration.write_calibration(cfg.model, result, exit_layers, os.path.abspath(cfg.data))
+        write_calibration(cfg.model, result, exit_layers, os.path.abspath(cfg.data))
     run_id = log_calibration(cfg, result, seconds) if cfg.mlflow.enabled else ""
     return Outcome(result, _summary(cfg, result, written, run_id), written, run_id)
 
@@ -87,15 +118,6 @@ def _summary(cfg: CalibrateConfig, result: calibration.Calibration, written: boo
 
 
 def log_calibration(cfg: CalibrateConfig, result: calibration.Calibration, seconds: float) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import mlflow
-    from mlflow.entities import Metric
-
-    from pipelines.tracking import start_run
-
     t, p = result.target, result.point
     with start_run(cfg.mlflow, "offramp-calibrate") as run:
         mlflow.log_params(
@@ -110,7 +132,7 @@ def log_calibration(cfg: CalibrateConfig, result: calibration.Calibration, secon
                 "dry_run": cfg.dry_run,
             }
         )
-        mlflow.set_tag("offramp.quality.calibration", "certified" if result.certified else "not_certified")
+        mlflow.set_tag("offramp.calibration", "certified" if result.certified else "not_certified")
         metrics = {k: v for k, v in p.items() if isinstance(v, (int, float)) and np.isfinite(v)}
         metrics["certified_candidates"] = sum(q["certified"] for q in result.curve) - 1
         metrics["calibration_seconds"] = seconds
@@ -128,27 +150,3 @@ def log_calibration(cfg: CalibrateConfig, result: calibration.Calibration, secon
         plt.close(fig)
         mlflow.log_dict({"target": t.__dict__, "chosen": result.record(), "curve": result.curve}, "calibration.json")
         return run.info.run_id
-
-
-def tradeoff_figure(result: calibration.Calibration):
-    """Risk and its certified bound against mean layers; the target and the chosen point."""
-    import matplotlib.pyplot as plt
-
-    t = result.target
-    pts = [q for q in result.curve if np.isfinite(q["risk_bound"])]
-    scale, unit = (100, "points") if t.mode == "accuracy" else (100, "% of rows")
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.plot([q["mean_layers"] for q in pts], [scale * q["risk"] for q in pts], ".-", ms=3, label="observed")
-    ax.plot([q["mean_layers"] for q in pts], [scale * q["risk_bound"] for q in pts], ".-", ms=3,
-            label=f"bound at confidence {t.confidence:.2f}")
-    ax.axhline(scale * t.max_risk, color="k", ls="--", lw=1, label="target")
-    if result.certified:
-        ax.plot([result.point["mean_layers"]], [scale * result.point["risk"]], "r*", ms=14, label="chosen")
-    ax.invert_xaxis()
-    ax.set_xlabel("mean layers executed (calibration set)")
-    ax.set_ylabel(("accuracy drop" if t.mode == "accuracy" else "disagreement with full depth") + f" ({unit})")
-    ax.set_ylim(bottom=min(0, scale * min(q["risk"] for q in pts)) - 0.2, top=max(4 * scale * t.max_risk, 1))
-    ax.legend(fontsize=8)
-    ax.set_title(t.describe())
-    fig.tight_layout()
-    return fig

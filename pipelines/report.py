@@ -9,27 +9,20 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from offramp.planning.capacity import (  # noqa: E402
+from offramp.planning.capacity import (
     TABLE_HEADER,
     CapacityPlan,
     exit_histogram,
     num_layers,
     plan_table,
     projection_lines,
-    stage_rate,
-    stage_utilization,
-    survival_by_layer,
 )
-from offramp.quality.audit import verdict  # noqa: E402
-from pipelines.tracking import exit_histogram_figure  # noqa: E402
+from offramp.quality.audit import verdict
+from pipelines.figures import audit_figure, exit_histogram_figure, stage_figure, survival_figure
 
 NO_PLAN = (
     "No capacity plan was made for this run. Make one with "
@@ -66,63 +59,6 @@ def _table(header, rows) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
-
-
-# ---------------------------------------------------------------- figures
-
-
-def survival_figure(summary: dict):
-    survival = survival_by_layer(summary)
-    layers = list(range(0, len(survival) + 1))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.step(layers, [1.0, *survival], where="post", color="#3a7bd5")
-    ax.plot(layers, [1.0, *survival], "o", color="#3a7bd5", ms=4)
-    for st in summary.get("stages") or []:
-        if st["start"] > 0:
-            ax.axvline(st["start"], color="#999", ls="--", lw=0.8)
-    ax.set_xlabel("layer (dashed: stage boundary)")
-    ax.set_ylabel("fraction still running")
-    ax.set_xticks(layers)
-    ax.set_ylim(0, 1.05)
-    fig.tight_layout()
-    return fig
-
-
-def stage_figure(summary: dict):
-    stages = summary.get("stages") or []
-    names = [f"stage {st['index']}\nlayers {st['start'] + 1}-{st['end']}" for st in stages]
-    rates = [stage_rate(st) or 0.0 for st in stages]
-    util = [0.0 if math.isnan(u) else u for u in stage_utilization(summary)]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.5))
-    a1.bar(names, rates, color="#3a7bd5")
-    a1.set_ylabel("documents per actor-second")
-    a2.bar(names, [100 * u for u in util], color="#e08a3c")
-    a2.set_ylabel("utilization (% of actor time busy)")
-    a2.set_ylim(0, max([100, *(100 * u for u in util)]) * 1.05)
-    fig.tight_layout()
-    return fig
-
-
-def audit_figure(audit: dict):
-    rows = [(int(k), v) for k, v in (audit.get("by_layer") or {}).items() if v.get("rows")]
-    by_layer = sorted(rows, key=lambda kv: kv[0])  # (exit layer, its audit counts)
-    layers = [k for k, _ in by_layer]
-    agree = [v["agreement"] for _, v in by_layer]
-    lower = [v["agreement"] - v["lower"] for _, v in by_layer]
-    upper = [v["upper"] - v["agreement"] for _, v in by_layer]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.errorbar(layers, agree, yerr=[lower, upper], fmt="o", capsize=4, color="#3a7bd5", label="agreement")
-    for layer, v in by_layer:
-        ax.annotate(f"n={v['rows']}", (layer, v["agreement"]), xytext=(6, 0), textcoords="offset points", fontsize=8)
-    if audit.get("target") is not None:
-        ax.axhline(audit["target"], color="#c0392b", ls="--", lw=1, label=f"target {audit['target']:g}")
-    ax.set_xlabel("exit layer")
-    ax.set_ylabel("agreement with full depth")
-    ax.set_xticks(layers)
-    ax.set_ylim(min([*(v["lower"] for _, v in by_layer), 0.5]) - 0.02, 1.02)
-    ax.legend(loc="lower left")
-    fig.tight_layout()
-    return fig
 
 
 # ---------------------------------------------------------------- sections

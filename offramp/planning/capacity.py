@@ -7,16 +7,13 @@ The model, per stage k of a run's `run_summary.json`:
     a_k = ceil(T * s_k * headroom / r_k)   actors that sustain T docs/s with the headroom kept
 
 so a stage costs s_k / r_k = busy_seconds_k / rows_in_0 actor-seconds per input document.
-Pure arithmetic on the summary dict; only `load_run_summary` touches MLflow.
+Pure arithmetic on the summary dict; reading it from MLflow is `pipelines.tracking.load_run_summary`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 
 from offramp.config import ConfigError
@@ -390,41 +387,3 @@ def format_plan(plan: CapacityPlan) -> str:
     return "\n".join(
         [*table, "", *projection_lines(plan), "", "Assumptions:", *(f"- {a}" for a in plan.assumptions)]
     )
-
-
-# ---------------------------------------------------------------- MLflow
-
-
-def load_run_summary(run_id: str, tracking_uri: str) -> dict:
-    """The `run_summary.json` artifact of an MLflow tagging run."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient(tracking_uri)
-    try:
-        client.get_run(run_id)
-    except MlflowException:
-        raise ConfigError(
-            f"MLflow run {run_id!r} not found in {tracking_uri}; pass the run id jobs/tag_corpus.py printed "
-            "(--run-id) and the store it logged to (--tracking-uri or $MLFLOW_TRACKING_URI)"
-        ) from None
-    if SUMMARY_ARTIFACT not in [a.path for a in client.list_artifacts(run_id)]:
-        raise ConfigError(
-            f"MLflow run {run_id} has no {SUMMARY_ARTIFACT}; it is not a tagging run of this version: "
-            "re-run jobs/tag_corpus.py with mlflow enabled and plan from that run"
-        )
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(run_id, SUMMARY_ARTIFACT, tmp)
-        with open(path) as f:
-            summary = json.load(f)
-    summary.setdefault("run", {}).setdefault("run_id", run_id)
-    return summary
-
-
-def log_plan(plan: CapacityPlan, run_id: str, tracking_uri: str) -> None:
-    """Attach the plan to the measured run as `capacity_plan.json`."""
-    from mlflow import MlflowClient
-
-    MlflowClient(tracking_uri).log_dict(run_id, plan.to_dict(), PLAN_ARTIFACT)
-

@@ -188,36 +188,3 @@ def naive_choice(curve: list[dict], target: Target) -> dict:
     """The fastest point whose *observed* risk meets the target: what hand-sweeping does."""
     ok = [p for p in curve if p["risk"] <= target.max_risk]
     return max(ok, key=lambda p: (p["ideal_speedup"], -p["risk"]))
-
-
-# ---------------------------------------------------------------- model directory I/O
-
-
-def head_logits_for(model_dir: str, texts: list[str], max_length: int, batch_size: int = 64) -> simulate.HeadPass:
-    """Every exit head's output at full depth, from one pass of the saved model."""
-    from transformers import AutoTokenizer
-
-    from offramp.models.checkpoint import load_model
-    from offramp.training.loop import full_pass
-
-    model = load_model(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return full_pass(model, tokenizer, texts, max_length, batch_size)
-
-
-def write_calibration(model_dir: str, calibration: Calibration, exit_layers: list[int], source: str) -> None:
-    """Store the certified threshold in config.json and the record in exit_profile.json.
-
-    The stored survival becomes the calibrated one, so stage layouts are planned for the
-    thresholds that will actually run."""
-    from offramp.models.profile import load_profile, save_profile
-    from offramp.models.checkpoint import read_config
-
-    if not calibration.certified:
-        raise ValueError("nothing certified: refusing to overwrite the model's thresholds")
-    cfg = read_config(model_dir)
-    cfg.exit_thresholds = [float(calibration.threshold)] * len(exit_layers)
-    cfg.save_pretrained(model_dir)
-    profile = load_profile(model_dir)
-    profile["calibration"] = {**calibration.record(), "data": source}
-    save_profile(model_dir, profile)

@@ -12,7 +12,8 @@ import pytest
 from transformers import BertConfig
 
 from offramp.quality import calibration
-from offramp.models.sequence import load_profile
+from pipelines.calibrate import head_logits_for
+from offramp.models.profile import load_profile
 from offramp.policies import get_policy
 from pipelines.run import ModelInfo
 from tests.conftest import LABELS, TEXTS
@@ -45,7 +46,7 @@ def test_calibrate_writes_a_certified_threshold_and_logs_the_curve(setup):
     cfg = BertConfig.from_pretrained(model)
     assert cfg.exit_thresholds == [rec["threshold"]] * len(cfg.exit_layers)
     # the recorded numbers are what the stored threshold does on those rows
-    logits = calibration.head_logits_for(str(model), ROWS, 64)
+    logits = head_logits_for(str(model), ROWS, 64)
     point = calibration.evaluate(logits, list(cfg.exit_layers), get_policy(cfg.exit_policy), rec["threshold"],
                        calibration.Target("agreement", 0.6, 0.8))
     assert point["agreement"] == pytest.approx(rec["agreement"]) and point["risk_bound"] <= 0.4
@@ -54,7 +55,7 @@ def test_calibrate_writes_a_certified_threshold_and_logs_the_curve(setup):
     assert info.calibrated_agreement == 0.6 and info.survival == rec["survival"]
     mlflow.set_tracking_uri(uri)
     run_ = mlflow.search_runs(experiment_names=["offramp-calibrate"], output_format="list")[0]
-    assert run_.data.tags["offramp.quality.calibration"] == "certified"
+    assert run_.data.tags["offramp.calibration"] == "certified"
     assert run_.data.metrics["chosen_threshold"] == pytest.approx(rec["threshold"])
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_.info.run_id)}
     assert {"calibration.json", "calibration_tradeoff.png"} <= arts

@@ -100,7 +100,7 @@ def test_two_stage_pipeline_one_row_per_input_with_exits_in_both_stages(tmp_path
     assert run.data.metrics["ideal_speedup"] == pytest.approx(NUM_LAYERS / m["mean_layers"])
     assert run.data.params["stage1_layers"] == "[2, 4)"
     assert run.data.metrics["audit_agreement"] == pytest.approx(agree.mean())
-    assert run.data.tags["offramp.quality.audit"] == ("pass" if agree.mean() >= 0.5 else "below_target")
+    assert run.data.tags["offramp.audit"] == ("pass" if agree.mean() >= 0.5 else "below_target")
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
     assert {"exit_histogram.png", "run_summary.json", "report.html"} <= arts
     summary = mlflow.artifacts.load_dict(f"runs:/{run_id}/run_summary.json")

@@ -16,7 +16,7 @@ import torch
 from offramp.planning.layout import StageSpec
 from actors.stage import StageActor
 from offramp import schema
-from offramp.config import ConfigError, ExitConfig, MlflowConfig, StageConfig, TagConfig, TokenExitConfig
+from offramp.config import AuditConfig, ConfigError, ExitConfig, MlflowConfig, StageConfig, TagConfig, TokenExitConfig
 from offramp.models.checkpoint import ModelInfo
 from offramp.exits.token_pass import pad
 from offramp.models.checkpoint import load_model
@@ -82,7 +82,8 @@ def test_raw_text_is_split_into_words_by_the_documented_rule(token_model_dir):
 def run_stages(model_dir, batch, ranges, carry="float32", **kw) -> dict:
     for k, (s, e) in enumerate(ranges):
         spec = StageSpec(k, s, e, task="token", carry_dtype=carry, max_tokens=kw.get("max_tokens", 0),
-                         exit_mode=kw.get("mode"), window=kw.get("window"), sentence_pool=kw.get("pool"))
+                         exit_mode=kw.get("mode"), window=kw.get("window"), sentence_pool=kw.get("pool"),
+                         exits_enabled=kw.get("exits", True), policy=kw.get("policy"))
         batch = StageActor(model_dir, spec)(batch)
     return batch
 
@@ -99,6 +100,56 @@ def test_stage_split_changes_no_tag_and_no_exit_layer(token_model_dir, mode):
         assert np.array_equal(other[schema.EXIT_LAYER], runs[0][schema.EXIT_LAYER])
     exits = np.concatenate([np.frombuffer(x, dtype=np.int16) for x in runs[0][schema.WORD_EXIT] if x])
     assert len(set(exits[exits > 0])) >= 2, "thresholds should halt words at several layers"
+
+
+@pytest.mark.parametrize("ranges", [[(0, NUM_LAYERS)], [(0, 1), (1, 3), (3, NUM_LAYERS)]])
+def test_audited_sentences_keep_their_answer_and_get_the_full_depth_tags(token_model_dir, ranges):
+    """An audited sentence is answered exactly as if it were not audited, and its full-depth lane
+    gives every word the tag the model gives with exits off, over one stage or several."""
+    plain = run_stages(token_model_dir, words_batch(token_model_dir), ranges)
+    batch = words_batch(token_model_dir)
+    batch[schema.AUDIT] = np.ones(len(batch["id"]), dtype=bool)
+    audited = run_stages(token_model_dir, batch, ranges)
+    full = run_stages(token_model_dir, words_batch(token_model_dir), ranges, exits=False)
+    for col in (schema.WORD_LABEL, schema.WORD_EXIT):
+        assert list(audited[col]) == list(plain[col])
+    assert np.array_equal(audited[schema.TOKEN_LAYERS], plain[schema.TOKEN_LAYERS]), "the audit is not the answer's cost"
+    assert np.array_equal(audited[schema.EXIT_LAYER], plain[schema.EXIT_LAYER])
+    ran = np.isin(audited[schema.STATUS], schema.RUNNABLE)
+    assert list(audited[schema.FULL_WORD_LABEL][ran]) == list(full[schema.WORD_LABEL][ran])
+    assert audited[schema.FULL_DONE][ran].all() and not audited[schema.FULL_DONE][~ran].any()
+    assert all(h == b"" for h in audited[schema.FULL_HIDDEN]), "a finished lane drops its states"
+    differs = [a != f for a, f in zip(audited[schema.WORD_LABEL][ran], audited[schema.FULL_WORD_LABEL][ran])]
+    assert any(differs), "the thresholds should make some early tags differ from full depth"
+
+    # the task's audit: per-word agreement of the answers with the full-depth lane, with an interval
+    info = ModelInfo.read(token_model_dir)
+    table = get_task("token").finalize(audited, info.labels, "id", [], "ner")
+    cfg = TagConfig(label_column="ner")
+    a = get_task("token").audit(table, info, cfg)
+    rows = [r for r in table.to_pylist() if r["audited"]]
+    pairs = [(t, f) for r in rows for t, f in zip(r["tags"], r["full_depth_tags"]) if t is not None]
+    assert a["unit"] == "words" and a["sentences"] == len(rows) == int(ran.sum())
+    assert a["rows"] == len(pairs) and a["agree"] == sum(t == f for t, f in pairs)
+    assert a["lower"] <= a["agreement"] <= a["upper"]
+    assert sum(v["rows"] for v in a["by_layer"].values()) == len(pairs)
+
+
+def test_token_models_take_per_word_policies_from_the_registry(token_model_dir):
+    """max_prob decides words by 1 - top probability; with a threshold of 1 every word halts at the
+    first head, with 0 none does before the last layer."""
+    batch = words_batch(token_model_dir)
+    ran = np.isin(batch[schema.STATUS], schema.RUNNABLE)
+    spec = dict(task="token", carry_dtype="float32", policy="max_prob")
+    early = StageActor(token_model_dir, StageSpec(0, 0, NUM_LAYERS, thresholds={l: 1.01 for l in range(1, 5)}, **spec))(batch)
+    late = StageActor(token_model_dir, StageSpec(0, 0, NUM_LAYERS, thresholds={l: 0.0 for l in range(1, 5)}, **spec))(batch)
+    tagged = lambda out, i: np.frombuffer(out[schema.WORD_EXIT][i], dtype=np.int16)  # noqa: E731
+    starts = [np.frombuffer(batch[schema.WORD_STARTS][i], dtype=np.int32) for i in range(len(ran))]
+    for i in np.flatnonzero(ran):
+        assert set(tagged(early, i)[starts[i] >= 0]) <= {1}
+        assert set(tagged(late, i)[starts[i] >= 0]) <= {NUM_LAYERS}
+    with pytest.raises(ConfigError, match="cannot decide per word"):
+        StageActor(token_model_dir, StageSpec(0, 0, NUM_LAYERS, task="token", policy="patience"))
 
 
 def test_finished_sentences_drop_their_states_and_ride_on(token_model_dir):
@@ -164,11 +215,15 @@ def tag_config(tmp_path, corpus, model_dir, **kw) -> TagConfig:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_token_pipeline_end_to_end_under_ray(tmp_path, corpus, token_model_dir, local_ray):
+def test_token_pipeline_end_to_end_under_ray(tmp_path, corpus, token_model_dir, local_ray, caplog):
     """Two stage pools under real Ray: one output row per input, tags per word, metrics that match
-    the output, sentences leaving in both stages, and the run read back from MLflow."""
-    cfg = tag_config(tmp_path, corpus, token_model_dir, full_depth_eval_rows=-1)
-    result = run_tagging(cfg)
+    the output, sentences leaving in both stages, the audit, the stage plan and per-stage rates
+    as for classification, and the run read back from MLflow."""
+    audit = AuditConfig(fraction=1.0, target_agreement=0.5)
+    cfg = tag_config(tmp_path, corpus, token_model_dir, full_depth_eval_rows=-1, audit=audit)
+    with caplog.at_level("INFO", logger="pipelines.run"):
+        result = run_tagging(cfg)
+    assert "stage 1: layers [2, 4)" in caplog.text, "the stage plan is logged"
     out = pq.read_table(cfg.output).to_pylist()
     ids = [r["id"] for r in out]
     assert sorted(ids) == sorted(r["id"] for r in bad_rows()), "every input row exactly once"
@@ -187,12 +242,22 @@ def test_token_pipeline_end_to_end_under_ray(tmp_path, corpus, token_model_dir, 
     right = sum(p == g for ts, gs in gold for p, g in zip(ts, gs))
     assert m["accuracy"] == pytest.approx(right / sum(len(gs) for _, gs in gold))
     assert "entity_f1" in m and "accuracy_full_depth" in m and "entity_f1_full_depth" in m
+    for k in (0, 1):
+        assert m[f"stage{k}_docs_per_busy_second"] > 0 and m[f"stage{k}_busy_seconds"] > 0
+    assert m["stage1_audit_token_layers"] > 0, "the full-depth lane's work is reported"
+    # every tagged word of every sentence is audited: agreement counted from the output itself
+    pairs = [(t, f) for r in out if r["audited"] for t, f in zip(r["tags"], r["full_depth_tags"]) if t is not None]
+    assert all(r["audited"] == (r["status"] in schema.RUNNABLE) for r in out)
+    assert m["audit_rows"] == len(pairs) and m["audit_agreement"] == pytest.approx(sum(t == f for t, f in pairs) / len(pairs))
+    assert result.audit["status"] in ("pass", "below_target") and result.audit["unit"] == "words"
 
     run_id = log_tag_run(cfg, result, NUM_LAYERS)
     mlflow.set_tracking_uri(cfg.mlflow.tracking_uri)
     logged = mlflow.get_run(run_id).data.metrics
     assert logged["token_layer_saving"] == pytest.approx(m["token_layer_saving"])
     assert logged["stage1_rows_exited"] == m["stage1_rows_exited"]
+    assert logged["audit_agreement"] == pytest.approx(m["audit_agreement"])
+    assert mlflow.get_run(run_id).data.tags["offramp.audit"] == result.audit["status"]
 
 
 @pytest.mark.ray
