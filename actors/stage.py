@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ray
 
-from offramp.planning.layout import StageSpec
+from offramp.exits.stage import StageSpec
 from offramp.tasks import get_task
 
 

@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
 import torch
-from transformers import AutoTokenizer
 from mlflow.entities import Metric
+from transformers import AutoTokenizer
 
 from offramp.config import CalibrateConfig, ConfigError
 from offramp.exits.simulate import HeadPass

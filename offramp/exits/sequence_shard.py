@@ -13,13 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from offramp.models.sequence import EarlyExitBertForSequenceClassification
-
-from offramp.models.heads import HeadOutput, exit_signal, masked_mean
 from offramp import schema
 from offramp.exits.shard import ShardBase, keep_rows, trim
-from offramp.exits.stage import PassWork, StageRunner, hidden_to_blobs
-from offramp.planning.layout import StageSpec
+from offramp.exits.stage import PassWork, StageRunner, StageSpec, hidden_to_blobs
+from offramp.models.heads import HeadOutput, exit_signal, masked_mean
+from offramp.models.sequence import EarlyExitBertForSequenceClassification
 from offramp.policies import ExitPolicy, check_policy_fits, get_policy
 
 

@@ -18,11 +18,32 @@ import torch
 
 from offramp import schema
 from offramp.models.checkpoint import load_model
-from offramp.planning.layout import StageSpec
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # numpy has no bfloat16: bf16 blobs are stored as their raw 16-bit patterns.
 _NP_CARRY = {"float32": np.float32, "float16": np.float16, "bfloat16": np.int16}
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What one stage actor needs: its layer range and how to run it."""
+
+    index: int
+    start: int  # first layer, 0-based
+    end: int  # one past the last layer
+    task: str = "sequence"  # offramp.tasks name: which shard and codec the stage runs
+    dtype: str = "float32"
+    carry_dtype: str = "float16"
+    device: str = "cpu"
+    torch_threads: int = 0
+    max_tokens: int = 0  # padded tokens per forward pass; 0 = the whole batch
+    policy: str | None = None
+    thresholds: dict | None = None  # {layer: threshold}; None = stored with the model
+    exits_enabled: bool = True
+    gates_enabled: bool = True  # SmartBERT skipping gates (models without gates ignore it)
+    exit_mode: str | None = None  # token task: token (TOKEE) or sentence (SENTEE); None = stored
+    window: int | None = None  # token task, TOKEE: words on each side; None = stored
+    sentence_pool: str | None = None  # token task, SENTEE: max or mean; None = stored
 
 
 @dataclass(frozen=True)

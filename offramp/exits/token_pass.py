@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from offramp.quality.entities import entity_f1, is_bio
 from offramp.exits.token_shard import TokenShard
+from offramp.quality.entities import entity_f1, is_bio
 from offramp.text.words import EncodedWords
 
 

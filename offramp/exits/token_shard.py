@@ -17,9 +17,8 @@ from torch import nn
 from offramp import schema
 from offramp.config import check_token_exit
 from offramp.exits.shard import ShardBase, keep_rows, trim
-from offramp.exits.stage import PassWork, StageRunner, hidden_to_blobs
+from offramp.exits.stage import PassWork, StageRunner, StageSpec, hidden_to_blobs
 from offramp.models.token import EarlyExitBertForTokenClassification, sparse_layer, window_max, word_of_token
-from offramp.planning.layout import StageSpec
 from offramp.policies import ExitPolicy, check_word_policy, get_policy
 
 

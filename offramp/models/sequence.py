@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import BertConfig
 from transformers.masking_utils import create_bidirectional_mask
-from transformers.models.bert.modeling_bert import BertPreTrainedModel, BertModel
+from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel
 
 from offramp.models.base import ExitLayersMixin, init_exit_config
 from offramp.models.heads import ExitHead, HeadOutput, exit_signal, masked_mean

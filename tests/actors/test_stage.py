@@ -4,7 +4,7 @@ import torch
 
 from actors.stage import StageActor
 
-from offramp.planning.layout import StageSpec
+from offramp.exits.stage import StageSpec
 from offramp import schema
 from offramp.models.checkpoint import load_model
 from offramp.tasks.sequence import tokenize_batch

@@ -11,7 +11,7 @@ import torch
 
 from actors.stage import StageActor
 
-from offramp.planning.layout import StageSpec
+from offramp.exits.stage import StageSpec
 from offramp import schema
 from offramp.exits import simulate
 from offramp.config import ConfigError

@@ -197,7 +197,7 @@ def test_every_mechanism_keeps_one_row_per_input_and_its_exits_through_ray(tmp_p
     counters and skip counts cross the stage boundary through Arrow), and the run's metrics
     match the output, including SmartBERT's skipped layers."""
     from actors.stage import StageActor
-    from offramp.planning.layout import StageSpec
+    from offramp.exits.stage import StageSpec
     from offramp import schema
     from offramp.tasks.sequence import tokenize_batch
     from offramp.text.tokenize import load_tokenizer

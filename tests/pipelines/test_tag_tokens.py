@@ -13,7 +13,7 @@ import pytest
 import ray
 import torch
 
-from offramp.planning.layout import StageSpec
+from offramp.exits.stage import StageSpec
 from actors.stage import StageActor
 from offramp import schema
 from offramp.config import AuditConfig, ConfigError, ExitConfig, MlflowConfig, StageConfig, TagConfig, TokenExitConfig
