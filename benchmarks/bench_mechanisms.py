@@ -46,7 +46,7 @@ from transformers import AutoTokenizer  # noqa: E402
 from offramp.exits import simulate  # noqa: E402
 from offramp.config import AuditConfig, ExitConfig, MlflowConfig, TagConfig  # noqa: E402
 from offramp.training.mechanisms import get_mechanism  # noqa: E402
-from offramp.models.sequence import ModelInfo, load_model  # noqa: E402
+from offramp.models.checkpoint import ModelInfo, load_model  # noqa: E402
 from offramp.policies import get_policy  # noqa: E402
 from offramp.training.loop import full_pass  # noqa: E402
 
@@ -76,11 +76,11 @@ def head_pass(name, model_dir, table, split, max_length, cache_dir) -> tuple[sim
     if os.path.exists(path):
         d = np.load(path)
         if "ids" in d and np.array_equal(d["ids"], ids) and int(d["max_length"]) == max_length:
-            return simulate.HeadPass(d["logits"], d["aux"] if d["aux"].size else None, d["skipped"] if d["skipped"].size else None), gold
+            return simulate.HeadPass(d["logits"], d["signal"] if d["signal"].size else None, d["skipped"] if d["skipped"].size else None), gold
     model = load_model(model_dir)
     hp = full_pass(model, AutoTokenizer.from_pretrained(model_dir), table["text"].to_pylist(), max_length)
     empty = np.zeros(0)
-    np.savez(path, logits=hp.logits, aux=hp.aux if hp.aux is not None else empty,
+    np.savez(path, logits=hp.logits, signal=hp.signal if hp.signal is not None else empty,
              skipped=hp.skipped if hp.skipped is not None else empty, ids=ids, gold=gold, max_length=max_length)
     return hp, gold
 

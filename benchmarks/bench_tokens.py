@@ -41,11 +41,12 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from offramp.config import AuditConfig, ExitConfig, MlflowConfig, TagConfig  # noqa: E402
+from offramp.config import AuditConfig, ExitConfig, MlflowConfig, TagConfig, TokenExitConfig  # noqa: E402
 from offramp.quality.entities import is_bio  # noqa: E402
-from offramp.models.sequence import load_profile  # noqa: E402
-from offramp.exits.token_pass import score_pass, tag_pass  # noqa: E402
-from offramp.models.token import load_token_model  # noqa: E402
+from offramp.models.profile import load_profile  # noqa: E402
+from offramp.exits.token_pass import tag_pass  # noqa: E402
+from offramp.quality.token_scores import score_pass  # noqa: E402
+from offramp.models.checkpoint import load_model  # noqa: E402
 from offramp.training.token import choose, sweep_thresholds, word_labels  # noqa: E402
 from offramp.text.words import encode_words  # noqa: E402
 
@@ -66,7 +67,7 @@ def quality(p: dict) -> float:
 
 
 def curves(name, model_dir, table, args) -> dict:
-    model = load_token_model(model_dir)
+    model = load_model(model_dir)
     tag_col = args.tags[name]
     tok = AutoTokenizer.from_pretrained(model_dir)
     enc = encode_words(tok, table["tokens"].to_pylist(), args.max_length)
@@ -177,9 +178,9 @@ def pipelines(models, args, results) -> dict:
         plain = plain_ray(model_dir, data, tags, args)
         full = pipeline_run(f"{name}_full", model_dir, data, tags, args, ExitConfig(disabled=True))
         tokee_t = results[name]["token"].get("dev_chosen", {}).get("threshold")
-        tokee = pipeline_run(f"{name}_tokee", model_dir, data, tags, args, ExitConfig(mode="token", threshold=tokee_t))
+        tokee = pipeline_run(f"{name}_tokee", model_dir, data, tags, args, ExitConfig(threshold=tokee_t, token=TokenExitConfig(mode="token")))
         sentee_t = results[name]["sentence"].get("dev_chosen", {}).get("threshold")
-        sentee = (pipeline_run(f"{name}_sentee", model_dir, data, tags, args, ExitConfig(mode="sentence", threshold=sentee_t))
+        sentee = (pipeline_run(f"{name}_sentee", model_dir, data, tags, args, ExitConfig(threshold=sentee_t, token=TokenExitConfig(mode="sentence")))
                   if sentee_t is not None else None)
         r = {"plain_ray_map_batches": plain, "full": full, "tokee": tokee, "sentee": sentee}
         for key in ("tokee", "sentee"):

@@ -23,7 +23,9 @@ import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from offramp.training.data import load_labeled  # noqa: E402
-from offramp.models.sequence import ExitHead, load_model, masked_mean  # noqa: E402
+from offramp.models.heads import ExitHead
+from offramp.models.checkpoint import load_model
+from offramp.models.sequence import masked_mean  # noqa: E402
 from offramp.training.loop import _encode  # noqa: E402
 
 

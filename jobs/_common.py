@@ -1,21 +1,21 @@
-"""Shared CLI plumbing for the job scripts: logging and turning ConfigError into exit code 2."""
+"""What every job script needs first: the repo on sys.path, so `python jobs/x.py` works from a
+checkout and from a Ray job's working directory without installing the package."""
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-from typing import NoReturn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # run as `python jobs/x.py` from a checkout or a Ray job's working dir
+if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+from pipelines.cli import setup_logging  # noqa: E402
 
 
-def fail(message: str) -> NoReturn:
+def fail(message: str):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+__all__ = ["REPO", "fail", "setup_logging"]

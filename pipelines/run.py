@@ -27,7 +27,7 @@ from offramp import schema
 from offramp.config import ConfigError, RayConfig, TagConfig
 from offramp.models.checkpoint import ModelInfo
 from offramp.planning.layout import PlannedStage, plan_layout
-from offramp.policies import get_policy
+from offramp.policies import check_policy, get_policy
 from offramp.quality.audit import flat_metrics
 from offramp.tasks import Task, finalize_step, get_task, tokenize_step
 from offramp.tasks.base import check_no_clash
@@ -119,7 +119,8 @@ def check_model(cfg: TagConfig, model_dir: str) -> tuple[ModelInfo, Task]:
     """The model directory, its task, and the exit settings that must fit it."""
     info = ModelInfo.read(model_dir)
     task = get_task(info.task)
-    task.check_policy(get_policy(cfg.exit.policy or info.policy), info)
+    policy = get_policy(cfg.exit.policy or info.policy)
+    check_policy(policy, info.mechanism, set(info.signal_modules), per_word=task.per_word)
     check_no_clash(cfg, task)
     return info, task
 

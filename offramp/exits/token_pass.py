@@ -1,8 +1,6 @@
-"""Tagging quality and cost of a token model over labeled sentences: word accuracy,
-entity-level F1 for BIO schemes, and token-layers computed against full depth.
-
-Shared by training (thresholds on dev), the pipeline's metrics and the benchmark.
-"""
+"""An offline pass of a token model over encoded sentences through the real TokenShard:
+each word's tag and exit layer, and the token-layers computed (training's threshold sweep
+and the benchmark; `offramp.quality.token_scores` scores it)."""
 
 from __future__ import annotations
 
@@ -12,7 +10,6 @@ import numpy as np
 import torch
 
 from offramp.exits.token_shard import TokenShard
-from offramp.quality.entities import entity_f1, is_bio
 from offramp.text.words import EncodedWords
 
 
@@ -66,28 +63,3 @@ def tag_pass(model, encoded: list[EncodedWords], mode: str, threshold: float | N
         i = j
     tokens = np.array([len(e.ids) for e in encoded], dtype=np.int64)
     return TagPass(labels, layers, token_layers, tokens)
-
-
-def score_pass(p: TagPass, gold: list[np.ndarray], names: list[str], num_layers: int) -> dict:
-    """Accuracy over tagged gold words (an untagged word counts as wrong), entity F1 for BIO
-    tag sets, and the token-layer cost against full depth."""
-    right = total = 0
-    for pred, g in zip(p.labels, gold):
-        right += int(((pred == g) & (g >= 0)).sum())
-        total += int((g >= 0).sum())
-    full = int(p.tokens.sum()) * num_layers
-    computed = int(p.token_layers.sum())
-    out = {
-        "accuracy": right / max(total, 1),
-        "words": total,
-        "token_layers": computed,
-        "token_layers_full": full,
-        "token_layer_saving": 1 - computed / full if full else 0.0,
-        "mean_layers": computed / max(int(p.tokens.sum()), 1),
-        "ideal_speedup": full / computed if computed else float("inf"),
-    }
-    if is_bio(names):
-        to_tags = lambda ids: [names[i] if i >= 0 else None for i in ids]  # noqa: E731
-        out["entity"] = entity_f1([to_tags(g) for g in gold], [to_tags(x) for x in p.labels])
-        out["f1"] = out["entity"]["f1"]
-    return out

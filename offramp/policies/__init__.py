@@ -38,6 +38,14 @@ def check_policy_fits(policy: ExitPolicy, mechanism: str, modules: set[str]) -> 
         )
 
 
+def check_policy(policy: ExitPolicy, mechanism: str, modules: set[str], per_word: bool = False) -> None:
+    """The policy can run on this model: per word for a sequence-labeling model, and with the
+    modules it reads."""
+    if per_word:
+        check_word_policy(policy)
+    check_policy_fits(policy, mechanism, modules)
+
+
 def check_word_policy(policy: ExitPolicy) -> None:
     """A sequence-labeling model decides per word: the policy must judge a word's logits alone."""
     if not policy.per_word:
@@ -48,4 +56,4 @@ def check_word_policy(policy: ExitPolicy) -> None:
         )
 
 
-__all__ = ["POLICIES", "ExitDecision", "ExitPolicy", "check_policy_fits", "check_word_policy", "get_policy"]
+__all__ = ["POLICIES", "ExitDecision", "ExitPolicy", "check_policy", "check_policy_fits", "check_word_policy", "get_policy"]

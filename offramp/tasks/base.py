@@ -17,7 +17,6 @@ import pyarrow as pa
 
 from offramp import schema
 from offramp.config import ConfigError
-from offramp.policies import ExitPolicy
 
 if TYPE_CHECKING:  # annotations only: the model's checkpoint module imports torch
     from offramp.config import TagConfig
@@ -34,6 +33,8 @@ class Task:
     """Output column holding the input's gold label(s), with --label-column."""
     output_columns: tuple[str, ...] = ()
     """The task's own output columns, beside COMMON_OUTPUT_COLUMNS, the id and passthrough ones."""
+    per_word: bool = False
+    """Exits are decided per word: the exit policy must judge one word's logits alone."""
     stage_runner: str = ""
     """`module:Class` of the task's `offramp.exits.stage.StageRunner` (imports torch)."""
 
@@ -49,9 +50,6 @@ class Task:
 
     def check(self, cfg: TagConfig, info: ModelInfo, fmt: str) -> None:
         """Task-specific settings that cannot work, failing with the fix."""
-
-    def check_policy(self, policy: ExitPolicy, info: ModelInfo) -> None:
-        raise NotImplementedError
 
     def describe_policy(self, cfg: TagConfig, info: ModelInfo) -> str:
         return cfg.exit.policy or info.policy

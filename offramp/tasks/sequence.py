@@ -6,7 +6,6 @@ import numpy as np
 import pyarrow as pa
 
 from offramp import schema
-from offramp.policies import check_policy_fits
 from offramp.quality.audit import summarize_audit
 from offramp.quality.metrics import sequence_metrics, summarize_rows
 from offramp.tasks.base import Task, common_output, fresh_columns
@@ -64,9 +63,6 @@ class SequenceTask(Task):
     gold_column = "gold_label"
     output_columns = ("label", "confidence", "skipped_layers", "full_depth_label")
     stage_runner = "offramp.exits.sequence_shard:SequenceStageRunner"
-
-    def check_policy(self, policy, info) -> None:
-        check_policy_fits(policy, info.mechanism, set(info.signal_modules))
 
     def tokenize(self, batch, tokenizer, max_length, audit, text_column: str = "text", **_) -> dict:
         return tokenize_batch(batch, tokenizer, text_column, max_length, audit)

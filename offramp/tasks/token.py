@@ -7,7 +7,6 @@ import pyarrow as pa
 
 from offramp import schema
 from offramp.config import ConfigError
-from offramp.policies import check_word_policy
 from offramp.quality.audit import summarize_audit
 from offramp.quality.entities import is_bio
 from offramp.quality.metrics import summarize_rows, token_metrics, word_scores
@@ -76,6 +75,7 @@ def _tags(blob: bytes, names: np.ndarray, fallback: int) -> list:
 class TokenTask(Task):
     name = "token"
     work_unit = "token_layers"
+    per_word = True
     gold_column = "gold_tags"
     output_columns = ("words", "tags", "tag_layers", "num_words", "words_untagged", "token_layers", "full_depth_tags")
     stage_runner = "offramp.exits.token_shard:TokenStageRunner"
@@ -89,9 +89,6 @@ class TokenTask(Task):
     def check(self, cfg, info, fmt) -> None:
         if cfg.words_column and fmt == "text":
             raise ConfigError("plain-text input has no words column; drop --words-column (each line is split into words)")
-
-    def check_policy(self, policy, info) -> None:
-        check_word_policy(policy)
 
     def describe_policy(self, cfg, info) -> str:
         mode = cfg.exit.token.mode or info.token_exit_mode or "token"

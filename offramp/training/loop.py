@@ -1,10 +1,10 @@
-"""Fine-tuning an early-exit model with the chosen mechanism, then thresholds on the dev set.
+"""The training kit every recipe uses (the mechanisms, the classifier and the token drivers).
 
-The mechanism (offramp.training.mechanisms: deebert, pabee, berxit, de3, smartbert) owns the recipe;
-this module holds the parts they share: the optimizer loop, stage 1 on the backbone,
-pooled features of the frozen backbone (so head-only stages train on a cache in seconds),
-and one full-depth pass over the dev set, from which per-layer accuracy, the
-accuracy / mean-layers curve and the stored thresholds follow.
+The start of a run (`begin`, `label_names`, `exit_config`), the optimizer loop, stage 1 on the
+backbone, pooled features of the frozen backbone (so head-only stages train on a cache in
+seconds), one full-depth pass over the dev set (from which per-layer accuracy, the accuracy /
+mean-layers curve and the stored thresholds follow), and the report and its save. Recipes
+import this module; it imports none of them (offramp.training.sequence picks the mechanism).
 """
 
 from __future__ import annotations
@@ -18,28 +18,51 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoTokenizer, BertConfig
+from transformers import BertConfig
 
 from offramp.exits import simulate
-from offramp.config import ConfigError, TrainConfig
-from offramp.training.data import load_labeled
-from offramp.models.sequence import EarlyExitBertForSequenceClassification, default_base_model, masked_mean
-from offramp.policies import check_policy_fits, get_policy
+from offramp.config import ConfigError, TrainSettings
+from offramp.models.sequence import EarlyExitBertForSequenceClassification
+from offramp.models.base import SEQUENCE
+from offramp.models.checkpoint import default_base_model, read_config
+from offramp.models.heads import masked_mean
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainReport:
+    """What a training run measured on the dev set; saved as the model's exit profile."""
+
+    task: str  # "sequence" | "token" (offramp.models.base)
     train_rows: int
     eval_rows: int
     seconds: float
     layer_accuracy: dict[int, float]
-    curve: list[dict]
-    chosen: dict
+    curve: list[dict]  # the stored exit mode's dev curve, full depth first
+    chosen: dict  # its point the stored threshold comes from
     survival: list[float]
     losses: list[dict] = field(default_factory=list)  # {"stage", "step", "loss"}
     skip_rate: list[float] | None = None  # SmartBERT: share of dev rows skipping each layer at full depth
+    task_curves: dict[str, list[dict]] | None = None  # token task: {exit mode: dev curve}
+    task_chosen: dict[str, dict] | None = None  # token task: {exit mode: chosen point}
+
+    def profile(self) -> dict:
+        """The exit profile saved beside the weights (offramp.models.profile)."""
+        out = {
+            "dev_survival": self.survival,
+            "dev_layer_accuracy": {str(k): v for k, v in self.layer_accuracy.items()},
+            "dev_curve": self.curve,
+            "chosen": self.chosen,
+            "train_rows": self.train_rows,
+            "eval_rows": self.eval_rows,
+            "train_seconds": self.seconds,
+        }
+        if self.task == SEQUENCE:
+            out["dev_skip_rate"] = self.skip_rate
+        if self.task_curves is not None:
+            out[f"{self.task}_curves"], out[f"{self.task}_chosen"] = self.task_curves, self.task_chosen
+        return out
 
 
 def _batches(n: int, batch_size: int, rng: random.Random | None):
@@ -78,7 +101,7 @@ def _schedule(optim, total: int, warmup_ratio: float):
     )
 
 
-def _optimize(params, n: int, cfg: TrainConfig, epochs: float, lr: float, stage: int, loss_of, losses, clip=None):
+def _optimize(params, n: int, cfg: TrainSettings, epochs: float, lr: float, stage: int, loss_of, losses, clip=None):
     """AdamW with linear warmup/decay over `epochs` passes of n rows; loss_of(row indices) -> loss.
     `params`: tensors, or AdamW parameter groups (dicts with their own "lr")."""
     total = max(1, int(round(math.ceil(n / cfg.batch_size) * epochs)))
@@ -112,7 +135,7 @@ class TrainRun:
     tokenizer: object
     texts: list[str]
     y: torch.Tensor  # (N,) class ids
-    cfg: TrainConfig
+    cfg: TrainSettings
     losses: list[dict]
 
     def encode(self, idx):
@@ -187,20 +210,20 @@ def train_heads(run: TrainRun, features: torch.Tensor, loss_of, extra_params=(),
 def full_pass(model, tokenizer, texts, max_length: int, batch_size: int = 64) -> simulate.HeadPass:
     """Every exit head's logits (and signals, and gate decisions) at full depth."""
     model.eval()
-    logits, aux, skipped = [], [], []
+    logits, signal, skipped = [], [], []
     for i in range(0, len(texts), batch_size):
         enc = _encode(tokenizer, texts[i : i + batch_size], max_length)
         out = model(**enc)
         logits.append(torch.stack(out.exit_logits, dim=1).float().numpy())
-        if model.aux_width:
-            nan = torch.full((len(out.logits), model.aux_width), float("nan"))
-            aux.append(torch.stack([a if a is not None else nan for a in out.aux], dim=1).float().numpy())
+        if model.signal_width:
+            nan = torch.full((len(out.logits), model.signal_width), float("nan"))
+            signal.append(torch.stack([a if a is not None else nan for a in out.signal], dim=1).float().numpy())
         if out.skipped is not None:
             skipped.append(out.skipped.numpy())
     if not logits:
         return simulate.HeadPass(np.zeros((0, len(model.exit_layers), model.config.num_labels)))
     return simulate.HeadPass(
-        np.concatenate(logits), np.concatenate(aux) if aux else None, np.concatenate(skipped) if skipped else None
+        np.concatenate(logits), np.concatenate(signal) if signal else None, np.concatenate(skipped) if skipped else None
     )
 
 
@@ -209,102 +232,52 @@ def all_head_logits(model, tokenizer, texts, max_length: int, batch_size: int = 
     return full_pass(model, tokenizer, texts, max_length, batch_size).logits
 
 
-def train_early_exit(cfg: TrainConfig):
-    """Fine-tune an early-exit model with cfg.mechanism; return (model, tokenizer, TrainReport)."""
-    from offramp.training.mechanisms import get_mechanism
-
+def begin(cfg: TrainSettings) -> str:
+    """What every recipe does first: required paths, threads, the seed. Returns the checkpoint
+    training starts from (--init-from, --base-model or the pip-shipped MiniLM)."""
     cfg.require("train", "eval", "output")
-    mechanism = get_mechanism(cfg.mechanism)
-    policy_name = cfg.policy or mechanism.policy
-    policy = get_policy(policy_name)
-    check_policy_fits(policy, mechanism.name, set(mechanism.signal_modules))
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)
-    base = cfg.init_from or cfg.base_model or default_base_model()
-    texts, labels = load_labeled(cfg.train, cfg.text_column, cfg.label_column, cfg.max_train_rows, cfg.seed)
-    dev_texts, dev_labels = load_labeled(cfg.eval, cfg.text_column, cfg.label_column, cfg.max_eval_rows, cfg.seed)
-    if len(texts) == 0 or len(dev_texts) == 0:
-        raise ConfigError("no usable rows in --train or --eval (every row lacked text or label)")
-    names = _warm_start_labels(cfg.init_from, set(labels)) if cfg.init_from else sorted(set(labels))
-    if len(names) < 2:
-        raise ConfigError(f"--label-column {cfg.label_column!r} has {len(names)} distinct value(s); need at least 2")
-    label2id = {n: i for i, n in enumerate(names)}
-    logger.info(
-        "training %s on %d rows (%d labels), dev %d rows, %s %s",
-        mechanism.name, len(texts), len(names), len(dev_texts), "warm start from" if cfg.init_from else "base", base,
-    )
+    return cfg.init_from or cfg.base_model or default_base_model()
+
+
+def label_names(cfg: TrainSettings, seen: set[str]) -> list[str]:
+    """Class names in id order: the warm-start model's (--init-from reuses its classifier and
+    heads, so its labels stay, and the training data may bring no label it has no class for),
+    else the sorted labels seen in the training data."""
+    if not cfg.init_from:
+        return sorted(seen)
+    have = read_config(cfg.init_from)
+    names = [have.id2label[i] for i in range(have.num_labels)]
+    new = sorted(seen - set(names))
+    if new:
+        raise ConfigError(
+            f"--init-from {cfg.init_from} has no class for training labels {new}; warm-start from a model "
+            f"of the same task or train from --base-model"
+        )
+    return names
+
+
+def exit_config(base: str, names: list[str], cfg: TrainSettings, **fields) -> BertConfig:
+    """The base checkpoint's config with the labels, exit layers and `fields` of the new model."""
     config = BertConfig.from_pretrained(base)
     # set, not passed as from_pretrained kwargs: those silently drop keys the file lacks
     fields = dict(
         num_labels=len(names),
         id2label=dict(enumerate(names)),
-        label2id=label2id,
+        label2id={n: i for i, n in enumerate(names)},
         exit_layers=list(cfg.exit_layers) if cfg.exit_layers else None,
-        exit_policy=policy_name,
-        exit_mechanism=mechanism.name,
         exit_thresholds=None,
-        **mechanism.config_fields(cfg),
+        **fields,
     )
     for key, value in fields.items():
         setattr(config, key, value)
-    model = EarlyExitBertForSequenceClassification.from_pretrained(base, config=config)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    y = torch.tensor([label2id[v] for v in labels])
-    t0 = time.perf_counter()
-    run = TrainRun(model, tokenizer, texts, y, cfg, [])
-    mechanism.train(run)
-    model.eval()
-
-    hp = full_pass(model, tokenizer, dev_texts, cfg.max_length)
-    gold = np.array([label2id.get(v, -1) for v in dev_labels])  # unseen dev labels count as errors
-    layer_acc = {l: float((hp.logits[:, k].argmax(-1) == gold).mean()) for k, l in enumerate(model.exit_layers)}
-    curve = simulate.sweep(hp, gold, model.exit_layers, policy)
-    chosen = simulate.choose(curve, cfg.max_accuracy_drop)
-    scores = simulate.head_scores(policy, hp, model.exit_layers)
-    surv = simulate.survival(scores, hp.preds, model.exit_layers, policy, chosen["threshold"], model.num_layers)
-    model.config.exit_thresholds = [chosen["threshold"]] * len(model.exit_layers)
-    seconds = time.perf_counter() - t0
-    logger.info(
-        "dev: full-depth accuracy %.4f; threshold %.4g gives %.4f at %.2f mean layers (ideal %.2fx)",
-        curve[0]["accuracy"], chosen["threshold"], chosen["accuracy"], chosen["mean_layers"], chosen["ideal_speedup"],
-    )
-    report = TrainReport(len(texts), len(dev_texts), seconds, layer_acc, curve, chosen, surv, run.losses)
-    if hp.skipped is not None:
-        report.skip_rate = [float(r) for r in hp.skipped.mean(0)]
-    return model, tokenizer, report
-
-
-def _warm_start_labels(directory: str, seen: set[str]) -> list[str]:
-    """--init-from reuses the model's classifier and heads, so its labels stay; the training
-    data may not bring labels the model has no class for."""
-    from offramp.models.sequence import read_config
-
-    cfg = read_config(directory)
-    have = [cfg.id2label[i] for i in range(cfg.num_labels)]
-    new = sorted(seen - set(have))
-    if new:
-        raise ConfigError(
-            f"--init-from {directory} has no class for training labels {new}; warm-start from a model "
-            f"of the same task or train from --base-model"
-        )
-    return have
+    return config
 
 
 def save_trained(model, tokenizer, report: TrainReport, output: str) -> None:
     """Save weights (safetensors), tokenizer, labels, heads, thresholds and the dev exit profile."""
     model.save_pretrained(output)
     tokenizer.save_pretrained(output)
-    model.save_profile(
-        output,
-        {
-            "dev_survival": report.survival,
-            "dev_layer_accuracy": {str(k): v for k, v in report.layer_accuracy.items()},
-            "dev_curve": report.curve,
-            "chosen": report.chosen,
-            "train_rows": report.train_rows,
-            "eval_rows": report.eval_rows,
-            "train_seconds": report.seconds,
-            "dev_skip_rate": report.skip_rate,
-        },
-    )
+    model.save_profile(output, report.profile())

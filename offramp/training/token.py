@@ -6,6 +6,7 @@ a random window and threshold; the forward halts words as TOKEE would (a halted 
 state is copied upward, later layers still attend to it) and each head's loss covers only
 the words still active at its layer, so the heads learn on the inputs they will see.
 Thresholds: one global threshold per exit mode swept over dev with the real TokenShard.
+The task's own settings are TrainConfig's `token` section (TokenTrainOptions).
 """
 
 from __future__ import annotations
@@ -14,24 +15,53 @@ import logging
 import os
 import random
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.nn import functional as F
-from transformers import AutoTokenizer, BertConfig
+from transformers import AutoTokenizer
 from transformers.masking_utils import create_bidirectional_mask
 
 from datasets import LargeList, List, Sequence, load_dataset
 
-from offramp.config import ConfigError, TrainConfig
+from offramp.config import ConfigError, check_token_exit
 from offramp.training.data import _BUILDERS
-from offramp.models.sequence import default_base_model
-from offramp.exits.token_pass import pad, score_pass, tag_pass
-from offramp.models.token import IGNORE, EarlyExitBertForTokenClassification, normalized_entropy, window_max, word_of_token
-from offramp.training.loop import TrainReport, _optimize
+from offramp.models.base import TOKEN
+from offramp.exits.token_pass import pad, tag_pass
+from offramp.quality.token_scores import score_pass
+from offramp.models.token import EarlyExitBertForTokenClassification, IGNORE, window_max, word_of_token
+from offramp.policies import check_word_policy, get_policy
+from offramp.training.loop import TrainReport, _optimize, begin, exit_config, label_names
 from offramp.text.words import EncodedWords, as_words, encode_words
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TokenTrainOptions:
+    """Token task (sequence labeling): the exit mode stored with the model and self-sampling fine-tuning."""
+
+    exit_mode: str = "token"
+    """Exit mode stored with the model: token (TOKEE) or sentence (SENTEE)."""
+    sentence_pool: str = "max"
+    """SENTEE: pool the words' uncertainty with max or mean."""
+    exit_window: int = 2
+    """TOKEE: a word halts when the max uncertainty over this many words on each side is low."""
+    self_sampling_epochs: float = 1.0
+    """Epochs of self-sampling fine-tuning after joint fine-tuning (stage1_epochs)."""
+    sample_max_window: int = 3
+    """Self-sampling: each sentence's window is drawn from 0..this."""
+    sample_max_threshold: float = 0.4
+    """Self-sampling: each sentence's threshold is drawn from U(0, this)."""
+
+    def __post_init__(self):
+        if self.self_sampling_epochs < 0 or self.sample_max_window < 0 or not 0 <= self.sample_max_threshold <= 1:
+            raise ConfigError(
+                "token.self_sampling_epochs and token.sample_max_window must be >= 0, "
+                "token.sample_max_threshold in [0, 1]"
+            )
+        check_token_exit(self.exit_mode, self.sentence_pool, self.exit_window)
 
 # normalized-uncertainty thresholds swept on dev (0 = only certain words leave, 1 = all at layer 1)
 # finer where well-trained heads cross a 0.5-point budget (steps of 0.05 there moved the saving by 5-6 points)
@@ -107,7 +137,9 @@ def joint_loss(model, batch) -> torch.Tensor:
 
 def self_sampling_loss(model, batch, rng: random.Random, max_window: int, max_threshold: float) -> torch.Tensor:
     """Stage 2: halt words as TOKEE would with a window and threshold drawn per sentence; each
-    head's CE only on words not halted below it; layer-weighted like stage 1."""
+    head's CE only on words not halted below it; layer-weighted like stage 1. A word's
+    uncertainty is the stored policy's, as at inference."""
+    uncertainty = get_policy(model.config.exit_policy).word_uncertainty
     ids, mask, lengths, starts, y = batch
     B, T = ids.shape
     windows = torch.tensor([rng.randint(0, max_window) for _ in range(B)])  # (B,)
@@ -133,7 +165,7 @@ def self_sampling_loss(model, batch, rng: random.Random, max_window: int, max_th
         if number == model.num_layers:
             break
         with torch.no_grad():
-            u = normalized_entropy(logits)  # (B, W)
+            u = uncertainty(logits)  # (B, W)
             wm = torch.stack([window_max(u, valid, int(k)) for k in range(max_window + 1)])  # (K+1, B, W)
             wm = wm[windows, torch.arange(B)]  # (B, W) each sentence with its own window
             active = active & ~(wm < thresh[:, None])
@@ -166,25 +198,23 @@ def sentence_survival(model, encoded, mode: str, threshold: float) -> list[float
     return [float((done >= layer).mean()) for layer in range(1, model.num_layers + 1)]
 
 
-def train_token_exits(cfg: TrainConfig):
-    """Fine-tune a token early-exit model; return (model, tokenizer, TrainReport)."""
-    cfg.require("train", "eval", "output")
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    torch.manual_seed(cfg.seed)
-    base = cfg.init_from or cfg.base_model or default_base_model()
+def train_token_exits(cfg):
+    """Fine-tune a token early-exit model (cfg: offramp.training.TrainConfig, its `token`
+    section); return (model, tokenizer, TrainReport)."""
+    base = begin(cfg)
+    opts = cfg.token
+    policy_name = cfg.policy or "entropy"  # stored with the model: it decides per word at inference
+    check_word_policy(get_policy(policy_name))
     sents, tags = load_tagged(cfg.train, cfg.text_column, cfg.label_column, cfg.max_train_rows, cfg.seed, "--train")
     dev_sents, dev_tags = load_tagged(cfg.eval, cfg.text_column, cfg.label_column, cfg.max_eval_rows, cfg.seed, "--eval")
     if not sents or not dev_sents:
         raise ConfigError("no usable rows in --train or --eval (every row lacked words or matching tags)")
-    names = sorted({t for s in tags for t in s})
+    names = label_names(cfg, {t for s in tags for t in s})
     label2id = {n: i for i, n in enumerate(names)}
-    config = BertConfig.from_pretrained(base)
-    fields = dict(num_labels=len(names), id2label=dict(enumerate(names)), label2id=label2id,
-                  exit_layers=list(cfg.exit_layers) if cfg.exit_layers else None, exit_thresholds=None,
-                  token_exit_mode=cfg.token_exit_mode, sentence_pool=cfg.sentence_pool, exit_window=cfg.exit_window)
-    for key, value in fields.items():
-        setattr(config, key, value)
+    config = exit_config(
+        base, names, cfg, exit_policy=policy_name, token_exit_mode=opts.exit_mode,
+        sentence_pool=opts.sentence_pool, exit_window=opts.exit_window,
+    )
     model = EarlyExitBertForTokenClassification.from_pretrained(base, config=config)
     tokenizer = AutoTokenizer.from_pretrained(base)
     logger.info("training token model on %d sentences (%d tags), dev %d, base %s", len(sents), len(names), len(dev_sents), base)
@@ -196,15 +226,15 @@ def train_token_exits(cfg: TrainConfig):
     _optimize(list(model.parameters()), n, cfg, cfg.stage1_epochs, cfg.lr, 1,
               lambda idx: joint_loss(model, _batch(encoded, gold, idx)), losses, clip=1.0)
     rng = random.Random(cfg.seed)
-    _optimize(list(model.parameters()), n, cfg, cfg.self_sampling_epochs, cfg.lr, 2,
-              lambda idx: self_sampling_loss(model, _batch(encoded, gold, idx), rng, cfg.sample_max_window,
-                                             cfg.sample_max_threshold), losses, clip=1.0)
+    _optimize(list(model.parameters()), n, cfg, opts.self_sampling_epochs, cfg.lr, 2,
+              lambda idx: self_sampling_loss(model, _batch(encoded, gold, idx), rng, opts.sample_max_window,
+                                             opts.sample_max_threshold), losses, clip=1.0)
     model.eval()
 
     dev_enc, dev_gold = encode_words(tokenizer, dev_sents, cfg.max_length), word_labels(dev_tags, label2id)
     curves = {mode: sweep_thresholds(model, dev_enc, dev_gold, names, mode) for mode in ("token", "sentence")}
     chosen = {mode: choose(c, cfg.max_accuracy_drop) for mode, c in curves.items()}
-    mode = cfg.token_exit_mode
+    mode = opts.exit_mode
     stored = chosen[mode]["threshold"]
     model.config.exit_thresholds = [float(stored if stored is not None else -1.0)] * len(model.exit_layers)
     layer_acc = {}
@@ -227,25 +257,7 @@ def train_token_exits(cfg: TrainConfig):
     key = "f1" if "f1" in c else "accuracy"
     logger.info("dev (%s): full-depth %s %.4f; threshold %s gives %.4f saving %.1f%% of token-layers (ideal %.2fx)",
                 mode, key, curves[mode][0][key], stored, c[key], 100 * c["token_layer_saving"], c["ideal_speedup"])
-    report = TrainReport(len(sents), len(dev_sents), seconds, layer_acc, curves[mode], c, survival, losses)
-    report.token_curves, report.token_chosen = curves, chosen
+    report = TrainReport(TOKEN, len(sents), len(dev_sents), seconds, layer_acc, curves[mode], c, survival, losses,
+                         task_curves=curves, task_chosen=chosen)
     return model, tokenizer, report
 
-
-def save_token_trained(model, tokenizer, report: TrainReport, output: str) -> None:
-    """Weights, tokenizer, thresholds and the dev profile (both exit modes' curves)."""
-    from offramp.models.sequence import save_profile
-
-    model.save_pretrained(output)
-    tokenizer.save_pretrained(output)
-    save_profile(output, {
-        "dev_survival": report.survival,
-        "dev_layer_accuracy": {str(k): v for k, v in report.layer_accuracy.items()},
-        "dev_curve": report.curve,
-        "chosen": report.chosen,
-        "token_curves": report.token_curves,
-        "token_chosen": report.token_chosen,
-        "train_rows": report.train_rows,
-        "eval_rows": report.eval_rows,
-        "train_seconds": report.seconds,
-    })

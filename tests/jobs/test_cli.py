@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from offramp.models.sequence import load_model
+from offramp.models.checkpoint import load_model
 from tests.conftest import LABELS, TEXTS, make_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,7 +38,7 @@ def test_train_job_saves_a_reloadable_model_and_logs_to_mlflow(tmp_path):
     make_model(seed=3).bert.save_pretrained(base)  # a plain tiny BERT checkpoint as the base model
     from transformers import AutoTokenizer
 
-    from offramp.models.sequence import default_base_model
+    from offramp.models.checkpoint import default_base_model
 
     AutoTokenizer.from_pretrained(default_base_model()).save_pretrained(base)
     rows = pa.table({"text": TEXTS * 2, "label": [LABELS[i % 3] for i in range(len(TEXTS) * 2)]})
@@ -82,6 +82,6 @@ def test_audit_below_target_exits_4_and_tags_the_run(tmp_path, model_dir, corpus
     assert out["audited"].all() and len(out) == len(TEXTS)
     mlflow.set_tracking_uri(uri)
     run_ = mlflow.search_runs(experiment_names=["offramp-tag"], output_format="list")[0]
-    assert run_.data.tags["offramp.quality.audit"] == "below_target"
+    assert run_.data.tags["offramp.audit"] == "below_target"
     agree = (out["label"] == out["full_depth_label"]).mean()
     assert agree < 1.0 and run_.data.metrics["audit_agreement"] == pytest.approx(agree)

@@ -70,5 +70,5 @@ def test_unknown_run_and_bad_goals_exit_2_with_the_fix(logged_run):
     assert r.returncode == 2 and "has no run_summary.json" in r.stderr and "re-run jobs/tag_corpus.py" in r.stderr
     r = run("--run-id", run_id, "--tracking-uri", uri, "--budget-gpus", "0.5")
     assert r.returncode == 2 and "pass --budget-gpus 1 or more" in r.stderr
-    r = run("--run-id", run_id, "--tracking-uri", uri)  # no goal: argparse says which flags
+    r = run("--run-id", run_id, "--tracking-uri", uri)  # no goal: the message names the flags
     assert r.returncode == 2 and "--target-docs-per-hour" in r.stderr

@@ -1,7 +1,13 @@
 import pytest
 
-from offramp.config import ConfigError, TagConfig, TrainConfig, load_config
+import dataclasses
+import typing
+
+from offramp.config import CalibrateConfig, ConfigError, PlanConfig, StageConfig, TagConfig, field_docs, load_config
+from offramp.config.base import sections
 from offramp.policies import POLICIES, get_policy
+from offramp.training import TrainConfig
+from offramp.training.token import TokenTrainOptions
 
 
 def write(tmp_path, text):
@@ -48,3 +54,74 @@ def test_train_config_defaults_and_checks():
 def test_unknown_policy_lists_the_valid_ones():
     with pytest.raises(ConfigError, match=str(sorted(POLICIES)).replace("[", r"\[").replace("]", r"\]")):
         get_policy("patience_typo")
+
+
+def test_a_key_that_moved_into_a_section_names_its_new_place(tmp_path):
+    """Old flat keys fail at start with the dotted key to write instead."""
+    with pytest.raises(ConfigError, match=r"key 'sparsity_weight'.*did you mean 'smartbert.sparsity_weight'"):
+        load_config(TrainConfig, None, {}, ["sparsity_weight=0.1"])
+    with pytest.raises(ConfigError, match=r"'token_exit_mode'.*did you mean 'token.exit_mode'"):
+        load_config(TrainConfig, write(tmp_path, "token_exit_mode: sentence\n"))
+    with pytest.raises(ConfigError, match=r"'exit.mode'.*did you mean 'exit.token.mode'"):
+        load_config(TagConfig, write(tmp_path, "exit: {mode: sentence}\n"))
+    with pytest.raises(ConfigError, match=r"'num_cpus'.*did you mean 'ray.num_cpus'"):
+        load_config(TagConfig, None, {}, ["num_cpus=4"])
+
+
+def test_mechanism_options_live_in_their_section_and_are_checked_there():
+    sets = ["de3.prototype_dim=16", "token.exit_window=1"]
+    cfg = load_config(TrainConfig, None, {"smartbert.sparsity_weight": 0.5}, sets)
+    assert cfg.smartbert.sparsity_weight == 0.5 and cfg.de3.prototype_dim == 16 and cfg.token.exit_window == 1
+    assert cfg.smartbert.hard_weight_epochs == 1.0 and cfg.berxit.predictor_epochs == 10.0  # the others keep defaults
+    with pytest.raises(ConfigError, match=r"de3.*prototype_dim must be >= 2"):
+        load_config(TrainConfig, None, {}, ["de3.prototype_dim=1"])
+    with pytest.raises(ConfigError, match=r"token exit mode 'word'"):
+        load_config(TrainConfig, None, {}, ["token.exit_mode=word"])
+    # a cross-field check runs for the chosen mechanism only
+    with pytest.raises(ConfigError, match=r"smartbert.hard_weight_epochs=3.0 must lie in \[0, stage1_epochs=1"):
+        load_config(TrainConfig, None, {}, ["mechanism=smartbert", "stage1_epochs=1", "smartbert.hard_weight_epochs=3"])
+    other = load_config(TrainConfig, None, {}, ["stage1_epochs=1", "smartbert.hard_weight_epochs=3"])
+    assert other.mechanism == "deebert"
+    with pytest.raises(ConfigError, match=r"unknown exit mechanism 'smartbort'; valid mechanisms: \["):
+        load_config(TrainConfig, None, {"mechanism": "smartbort"})
+
+
+def test_tag_config_token_exit_section_and_job_flags():
+    flags = {"exit.token.mode": "sentence", "exit.token.window": 0, "fail_on_error_rows": True}
+    cfg = load_config(TagConfig, None, flags)
+    assert (cfg.exit.token.mode, cfg.exit.token.window, cfg.exit.token.sentence_pool) == ("sentence", 0, None)
+    assert cfg.fail_on_error_rows and not TagConfig().fail_on_error_rows
+    with pytest.raises(ConfigError, match="exit_window=-1 must be >= 0"):
+        load_config(TagConfig, None, {"exit.token.window": -1})
+
+
+CONFIGS = [TagConfig, TrainConfig, CalibrateConfig, PlanConfig]
+
+
+def all_sections(cls) -> list:
+    """cls and every dataclass its fields hold (sections, tuples of sections), recursively."""
+
+    def types_in(tp):
+        yield tp
+        for arg in typing.get_args(tp):
+            yield from types_in(arg)
+
+    found = [cls]
+    for hint in typing.get_type_hints(cls).values():
+        for tp in types_in(hint):
+            if dataclasses.is_dataclass(tp) and tp not in found:
+                found += [t for t in all_sections(tp) if t not in found]
+    return found
+
+
+@pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)
+def test_every_field_has_a_default_and_a_one_line_description(cls):
+    assert StageConfig in all_sections(TagConfig) and TokenTrainOptions in all_sections(TrainConfig)
+    for section in all_sections(cls):
+        docs = field_docs(section)
+        for f in dataclasses.fields(section):
+            has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+            assert has_default, f"{section.__name__}.{f.name} has no default"
+            assert docs.get(f.name, "").strip(), f"{section.__name__}.{f.name} has no docstring"
+            assert "\n" not in docs[f.name]
+    assert sections(TrainConfig).keys() >= {"smartbert", "de3", "berxit", "token", "mlflow"}

@@ -10,10 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from offramp.config import ConfigError, TrainConfig
-from offramp.models.sequence import ModelInfo, load_model
+from offramp.config import ConfigError, load_config
+from offramp.models.checkpoint import ModelInfo, load_model
 from offramp.exits.sequence_shard import LayerShard
-from offramp.training.loop import pooled_features, save_trained, train_early_exit
+from offramp.training import TrainConfig, save_trained, train_exits
+from offramp.training.loop import pooled_features
 from tests.conftest import LABELS, NUM_LAYERS, TEXTS, make_model
 
 DEFAULT_POLICY = {"deebert": "entropy", "pabee": "patience", "berxit": "learned", "de3": "hybrid", "smartbert": "entropy"}
@@ -31,14 +32,16 @@ def tiny_data(tmp_path_factory, tokenizer):
 
 
 def train(root, mechanism, out, **kw):
-    fields = dict(
-        train=str(root / "train.parquet"), eval=str(root / "dev.parquet"), output=str(out), base_model=str(root / "base"),
-        mechanism=mechanism, stage1_epochs=1, stage2_epochs=2, hard_weight_epochs=0.5, max_length=32, batch_size=8,
-        prototype_dim=8, predictor_epochs=2,
-    )
+    """Train and save with tiny settings; `kw`: config keys, dotted inside a section."""
+    fields = {
+        "train": str(root / "train.parquet"), "eval": str(root / "dev.parquet"), "output": str(out),
+        "base_model": str(root / "base"), "mechanism": mechanism, "stage1_epochs": 1, "stage2_epochs": 2,
+        "max_length": 32, "batch_size": 8,
+        "smartbert.hard_weight_epochs": 0.5, "de3.prototype_dim": 8, "berxit.predictor_epochs": 2,
+    }
     fields.update(kw)
-    cfg = TrainConfig(**fields)
-    model, tokenizer, report = train_early_exit(cfg)
+    cfg = load_config(TrainConfig, None, {k: v for k, v in fields.items() if v is not None})
+    model, tokenizer, report = train_exits(cfg)
     save_trained(model, tokenizer, report, cfg.output)
     return model, report
 
@@ -77,6 +80,7 @@ def test_each_mechanism_trains_and_is_stored_with_the_model(mechanism, tiny_data
 def test_warm_start_keeps_the_backbone_and_refuses_other_labels(tiny_data, tmp_path):
     first, _ = train(tiny_data, "deebert", tmp_path / "a")
     warm, _ = train(tiny_data, "pabee", tmp_path / "b", base_model=None, init_from=str(tmp_path / "a"), stage1_epochs=0)
+    assert warm.labels == first.labels
     for name, p in first.bert.state_dict().items():
         torch.testing.assert_close(warm.bert.state_dict()[name], p)  # stage1_epochs=0: backbone untouched
     other = tmp_path / "other.parquet"
@@ -88,3 +92,12 @@ def test_warm_start_keeps_the_backbone_and_refuses_other_labels(tiny_data, tmp_p
 def test_a_mechanism_with_a_policy_it_cannot_feed_fails_at_start(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match="--mechanism de3"):
         train(tiny_data, "deebert", tmp_path / "x", policy="hybrid")
+
+
+def test_a_mechanism_option_set_in_its_section_reaches_the_recipe(tiny_data, tmp_path):
+    """--set smartbert.sparsity_weight=W weights SmartBERT's skipping reward lambda / sum of mean
+    gates: gates lie in (0, 1), so with 4 layers each stage-1 loss is at least about W / 4."""
+    _, report = train(tiny_data, "smartbert", tmp_path / "s", stage2_epochs=0, **{"smartbert.sparsity_weight": 1000.0})
+    assert report.task == "sequence"
+    stage1 = [r["loss"] for r in report.losses if r["stage"] == 1]
+    assert stage1 and min(stage1) >= (1 - 0.01) * 1000.0 / NUM_LAYERS  # 0.01: layer_contrastive_weight

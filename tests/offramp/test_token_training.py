@@ -1,5 +1,5 @@
 """Token-model training: the self-sampling loss covers exactly the words not yet halted, and
-`jobs/train_exits.py`'s token path trains end to end and stores what the pipeline needs."""
+`offramp train`'s token path trains end to end and stores what the pipeline needs."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import torch
 from torch.nn import functional as F
 from transformers import AutoModelForTokenClassification
 
-from offramp.config import TrainConfig
-from offramp.models.token import IGNORE, load_token_model
-from offramp.training.token import _batch, _word_logits, joint_loss, save_token_trained, self_sampling_loss, train_token_exits
+from offramp.config import ConfigError, load_config
+from offramp.models.token import IGNORE
+from offramp.models.checkpoint import load_model
+from offramp.training import TrainConfig, save_trained, train_exits
+from offramp.training.token import _batch, _word_logits, joint_loss, self_sampling_loss
 from offramp.text.words import encode_words
 from tests.conftest import SENTENCES, TAGS, make_model, make_token_model
 
@@ -63,29 +65,67 @@ def test_self_sampling_loss_covers_only_words_still_active(batch):
     assert model.classifier.weight.grad is None or model.classifier.weight.grad.abs().sum() == 0
 
 
-def test_token_training_end_to_end_stores_thresholds_and_profile(tmp_path, tokenizer):
-    base = tmp_path / "base"
-    make_model(seed=3).bert.save_pretrained(base)
-    tokenizer.save_pretrained(base)
+@pytest.fixture(scope="module")
+def token_data(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("token_train")
+    make_model(seed=3).bert.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
     rows = pa.table({"tokens": SENTENCES * 2, "pos": gold_tags(SENTENCES) * 2})
-    pq.write_table(rows, tmp_path / "train.parquet")
-    pq.write_table(rows.slice(0, 8), tmp_path / "dev.parquet")
-    cfg = TrainConfig(train=str(tmp_path / "train.parquet"), eval=str(tmp_path / "dev.parquet"), output=str(tmp_path / "m"),
-                      base_model=str(base), task="token", text_column="tokens", label_column="pos", stage1_epochs=1,
-                      self_sampling_epochs=1, max_length=32, batch_size=8, max_accuracy_drop=0.02)
-    trained, tok, report = train_token_exits(cfg)
-    save_token_trained(trained, tok, report, cfg.output)
+    pq.write_table(rows, root / "train.parquet")
+    pq.write_table(rows.slice(0, 8), root / "dev.parquet")
+    return root
+
+
+def token_config(root, out, **kw) -> TrainConfig:
+    """Tiny token-task settings; `kw`: config keys, dotted inside a section."""
+    fields = {
+        "train": str(root / "train.parquet"), "eval": str(root / "dev.parquet"), "output": str(out),
+        "base_model": str(root / "base"), "task": "token", "text_column": "tokens", "label_column": "pos",
+        "stage1_epochs": 1, "token.self_sampling_epochs": 1, "max_length": 32, "batch_size": 8,
+        "max_accuracy_drop": 0.02,
+    }
+    fields.update(kw)
+    return load_config(TrainConfig, None, {k: v for k, v in fields.items() if v is not None})
+
+
+def test_token_training_end_to_end_stores_thresholds_and_profile(token_data, tmp_path):
+    cfg = token_config(token_data, tmp_path / "m")
+    trained, tok, report = train_exits(cfg)
+    save_trained(trained, tok, report, cfg.output)
 
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
-    chosen = report.token_chosen["token"]["threshold"]
+    chosen = report.task_chosen["token"]["threshold"]
+    assert report.task == "token" and saved["task"] == "token" and saved["exit_policy"] == "entropy"
     assert saved["exit_thresholds"] == [chosen if chosen is not None else -1.0] * len(trained.exit_layers)
     profile = json.loads((tmp_path / "m" / "exit_profile.json").read_text())
     assert set(profile["token_curves"]) == {"token", "sentence"}
     assert len(profile["dev_survival"]) == trained.num_layers and profile["dev_survival"][0] == 1.0
     # stage 1 then self-sampling both ran: losses logged for both stages
     assert {l["stage"] for l in report.losses} == {1, 2}
-    model = load_token_model(cfg.output)
+    model = load_model(cfg.output)
     for name, p in trained.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], p, msg=f"{name} did not round-trip")
     hf = AutoModelForTokenClassification.from_pretrained(cfg.output)  # the full-depth tagger from the same directory
     assert hf.config.id2label == trained.config.id2label
+
+
+def test_token_warm_start_keeps_the_models_tags_and_refuses_new_ones(token_data, token_model_dir, tmp_path):
+    """--init-from reuses the tagger's classifier and heads: its tags, in its order, stay; training
+    tags it has no class for fail at start. Also: the task is found from the data (lists of tags)
+    and a per-word policy other than the default is stored."""
+    trained, _, report = train_exits(token_config(
+        token_data, tmp_path / "w", base_model=None, init_from=token_model_dir, task="auto", policy="max_prob",
+        stage1_epochs=0, **{"token.self_sampling_epochs": 0}))
+    assert report.task == "token" and trained.labels == TAGS != sorted(TAGS)
+    assert trained.config.exit_policy == "max_prob"
+    other = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"tokens": SENTENCES[:4], "pos": [["B-LOC"] * len(s) for s in SENTENCES[:4]]}), other)
+    with pytest.raises(ConfigError, match=r"--init-from .* has no class for training labels \['B-LOC'\].*--base-model"):
+        train_exits(token_config(token_data, tmp_path / "x", base_model=None, init_from=token_model_dir,
+                                 train=str(other)))
+
+
+@pytest.mark.parametrize("policy", ["patience", "learned", "hybrid"])
+def test_token_training_refuses_a_policy_that_cannot_decide_per_word(token_data, tmp_path, policy):
+    with pytest.raises(ConfigError, match=rf"{policy}.*cannot decide per word.*\['entropy', 'max_prob'\]"):
+        train_exits(token_config(token_data, tmp_path / "p", policy=policy))

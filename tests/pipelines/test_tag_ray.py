@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import mlflow
@@ -12,9 +13,9 @@ import ray
 import torch
 
 from actors.stage import StageActor
-from offramp.config import AuditConfig, MlflowConfig, RayConfig, StageConfig, TagConfig
+from offramp.config import AuditConfig, ConfigError, MlflowConfig, RayConfig, StageConfig, TagConfig
 from offramp.models.checkpoint import load_model
-from pipelines.run import run_tagging
+from pipelines import run_tagging, tag_dataset
 from pipelines.tracking import log_tag_run
 from tests.conftest import LABELS, NUM_LAYERS, TEXTS, crash_once
 
@@ -159,6 +160,23 @@ def test_crashed_actor_loses_and_duplicates_no_rows(tmp_path, model_dir, corpus_
     assert marker.exists(), "the fault was injected"
     out = read(cfg.output)
     assert len(out) == len(TEXTS) and out["id"].is_unique
+
+
+def test_tag_dataset_appends_the_pipeline_to_a_dataset_a_team_built(tmp_path, model_dir, corpus_parquet):
+    """The library face: a Dataset in, a lazy Dataset out with one row per input and the same
+    answers the batch job writes for the same rows."""
+    cfg = config(tmp_path, corpus_parquet, model_dir, audit=AuditConfig(fraction=0.0))
+    job = read(run_tagging(cfg).output).set_index("id")
+    rows = [{"doc": f"doc{i}", "body": t} for i, t in enumerate(TEXTS)] + [{"doc": "nothing", "body": None}]
+    ds = ray.data.from_items(rows)
+    own = dataclasses.replace(cfg, text_column="body", id_column="doc", input=None, output=None)
+    out = {r["doc"]: r for r in tag_dataset(ds, model_dir, own).take_all()}
+    assert sorted(out) == sorted(r["doc"] for r in rows)
+    assert out["nothing"]["status"] == "null" and out["nothing"]["label"] is None
+    for i in range(len(TEXTS)):
+        assert (out[f"doc{i}"]["label"], out[f"doc{i}"]["exit_layer"]) == tuple(job.loc[f"doc{i}", ["label", "exit_layer"]])
+    with pytest.raises(ConfigError, match="--text-column"):
+        tag_dataset(ds, model_dir, dataclasses.replace(own, text_column="text"))
 
 
 def test_stages_that_leave_no_cpu_for_reading_fail_at_start_naming_the_fix(tmp_path, model_dir, corpus_parquet):

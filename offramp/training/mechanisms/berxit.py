@@ -9,20 +9,36 @@ far more often than on new text, and a predictor taught there is overconfident."
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from offramp.training.mechanisms.base import Mechanism
+from offramp.config import ConfigError
+from offramp.training.mechanisms.base import Mechanism, MechanismOptions
 from offramp.training.mechanisms.deebert import trained_backbone_features
 from offramp.training.loop import head_losses, train_heads
 
 HELD_OUT = 0.2  # share of training rows kept from the heads for the predictor
 
 
+@dataclass(frozen=True)
+class BerxitOptions(MechanismOptions):
+    """BERxiT: the learning-to-exit predictor."""
+
+    predictor_epochs: float = 10.0
+    """Epochs of the learning-to-exit predictor on cached features."""
+
+    def __post_init__(self):
+        if self.predictor_epochs < 0:
+            raise ConfigError(f"berxit.predictor_epochs={self.predictor_epochs} must be >= 0")
+
+
 class BerxitMechanism(Mechanism):
     name = "berxit"
     policy = "learned"
     signal_modules = ("exit_predictor",)
+    options = BerxitOptions
 
     def config_fields(self, cfg) -> dict:
         return {"exit_predictor": True}
@@ -47,5 +63,6 @@ class BerxitMechanism(Mechanism):
             return nn.functional.binary_cross_entropy(predictor(f[idx].flatten(0, 1)), right[idx].flatten())
 
         with torch.enable_grad():
-            run.optimize(list(predictor.parameters()), cfg.predictor_epochs, cfg.head_lr, 3, predictor_loss, n=len(f))
+            epochs = cfg.berxit.predictor_epochs
+            run.optimize(list(predictor.parameters()), epochs, cfg.head_lr, 3, predictor_loss, n=len(f))
         predictor.eval()

@@ -9,10 +9,13 @@ pushed from the others. Inference: the hybrid policy (entropy with the distance 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-from offramp.training.mechanisms.base import Mechanism
+from offramp.config import ConfigError
+from offramp.training.mechanisms.base import Mechanism, MechanismOptions
 from offramp.training.mechanisms.deebert import trained_backbone_features
 from offramp.training.loop import head_losses, train_heads
 
@@ -24,16 +27,33 @@ def distance_loss(net, pooled: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(-net.distances(pooled) / TEMPERATURE, y)
 
 
+@dataclass(frozen=True)
+class De3Options(MechanismOptions):
+    """DE³-BERT: prototypical networks at the internal exits."""
+
+    prototype_dim: int = 128
+    """Width of each exit's prototype space."""
+    prototype_momentum: float = 0.1
+    """Moving-average rate of the class prototypes."""
+    distance_weight: float = 1.0
+    """Weight of the distance-aware regularizer beside the heads' CE."""
+
+    def __post_init__(self):
+        if self.prototype_dim < 2 or not 0 < self.prototype_momentum <= 1:
+            raise ConfigError("de3.prototype_dim must be >= 2 and de3.prototype_momentum in (0, 1]")
+
+
 class De3Mechanism(Mechanism):
     name = "de3"
     policy = "hybrid"
     signal_modules = ("prototypes",)
+    options = De3Options
 
     def config_fields(self, cfg) -> dict:
-        return {"prototype_dim": cfg.prototype_dim}
+        return {"prototype_dim": cfg.de3.prototype_dim}
 
     def train(self, run) -> None:
-        model, cfg = run.model, run.cfg
+        model, opts = run.model, run.cfg.de3
         feats = trained_backbone_features(run)
         if feats is None:
             return
@@ -46,8 +66,8 @@ class De3Mechanism(Mechanism):
         def loss_of(f, y):
             loss = sum(head_losses(model, f, y))
             for k, net in enumerate(nets):
-                loss = loss + cfg.distance_weight * distance_loss(net, f[:, k], y)
-                net.update(net.embed(f[:, k]).detach(), y, cfg.prototype_momentum)
+                loss = loss + opts.distance_weight * distance_loss(net, f[:, k], y)
+                net.update(net.embed(f[:, k]).detach(), y, opts.prototype_momentum)
             return loss
 
         train_heads(run, feats, loss_of, extra_params=[p for n in nets for p in n.parameters()])

@@ -14,12 +14,14 @@ adjacent heads. Inference: a row skips a layer when its gate says so, and exits 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from offramp.training.mechanisms.base import Mechanism
+from offramp.config import ConfigError
+from offramp.training.mechanisms.base import Mechanism, MechanismOptions
 from offramp.training.mechanisms.deebert import cached_features
 from offramp.training.loop import backbone_params, head_losses, train_heads
 
@@ -48,9 +50,35 @@ def projection(hidden_size: int) -> nn.Module:
     return nn.Sequential(nn.Linear(hidden_size, PROJECTION), nn.LayerNorm(PROJECTION), nn.Tanh(), nn.Linear(PROJECTION, PROJECTION))
 
 
+@dataclass(frozen=True)
+class SmartbertOptions(MechanismOptions):
+    """SmartBERT: skipping gates and contrastive learning."""
+
+    sparsity_weight: float = 0.04
+    """Stage 1: weight of the term rewarding skipping (lambda / sum of mean gate values)."""
+    layer_contrastive_weight: float = 0.01
+    """Stage 1: weight of cross-layer contrastive learning on token states (eta1)."""
+    head_contrastive_weight: float = 0.05
+    """Stage 2: weight of contrastive learning between adjacent exit heads (eta2)."""
+    hard_weight_epochs: float = 1.0
+    """Stage 1: the last this-many epochs use the hard weight mechanism (straight-through gates)."""
+
+    def __post_init__(self):
+        if self.hard_weight_epochs < 0:
+            raise ConfigError(f"smartbert.hard_weight_epochs={self.hard_weight_epochs} must be >= 0")
+
+    def check(self, cfg) -> None:
+        if self.hard_weight_epochs > max(cfg.stage1_epochs, 0):
+            raise ConfigError(
+                f"smartbert.hard_weight_epochs={self.hard_weight_epochs} must lie in "
+                f"[0, stage1_epochs={cfg.stage1_epochs}]"
+            )
+
+
 class SmartbertMechanism(Mechanism):
     name = "smartbert"
     policy = "entropy"
+    options = SmartbertOptions
 
     def config_fields(self, cfg) -> dict:
         return {"skip_gates": True}
@@ -62,13 +90,13 @@ class SmartbertMechanism(Mechanism):
             self.stage2(run, feats)
 
     def stage1(self, run) -> None:
-        model, cfg = run.model, run.cfg
+        model, cfg, opts = run.model, run.cfg, run.cfg.smartbert
         if cfg.stage1_epochs <= 0:
             return
         L = model.num_layers
         projections = nn.ModuleList([projection(model.config.hidden_size) for _ in range(L)])
         total = max(1, int(round(math.ceil(len(run.y) / cfg.batch_size) * cfg.stage1_epochs)))
-        hard_from = total - int(round(total * cfg.hard_weight_epochs / cfg.stage1_epochs))
+        hard_from = total - int(round(total * opts.hard_weight_epochs / cfg.stage1_epochs))
         step = {"n": 0}
 
         def loss_of(idx):
@@ -80,7 +108,7 @@ class SmartbertMechanism(Mechanism):
             trace = model.run_layers(hidden, mask, gate_mode=mode)
             logits = model.head_logits(L, trace.states[-1], mask)
             gate_mean = sum(g.mean() for g in trace.gates)  # sum over layers of the batch's mean skip prob
-            loss = F.cross_entropy(logits, run.y[idx]) + cfg.sparsity_weight / gate_mean.clamp(min=1e-6)
+            loss = F.cross_entropy(logits, run.y[idx]) + opts.sparsity_weight / gate_mean.clamp(min=1e-6)
             inputs = trace.states[:-1]  # layer i's input, i = 0..L-1
             contrast = sum(
                 token_contrast(
@@ -91,7 +119,7 @@ class SmartbertMechanism(Mechanism):
                 )
                 for i in range(L - 1)
             )
-            w = cfg.layer_contrastive_weight
+            w = opts.layer_contrastive_weight
             return (1 - w) * loss + w * contrast
 
         model.train()
@@ -105,7 +133,7 @@ class SmartbertMechanism(Mechanism):
         model.eval()
 
     def stage2(self, run, feats: torch.Tensor) -> None:
-        model, w = run.model, run.cfg.head_contrastive_weight
+        model, w = run.model, run.cfg.smartbert.head_contrastive_weight
         heads = [model.exit_heads[str(l)] for l in model.exit_layers[:-1]]
 
         def loss_of(f, y):

@@ -1,0 +1,237 @@
+"""What a tagging run needs (`offramp tag`, jobs/tag_corpus.py): the input and output, the
+exit settings, the stage layout, the audit and where Ray runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from offramp.config.base import DTYPES, ConfigError, MlflowConfig, require
+
+EXIT_MODES = ("token", "sentence")  # sequence labeling: TOKEE, SENTEE
+SENTENCE_POOLS = ("max", "mean")
+
+
+def check_token_exit(mode: str, pool: str, window: int) -> None:
+    """Token exit settings, checked where they enter (config, model, CLI)."""
+    if mode not in EXIT_MODES:
+        raise ConfigError(f"token exit mode {mode!r}: use one of {list(EXIT_MODES)} (token = TOKEE, sentence = SENTEE)")
+    if pool not in SENTENCE_POOLS:
+        raise ConfigError(f"sentence_pool {pool!r}: use one of {list(SENTENCE_POOLS)}")
+    if window < 0:
+        raise ConfigError(f"exit_window={window} must be >= 0 (words on each side of a word)")
+
+
+@dataclass(frozen=True)
+class TokenExitConfig:
+    """Token models only: how words or sentences leave; None = the setting stored with the model."""
+
+    mode: str | None = None
+    """token (TOKEE: each word halts on its own) or sentence (SENTEE); None = stored."""
+    window: int | None = None
+    """TOKEE: words on each side a word's uncertainty is max-pooled over; None = stored."""
+    sentence_pool: str | None = None
+    """SENTEE: max or mean of the words' uncertainty; None = stored."""
+
+    def __post_init__(self):
+        check_token_exit(self.mode or "token", self.sentence_pool or "max", 0 if self.window is None else self.window)
+
+
+@dataclass(frozen=True)
+class ExitConfig:
+    """Which exit criterion runs and where its thresholds come from."""
+
+    policy: str | None = None
+    """Exit policy name (see `offramp.policies.POLICIES`); None = the one stored with the model."""
+    threshold: float | None = None
+    """One threshold for every exit head; overrides the thresholds stored with the model."""
+    thresholds: tuple[float, ...] | None = None
+    """One threshold per exit head, in head order; overrides the stored ones."""
+    disabled: bool = False
+    """Run every row to full depth (the parity / full-depth baseline)."""
+    skip_gates: bool = True
+    """SmartBERT models: rows skip the layers their gates say to skip. False = every row runs
+    every layer it reaches (with `disabled`, the every-layer baseline). Ignored without gates."""
+    token: TokenExitConfig = field(default_factory=TokenExitConfig)
+    """Token models: exit mode, window and sentence pooling."""
+
+    def __post_init__(self):
+        if self.threshold is not None and self.thresholds is not None:
+            raise ConfigError("exit.threshold and exit.thresholds are both set; keep one of them")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One actor pool holding a contiguous shard of layers [start, end)."""
+
+    layers: tuple[int, int] | None = None
+    """[start, end) layer range; None = split the model's layers evenly across stages."""
+    min_actors: int = 1
+    """ActorPoolStrategy min_size."""
+    max_actors: int | None = None
+    """ActorPoolStrategy max_size; None = sized from measured survival (stage 0: min_actors)."""
+    batch_size: int | None = None
+    """Rows per Ray batch; None = sized from measured survival so each forward pass gets about
+    `TagConfig.batch_size` running rows (exited rows ride along without compute)."""
+    num_cpus: float = 1.0
+    """Logical CPUs each actor reserves (fractional allowed)."""
+    num_gpus: float = 0.0
+    """GPUs each actor reserves (fractional allowed; 0 on CPU)."""
+    dtype: str = "float32"
+    """Compute dtype of this stage's layers: float32, float16 or bfloat16."""
+    torch_threads: int = 0
+    """Intra-op threads per actor; 0 = Ray's rule on a cluster, the machine's cores shared on a local run."""
+    max_tokens: int = 4096
+    """Padded tokens per forward pass: a batch's running rows are sorted by length and cut into
+    passes of at most this many (rows x longest row) tokens, so short rows are not padded to
+    long ones; 0 = the whole batch in one pass."""
+
+    def __post_init__(self):
+        if self.max_tokens < 0:
+            raise ConfigError(f"stage max_tokens={self.max_tokens} must be >= 0 (0 = one pass per batch)")
+        if self.layers is not None:
+            if len(self.layers) != 2 or self.layers[0] >= self.layers[1] or self.layers[0] < 0:
+                raise ConfigError(f"stage layers {list(self.layers)} must be [start, end) with 0 <= start < end")
+        if self.min_actors < 1 or (self.max_actors is not None and self.max_actors < self.min_actors):
+            raise ConfigError(
+                f"stage actors min={self.min_actors} max={self.max_actors}: need 1 <= min_actors <= max_actors"
+            )
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"stage batch_size={self.batch_size} must be >= 1")
+        if self.num_gpus < 0 or self.num_cpus < 0:
+            raise ConfigError("stage num_cpus/num_gpus must be >= 0")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"stage dtype {self.dtype!r} is not one of {list(DTYPES)}")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How the driver connects to Ray."""
+
+    address: str | None = None
+    """None: join RAY_ADDRESS / a job's cluster if there is one, else start an embedded local Ray."""
+    num_cpus: int = 8
+    """Logical CPUs of an embedded local Ray (more than cores so read tasks and actors don't starve)."""
+    autoscaling: bool = False
+    """The cluster adds nodes on demand (cluster.yaml's autoscaler): skip the start-time check
+    that the stage actors fit the resources the cluster has now."""
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """A random sample of rows that runs to full depth whatever the exits say, to check quality."""
+
+    fraction: float = 0.01
+    """Share of rows audited (0 = no audit). Chosen by a hash of (seed, row id): reproducible,
+    independent of batching, and the same rows in every run with the same seed."""
+    seed: int = 0
+    """Seed of the row hash that picks the audited rows."""
+    target_agreement: float | None = None
+    """Minimum agreement with full depth; None = the one stored by jobs/calibrate.py (if any)."""
+    confidence: float = 0.95
+    """Confidence of the reported interval."""
+    alarm: str = "estimate"
+    """What fails the job under fail_below_target: `estimate` (the point estimate is below target,
+    as the run's tag says) or `bound` (even the upper confidence bound is below: a significant drop)."""
+    fail_below_target: bool = False
+    """Exit with status 4 when the alarm fires, so a nightly scheduler notices."""
+
+    def __post_init__(self):
+        if not 0 <= self.fraction <= 1:
+            raise ConfigError(f"audit.fraction={self.fraction} must be in [0, 1], e.g. 0.01 for 1% of rows")
+        if self.target_agreement is not None and not 0 < self.target_agreement <= 1:
+            raise ConfigError(f"audit.target_agreement={self.target_agreement} is a fraction, e.g. 0.97")
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"audit.confidence={self.confidence} must be in (0, 1), e.g. 0.95")
+        if self.alarm not in ("estimate", "bound"):
+            raise ConfigError(f"audit.alarm {self.alarm!r}: use estimate or bound")
+
+
+@dataclass(frozen=True)
+class TagConfig:
+    """Everything a tagging run (`offramp tag`, jobs/tag_corpus.py) needs."""
+
+    input: str | None = None
+    """Parquet / JSONL / text file or directory, local path or pyarrow-filesystem URI."""
+    model: str | None = None
+    """Early-exit model directory written by jobs/train_exits.py."""
+    output: str | None = None
+    """Output directory for the Parquet files."""
+    input_format: str = "auto"
+    """auto (from the file extension), parquet, jsonl or text."""
+    text_column: str = "text"
+    """Column holding each document's text."""
+    words_column: str | None = None
+    """Token models: a column holding each row's words (a list of str); None = split text_column
+    into words by offramp.text.words.split_words (whitespace; punctuation and clitics apart)."""
+    id_column: str | None = "id"
+    """Id column; None = a row number is generated."""
+    label_column: str | None = None
+    """Gold label column; when set, accuracy is measured and logged (token models: a list of tags
+    per row, word accuracy and, for BIO tags, entity F1)."""
+    passthrough_columns: tuple[str, ...] = ()
+    """Input columns copied to the output unchanged."""
+    max_length: int = 128
+    """Tokens per document (incl. [CLS]/[SEP]); longer documents are truncated and counted."""
+    batch_size: int = 64
+    """Running rows per forward pass that stage batch sizes aim for."""
+    overwrite: bool = False
+    """Replace an existing output directory instead of failing."""
+    fail_on_error_rows: bool = False
+    """Exit with status 3 when any row could not be labeled (an error status in the output)."""
+    tokenize_batch_size: int = 256
+    """Rows per tokenization task batch."""
+    num_stages: int = 1
+    """Number of stages when `stages` is empty or gives no layer ranges."""
+    layout: str = "balanced"
+    """How layers are split when stages give no ranges: even, or balanced (equal expected
+    work per stage from the model's measured survival; even when none was measured)."""
+    stages: tuple[StageConfig, ...] = ()
+    """Explicit per-stage layout; overrides num_stages."""
+    carry_dtype: str = "float16"
+    """Dtype of hidden states carried between stages."""
+    full_depth_eval_rows: int = 0
+    """With labels: also run this many rows at full depth to log full-depth accuracy (-1 = all)."""
+    plan_target_docs_per_hour: float | None = None
+    """Throughput the run report's capacity recommendation is for; None = this run's own rate."""
+    exit: ExitConfig = field(default_factory=ExitConfig)
+    """Exit policy, thresholds and token exit settings."""
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    """Rows also run to full depth to measure agreement."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Which Ray cluster runs the stages."""
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    """Where the run is logged."""
+
+    def __post_init__(self):
+        if self.input_format not in ("auto", "parquet", "jsonl", "text"):
+            raise ConfigError(f"input_format {self.input_format!r}: use auto, parquet, jsonl or text")
+        if self.max_length < 8:
+            raise ConfigError(f"max_length={self.max_length} is too small; use at least 8 tokens")
+        if self.layout not in ("even", "balanced"):
+            raise ConfigError(f"layout {self.layout!r}: use even or balanced")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size} must be >= 1")
+        if self.num_stages < 1:
+            raise ConfigError(f"num_stages={self.num_stages} must be >= 1")
+        if self.carry_dtype not in DTYPES:
+            raise ConfigError(f"carry_dtype {self.carry_dtype!r} is not one of {list(DTYPES)}")
+
+    def require(self, *names: str) -> None:
+        """Fail with the flag to set when a required field is missing."""
+        require(self, *names)
+
+
+# Flags the tagging command has had since before they were generated from the fields above;
+# a (flag, value) pair is a flag that sets a fixed value.
+FLAG_ALIASES = {
+    "passthrough_columns": "--passthrough",
+    "exit.policy": "--policy",
+    "exit.threshold": "--threshold",
+    "exit.disabled": ("--no-exits", True),
+    "exit.skip_gates": ("--no-skip-gates", False),
+    "exit.token.mode": "--exit-mode",
+    "exit.token.window": "--window",
+    "audit.fraction": "--audit-fraction",
+    "audit.target_agreement": "--audit-target",
+    "audit.fail_below_target": "--fail-below-target",
+}

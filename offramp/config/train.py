@@ -1,0 +1,87 @@
+"""The training settings every mechanism and task shares.
+
+`offramp.training.config.TrainConfig` adds one section per mechanism that has options
+(declared in that mechanism's file) and one for the token task: those modules hold torch
+code, so the whole class is assembled there, from the mechanism registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from offramp.config.base import ConfigError, MlflowConfig, require
+
+TASKS = ("auto", "sequence", "token")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What every training run (`offramp train`, jobs/train_exits.py) needs, whatever the mechanism."""
+
+    train: str | None = None
+    """Labeled training data: Parquet / JSONL / CSV path, or a hub dataset name where online."""
+    eval: str | None = None
+    """Labeled dev data used for per-layer accuracy and threshold selection."""
+    output: str | None = None
+    """Directory the early-exit model is saved to."""
+    base_model: str | None = None
+    """Local Hugging Face BERT-family checkpoint; None = the pip-shipped all-MiniLM-L6-v2."""
+    mechanism: str = "deebert"
+    """Exit mechanism and its training recipe (offramp.training.mechanisms): deebert, pabee, berxit, de3, smartbert."""
+    init_from: str | None = None
+    """Warm start from an offramp model directory of the same labels (backbone, classifier, heads);
+    the mechanism's new modules start fresh. With stage1_epochs=0 the backbone stays as it is."""
+    text_column: str = "text"
+    """Column holding each row's text (token task: its words, a list of str)."""
+    label_column: str = "label"
+    """Column holding each row's label (token task: a list of tags, one per word)."""
+    max_length: int = 128
+    """Tokens per row (incl. [CLS]/[SEP]); longer rows are truncated."""
+    max_train_rows: int | None = None
+    """Use at most this many training rows (a seeded random sample)."""
+    max_eval_rows: int | None = None
+    """Use at most this many dev rows (a seeded random sample)."""
+    batch_size: int = 32
+    """Rows per optimizer step."""
+    stage1_epochs: float = 2.0
+    """Stage 1: backbone + final classifier (token task: joint fine-tuning of backbone and every head)."""
+    stage2_epochs: float = 20.0
+    """DeeBERT stage 2: internal exit heads only, on cached features of the frozen backbone (cheap)."""
+    lr: float = 5e-5
+    """Learning rate of the backbone (stage 1; token task: both stages)."""
+    head_lr: float = 1e-3
+    """Learning rate of exit heads and the modules a mechanism adds (gates, prototypes, predictor)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    warmup_ratio: float = 0.06
+    """Share of each stage's steps with a linearly rising learning rate."""
+    exit_layers: tuple[int, ...] | None = None
+    """1-based layers with an exit head; None = every layer. The last layer always has one."""
+    policy: str | None = None
+    """Exit policy stored with the model; None = the mechanism's own (deebert/smartbert entropy,
+    pabee patience, berxit learned, de3 hybrid; token task entropy)."""
+    task: str = "auto"
+    """sequence (one label per row), token (a tag per word: sequence labeling) or auto (token when
+    the label column holds lists). Token mode: text_column names the words column (list of str)."""
+    max_accuracy_drop: float = 0.01
+    """Stored thresholds: fastest global threshold whose dev accuracy is within this of full depth."""
+    seed: int = 0
+    """Seed of row sampling, shuffling and weight initialization."""
+    torch_threads: int = 0
+    """Intra-op torch threads; 0 = torch's default."""
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    """Where the training run is logged."""
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.max_length < 8:
+            raise ConfigError("batch_size must be >= 1 and max_length >= 8")
+        if self.stage1_epochs < 0 or self.stage2_epochs < 0:
+            raise ConfigError("stage1_epochs and stage2_epochs must be >= 0")
+        if not 0 <= self.max_accuracy_drop < 1:
+            raise ConfigError(f"max_accuracy_drop={self.max_accuracy_drop} is a fraction, e.g. 0.01 for 1 point")
+        if self.task not in TASKS:
+            raise ConfigError(f"task {self.task!r}: use auto, sequence or token")
+
+    def require(self, *names: str) -> None:
+        """Fail with the flag to set when a required field is missing."""
+        require(self, *names)

@@ -1,0 +1,78 @@
+"""Training an early-exit classifier (one label per row) with the mechanism cfg.mechanism names,
+then its thresholds on the dev set.
+
+The mechanism (offramp.training.mechanisms: deebert, pabee, berxit, de3, smartbert) owns the
+recipe; this driver picks it from the registry, builds the model with the modules it needs,
+lets it train, and measures the dev set at full depth once: per-layer accuracy, the accuracy /
+mean-layers curve of the stored policy, and the fastest threshold within max_accuracy_drop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from offramp.config import ConfigError
+from offramp.exits import simulate
+from offramp.models.base import SEQUENCE
+from offramp.models.sequence import EarlyExitBertForSequenceClassification
+from offramp.policies import check_policy_fits, get_policy
+from offramp.training.data import load_labeled
+from offramp.training.loop import TrainReport, TrainRun, begin, exit_config, full_pass, label_names
+from offramp.training.mechanisms import get_mechanism
+
+logger = logging.getLogger(__name__)
+
+
+def train_sequence_exits(cfg):
+    """Fine-tune an early-exit classifier with cfg.mechanism (cfg: offramp.training.TrainConfig);
+    return (model, tokenizer, TrainReport)."""
+    base = begin(cfg)
+    mechanism = get_mechanism(cfg.mechanism)
+    policy_name = cfg.policy or mechanism.policy
+    policy = get_policy(policy_name)
+    check_policy_fits(policy, mechanism.name, set(mechanism.signal_modules))
+    texts, labels = load_labeled(cfg.train, cfg.text_column, cfg.label_column, cfg.max_train_rows, cfg.seed)
+    dev_texts, dev_labels = load_labeled(cfg.eval, cfg.text_column, cfg.label_column, cfg.max_eval_rows, cfg.seed)
+    if len(texts) == 0 or len(dev_texts) == 0:
+        raise ConfigError("no usable rows in --train or --eval (every row lacked text or label)")
+    names = label_names(cfg, set(labels))
+    if len(names) < 2:
+        raise ConfigError(f"--label-column {cfg.label_column!r} has {len(names)} distinct value(s); need at least 2")
+    label2id = {n: i for i, n in enumerate(names)}
+    logger.info(
+        "training %s on %d rows (%d labels), dev %d rows, %s %s",
+        mechanism.name, len(texts), len(names), len(dev_texts), "warm start from" if cfg.init_from else "base", base,
+    )
+    config = exit_config(
+        base, names, cfg, exit_policy=policy_name, exit_mechanism=mechanism.name, **mechanism.config_fields(cfg)
+    )
+    model = EarlyExitBertForSequenceClassification.from_pretrained(base, config=config)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    y = torch.tensor([label2id[v] for v in labels])
+    t0 = time.perf_counter()
+    run = TrainRun(model, tokenizer, texts, y, cfg, [])
+    mechanism.train(run)
+    model.eval()
+
+    hp = full_pass(model, tokenizer, dev_texts, cfg.max_length)
+    gold = np.array([label2id.get(v, -1) for v in dev_labels])  # unseen dev labels count as errors
+    layer_acc = {l: float((hp.logits[:, k].argmax(-1) == gold).mean()) for k, l in enumerate(model.exit_layers)}
+    curve = simulate.sweep(hp, gold, model.exit_layers, policy)
+    chosen = simulate.choose(curve, cfg.max_accuracy_drop)
+    scores = simulate.head_scores(policy, hp, model.exit_layers)
+    surv = simulate.survival(scores, hp.preds, model.exit_layers, policy, chosen["threshold"], model.num_layers)
+    model.config.exit_thresholds = [chosen["threshold"]] * len(model.exit_layers)
+    seconds = time.perf_counter() - t0
+    logger.info(
+        "dev: full-depth accuracy %.4f; threshold %.4g gives %.4f at %.2f mean layers (ideal %.2fx)",
+        curve[0]["accuracy"], chosen["threshold"], chosen["accuracy"], chosen["mean_layers"], chosen["ideal_speedup"],
+    )
+    skip_rate = [float(r) for r in hp.skipped.mean(0)] if hp.skipped is not None else None
+    return model, tokenizer, TrainReport(
+        SEQUENCE, len(texts), len(dev_texts), seconds, layer_acc, curve, chosen, surv, run.losses, skip_rate
+    )

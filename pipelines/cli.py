@@ -1,0 +1,276 @@
+"""The `offramp` command: tag a corpus, train a model, calibrate its thresholds, plan capacity.
+
+    offramp train --train train.parquet --eval dev.parquet --output models/m [--mechanism smartbert]
+    offramp calibrate --model models/m --data calib.parquet --min-agreement 0.97
+    offramp tag --input corpus/ --model models/m --output out/ [--config conf/demo.yaml]
+    offramp plan --run-id RUN --target-docs-per-hour 5000000
+
+Every setting of a command is a flag generated from its config class (offramp.config), a key
+of the YAML given to --config, and a `--set KEY=VALUE`; `offramp COMMAND --help` lists them
+with their defaults. jobs/*.py run the same commands from a checkout or under `ray job submit`.
+
+Exit status: 0 done; 2 a configuration problem, found before any work (the message says the
+fix); 3 calibrate could not certify the target, or tag --fail-on-error-rows saw a row it could
+not label; 4 tag --audit.fail-below-target and the audit found agreement below the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+from offramp.config import CalibrateConfig, ConfigError, MlflowConfig, PlanConfig, TagConfig
+from offramp.config.cli import add_config_flags, config_from_args
+from offramp.config.tag import FLAG_ALIASES as TAG_ALIASES
+
+# The commands import their library (torch, ray, mlflow) when they run, not at the top:
+# `offramp --help` and a configuration error then answer in a fraction of a second.
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# ---------------------------------------------------------------- tag
+
+
+def tag(cfg: TagConfig) -> int:
+    from pipelines.run import run_tagging
+    from pipelines.tracking import log_tag_run
+
+    result = run_tagging(cfg)
+    m = result.metrics
+    run_id = log_tag_run(cfg, result, num_layers=result.layout[-1].spec.end)
+    bad = m["rows"] - m["rows_labeled"]
+    if "token_layers" in m:
+        print(token_line(cfg, m) + (f"; mlflow run {run_id}" if run_id else ""))
+        return 3 if cfg.fail_on_error_rows and bad else 0
+    line = (
+        f"tagged {m['rows']} rows -> {cfg.output}: {m['rows_labeled']} labeled, {bad} with an error status, "
+        f"{m['rows_status_truncated']} truncated; {m['docs_per_second']:.1f} docs/s, "
+        f"mean layers {m['mean_layers']:.2f} (ideal {m['ideal_speedup']:.2f}x)"
+    )
+    if "accuracy" in m:
+        line += f", accuracy {m['accuracy']:.4f}"
+    if "accuracy_full_depth" in m:
+        line += f" (full depth {m['accuracy_full_depth']:.4f} on {m['full_depth_eval_rows']} rows)"
+    print(line + (f"; mlflow run {run_id}" if run_id else ""))
+    audit = result.audit
+    if audit is not None:
+        print(audit_line(audit))
+    if cfg.fail_on_error_rows and bad:
+        return 3
+    if audit is not None and audit["flagged"] and cfg.audit.fail_below_target:
+        rule = "its upper bound" if cfg.audit.alarm == "bound" else "the estimate"
+        print(f"error: the audit found agreement with full depth below the target ({rule}; exit status 4)",
+              file=sys.stderr)
+        return 4
+    return 0
+
+
+def token_line(cfg: TagConfig, m: dict) -> str:
+    line = (
+        f"tagged {m['rows']} sentences ({m['words']} words) -> {cfg.output}: {m['rows_labeled']} tagged, "
+        f"{m['rows'] - m['rows_labeled']} with an error status, {m['rows_status_truncated']} truncated "
+        f"({m['words_untagged']} words untagged); {m['docs_per_second']:.1f} sentences/s, "
+        f"{100 * m['token_layer_saving']:.1f}% of token-layers saved (ideal {m['ideal_speedup']:.2f}x)"
+    )
+    if "accuracy" in m:
+        line += f", word accuracy {m['accuracy']:.4f}"
+    if "entity_f1" in m:
+        line += f", entity F1 {m['entity_f1']:.4f}"
+    if "accuracy_full_depth" in m:
+        line += f" (full depth {m['accuracy_full_depth']:.4f} on {m['full_depth_eval_rows']} sentences)"
+    return line
+
+
+def audit_line(a: dict) -> str:
+    from offramp.quality.audit import verdict
+
+    if not a["rows"]:
+        return f"audit (fraction {a['fraction']}): {verdict(a)}"
+    return (
+        f"audit: {a['agree']}/{a['rows']} sampled rows agree with full depth = {a['agreement']:.4f} "
+        f"({100 * a['confidence']:.0f}% interval {a['lower']:.4f}..{a['upper']:.4f}); "
+        f"extra cost {100 * a['extra_cost_fraction']:.2f}% of row-layers; {verdict(a)}"
+    )
+
+
+# ---------------------------------------------------------------- train
+
+
+def train(cfg) -> int:
+    from offramp.training import save_trained, train_exits
+    from pipelines.tracking import log_train_run
+
+    model, tokenizer, report = train_exits(cfg)
+    save_trained(model, tokenizer, report, cfg.output)
+    run_id = log_train_run(cfg, report, cfg.output)
+    c, full = report.chosen, report.curve[0]
+    if report.task == "token":
+        what, key = ("entity F1", "f1") if "f1" in full else ("word accuracy", "accuracy")
+        print(
+            f"saved {cfg.output}: dev {what} {full[key]:.4f} at full depth, "
+            f"{c[key]:.4f} with {model.config.token_exit_mode}-level exits saving "
+            f"{100 * c['token_layer_saving']:.1f}% of token-layers ({c['ideal_speedup']:.2f}x ideal); "
+            f"mlflow run {run_id}"
+        )
+        return 0
+    print(
+        f"saved {cfg.output}: dev accuracy {full['accuracy']:.4f} at full depth, "
+        f"{c['accuracy']:.4f} with exits at {c['mean_layers']:.2f} mean layers "
+        f"({c['ideal_speedup']:.2f}x ideal); mlflow run {run_id}"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------- calibrate
+
+
+def calibrate(cfg: CalibrateConfig) -> int:
+    from pipelines.calibrate import run_calibration
+
+    outcome = run_calibration(cfg)
+    print(outcome.summary)
+    return 0 if outcome.calibration.certified else 3
+
+
+# ---------------------------------------------------------------- plan
+
+
+def plan(cfg: PlanConfig) -> int:
+    from offramp.planning.capacity import format_plan, plan_capacity
+    from pipelines.tracking import load_run_summary, log_plan, tracking_uri
+
+    cfg.require("run_id")
+    uri = tracking_uri(MlflowConfig(tracking_uri=cfg.tracking_uri))
+    summary = load_run_summary(cfg.run_id, uri)
+    result = plan_capacity(
+        summary,
+        target_docs_per_hour=cfg.target_docs_per_hour,
+        budget_gpus=cfg.budget_gpus,
+        budget_cpus=cfg.budget_cpus,
+        headroom=cfg.headroom,
+    )
+    print(format_plan(result))
+    if cfg.json:
+        with open(cfg.json, "w") as f:
+            json.dump(result.to_dict(), f, indent=2)
+    if cfg.log:
+        log_plan(result, cfg.run_id, uri)
+        print(f"logged capacity_plan.json to mlflow run {cfg.run_id}")
+    return 0
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def _train_config():
+    # TrainConfig is assembled from the mechanisms' files, which import torch
+    from offramp.training.config import TrainConfig
+
+    return TrainConfig
+
+
+@dataclass(frozen=True)
+class Command:
+    config: Callable  # the config class, or a function returning it (imported late)
+    run: Callable  # config -> exit status
+    help: str  # one line, for `offramp --help`
+    description: str  # for `offramp COMMAND --help`
+    aliases: dict = field(default_factory=dict)  # extra flag names (offramp.config.cli.add_config_flags)
+
+
+COMMANDS = {
+    "tag": Command(
+        TagConfig, tag,
+        "label every document of a corpus with an early-exit model on Ray Data; log the run to MLflow",
+        """Label every document of a corpus with an early-exit model on Ray Data; log the run to MLflow.
+
+    offramp tag --input corpus/ --model models/m --output out/ [--config conf/demo.yaml]
+    RAY_AUTH_MODE=token ray job submit --working-dir . -- python jobs/tag_corpus.py --config conf/<job>.yaml
+
+Exit status 3 with --fail-on-error-rows when a row could not be labeled; 4 with
+--fail-below-target when the audit finds agreement with full depth below the target.""",
+        TAG_ALIASES,
+    ),
+    "train": Command(
+        _train_config, train,
+        "fine-tune an early-exit classifier or tagger and save it for tagging",
+        """Fine-tune an early-exit classifier or tagger and save it for `offramp tag`.
+
+    offramp train --train train.parquet --eval dev.parquet --output models/m \\
+        [--mechanism deebert|pabee|berxit|de3|smartbert] [--base-model DIR | --init-from MODEL] \\
+        [--config conf/train.yaml] [--set stage1_epochs=1] [--smartbert.sparsity-weight 0.1]
+
+Sequence labeling (a list of tags per row, e.g. ../shared/data/debian_pos) is detected from the
+label column, or forced with --task token:
+
+    offramp train --train train.parquet --eval dev.parquet --output models/pos \\
+        --text-column tokens --label-column pos [--token.exit-mode sentence]""",
+    ),
+    "calibrate": Command(
+        CalibrateConfig, calibrate,
+        "certify exit thresholds for a quality target and write them into the model directory",
+        """Certify exit thresholds for a quality target and write them into the model directory.
+
+    offramp calibrate --model M --data calib.parquet --min-agreement 0.97 [--confidence 0.9]
+    offramp calibrate --model M --data calib.parquet --label-column label --max-accuracy-drop 0.01
+
+With probability at least --confidence over the draw of the calibration rows, the written
+threshold meets the target on the traffic those rows were drawn from (Learn then Test,
+fixed-sequence, binomial bounds: see offramp/quality/calibration.py). Exit status 3 when not
+even the most conservative exiting threshold can be certified (the model is left unchanged);
+the message says how many rows would be needed.""",
+    ),
+    "plan": Command(
+        PlanConfig, plan,
+        "size the actor pools for a throughput target or a GPU/CPU budget, from a measured tagging run",
+        """Size the actor pools for a throughput target or a GPU/CPU budget, from a measured tagging run.
+
+    offramp plan --run-id ID --target-docs-per-hour 5000000
+    offramp plan --run-id ID --budget-gpus 8 [--headroom 1.25] [--json plan.json] [--log]""",
+    ),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `offramp` parser: every command listed, the flags of `command` only (building the
+    train command's flags imports its mechanisms, and with them torch)."""
+    parser = argparse.ArgumentParser(
+        prog="offramp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, c in COMMANDS.items():
+        p = sub.add_parser(
+            name,
+            help=c.help,
+            description=c.description,
+            usage="%(prog)s [--config YAML] [--set KEY=VALUE] [--FLAG VALUE ...]",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if name == command:
+            cls = c.config if isinstance(c.config, type) else c.config()
+            add_config_flags(p, cls, c.aliases)
+            p.set_defaults(config_cls=cls, run=c.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit status (2: a configuration problem, reported on stderr)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
+    setup_logging()
+    try:
+        return args.run(config_from_args(args.config_cls, args))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
