@@ -46,18 +46,7 @@ def tag(cfg: TagConfig) -> int:
     m = result.metrics
     run_id = log_tag_run(cfg, result, num_layers=result.layout[-1].spec.end)
     bad = m["rows"] - m["rows_labeled"]
-    if "token_layers" in m:
-        print(token_line(cfg, m) + (f"; mlflow run {run_id}" if run_id else ""))
-        return 3 if cfg.fail_on_error_rows and bad else 0
-    line = (
-        f"tagged {m['rows']} rows -> {cfg.output}: {m['rows_labeled']} labeled, {bad} with an error status, "
-        f"{m['rows_status_truncated']} truncated; {m['docs_per_second']:.1f} docs/s, "
-        f"mean layers {m['mean_layers']:.2f} (ideal {m['ideal_speedup']:.2f}x)"
-    )
-    if "accuracy" in m:
-        line += f", accuracy {m['accuracy']:.4f}"
-    if "accuracy_full_depth" in m:
-        line += f" (full depth {m['accuracy_full_depth']:.4f} on {m['full_depth_eval_rows']} rows)"
+    line = (token_line if result.task == "token" else sequence_line)(cfg, m)
     print(line + (f"; mlflow run {run_id}" if run_id else ""))
     audit = result.audit
     if audit is not None:
@@ -70,6 +59,19 @@ def tag(cfg: TagConfig) -> int:
               file=sys.stderr)
         return 4
     return 0
+
+
+def sequence_line(cfg: TagConfig, m: dict) -> str:
+    line = (
+        f"tagged {m['rows']} rows -> {cfg.output}: {m['rows_labeled']} labeled, {m['rows'] - m['rows_labeled']} "
+        f"with an error status, {m['rows_status_truncated']} truncated; {m['docs_per_second']:.1f} docs/s, "
+        f"mean layers {m['mean_layers']:.2f} (ideal {m['ideal_speedup']:.2f}x)"
+    )
+    if "accuracy" in m:
+        line += f", accuracy {m['accuracy']:.4f}"
+    if "accuracy_full_depth" in m:
+        line += f" (full depth {m['accuracy_full_depth']:.4f} on {m['full_depth_eval_rows']} rows)"
+    return line
 
 
 def token_line(cfg: TagConfig, m: dict) -> str:
@@ -91,12 +93,13 @@ def token_line(cfg: TagConfig, m: dict) -> str:
 def audit_line(a: dict) -> str:
     from offramp.quality.audit import verdict
 
+    unit = a.get("unit", "rows")  # token models audit words
     if not a["rows"]:
         return f"audit (fraction {a['fraction']}): {verdict(a)}"
     return (
-        f"audit: {a['agree']}/{a['rows']} sampled rows agree with full depth = {a['agreement']:.4f} "
+        f"audit: {a['agree']}/{a['rows']} sampled {unit} agree with full depth = {a['agreement']:.4f} "
         f"({100 * a['confidence']:.0f}% interval {a['lower']:.4f}..{a['upper']:.4f}); "
-        f"extra cost {100 * a['extra_cost_fraction']:.2f}% of row-layers; {verdict(a)}"
+        f"extra cost {100 * a['extra_cost_fraction']:.2f}% of {unit[:-1]}-layers; {verdict(a)}"
     )
 
 

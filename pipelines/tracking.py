@@ -89,6 +89,7 @@ def log_tag_run(cfg, result, num_layers: int) -> str:
             "input": cfg.input,
             "model": cfg.model,
             "output": cfg.output,
+            "task": result.task,
             "policy": result.policy,
             "exits_disabled": cfg.exit.disabled,
             "thresholds": json.dumps({str(k): round(v, 6) for k, v in result.thresholds.items()}),

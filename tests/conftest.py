@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 import torch
 from transformers import AutoTokenizer, BertConfig
 
@@ -85,6 +86,15 @@ def spread_thresholds(model, tokenizer, texts, quantile: float = 0.35) -> list[f
         i = min(max(int(quantile * len(values)), 1), len(values) - 1)
         out.append(float((values[i - 1] + values[i]) / 2))
     return out
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A real local Ray for one test module; 8 logical CPUs on 2 cores, so that read tasks and
+    stage actors do not starve each other (DESIGN.md)."""
+    ray.init(address="local", num_cpus=8, include_dashboard=False)
+    yield
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -243,3 +253,33 @@ def token_model_dir(tmp_path_factory, tokenizer):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+# ---------------------------------------------------------------- synthetic run summaries (capacity, report)
+
+
+def stage(index, start, end, rows_in, busy_seconds, num_gpus=0.0, num_cpus=1.0, max_actors=1, torch_threads=1):
+    return {
+        "index": index, "start": start, "end": end, "min_actors": 1, "max_actors": max_actors,
+        "batch_size": 64, "num_cpus": num_cpus, "num_gpus": num_gpus, "dtype": "float32",
+        "device": "cuda" if num_gpus else "cpu", "torch_threads": torch_threads, "rows_in": rows_in,
+        "busy_seconds": busy_seconds, "row_layers": 0, "tokens_in": 0, "batches": 10,
+    }  # fmt: skip
+
+
+def make_summary(stages=None, histogram=None, audit=None, wall_seconds=20.0, run_id="abc"):
+    """Two stages over 6 layers: stage 0 runs 1000 rows in 10 s (100 docs per actor-second), stage 1
+    gets 400 of them (survival 0.4) in 16 s (25 docs per actor-second); 0.5 GPU, 1 CPU per actor."""
+    stages = stages or [stage(0, 0, 3, 1000, 10.0, num_gpus=0.5), stage(1, 3, 6, 400, 16.0, num_gpus=0.5)]
+    rows = stages[0]["rows_in"]
+    return {
+        "run": {"input": "data/test.parquet", "model": "/m", "policy": "entropy", "run_id": run_id},
+        "num_layers": 6,
+        "metrics": {"rows": rows, "rows_labeled": rows, "wall_seconds": wall_seconds,
+                    "docs_per_second": rows / wall_seconds, "mean_layers": 2.6, "ideal_speedup": 2.31,
+                    "tokens": 30000, "accuracy": 0.7},
+        "exit_histogram": histogram or {"1": 500, "2": 60, "3": 40, "4": 100, 5: 100, "6": 200},
+        "stages": stages,
+        "audit": audit,
+        "calibration": None,
+    }  # fmt: skip

@@ -73,10 +73,14 @@ def test_light_steps_import_no_torch(module):
 
 def test_no_function_level_imports_of_project_code():
     """Imports of the project's own modules stand at the top of each file (a function-level one
-    would hide an import circle); only the task's stage runner is loaded by name, in the actor."""
+    would hide an import circle); only the task's stage runner is loaded by name, in the actor.
+    The one exception is the command line (pipelines/cli.py), whose commands import their
+    library when they run, so that --help and a configuration error answer without torch or Ray."""
     bad = []
     for folder in ("offramp", "actors", "pipelines"):
         for path in (ROOT / folder).rglob("*.py"):
+            if path == ROOT / "pipelines" / "cli.py":
+                continue
             tree = ast.parse(path.read_text())
             for fn in ast.walk(tree):
                 if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):

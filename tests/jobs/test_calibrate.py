@@ -18,6 +18,9 @@ from offramp.policies import get_policy
 from pipelines.run import ModelInfo
 from tests.conftest import LABELS, TEXTS
 
+# each test runs a job in a subprocess (a torch import, seconds each): out of the quick loop
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 ROWS = TEXTS * 4  # 144 rows
 

@@ -19,6 +19,7 @@ def run(*args, **kw):
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600, **kw)
 
 
+@pytest.mark.slow  # several job subprocesses
 def test_tag_job_refuses_bad_configuration_before_starting(tmp_path, model_dir, corpus_parquet):
     r = run("jobs/tag_corpus.py", "--input", corpus_parquet, "--model", str(tmp_path), "--output", str(tmp_path / "o"))
     assert r.returncode == 2 and "not a model directory" in r.stderr and "--model" in r.stderr

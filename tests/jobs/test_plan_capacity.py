@@ -8,7 +8,10 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from tests.offramp.test_capacity import make_summary
+from tests.conftest import make_summary
+
+# each test runs a job in a subprocess (a torch import, seconds each): out of the quick loop
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 

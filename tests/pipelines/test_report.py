@@ -8,7 +8,7 @@ import pytest
 
 from offramp.planning.capacity import plan_capacity
 from pipelines.report import render_report, write_report
-from tests.offramp.test_capacity import make_summary
+from tests.conftest import make_summary
 
 CHROMIUM = "/usr/bin/chromium"
 # Headless, and nothing that would reach the network (updates, sync, QUIC probes).

@@ -10,7 +10,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 
 from offramp.exits.stage import StageSpec
@@ -193,13 +192,6 @@ def test_finalize_writes_one_row_per_input_with_tags_per_word(token_model_dir):
 
 
 # ---------------------------------------------------------------- the real pipeline under Ray
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=8, include_dashboard=False)
-    yield
-    ray.shutdown()
 
 
 def tag_config(tmp_path, corpus, model_dir, **kw) -> TagConfig:

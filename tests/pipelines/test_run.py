@@ -22,11 +22,9 @@ from tests.conftest import LABELS, NUM_LAYERS, TEXTS, crash_once
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(address="local", num_cpus=8, include_dashboard=False)
-    yield
-    ray.shutdown()
+@pytest.fixture(autouse=True)
+def _ray(local_ray):
+    """Every test here runs on the module's local Ray."""
 
 
 def config(tmp_path, input_path, model_dir, **kw) -> TagConfig:
