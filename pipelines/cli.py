@@ -46,7 +46,7 @@ def tag(cfg: TagConfig) -> int:
     m = result.metrics
     run_id = log_tag_run(cfg, result, num_layers=result.layout[-1].spec.end)
     bad = m["rows"] - m["rows_labeled"]
-    line = (token_line if result.task == "token" else sequence_line)(cfg, m)
+    line = run_line(result.task, cfg, m)
     print(line + (f"; mlflow run {run_id}" if run_id else ""))
     audit = result.audit
     if audit is not None:
@@ -61,32 +61,24 @@ def tag(cfg: TagConfig) -> int:
     return 0
 
 
-def sequence_line(cfg: TagConfig, m: dict) -> str:
-    line = (
-        f"tagged {m['rows']} rows -> {cfg.output}: {m['rows_labeled']} labeled, {m['rows'] - m['rows_labeled']} "
-        f"with an error status, {m['rows_status_truncated']} truncated; {m['docs_per_second']:.1f} docs/s, "
-        f"mean layers {m['mean_layers']:.2f} (ideal {m['ideal_speedup']:.2f}x)"
-    )
-    if "accuracy" in m:
-        line += f", accuracy {m['accuracy']:.4f}"
-    if "accuracy_full_depth" in m:
-        line += f" (full depth {m['accuracy_full_depth']:.4f} on {m['full_depth_eval_rows']} rows)"
-    return line
+# what the terminal line calls a row and its work, per task
+NOUNS = {"sequence": dict(rows="rows", done="labeled", rate="docs"), "token": dict(rows="sentences", done="tagged", rate="sentences")}
 
 
-def token_line(cfg: TagConfig, m: dict) -> str:
-    line = (
-        f"tagged {m['rows']} sentences ({m['words']} words) -> {cfg.output}: {m['rows_labeled']} tagged, "
-        f"{m['rows'] - m['rows_labeled']} with an error status, {m['rows_status_truncated']} truncated "
-        f"({m['words_untagged']} words untagged); {m['docs_per_second']:.1f} sentences/s, "
-        f"{100 * m['token_layer_saving']:.1f}% of token-layers saved (ideal {m['ideal_speedup']:.2f}x)"
-    )
-    if "accuracy" in m:
-        line += f", word accuracy {m['accuracy']:.4f}"
-    if "entity_f1" in m:
-        line += f", entity F1 {m['entity_f1']:.4f}"
+def run_line(task: str, cfg: TagConfig, m: dict) -> str:
+    """One line for the terminal: what came out, how fast, what the exits saved, and how good."""
+    n, token = NOUNS[task], task == "token"
+    line = f"tagged {m['rows']} {n['rows']}" + (f" ({m['words']} words)" if token else "")
+    line += (f" -> {cfg.output}: {m['rows_labeled']} {n['done']}, {m['rows'] - m['rows_labeled']} with an error "
+             f"status, {m['rows_status_truncated']} truncated")
+    line += f" ({m['words_untagged']} words untagged)" if token else ""
+    saved = f"{100 * m['token_layer_saving']:.1f}% of token-layers saved" if token else f"mean layers {m['mean_layers']:.2f}"
+    line += f"; {m['docs_per_second']:.1f} {n['rate']}/s, {saved} (ideal {m['ideal_speedup']:.2f}x)"
+    for key, name in (("accuracy", "word accuracy" if token else "accuracy"), ("entity_f1", "entity F1")):
+        if key in m:
+            line += f", {name} {m[key]:.4f}"
     if "accuracy_full_depth" in m:
-        line += f" (full depth {m['accuracy_full_depth']:.4f} on {m['full_depth_eval_rows']} sentences)"
+        line += f" (full depth {m['accuracy_full_depth']:.4f} on {m['full_depth_eval_rows']} {n['rows']})"
     return line
 
 

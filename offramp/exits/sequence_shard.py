@@ -114,7 +114,7 @@ class LayerShard(ShardBase):
         audit_row_layers = torch.zeros((), dtype=torch.long, device=device)  # summed on device: no sync per layer
 
         for offset in range(len(self.layers)):
-            number = self.start + offset + 1  # 1-based layer number
+            layer = self.start + offset + 1  # 1-based, like every layer number outside a shard's [start, end)
             mask2d = torch.arange(hidden.shape[1], device=device)[None, :] < lengths[:, None]  # (S, T)
             hidden, ran = self._layer(offset, hidden, lengths, mask2d)  # (S, T, H), (S,)
             if skipped_out is not None:
@@ -123,18 +123,18 @@ class LayerShard(ShardBase):
             else:
                 row_layers += hidden.shape[0]
             audit_row_layers += (decided & ran).sum()
-            if number not in self.thresholds:
+            if layer not in self.thresholds:
                 continue
-            head = self.heads[str(number)](hidden, mask2d)
+            head = self.heads[str(layer)](hidden, mask2d)
             logits = head.logits.float()  # (S, C)
-            if number == self.num_layers:  # every row leaves, skipped the last layer or not
+            if layer == self.num_layers:  # every row leaves, skipped the last layer or not
                 exited = torch.ones(hidden.shape[0], dtype=torch.bool, device=device)
                 score = self.policy.score(logits, head.signal)
                 if audit.any():
                     full_out = torch.full((B, C), float("nan"), dtype=torch.float32, device=device)
                     full_out[alive[audit]] = logits[audit]
             else:
-                threshold = self.thresholds[number] if self.exits_enabled else self.policy.never_exits_threshold()
+                threshold = self.thresholds[layer] if self.exits_enabled else self.policy.never_exits_threshold()
                 decision, new_state = self.policy.decide(logits, threshold, state, head.signal)
                 exited, score = decision.exited & ran, decision.score
                 if new_state is not None:  # a row that skipped the layer keeps its state
@@ -142,10 +142,10 @@ class LayerShard(ShardBase):
             answered = exited & ~decided  # an audited row is answered once, at its first exit
             if answered.any():
                 rows = alive[answered]
-                exit_layer[rows] = number
+                exit_layer[rows] = layer
                 logits_out[rows] = logits[answered]
                 score_out[rows] = score[answered].float()
-            leave = exited & ~audit if number < self.num_layers else exited
+            leave = exited & ~audit if layer < self.num_layers else exited
             decided = decided | (answered & audit)
             if leave.any():
                 alive, lengths, hidden, audit, decided, state = keep_rows(~leave, alive, lengths, hidden, audit, decided, state)

@@ -111,7 +111,7 @@ class TokenShard(ShardBase):
         exit_layer, label, unc = words.exit_layer[alive], words.label[alive], words.uncertainty[alive]
 
         for offset in range(len(self.layers)):
-            number = self.start + offset + 1
+            layer = self.start + offset + 1  # 1-based, like every layer number outside a shard's [start, end)
             T = hidden.shape[1]
             real = torch.arange(T, device=device)[None, :] < lengths[:, None]  # (S, T)
             owner = word_of_token(st, lengths, T)  # (S, T) word of each token, -1 = special
@@ -124,27 +124,27 @@ class TokenShard(ShardBase):
                 active = real
             hidden = self._layer(offset, hidden, real, active)
             token_layers[alive] += active.sum(1)
-            if number not in self.thresholds:
+            if layer not in self.thresholds:
                 continue
             # the head reads each active word's first sub-word
             r, w = word_active.nonzero(as_tuple=True)  # (N,), (N,)
-            logits = self.heads[str(number)](hidden[r, st[r, w]]).float()  # (N, C)
+            logits = self.heads[str(layer)](hidden[r, st[r, w]]).float()  # (N, C)
             label[r, w] = logits.argmax(-1)
             unc[r, w] = self.policy.word_uncertainty(logits)
-            last = number == self.num_layers
+            last = layer == self.num_layers
             if last or not exits:
                 halt = word_active & last
             elif self.mode == "token":
-                halt = word_active & (window_max(unc, valid, self.window) < self.thresholds[number])
+                halt = word_active & (window_max(unc, valid, self.window) < self.thresholds[layer])
             else:
                 u = torch.where(valid, unc, torch.zeros_like(unc))
                 score = u.max(1).values if self.pool == "max" else u.sum(1) / valid.sum(1).clamp(min=1)  # (S,)
-                halt = word_active & (score < self.thresholds[number])[:, None]
-            exit_layer[halt] = number
+                halt = word_active & (score < self.thresholds[layer])[:, None]
+            exit_layer[halt] = layer
             done = ~(valid & (exit_layer == 0)).any(1)  # (S,) every word of the row has halted
             words.exit_layer[alive], words.label[alive], words.uncertainty[alive] = exit_layer, label, unc
             if done.any():
-                row_exit[alive[done]] = number
+                row_exit[alive[done]] = layer
                 alive, lengths, hidden, st, valid, exit_layer, label, unc = keep_rows(
                     ~done, alive, lengths, hidden, st, valid, exit_layer, label, unc
                 )

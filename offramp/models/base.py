@@ -1,7 +1,9 @@
 """What every early-exit model (classifier or tagger) shares: the exit fields its config
 carries, and the questions the rest of the code asks it.
 
-Layers are numbered 1..L; "exit layer l" means the head after `encoder.layer[l-1]`.
+Layers are numbered 1..L everywhere (an exit layer, a head's layer, a word's tag layer; 0 = none
+yet): "exit layer l" means the head after `encoder.layer[l-1]`. Only a shard's range [start, end)
+is 0-based, as the slice bounds of `encoder.layer` it is; inside a shard, `offset` counts its layers.
 """
 
 from __future__ import annotations

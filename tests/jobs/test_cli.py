@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines import cli
 from offramp.models.checkpoint import load_model
 from tests.conftest import LABELS, TEXTS, make_model
 
@@ -19,18 +20,19 @@ def run(*args, **kw):
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600, **kw)
 
 
-@pytest.mark.slow  # several job subprocesses
-def test_tag_job_refuses_bad_configuration_before_starting(tmp_path, model_dir, corpus_parquet):
+@pytest.mark.slow  # a job subprocess
+def test_tag_job_refuses_bad_configuration_before_starting(tmp_path, model_dir, corpus_parquet, capsys):
     r = run("jobs/tag_corpus.py", "--input", corpus_parquet, "--model", str(tmp_path), "--output", str(tmp_path / "o"))
     assert r.returncode == 2 and "not a model directory" in r.stderr and "--model" in r.stderr
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("exit:\n  polciy: entropy\n")
-    r = run("jobs/tag_corpus.py", "--config", str(cfg))
-    assert r.returncode == 2 and "did you mean 'policy'" in r.stderr
-    r = run("jobs/tag_corpus.py", "--input", corpus_parquet, "--model", model_dir, "--output", str(tmp_path / "o"), "--policy", "nope")
-    assert r.returncode == 2 and "valid policies" in r.stderr
-    r = run("jobs/tag_corpus.py", "--model", model_dir, "--output", str(tmp_path / "o"))
-    assert r.returncode == 2 and "--input" in r.stderr
+    status, _, err = command(capsys, "tag", "--config", str(cfg))
+    assert status == 2 and "did you mean 'policy'" in err
+    status, _, err = command(capsys, "tag", "--input", corpus_parquet, "--model", model_dir, "--output",
+                             str(tmp_path / "o"), "--policy", "nope")
+    assert status == 2 and "valid policies" in err
+    status, _, err = command(capsys, "tag", "--model", model_dir, "--output", str(tmp_path / "o"))
+    assert status == 2 and "--input" in err
 
 
 @pytest.mark.slow
@@ -86,3 +88,11 @@ def test_audit_below_target_exits_4_and_tags_the_run(tmp_path, model_dir, corpus
     assert run_.data.tags["offramp.audit"] == "below_target"
     agree = (out["label"] == out["full_depth_label"]).mean()
     assert agree < 1.0 and run_.data.metrics["audit_agreement"] == pytest.approx(agree)
+
+
+def command(capsys, *args) -> tuple[int, str, str]:
+    """The same command in this process (what a job script runs after `import _common`): a
+    configuration error needs no torch or Ray, so it answers in milliseconds."""
+    status = cli.main(list(args))
+    out = capsys.readouterr()
+    return status, out.out, out.err

@@ -13,6 +13,10 @@ import ray
 import torch
 
 from actors.stage import StageActor
+from offramp import schema
+from offramp.exits.stage import StageSpec
+from offramp.tasks.sequence import tokenize_batch
+from offramp.text.tokenize import load_tokenizer
 from offramp.config import AuditConfig, ConfigError, MlflowConfig, RayConfig, StageConfig, TagConfig
 from offramp.models.checkpoint import load_model
 from pipelines import run_tagging, tag_dataset
@@ -160,21 +164,22 @@ def test_crashed_actor_loses_and_duplicates_no_rows(tmp_path, model_dir, corpus_
     assert len(out) == len(TEXTS) and out["id"].is_unique
 
 
-def test_tag_dataset_appends_the_pipeline_to_a_dataset_a_team_built(tmp_path, model_dir, corpus_parquet):
-    """The library face: a Dataset in, a lazy Dataset out with one row per input and the same
-    answers the batch job writes for the same rows."""
-    cfg = config(tmp_path, corpus_parquet, model_dir, audit=AuditConfig(fraction=0.0))
-    job = read(run_tagging(cfg).output).set_index("id")
+def test_tag_dataset_appends_the_pipeline_to_a_dataset_a_team_built(tmp_path, model_dir):
+    """The library face: a Dataset in, a lazy Dataset out with one row per input and, for every
+    row, the answer the stage code gives it (over two stage pools here)."""
     rows = [{"doc": f"doc{i}", "body": t} for i, t in enumerate(TEXTS)] + [{"doc": "nothing", "body": None}]
-    ds = ray.data.from_items(rows)
-    own = dataclasses.replace(cfg, text_column="body", id_column="doc", input=None, output=None)
-    out = {r["doc"]: r for r in tag_dataset(ds, model_dir, own).take_all()}
+    own = config(tmp_path, None, model_dir, text_column="body", id_column="doc", output=None,
+                 audit=AuditConfig(fraction=0.0))
+    out = {r["doc"]: r for r in tag_dataset(ray.data.from_items(rows), model_dir, own).take_all()}
     assert sorted(out) == sorted(r["doc"] for r in rows)
     assert out["nothing"]["status"] == "null" and out["nothing"]["label"] is None
-    for i in range(len(TEXTS)):
-        assert (out[f"doc{i}"]["label"], out[f"doc{i}"]["exit_layer"]) == tuple(job.loc[f"doc{i}", ["label", "exit_layer"]])
+    batch = tokenize_batch({"id": np.arange(len(TEXTS)), "text": np.array(TEXTS, dtype=object)},
+                           load_tokenizer(model_dir), "text", 64)
+    alone = StageActor(model_dir, StageSpec(0, 0, NUM_LAYERS, carry_dtype="float32"))(batch)
+    assert [out[f"doc{i}"]["exit_layer"] for i in range(len(TEXTS))] == alone[schema.EXIT_LAYER].tolist()
+    assert [out[f"doc{i}"]["label"] for i in range(len(TEXTS))] == [LABELS[j] for j in alone[schema.LABEL_ID]]
     with pytest.raises(ConfigError, match="--text-column"):
-        tag_dataset(ds, model_dir, dataclasses.replace(own, text_column="text"))
+        tag_dataset(ray.data.from_items(rows), model_dir, dataclasses.replace(own, text_column="text"))
 
 
 def test_stages_that_leave_no_cpu_for_reading_fail_at_start_naming_the_fix(tmp_path, model_dir, corpus_parquet):
