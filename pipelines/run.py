@@ -74,6 +74,13 @@ def runs_locally(cfg: RayConfig) -> bool:
 
 
 def resolve_thresholds(cfg: TagConfig, info: ModelInfo) -> dict[int, float]:
+    """The threshold of every exit head: given in the config, else stored with the model."""
+    given = cfg.exit.threshold is not None or cfg.exit.thresholds is not None
+    if cfg.exit.policy and cfg.exit.policy != info.policy and not given and not cfg.exit.disabled:
+        raise ConfigError(
+            f"the model's stored thresholds were chosen for exit policy {info.policy!r}, and {cfg.exit.policy!r} "
+            f"scores on another scale; with --policy {cfg.exit.policy} give --threshold (or exit.thresholds)"
+        )
     if cfg.exit.threshold is not None:
         return {layer: cfg.exit.threshold for layer in info.exit_layers}
     if cfg.exit.thresholds is not None:
@@ -115,6 +122,22 @@ def stage_plan(cfg: TagConfig, info: ModelInfo, thresholds: dict, local: bool) -
     return local_torch_threads(planned) if local else planned
 
 
+def check_output(cfg: TagConfig) -> None:
+    """The output may replace an earlier output, never the input: --overwrite deletes the output
+    directory before anything is read, and an output inside the input would be read as input."""
+    fs, root = filesystem(cfg.output)
+    in_fs, in_root = filesystem(cfg.input)
+    same = type(fs) is type(in_fs) and getattr(fs, "region", None) == getattr(in_fs, "region", None)
+    out_dir, in_path = root.rstrip("/"), in_root.rstrip("/")
+    if same and (in_path == out_dir or in_path.startswith(out_dir + "/") or out_dir.startswith(in_path + "/")):
+        raise ConfigError(
+            f"output {cfg.output} is the input {cfg.input}, holds it, or lies inside it: writing there would "
+            "delete (with --overwrite) or re-read the corpus; choose an --output outside the input"
+        )
+    if fs.get_file_info(root).type != pafs.FileType.NotFound and not cfg.overwrite:
+        raise ConfigError(f"output {cfg.output} already exists; pass --overwrite or choose another --output")
+
+
 def check_model(cfg: TagConfig, model_dir: str) -> tuple[ModelInfo, Task]:
     """The model directory, its task, and the exit settings that must fit it."""
     info = ModelInfo.read(model_dir)
@@ -134,9 +157,7 @@ def validate(cfg: TagConfig) -> Plan:
     names = input_columns(cfg)
     if names is not None:
         check_columns(cfg, task, names)
-    fs, root = filesystem(cfg.output)
-    if fs.get_file_info(root).type != pafs.FileType.NotFound and not cfg.overwrite:
-        raise ConfigError(f"output {cfg.output} already exists; pass --overwrite or choose another --output")
+    check_output(cfg)
     thresholds = resolve_thresholds(cfg, info)
     stages = stage_plan(cfg, info, thresholds, runs_locally(cfg.ray))  # layout errors surface before Ray starts
     return Plan(cfg, info, task, thresholds, stages)

@@ -140,10 +140,11 @@ def test_bad_rows_get_a_status_never_a_crash(tmp_path, model_dir):
         json.dumps({"id": "long", "text": "word " * 500}).encode(),
     ]
     path.write_bytes(b"\n".join(lines) + b"\n")
-    cfg = config(tmp_path, str(path), model_dir, num_stages=1, stages=())
+    # a URI output (file:// here, s3:// on a cluster) is written and read back for the metrics
+    cfg = config(tmp_path, str(path), model_dir, num_stages=1, stages=(), output=f"file://{tmp_path}/out")
     result = run_tagging(cfg)
-    out = read(cfg.output).set_index("id")
-    assert len(out) == 12
+    out = read(str(tmp_path / "out")).set_index("id")
+    assert len(out) == 12 and result.metrics["rows"] == 12
     status = out["status"].to_dict()
     assert status["null"] == "null" and status["empty"] == "empty" and status["number"] == "undecodable"
     # lines that are not JSON or not UTF-8 cannot name their id: they are keyed file:line
