@@ -16,8 +16,10 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy, SaveMode
 
@@ -281,6 +283,8 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
     id_column = cfg.id_column or "id"
     columns = task.metric_columns(cfg) + ([id_column] if full_depth else [])
     fs, root = filesystem(cfg.output)
+    if fs.get_file_info(root).type == pafs.FileType.NotFound:  # an empty corpus: Ray wrote no file
+        write_empty_output(plan, fs, root)
     table = pads.dataset(root, format="parquet", filesystem=fs).to_table(columns=columns)
     ranges = [(p.spec.start, p.spec.end) for p in plan.stages]
     m = task.summarize(table, info, ranges, cfg)
@@ -291,11 +295,24 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
         m.update(flat_metrics(audit))
     hist = m.pop("exit_histogram")
     add_rates(m, wall, timings, task.work_unit)
-    if full_depth:
+    if full_depth and m["rows"]:
         early = dict(zip(table[id_column].to_pylist(), table[task.answer_column()].to_pylist()))
         m.update(full_depth_eval(plan, early, stage_cls))
     return TagResult(cfg.output, task.name, m, hist, plan.stages, plan.thresholds, task.describe_policy(cfg, info),
                      timings, audit, info.calibration)
+
+
+def write_empty_output(plan: Plan, fs, root: str) -> None:
+    """An empty corpus still leaves an output directory: one Parquet file of zero rows with the
+    task's output schema, so that readers and the run's metrics see an empty table, not an error."""
+    cfg, task = plan.cfg, plan.task
+    source, _ = task.source_column(cfg)
+    names = dict.fromkeys([cfg.id_column or "id", source, *cfg.passthrough_columns, *([cfg.label_column] if cfg.label_column else [])])
+    empty = {name: np.array([], dtype=object) for name in names if name}
+    batch = task.tokenize(empty, None, cfg.max_length, None, **task.tokenize_kwargs(cfg))  # no row: no tokenizer call
+    table = task.finalize(batch, plan.info.labels, cfg.id_column or "id", list(cfg.passthrough_columns), cfg.label_column)
+    fs.create_dir(root, recursive=True)
+    pq.write_table(table, f"{root}/empty.parquet", filesystem=fs)
 
 
 def add_rates(m: dict, wall: float, timings: dict, work: str) -> None:

@@ -7,6 +7,7 @@ import json
 
 import mlflow
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
@@ -153,6 +154,18 @@ def test_bad_rows_get_a_status_never_a_crash(tmp_path, model_dir):
     assert out.loc["long", "label"] in LABELS
     assert out.loc[["null", "empty", "number"], "label"].isna().all()
     assert result.metrics["rows_status_truncated"] == 1 and result.metrics["rows_labeled"] == 7
+
+
+def test_an_empty_corpus_gives_an_empty_output_and_zero_metrics(tmp_path, model_dir):
+    path = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string()),
+                             "label": pa.array([], pa.string())}), path)
+    cfg = config(tmp_path, str(path), model_dir, label_column="label", full_depth_eval_rows=-1)
+    result = run_tagging(cfg)
+    out = pq.read_table(cfg.output)
+    assert out.num_rows == 0 and {"label", "status", "exit_layer", "gold_label"} <= set(out.column_names)
+    assert result.metrics["rows"] == 0 and result.metrics["docs_per_second"] == 0
+    assert result.audit["status"] == "no_sample"
 
 
 def test_crashed_actor_loses_and_duplicates_no_rows(tmp_path, model_dir, corpus_parquet):
