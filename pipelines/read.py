@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import ray
@@ -103,13 +104,22 @@ def _jsonl_rows(row: dict, id_column: str, text_column: str, extra: tuple, lists
     return out
 
 
-def input_columns(cfg: TagConfig) -> list[str] | None:
-    """The column names of a Parquet input, read from its footer before Ray starts (None for
+def input_schema(cfg: TagConfig) -> pa.Schema | None:
+    """The Arrow schema of a Parquet input, read from its footers before Ray starts (None for
     JSONL and text, whose fields are only known row by row)."""
     if detect_format(cfg.input, cfg.input_format) != "parquet":
         return None
     fs, root = filesystem(cfg.input)
-    return pads.dataset(root, format="parquet", filesystem=fs).schema.names
+    return pads.dataset(root, format="parquet", filesystem=fs).schema
+
+
+def kept_types(cfg: TagConfig, schema: pa.Schema | None) -> dict[str, pa.DataType]:
+    """The Arrow type each id and passthrough column keeps in the output: the input's for
+    Parquet; strings for JSONL and text, whose reader makes every kept value a string."""
+    kept = [cfg.id_column or "id", *cfg.passthrough_columns]
+    if schema is None:
+        return {c: pa.string() for c in kept}
+    return {c: schema.field(c).type for c in kept if c in schema.names}
 
 
 def check_columns(cfg: TagConfig, task: Task, names: list[str]) -> None:

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -33,7 +34,7 @@ from offramp.policies import check_policy, get_policy
 from offramp.quality.audit import flat_metrics
 from offramp.tasks import Task, finalize_step, get_task, tokenize_step
 from offramp.tasks.base import check_no_clash
-from pipelines.read import check_columns, detect_format, filesystem, input_columns, read_corpus
+from pipelines.read import check_columns, detect_format, filesystem, input_schema, kept_types, read_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Plan:
     task: Task
     thresholds: dict[int, float]
     stages: list[PlannedStage]
+    keep_types: dict = field(default_factory=dict)  # the id and passthrough columns' Arrow types
 
     @property
     def exits(self) -> bool:
@@ -156,13 +158,13 @@ def validate(cfg: TagConfig) -> Plan:
     info, task = check_model(cfg, cfg.model)
     fmt = detect_format(cfg.input, cfg.input_format)
     task.check(cfg, info, fmt)
-    names = input_columns(cfg)
-    if names is not None:
-        check_columns(cfg, task, names)
+    schema = input_schema(cfg)
+    if schema is not None:
+        check_columns(cfg, task, schema.names)
     check_output(cfg)
     thresholds = resolve_thresholds(cfg, info)
     stages = stage_plan(cfg, info, thresholds, runs_locally(cfg.ray))  # layout errors surface before Ray starts
-    return Plan(cfg, info, task, thresholds, stages)
+    return Plan(cfg, info, task, thresholds, stages, kept_types(cfg, schema))
 
 
 # ---------------------------------------------------------------- Ray
@@ -239,7 +241,7 @@ def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=S
     return ds.map_batches(
         finalize_step,
         fn_kwargs=dict(task=task.name, labels=info.labels, id_column=id_column, keep=list(cfg.passthrough_columns),
-                       gold=cfg.label_column),
+                       gold=cfg.label_column, keep_types=plan.keep_types),
         batch_format="numpy",
         num_cpus=0.25,
     )
@@ -253,10 +255,11 @@ def tag_dataset(ds: ray.data.Dataset, model_dir: str, config: TagConfig | None =
     result is a Dataset to write or consume; no metrics are logged (see `run_tagging`)."""
     cfg = dataclasses.replace(config or TagConfig(), model=model_dir)
     info, task = check_model(cfg, model_dir)
-    names = ds.schema().names
-    check_columns(dataclasses.replace(cfg, input="the dataset"), task, names)
+    schema = ds.schema()
+    check_columns(dataclasses.replace(cfg, input="the dataset"), task, schema.names)
     thresholds = resolve_thresholds(cfg, info)
-    plan = Plan(cfg, info, task, thresholds, stage_plan(cfg, info, thresholds, runs_locally(cfg.ray)))
+    types = kept_types(cfg, pa.schema(list(zip(schema.names, schema.types))))
+    plan = Plan(cfg, info, task, thresholds, stage_plan(cfg, info, thresholds, runs_locally(cfg.ray)), types)
     return build_pipeline(ds, plan)
 
 
@@ -310,7 +313,8 @@ def write_empty_output(plan: Plan, fs, root: str) -> None:
     names = dict.fromkeys([cfg.id_column or "id", source, *cfg.passthrough_columns, *([cfg.label_column] if cfg.label_column else [])])
     empty = {name: np.array([], dtype=object) for name in names if name}
     batch = task.tokenize(empty, None, cfg.max_length, None, **task.tokenize_kwargs(cfg))  # no row: no tokenizer call
-    table = task.finalize(batch, plan.info.labels, cfg.id_column or "id", list(cfg.passthrough_columns), cfg.label_column)
+    table = task.finalize(batch, plan.info.labels, cfg.id_column or "id", list(cfg.passthrough_columns),
+                          cfg.label_column, plan.keep_types)
     fs.create_dir(root, recursive=True)
     pq.write_table(table, f"{root}/empty.parquet", filesystem=fs)
 
@@ -340,7 +344,7 @@ def full_depth_eval(plan: Plan, early: dict, stage_cls=StageActor) -> dict:
     cfg = plan.cfg
     full_cfg = dataclasses.replace(cfg, exit=dataclasses.replace(cfg.exit, disabled=True))
     full = Plan(full_cfg, plan.info, plan.task, plan.info.thresholds,
-                stage_plan(full_cfg, plan.info, plan.info.thresholds, runs_locally(cfg.ray)))
+                stage_plan(full_cfg, plan.info, plan.info.thresholds, runs_locally(cfg.ray)), plan.keep_types)
     ds = read_corpus(full_cfg, plan.task)
     if cfg.full_depth_eval_rows > 0:
         ds = ds.limit(cfg.full_depth_eval_rows)

@@ -34,9 +34,9 @@ def tokenize_step(batch: dict, task: str, model_dir: str, max_length: int, id_co
 
 
 def finalize_step(batch: dict, task: str, labels: list[str], id_column: str, keep: list[str],
-                  gold: str | None) -> pa.Table:
+                  gold: str | None, keep_types: dict | None = None) -> pa.Table:
     """Ray Data task: internal columns -> the user's output columns (exactly the same rows)."""
-    return get_task(task).finalize(batch, labels, id_column, keep, gold)
+    return get_task(task).finalize(batch, labels, id_column, keep, gold, keep_types)
 
 
 __all__ = ["TASKS", "Task", "finalize_step", "get_task", "tokenize_step"]

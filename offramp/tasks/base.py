@@ -67,8 +67,10 @@ class Task:
         """Add the status, token ids and the task's empty state columns to a batch (same rows)."""
         raise NotImplementedError
 
-    def finalize(self, batch: dict, labels: list[str], id_column: str, keep: list[str], gold: str | None) -> pa.Table:
-        """Internal columns -> the user's output columns (exactly the same rows)."""
+    def finalize(self, batch: dict, labels: list[str], id_column: str, keep: list[str], gold: str | None,
+                 keep_types: dict | None = None) -> pa.Table:
+        """Internal columns -> the user's output columns (exactly the same rows); `keep_types`:
+        the input's Arrow type of the id and passthrough columns."""
         raise NotImplementedError
 
     # ------------------------------------------------------------ what the driver computes
@@ -95,14 +97,27 @@ class Task:
         return getattr(importlib.import_module(module), name)
 
 
-def common_output(batch: dict, id_column: str, keep: list[str]) -> dict:
-    """The output columns every task writes, with fixed Arrow types (the same in every file)."""
-    out = {id_column: pa.array(batch[id_column].tolist())}
+def arrow_column(values: np.ndarray, type_: pa.DataType | None) -> pa.Array:
+    """A passthrough column with the input's Arrow type, so that a batch of all nulls is written
+    with the same type as every other batch (not Arrow's `null`)."""
+    if type_ is None:
+        return pa.array(values.tolist())
+    try:
+        return pa.array(values, type=type_, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        return pa.array(values.tolist(), type=type_)
+
+
+def common_output(batch: dict, id_column: str, keep: list[str], keep_types: dict | None = None) -> dict:
+    """The output columns every task writes, with fixed Arrow types (the same in every file);
+    passthrough columns keep their input types (`keep_types`)."""
+    keep_types = keep_types or {}
+    out = {id_column: arrow_column(batch[id_column], keep_types.get(id_column))}
     out["exit_layer"] = pa.array(batch[schema.EXIT_LAYER], type=pa.int16())
     out["status"] = pa.array(batch[schema.STATUS].tolist(), type=pa.string())
     out["num_tokens"] = pa.array(batch[schema.NUM_TOKENS], type=pa.int32())
     for c in keep:
-        out[c] = pa.array(batch[c].tolist())
+        out[c] = arrow_column(batch[c], keep_types.get(c))
     return out
 
 

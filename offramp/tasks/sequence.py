@@ -67,9 +67,9 @@ class SequenceTask(Task):
     def tokenize(self, batch, tokenizer, max_length, audit, text_column: str = "text", **_) -> dict:
         return tokenize_batch(batch, tokenizer, text_column, max_length, audit)
 
-    def finalize(self, batch, labels, id_column, keep, gold) -> pa.Table:
+    def finalize(self, batch, labels, id_column, keep, gold, keep_types=None) -> pa.Table:
         names = np.array(labels + [None], dtype=object)
-        out = common_output(batch, id_column, keep)
+        out = common_output(batch, id_column, keep, keep_types)
         label_id, full = batch[schema.LABEL_ID], batch[schema.FULL_LABEL_ID]
         out["label"] = pa.array(names[np.where(label_id >= 0, label_id, len(labels))].tolist(), type=pa.string())
         out["confidence"] = pa.array(batch[schema.CONFIDENCE], type=pa.float32())

@@ -100,7 +100,7 @@ class TokenTask(Task):
     def tokenize(self, batch, tokenizer, max_length, audit, words_column=None, text_column="text", gold=None, **_):
         return tokenize_batch(batch, tokenizer, words_column, text_column, max_length, gold, audit)
 
-    def finalize(self, batch, labels, id_column, keep, gold) -> pa.Table:
+    def finalize(self, batch, labels, id_column, keep, gold, keep_types=None) -> pa.Table:
         """`tags[i]` is None for an untagged word (its first sub-word fell past the token limit, or
         it has none); `tag_layers[i]` is the layer the word halted at."""
         names = np.array(labels + [None], dtype=object)
@@ -119,7 +119,7 @@ class TokenTask(Task):
             tags.append(_tags(lab, names, len(labels)))
             layers.append([int(x) if x > 0 else None for x in np.frombuffer(ex, dtype=np.int16)])
             untagged.append(sum(t is None for t in tags[-1]))
-        out = common_output(batch, id_column, keep)
+        out = common_output(batch, id_column, keep, keep_types)
         out.update({
             "words": pa.array(words, type=pa.list_(pa.string())),
             "tags": pa.array(tags, type=pa.list_(pa.string())),

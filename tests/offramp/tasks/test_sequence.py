@@ -42,3 +42,17 @@ def test_tokenize_marks_the_audit_sample_by_id(model_dir):
     out = tokenize_step(b, "sequence", model_dir, 64, audit_fraction=0.25, audit_seed=3, text_column="text")
     np.testing.assert_array_equal(out[schema.AUDIT], schema.audit_mask(b["id"], 0.25, 3))
     assert 20 < out[schema.AUDIT].sum() < 80
+
+
+def test_passthrough_columns_keep_their_input_type_in_a_batch_of_nulls(model_dir):
+    """An all-null passthrough batch would otherwise become Arrow `null` in one file and `int64`
+    in the next, and the output directory would not read back as one table."""
+    types = {"id": pa.string(), "year": pa.int64()}
+    full = batch(model_dir, TEXTS[:2])
+    full["year"] = np.array([2021, 2022])
+    empty = batch(model_dir, TEXTS[:2])
+    empty["year"] = np.array([None, None], dtype=object)
+    a = finalize_step(full, "sequence", LABELS, "id", ["year"], None, types)
+    b = finalize_step(empty, "sequence", LABELS, "id", ["year"], None, types)
+    assert a.schema == b.schema and b.schema.field("year").type == pa.int64()
+    assert b.column("year").to_pylist() == [None, None]
