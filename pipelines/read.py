@@ -51,10 +51,24 @@ def detect_format(path: str, declared: str = "auto") -> str:
     return kinds.pop()
 
 
-def _text_rows(row: dict, id_column: str, text_column: str) -> list[dict]:
-    name = os.path.basename(row["path"])
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark some editors write at the start of a file
+
+
+def _source_name(path: str, root: str) -> str:
+    """The file's path relative to the input directory (its name for a single-file input): ids
+    built from it stay unique across subdirectories."""
+    rel = os.path.relpath(path, root) if root and path.startswith(root.rstrip("/") + "/") else os.path.basename(path)
+    return rel.replace(os.sep, "/")
+
+
+def _lines(data: bytes) -> list[bytes]:
+    return (data[len(BOM):] if data.startswith(BOM) else data).splitlines()
+
+
+def _text_rows(row: dict, id_column: str, text_column: str, root: str = "") -> list[dict]:
+    name = _source_name(row["path"], root)
     out = []
-    for lineno, raw in enumerate(row["bytes"].splitlines(), start=1):
+    for lineno, raw in enumerate(_lines(row["bytes"]), start=1):
         try:
             text, status = raw.decode("utf-8"), ""
         except UnicodeDecodeError:
@@ -71,13 +85,13 @@ def _cell(value, as_list: bool):
     return None if value is None else str(value)
 
 
-def _jsonl_rows(row: dict, id_column: str, text_column: str, extra: tuple, lists: tuple = ()) -> list[dict]:
+def _jsonl_rows(row: dict, id_column: str, text_column: str, extra: tuple, lists: tuple = (), root: str = "") -> list[dict]:
     """One row per JSON line. `lists`: columns that hold a list of strings per row (for token
     models the words column, which then stands in `text_column`'s place, and the tags column)."""
-    name = os.path.basename(row["path"])
+    name = _source_name(row["path"], root)
     words = text_column in lists
     out = []
-    for lineno, raw in enumerate(row["bytes"].splitlines(), start=1):
+    for lineno, raw in enumerate(_lines(row["bytes"]), start=1):
         if not raw.strip():
             continue  # blank separator lines are not documents
         rec, status = {}, ""
@@ -145,10 +159,14 @@ def read_corpus(cfg: TagConfig, task: Task) -> ray.data.Dataset:
     extra = tuple(dict.fromkeys([*cfg.passthrough_columns, *([cfg.label_column] if cfg.label_column else [])]))
     if fmt == "parquet":
         return ray.data.read_parquet(cfg.input).select_columns(list(dict.fromkeys([source, id_column, *extra])))
-    files = ray.data.read_binary_files(cfg.input, include_paths=True)
+    root = filesystem(cfg.input)[1]
+    # auto-detected: only the files of that format (a README or a .gz beside them is not a document)
+    suffixes = None if cfg.input_format != "auto" else [e[1:] for e, kind in EXTENSIONS.items() if kind == fmt]
+    files = ray.data.read_binary_files(cfg.input, include_paths=True, file_extensions=suffixes)
     if fmt == "text":
         if extra:
             raise ConfigError("plain-text input has no columns to pass through or label; use JSONL or Parquet")
-        return files.flat_map(_text_rows, fn_kwargs=dict(id_column=id_column, text_column=source))
+        return files.flat_map(_text_rows, fn_kwargs=dict(id_column=id_column, text_column=source, root=root))
     lists = task.list_columns(cfg)
-    return files.flat_map(_jsonl_rows, fn_kwargs=dict(id_column=id_column, text_column=source, extra=extra, lists=lists))
+    return files.flat_map(_jsonl_rows, fn_kwargs=dict(id_column=id_column, text_column=source, extra=extra, lists=lists,
+                                                      root=root))

@@ -54,8 +54,6 @@ def cell_text(value) -> tuple[str | None, str]:
             return None, schema.UNDECODABLE
     if not isinstance(value, str):
         return None, schema.UNDECODABLE
-    if "\ufffd" in value:  # text that was decoded with replacement characters upstream
-        return None, schema.UNDECODABLE
     if not value.strip():
         return None, schema.EMPTY
     return value, schema.OK
@@ -68,7 +66,7 @@ def cell_words(value) -> tuple[list[str] | None, str]:
     words = as_words(value)
     if words is None:
         return None, schema.UNDECODABLE
-    if any("\ufffd" in w or schema.SEP in w for w in words):
+    if any(schema.SEP in w for w in words):  # NUL separates words in the row's blob
         return None, schema.UNDECODABLE
     if not any(w.strip() for w in words):
         return None, schema.EMPTY

@@ -130,7 +130,11 @@ def test_predictions_match_the_model_and_exits_disabled_is_full_depth(tmp_path, 
 
 
 def test_bad_rows_get_a_status_never_a_crash(tmp_path, model_dir):
-    path = tmp_path / "in.jsonl"
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "README.md").write_text("# not a document\n")  # read as rows before: only .jsonl files are
+    (corpus / "old.jsonl.gz").write_bytes(b"\x1f\x8b not read either")
+    path = corpus / "in.jsonl"
     lines = [json.dumps({"id": f"ok{i}", "text": t}).encode() for i, t in enumerate(TEXTS[:6])]
     lines += [
         b'{"id": "null", "text": null}',
@@ -142,7 +146,7 @@ def test_bad_rows_get_a_status_never_a_crash(tmp_path, model_dir):
     ]
     path.write_bytes(b"\n".join(lines) + b"\n")
     # a URI output (file:// here, s3:// on a cluster) is written and read back for the metrics
-    cfg = config(tmp_path, str(path), model_dir, num_stages=1, stages=(), output=f"file://{tmp_path}/out")
+    cfg = config(tmp_path, str(corpus), model_dir, num_stages=1, stages=(), output=f"file://{tmp_path}/out")
     result = run_tagging(cfg)
     out = read(str(tmp_path / "out")).set_index("id")
     assert len(out) == 12 and result.metrics["rows"] == 12
