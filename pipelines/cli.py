@@ -40,8 +40,9 @@ def setup_logging() -> None:
 
 def tag(cfg: TagConfig) -> int:
     from pipelines.run import run_tagging
-    from pipelines.tracking import log_tag_run
+    from pipelines.tracking import check_tracking_uri, log_tag_run
 
+    check_tracking_uri(cfg.mlflow)
     result = run_tagging(cfg)
     m = result.metrics
     run_id = log_tag_run(cfg, result, num_layers=result.layout[-1].spec.end)
@@ -100,8 +101,9 @@ def audit_line(a: dict) -> str:
 
 def train(cfg) -> int:
     from offramp.training import save_trained, train_exits
-    from pipelines.tracking import log_train_run
+    from pipelines.tracking import check_tracking_uri, log_train_run
 
+    check_tracking_uri(cfg.mlflow)
     model, tokenizer, report = train_exits(cfg)
     save_trained(model, tokenizer, report, cfg.output)
     run_id = log_train_run(cfg, report, cfg.output)

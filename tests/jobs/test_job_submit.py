@@ -1,5 +1,6 @@
 """`ray job submit` of the tagging job to a local `ray start --head`, as a team runs it nightly."""
 
+import json
 import os
 import socket
 import subprocess
@@ -7,8 +8,12 @@ import time
 import sys
 from pathlib import Path
 
+import mlflow
 import pyarrow.parquet as pq
 import pytest
+
+from offramp.config import ConfigError, MlflowConfig
+from pipelines.tracking import JOB_ENV, check_tracking_uri
 
 from tests.conftest import TEXTS
 
@@ -40,12 +45,15 @@ def head(tmp_path):
 
 def test_tag_corpus_under_ray_job_submit(head, tmp_path, model_dir, corpus_parquet):
     out = tmp_path / "tagged"
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"  # absolute: the job's working directory is Ray's temporary copy
+    runtime_env = {"excludes": [".venv", ".git", "mlflow.db", "demo"], "env_vars": {"MLFLOW_TRACKING_URI": uri}}
     for _ in range(6):  # a loaded machine starts the head's job agent late; Ray says "try again later"
         r = subprocess.run(
             [RAY, "job", "submit", "--address", head, "--working-dir", ".",
-             "--runtime-env-json", '{"excludes": [".venv", ".git", "mlflow.db", "demo"]}', "--",
+             "--runtime-env-json", json.dumps(runtime_env), "--",
              "python", "jobs/tag_corpus.py", "--input", corpus_parquet, "--model", model_dir,
              "--output", str(out), "--num-stages", "2", "--set", "max_length=64"],
             cwd=REPO, capture_output=True, text=True, env=env, timeout=900,
@@ -58,3 +66,18 @@ def test_tag_corpus_under_ray_job_submit(head, tmp_path, model_dir, corpus_parqu
     assert f"tagged {len(TEXTS)} rows" in r.stdout
     table = pq.read_table(out)
     assert table.num_rows == len(TEXTS) and len(set(table["id"].to_pylist())) == len(TEXTS)
+    # the run is in the store the job was given, not lost with Ray's working directory
+    runs = mlflow.MlflowClient(uri).search_runs([mlflow.MlflowClient(uri).get_experiment_by_name("offramp-tag").experiment_id])
+    assert len(runs) == 1 and runs[0].data.metrics["rows"] == len(TEXTS)
+    assert runs[0].data.params["num_stages"] == "2" and runs[0].data.params["task"] == "sequence"
+
+
+def test_a_relative_mlflow_store_under_a_job_fails_at_start_naming_the_fix(monkeypatch):
+    monkeypatch.setenv(JOB_ENV, "{}")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ConfigError, match="would be lost.*env_vars"):
+        check_tracking_uri(MlflowConfig())  # the default sqlite:///mlflow.db
+    check_tracking_uri(MlflowConfig(tracking_uri="sqlite:////shared/mlflow.db"))
+    check_tracking_uri(MlflowConfig(tracking_uri="http://mlflow:5000"))
+    monkeypatch.delenv(JOB_ENV)
+    check_tracking_uri(MlflowConfig())  # a local run keeps its store in the working directory
