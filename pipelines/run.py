@@ -222,6 +222,7 @@ def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=S
             id_column=id_column,
             audit_fraction=cfg.audit.fraction if plan.exits else 0.0,
             audit_seed=cfg.audit.seed,
+            drop=tuple(c for c in [task.source_column(cfg)[0]] if c not in (id_column, cfg.label_column, *cfg.passthrough_columns)),
             **task.tokenize_kwargs(cfg),
         ),
         batch_size=cfg.tokenize_batch_size,

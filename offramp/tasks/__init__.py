@@ -27,10 +27,14 @@ def get_task(name: str) -> Task:
 
 
 def tokenize_step(batch: dict, task: str, model_dir: str, max_length: int, id_column: str = "id",
-                  audit_fraction: float = 0.0, audit_seed: int = 0, **kwargs) -> dict:
-    """Ray Data task: statuses, token ids, the audit sample and the task's state columns."""
+                  audit_fraction: float = 0.0, audit_seed: int = 0, drop: tuple = (), **kwargs) -> dict:
+    """Ray Data task: statuses, token ids, the audit sample and the task's state columns. The
+    input columns in `drop` (the raw text, once tokenized) do not ride through the stages."""
     audit = schema.audit_mask(batch[id_column], audit_fraction, audit_seed) if audit_fraction > 0 else None
-    return get_task(task).tokenize(batch, load_tokenizer(model_dir), max_length, audit, **kwargs)
+    out = get_task(task).tokenize(batch, load_tokenizer(model_dir), max_length, audit, **kwargs)
+    for column in drop:
+        out.pop(column, None)
+    return out
 
 
 def finalize_step(batch: dict, task: str, labels: list[str], id_column: str, keep: list[str],

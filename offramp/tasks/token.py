@@ -53,8 +53,11 @@ def tokenize_batch(batch: dict, tokenizer, words_column: str | None, text_column
             gold_col[i] = schema.join_words(tags)
     encoded = encode_words(tokenizer, [sentences[i] for i in where], max_length) if where else []
     for i, enc in zip(where, encoded):
-        tokens[i], starts[i] = enc.ids.tobytes(), enc.starts.tobytes()
-        num_tokens[i], num_words[i] = len(enc.ids), len(enc.starts)
+        # the stages see words up to the last one with a sub-word inside the limit (a truncated
+        # document's tail is untagged anyway): their tensors do not grow with the document
+        tagged = int(np.flatnonzero(enc.starts >= 0).max()) + 1 if (enc.starts >= 0).any() else 0
+        tokens[i], starts[i] = enc.ids.tobytes(), enc.starts[:tagged].tobytes()
+        num_tokens[i], num_words[i] = len(enc.ids), tagged
         if enc.truncated:
             status[i] = schema.TRUNCATED
     out = {k: v for k, v in batch.items() if k not in (words_column, gold)}  # lists travel as blobs
@@ -105,19 +108,21 @@ class TokenTask(Task):
         it has none); `tag_layers[i]` is the layer the word halted at."""
         names = np.array(labels + [None], dtype=object)
         words, tags, layers, untagged, full_tags = [], [], [], [], []
-        rows = zip(batch[schema.WORDS], batch[schema.WORD_LABEL], batch[schema.WORD_EXIT], batch[schema.FULL_WORD_LABEL])
-        for w_blob, lab, ex, full in rows:
+        ran = np.isin(batch[schema.STATUS], schema.RUNNABLE)
+        rows = zip(ran, batch[schema.WORDS], batch[schema.WORD_LABEL], batch[schema.WORD_EXIT], batch[schema.FULL_WORD_LABEL])
+        for row_ran, w_blob, lab, ex, full in rows:
             w = schema.split_blob(w_blob)
-            full_tags.append(_tags(full, names, len(labels)) if full else None)
-            if not lab:  # never ran (bad input): no tags
+            full_tags.append(_tags(full, names, len(labels)) + [None] * (len(w) - len(full) // 2) if full else None)
+            if not row_ran:  # never ran (bad input): no tags
                 words.append(w or None)
                 tags.append(None)
                 layers.append(None)
                 untagged.append(len(w))
                 continue
+            tail = [None] * (len(w) - len(lab) // 2)  # words past the last one the stages saw: untagged
             words.append(w)
-            tags.append(_tags(lab, names, len(labels)))
-            layers.append([int(x) if x > 0 else None for x in np.frombuffer(ex, dtype=np.int16)])
+            tags.append(_tags(lab, names, len(labels)) + tail)
+            layers.append([int(x) if x > 0 else None for x in np.frombuffer(ex, dtype=np.int16)] + tail)
             untagged.append(sum(t is None for t in tags[-1]))
         out = common_output(batch, id_column, keep, keep_types)
         out.update({

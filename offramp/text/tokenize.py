@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 
 import numpy as np
 
@@ -86,12 +87,40 @@ def read_cells(batch: dict, column: str, classify) -> tuple[list, np.ndarray]:
     return values, status
 
 
+# A document longer than this many characters per allowed token is cut (at a space) before it is
+# tokenized: tokenizing a 1 MB document to keep 128 tokens would cost the whole megabyte.
+CHARS_PER_TOKEN = 32
+_SPACE = re.compile(r"\s")
+
+
+def text_head(text: str, max_length: int) -> str | None:
+    """The text up to its last whitespace within CHARS_PER_TOKEN x max_length characters, or None
+    when the text is short, or has no whitespace there to cut at (a cut inside a word could change
+    that word's sub-words)."""
+    limit = CHARS_PER_TOKEN * max_length
+    if len(text) <= limit:
+        return None
+    cut = max((m.start() for m in _SPACE.finditer(text, 0, limit)), default=0)
+    return text[:cut] if cut > 0 else None
+
+
 def encode_texts(tokenizer, texts: list[str], max_length: int) -> list[tuple[np.ndarray, bool]]:
     """Texts -> (int32 ids [CLS] ... [SEP], truncated) each; over-long ones keep their first
-    max_length - 1 tokens plus [SEP]."""
+    max_length - 1 tokens plus [SEP].
+
+    A long text is tokenized from its head (cut at whitespace, so the head's tokens are the
+    text's first tokens); only when the head yields no more than max_length tokens is the whole
+    text tokenized, so the ids are those of tokenizing everything and truncating."""
     if not texts:
         return []
-    ids = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    heads = [text_head(t, max_length) for t in texts]
+    ids = tokenizer([h if h is not None else t for h, t in zip(heads, texts)], add_special_tokens=True,
+                    truncation=False, verbose=False)["input_ids"]
+    short = [i for i, (h, row) in enumerate(zip(heads, ids)) if h is not None and len(row) <= max_length]
+    if short:  # the head was too sparse in tokens to decide: the whole text after all
+        for i, row in zip(short, tokenizer([texts[i] for i in short], add_special_tokens=True, truncation=False,
+                                           verbose=False)["input_ids"]):
+            ids[i] = row
     sep, out = tokenizer.sep_token_id, []
     for row in ids:
         truncated = len(row) > max_length

@@ -51,18 +51,21 @@ def backend(tokenizer):
 
 def encode_words(tokenizer, sentences: list[list[str]], max_length: int) -> list[EncodedWords]:
     """Pre-split sentences -> ids and word starts; over-long ones keep their first
-    max_length - 1 sub-words plus [SEP]."""
+    max_length - 1 sub-words plus [SEP]. Only the first max_length - 2 words can start inside
+    the limit, so only they are encoded: a document of a million words costs what its head does."""
     tok = backend(tokenizer)
     sep = tok.token_to_id("[SEP]")
+    cap = max(max_length - 2, 0)
+    heads = [words[:cap] for words in sentences]
     out = []
-    for words, enc in zip(sentences, tok.encode_batch(sentences, is_pretokenized=True, add_special_tokens=True)):
+    for words, head, enc in zip(sentences, heads, tok.encode_batch(heads, is_pretokenized=True, add_special_tokens=True)):
         ids = enc.ids
         starts = np.full(len(words), -1, dtype=np.int32)
         for pos, w in enumerate(enc.word_ids):
             if w is not None and starts[w] < 0:
                 starts[w] = pos
-        truncated = len(ids) > max_length
-        if truncated:
+        truncated = len(ids) > max_length or len(words) > len(head)
+        if len(ids) > max_length:
             ids = ids[: max_length - 1] + [sep]
             starts[starts >= max_length - 1] = -1
         out.append(EncodedWords(np.asarray(ids, dtype=np.int32), starts, truncated))

@@ -29,3 +29,24 @@ def test_fast_path_ids_equal_auto_tokenizer(model_dir):
     ours = load_tokenizer(model_dir)
     ref = AutoTokenizer.from_pretrained(model_dir)
     assert ours(TEXTS[:12])["input_ids"] == ref(TEXTS[:12])["input_ids"]
+
+
+def test_a_huge_document_is_tokenized_from_its_head_with_the_same_ids(model_dir):
+    """A 1 MB document keeps exactly the ids of tokenizing it whole and truncating, while the
+    tokenizer reads only a bounded head of it."""
+    from offramp.text.tokenize import CHARS_PER_TOKEN, encode_texts
+
+    tok, seen = load_tokenizer(model_dir), []
+
+    def recording(texts, **kw):
+        seen.extend(len(t) for t in texts)
+        return tok(texts, **kw)
+
+    recording.sep_token_id = tok.sep_token_id
+    huge = ("Library for reading and writing compressed archives. " * 20000)[: 1 << 20]
+    sparse = " ".join(["x" * 150] * 40)  # long [UNK] words: the head holds too few tokens to decide
+    [(ids, truncated), (sparse_ids, _)] = encode_texts(recording, [huge, sparse], 32)
+    ref = AutoTokenizer.from_pretrained(model_dir)
+    assert truncated and ids.tolist() == ref(huge, truncation=True, max_length=32)["input_ids"]
+    assert max(seen[:2]) <= CHARS_PER_TOKEN * 32 < len(huge)
+    assert sparse_ids.tolist() == ref(sparse, truncation=True, max_length=32)["input_ids"]
