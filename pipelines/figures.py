@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from offramp.planning.capacity import stage_rate, stage_utilization, survival_by_layer  # noqa: E402
+from offramp.quality.calibration import Calibration  # noqa: E402
 
 
 def exit_histogram_figure(hist: dict[int, int], num_layers: int, title: str):
@@ -83,7 +84,7 @@ def audit_figure(audit: dict):
 
 
 
-def tradeoff_figure(result: calibration.Calibration):
+def tradeoff_figure(result: Calibration):
     """Risk and its certified bound against mean layers; the target and the chosen point."""
     t = result.target
     pts = [q for q in result.curve if np.isfinite(q["risk_bound"])]

@@ -11,8 +11,9 @@ from offramp.quality.audit import summarize_audit
 from offramp.quality.entities import is_bio
 from offramp.quality.metrics import summarize_rows, token_metrics, word_scores
 from offramp.tasks.base import Task, common_output, fresh_columns
+from offramp.tasks.sequence import label_text
 from offramp.text.tokenize import cell_text, cell_words, read_cells
-from offramp.text.words import as_words, encode_words, split_words
+from offramp.text.words import encode_words, split_words
 
 STATE = {
     schema.HIDDEN: (object, b""),
@@ -48,7 +49,7 @@ def tokenize_batch(batch: dict, tokenizer, words_column: str | None, text_column
     where = [i for i, w in enumerate(sentences) if w is not None]
     for i in where:
         words_col[i] = schema.join_words(sentences[i])
-        tags = as_words(batch[gold][i]) if gold else None
+        tags = gold_words(batch[gold][i]) if gold else None
         if tags is not None and len(tags) == len(sentences[i]):
             gold_col[i] = schema.join_words(tags)
     encoded = encode_words(tokenizer, [sentences[i] for i in where], max_length) if where else []
@@ -68,6 +69,20 @@ def tokenize_batch(batch: dict, tokenizer, words_column: str | None, text_column
     })
     out.update(fresh_columns(n, STATE))
     return out
+
+
+def gold_words(value) -> list[str] | None:
+    """A gold tag list as the model's tags are written: integer tags (3 or 3.0) as "3"."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        return None
+    out = []
+    for tag in value:
+        if isinstance(tag, bool) or not isinstance(tag, (str, int, float, np.integer, np.floating)):
+            return None
+        out.append(label_text(tag))
+    return out if None not in out else None
 
 
 def _tags(blob: bytes, names: np.ndarray, fallback: int) -> list:

@@ -37,3 +37,10 @@ def test_a_huge_document_costs_what_its_head_does_and_keeps_every_word(token_mod
     out = finalize_step(b, "token", TAGS, "id", [], None).to_pylist()[0]
     assert out["num_words"] == 200_000 and out["words_untagged"] == 200_000 - int(b["_num_words"][0])
     assert all(t is not None for t in out["tags"][:62]) and out["tags"][62] is None
+
+
+def test_integer_gold_tags_compare_with_the_models_tags(token_model_dir):
+    b = tokenize_step({"id": np.array(["a"], dtype=object), "tokens": np.array([["x", "y"]] + [None], dtype=object)[:1],
+                       "ner": np.array([[0, 3.0]] + [None], dtype=object)[:1]},
+                      "token", token_model_dir, 64, words_column="tokens", text_column="text", gold="ner")
+    assert finalize_step(b, "token", TAGS, "id", [], "ner").column("gold_tags").to_pylist() == [["0", "3"]]
