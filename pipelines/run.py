@@ -32,6 +32,7 @@ from offramp.models.checkpoint import ModelInfo
 from offramp.planning.layout import PlannedStage, plan_layout
 from offramp.policies import check_policy, get_policy
 from offramp.quality.audit import flat_metrics
+from offramp.quality.metrics import add_counts
 from offramp.tasks import Task, finalize_step, get_task, tokenize_step
 from offramp.tasks.base import check_no_clash
 from pipelines.read import check_columns, detect_format, filesystem, input_schema, kept_types, read_corpus
@@ -283,27 +284,39 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
     timings = ray.get(collector.summary.remote())
     ray.kill(collector)
 
-    full_depth = bool(cfg.label_column and cfg.full_depth_eval_rows and plan.exits)
-    id_column = cfg.id_column or "id"
-    columns = task.metric_columns(cfg) + ([id_column] if full_depth else [])
     fs, root = filesystem(cfg.output)
     if fs.get_file_info(root).type == pafs.FileType.NotFound:  # an empty corpus: Ray wrote no file
         write_empty_output(plan, fs, root)
-    table = pads.dataset(root, format="parquet", filesystem=fs).to_table(columns=columns)
+    output = pads.dataset(root, format="parquet", filesystem=fs)
     ranges = [(p.spec.start, p.spec.end) for p in plan.stages]
-    m = task.summarize(table, info, ranges, cfg)
-    audit = None
-    if plan.exits and cfg.audit.fraction > 0:
-        audit = task.audit(table, info, cfg)
+    audit_on = plan.exits and cfg.audit.fraction > 0
+    counts = output_counts(output, task, info, ranges, cfg, audit_on)
+    m, audit = task.metrics(counts, info, cfg)
+    if audit is not None:
         audit.update(fraction=cfg.audit.fraction, seed=cfg.audit.seed)
         m.update(flat_metrics(audit))
     hist = m.pop("exit_histogram")
     add_rates(m, wall, timings, task.work_unit)
-    if full_depth and m["rows"]:
-        early = dict(zip(table[id_column].to_pylist(), table[task.answer_column()].to_pylist()))
-        m.update(full_depth_eval(plan, early, stage_cls))
+    if cfg.label_column and cfg.full_depth_eval_rows and plan.exits and m["rows"]:
+        m.update(full_depth_eval(plan, output, stage_cls))
     return TagResult(cfg.output, task.name, m, hist, plan.stages, plan.thresholds, task.describe_policy(cfg, info),
                      timings, audit, info.calibration)
+
+
+OUTPUT_BATCH_ROWS = 65_536  # rows of the output the driver holds at a time while it computes the run's figures
+
+
+def output_counts(output: pads.Dataset, task: Task, info: ModelInfo, ranges, cfg: TagConfig, audit: bool) -> dict:
+    """The task's counts over the written output, streamed in batches: the driver's memory does
+    not grow with the corpus."""
+    columns = task.metric_columns(cfg)
+    counts = None
+    for batch in output.to_batches(columns=columns, batch_size=OUTPUT_BATCH_ROWS):
+        part = task.counts(pa.Table.from_batches([batch]), info, ranges, cfg, audit)
+        counts = part if counts is None else add_counts(counts, part)
+    if counts is None:  # no batch at all: the counts of no rows
+        counts = task.counts(output.schema.empty_table().select(columns), info, ranges, cfg, audit)
+    return counts
 
 
 def write_empty_output(plan: Plan, fs, root: str) -> None:
@@ -340,8 +353,9 @@ def add_rates(m: dict, wall: float, timings: dict, work: str) -> None:
         m[f"stage{k}_skipped_row_layers"] = t.get("skipped_row_layers", 0)
 
 
-def full_depth_eval(plan: Plan, early: dict, stage_cls=StageActor) -> dict:
-    """Run (a prefix of) the corpus at full depth to measure what the exits cost."""
+def full_depth_eval(plan: Plan, output: pads.Dataset, stage_cls=StageActor) -> dict:
+    """Run (a prefix of) the corpus at full depth to measure what the exits cost. The early
+    answers of those rows are looked up in the written output, batch by batch."""
     cfg = plan.cfg
     full_cfg = dataclasses.replace(cfg, exit=dataclasses.replace(cfg.exit, disabled=True))
     full = Plan(full_cfg, plan.info, plan.task, plan.info.thresholds,
@@ -354,4 +368,8 @@ def full_depth_eval(plan: Plan, early: dict, stage_cls=StageActor) -> dict:
     rows = build_pipeline(ds, full, None, stage_cls).select_columns(
         [id_column, answer, "status", plan.task.gold_column]).take_all()
     rows = [r for r in rows if r["status"] in schema.RUNNABLE]
+    wanted, early = {r[id_column] for r in rows}, {}
+    for batch in output.to_batches(columns=[id_column, answer], batch_size=OUTPUT_BATCH_ROWS):
+        ids, answers = batch.column(0).to_pylist(), batch.column(1)
+        early.update((i, answers[k].as_py()) for k, i in enumerate(ids) if i in wanted)
     return plan.task.compare_full_depth(early, rows, plan.info, id_column)

@@ -20,12 +20,22 @@ def entity_spans(tags) -> set[tuple[int, int, str]]:
     return spans
 
 
-def entity_f1(gold: list, pred: list) -> dict:
-    """Micro precision / recall / F1 of exact entity spans over sentences."""
+def entity_counts(gold: list, pred: list) -> tuple[int, int, int]:
+    """(matching spans, gold spans, predicted spans) over sentences: counts that add up over batches."""
     tp = n_gold = n_pred = 0
     for g, p in zip(gold, pred):
         gs, ps = entity_spans(g), entity_spans(p)
         tp, n_gold, n_pred = tp + len(gs & ps), n_gold + len(gs), n_pred + len(ps)
+    return tp, n_gold, n_pred
+
+
+def entity_f1(gold: list, pred: list) -> dict:
+    """Micro precision / recall / F1 of exact entity spans over sentences."""
+    return f1_of(*entity_counts(gold, pred))
+
+
+def f1_of(tp: int, n_gold: int, n_pred: int) -> dict:
+    """Micro precision / recall / F1 from span counts."""
     precision = tp / n_pred if n_pred else 0.0
     recall = tp / n_gold if n_gold else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0

@@ -78,11 +78,26 @@ class Task:
     def metric_columns(self, cfg: TagConfig) -> list[str]:
         return list(self.output_names()) + ([self.gold_column] if cfg.label_column else [])
 
-    def summarize(self, table: pa.Table, info: ModelInfo, ranges: list[tuple[int, int]], cfg: TagConfig) -> dict:
+    def counts(self, table: pa.Table, info: ModelInfo, ranges: list[tuple[int, int]], cfg: TagConfig,
+               audit: bool) -> dict:
+        """Counts of one batch of output rows that add up over batches (`quality.metrics.add_counts`):
+        `rows` (every task's), `task` (this task's), and with `audit` the audit's."""
         raise NotImplementedError
 
-    def audit(self, table: pa.Table, info: ModelInfo, cfg: TagConfig) -> dict:
+    def metrics(self, counts: dict, info: ModelInfo, cfg: TagConfig) -> tuple[dict, dict | None]:
+        """The run's flat metrics and its audit summary (None without audit counts) from summed counts."""
         raise NotImplementedError
+
+    def audit_target(self, cfg: TagConfig, info: ModelInfo) -> float | None:
+        return cfg.audit.target_agreement or info.calibrated_agreement
+
+    def summarize(self, table: pa.Table, info: ModelInfo, ranges: list[tuple[int, int]], cfg: TagConfig) -> dict:
+        """The metrics of an output held in memory at once (one batch)."""
+        return self.metrics(self.counts(table, info, ranges, cfg, audit=False), info, cfg)[0]
+
+    def audit(self, table: pa.Table, info: ModelInfo, cfg: TagConfig) -> dict:
+        """The audit summary of an output held in memory at once (one batch)."""
+        return self.metrics(self.counts(table, info, [], cfg, audit=True), info, cfg)[1]
 
     def answer_column(self) -> str:
         """The output column whose values the full-depth comparison compares."""

@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 
 from offramp import schema
-from offramp.quality.audit import summarize_audit
-from offramp.quality.metrics import sequence_metrics, summarize_rows
+from offramp.quality.audit import audit_counts, audit_summary
+from offramp.quality.metrics import row_counts, row_metrics, runnable, sequence_counts, sequence_metrics_of
 from offramp.tasks.base import Task, common_output, fresh_columns
 from offramp.text.tokenize import cell_text, encode_texts, read_cells
 
@@ -81,27 +81,26 @@ class SequenceTask(Task):
             out[self.gold_column] = pa.array([label_text(g) for g in batch[gold]], type=pa.string())
         return pa.table(out)
 
-    def summarize(self, table, info, ranges, cfg) -> dict:
-        exit_layer = table["exit_layer"].to_numpy(zero_copy_only=False)
-        audited = table["audited"].to_numpy(zero_copy_only=False).astype(bool)
+    def counts(self, table, info, ranges, cfg, audit) -> dict:
+        column = lambda name: table[name].to_numpy(zero_copy_only=False)  # noqa: E731
+        exit_layer, audited = column("exit_layer"), column("audited").astype(bool)
         status = np.asarray(table["status"].to_pylist(), dtype=object)
-        m, ran = summarize_rows(exit_layer, status, table["num_tokens"].to_numpy(zero_copy_only=False),
-                                info.num_layers, ranges, audited)
+        L = info.num_layers
         gold = np.asarray(table[self.gold_column].to_pylist(), dtype=object) if cfg.label_column else None
         predicted = np.asarray(table["label"].to_pylist(), dtype=object)
-        skipped = table["skipped_layers"].to_numpy(zero_copy_only=False)
-        return sequence_metrics(m, ran, exit_layer, info.num_layers, predicted, gold, skipped)
+        c = {"rows": row_counts(exit_layer, status, column("num_tokens"), L, ranges, audited),
+             "task": sequence_counts(runnable(status), exit_layer, predicted, gold, column("skipped_layers"))}
+        if audit:
+            full = np.asarray(table["full_depth_label"].to_pylist(), dtype=object)
+            c["audit"] = audit_counts(exit_layer, predicted, full, audited, L, gold)
+        return c
 
-    def audit(self, table, info, cfg) -> dict:
-        gold = np.asarray(table[self.gold_column].to_pylist(), dtype=object) if cfg.label_column else None
-        return summarize_audit(
-            table["exit_layer"].to_numpy(zero_copy_only=False),
-            np.asarray(table["label"].to_pylist(), dtype=object),
-            np.asarray(table["full_depth_label"].to_pylist(), dtype=object),
-            table["audited"].to_numpy(zero_copy_only=False).astype(bool),
-            info.num_layers, cfg.audit.confidence, cfg.audit.target_agreement or info.calibrated_agreement,
-            cfg.audit.alarm, gold,
-        )
+    def metrics(self, counts, info, cfg) -> tuple[dict, dict | None]:
+        m = sequence_metrics_of(row_metrics(counts["rows"], info.num_layers), counts["task"], info.num_layers)
+        audit = counts.get("audit")
+        summary = None if audit is None else audit_summary(audit, cfg.audit.confidence, self.audit_target(cfg, info),
+                                                           cfg.audit.alarm)
+        return m, summary
 
     def answer_column(self) -> str:
         return "label"

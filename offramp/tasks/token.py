@@ -7,9 +7,9 @@ import pyarrow as pa
 
 from offramp import schema
 from offramp.config import ConfigError
-from offramp.quality.audit import summarize_audit
+from offramp.quality.audit import audit_counts, audit_summary
 from offramp.quality.entities import is_bio
-from offramp.quality.metrics import summarize_rows, token_metrics, word_scores
+from offramp.quality.metrics import row_counts, row_metrics, runnable, token_counts, token_metrics_of, word_scores
 from offramp.tasks.base import Task, common_output, fresh_columns
 from offramp.tasks.sequence import label_text
 from offramp.text.tokenize import cell_text, cell_words, read_cells
@@ -158,36 +158,40 @@ class TokenTask(Task):
     def metric_columns(self, cfg) -> list[str]:
         return [c for c in super().metric_columns(cfg) if c not in ("words",)]
 
-    def summarize(self, table, info, ranges, cfg) -> dict:
+    def counts(self, table, info, ranges, cfg, audit) -> dict:
+        column = lambda name: table[name].to_numpy(zero_copy_only=False)  # noqa: E731
         status = np.asarray(table["status"].to_pylist(), dtype=object)
-        num_tokens = table["num_tokens"].to_numpy(zero_copy_only=False)
-        audited = table["audited"].to_numpy(zero_copy_only=False).astype(bool)
-        m, ran = summarize_rows(table["exit_layer"].to_numpy(zero_copy_only=False), status, num_tokens,
-                                info.num_layers, ranges, audited)
+        L, ran = info.num_layers, runnable(status)
+        audited = column("audited").astype(bool)
         gold = table[self.gold_column].to_pylist() if cfg.label_column else None
-        return token_metrics(m, ran, num_tokens, table["token_layers"].to_numpy(zero_copy_only=False),
-                             table["tags"].to_pylist(), table["tag_layers"].to_pylist(), info.num_layers, gold,
-                             bio=is_bio(info.labels))
+        tags, tag_layers = table["tags"].to_pylist(), table["tag_layers"].to_pylist()
+        c = {"rows": row_counts(column("exit_layer"), status, column("num_tokens"), L, ranges, audited),
+             "task": token_counts(ran, column("num_tokens"), column("token_layers"), tags, tag_layers, L, gold)}
+        if audit:
+            c["audit"] = self._audit_counts(table, audited, tags, tag_layers, gold, L)
+        return c
 
-    def audit(self, table, info, cfg) -> dict:
+    def _audit_counts(self, table, audited, tags, tag_layers, gold, num_layers) -> dict:
         """Per word: the audited sentences' tags against their full-depth lane's tags."""
-        audited = table["audited"].to_numpy(zero_copy_only=False).astype(bool)
         rows = np.flatnonzero(audited)
-        pick = lambda name: [table[name][int(i)].as_py() for i in rows]  # noqa: E731
-        tags, full, layers = pick("tags"), pick("full_depth_tags"), pick("tag_layers")
-        gold = pick(self.gold_column) if cfg.label_column else [None] * len(rows)
-        flat = [(t, f, l or 0, (g[k] if g and k < len(g) else None))
-                for ts, fs, ls, g in zip(tags, full, layers, gold)
-                for k, (t, f, l) in enumerate(zip(ts, fs, ls)) if t is not None]
-        word_tag = np.array([x[0] for x in flat], dtype=object)
-        word_full = np.array([x[1] for x in flat], dtype=object)
-        word_layer = np.array([x[2] for x in flat], dtype=np.int64)
-        word_gold = np.array([x[3] for x in flat], dtype=object) if cfg.label_column else None
-        out = summarize_audit(word_layer, word_tag, word_full, np.ones(len(flat), dtype=bool), info.num_layers,
-                              cfg.audit.confidence, cfg.audit.target_agreement or info.calibrated_agreement,
-                              cfg.audit.alarm, word_gold)
-        out.update(unit="words", sentences=int(len(rows)))
-        return out
+        full = table["full_depth_tags"].to_pylist()
+        flat = [(t, f, l or 0, (gold[i][k] if gold and gold[i] and k < len(gold[i]) else None))
+                for i in rows for k, (t, f, l) in enumerate(zip(tags[i], full[i], tag_layers[i])) if t is not None]
+        c = audit_counts(np.array([x[2] for x in flat], dtype=np.int64), np.array([x[0] for x in flat], dtype=object),
+                         np.array([x[1] for x in flat], dtype=object), np.ones(len(flat), dtype=bool), num_layers,
+                         np.array([x[3] for x in flat], dtype=object) if gold is not None else None)
+        c["sentences"] = int(len(rows))
+        return c
+
+    def metrics(self, counts, info, cfg) -> tuple[dict, dict | None]:
+        m = token_metrics_of(row_metrics(counts["rows"], info.num_layers), counts["task"], info.num_layers,
+                             bio=is_bio(info.labels))
+        audit = counts.get("audit")
+        if audit is None:
+            return m, None
+        summary = audit_summary(audit, cfg.audit.confidence, self.audit_target(cfg, info), cfg.audit.alarm)
+        summary.update(unit="words", sentences=audit["sentences"])
+        return m, summary
 
     def answer_column(self) -> str:
         return "tags"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from offramp.config import ConfigError, ExitConfig, TagConfig
+from offramp.config import AuditConfig, ConfigError, ExitConfig, TagConfig
 from pipelines.run import validate
 
 
@@ -30,3 +30,43 @@ def test_output_never_replaces_or_lies_inside_the_input(tmp_path, model_dir, cor
     with pytest.raises(ConfigError, match="outside the input"):
         validate(cfg)
     assert (corpus / "part.parquet").exists()
+
+
+@pytest.mark.parametrize("task_name", ["sequence", "token"])
+def test_the_runs_figures_stream_over_the_output_in_batches(tmp_path, model_dir, token_model_dir, monkeypatch, task_name):
+    """The driver sums counts over output batches (bounded memory): 3-row batches give exactly
+    the metrics and the audit of the whole output read at once."""
+    import numpy as np
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    from actors.stage import StageActor
+    from offramp.exits.stage import StageSpec
+    from offramp.models.checkpoint import ModelInfo
+    from offramp.tasks import finalize_step, get_task, tokenize_step
+    from pipelines import run
+    from tests.conftest import NUM_LAYERS, SENTENCES, TEXTS, gold_tags
+
+    model = model_dir if task_name == "sequence" else token_model_dir
+    info, task = ModelInfo.read(model), get_task(task_name)
+    n = len(SENTENCES)
+    if task_name == "sequence":
+        batch = {"id": np.array([f"d{i}" for i in range(len(TEXTS))], dtype=object), "text": np.array(TEXTS, dtype=object),
+                 "label": np.array([info.labels[i % 3] for i in range(len(TEXTS))], dtype=object)}
+        kw = dict(text_column="text")
+    else:
+        batch = {"id": np.array([f"s{i}" for i in range(n)], dtype=object),
+                 "tokens": np.array(SENTENCES + [None], dtype=object)[:-1],
+                 "label": np.array([gold_tags(s) for s in SENTENCES] + [None], dtype=object)[:-1]}
+        kw = dict(words_column="tokens", text_column="text", gold="label")
+    b = tokenize_step(batch, task_name, model, 64, audit_fraction=0.5, audit_seed=1, **kw)
+    for k, (s, e) in enumerate([(0, 2), (2, NUM_LAYERS)]):
+        b = StageActor(model, StageSpec(k, s, e, task=task_name, carry_dtype="float32"))(b)
+    pq.write_table(finalize_step(b, task_name, info.labels, "id", [], "label"), tmp_path / "out.parquet")
+    cfg = TagConfig(label_column="label", audit=AuditConfig(fraction=0.5, seed=1, target_agreement=0.5))
+    output, ranges = pads.dataset(tmp_path / "out.parquet"), [(0, 2), (2, NUM_LAYERS)]
+    whole = output.to_table(columns=task.metric_columns(cfg))
+    monkeypatch.setattr(run, "OUTPUT_BATCH_ROWS", 3)
+    m, audit = task.metrics(run.output_counts(output, task, info, ranges, cfg, True), info, cfg)
+    assert m == task.summarize(whole, info, ranges, cfg) and m["rows"] == whole.num_rows
+    assert audit == task.audit(whole, info, cfg) and audit["rows"] > 0
