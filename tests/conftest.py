@@ -14,6 +14,7 @@ from transformers import AutoTokenizer, BertConfig
 
 from offramp.models.sequence import EarlyExitBertForSequenceClassification
 
+from pipelines import cli
 from offramp.models.checkpoint import default_base_model
 from offramp.policies import get_policy
 from offramp.exits.simulate import head_scores
@@ -95,6 +96,20 @@ def local_ray():
     ray.init(address="local", num_cpus=8, include_dashboard=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def command(capsys):
+    """Run an `offramp` command in this process, as a job script does after `import _common`:
+    (exit status, stdout, stderr). A configuration error needs no torch or Ray, so it answers in
+    milliseconds; each job test keeps one real subprocess for the script itself."""
+
+    def run(*args) -> tuple[int, str, str]:
+        status = cli.main(list(args))
+        out = capsys.readouterr()
+        return status, out.out, out.err
+
+    return run
 
 
 @pytest.fixture(scope="session")

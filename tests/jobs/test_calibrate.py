@@ -12,7 +12,6 @@ import pytest
 from transformers import BertConfig
 
 from offramp.quality import calibration
-from pipelines import cli
 from pipelines.calibrate import head_logits_for
 from offramp.models.profile import load_profile
 from offramp.policies import get_policy
@@ -74,25 +73,17 @@ def test_uncertifiable_target_leaves_the_model_unchanged_and_says_how_many_rows(
     assert (model / "config.json").read_text() == before and "calibration" not in load_profile(str(model))
 
 
-def test_dry_run_and_bad_targets(setup, capsys):
+def test_dry_run_and_bad_targets(setup, command):
     model, data, uri = setup
     before = (model / "config.json").read_text()
     r = run("jobs/calibrate.py", "--model", str(model), "--data", str(data), "--label-column", "label",
             "--max-accuracy-drop", "0.2", "--dry-run", "--set", "max_length=64", "--set", f"mlflow.tracking_uri={uri}")
     assert r.returncode == 0 and "dry run" in r.stdout and (model / "config.json").read_text() == before
-    status, _, err = command(capsys, "calibrate", "--model", str(model), "--data", str(data), "--max-accuracy-drop", "0.01")
+    status, _, err = command("calibrate", "--model", str(model), "--data", str(data), "--max-accuracy-drop", "0.01")
     assert status == 2 and "--label-column" in err
-    status, _, err = command(capsys, "calibrate", "--model", str(model), "--data", str(data), "--min-agreement", "0.9",
+    status, _, err = command("calibrate", "--model", str(model), "--data", str(data), "--min-agreement", "0.9",
                              "--max-accuracy-drop", "0.01")
     assert status == 2 and "state one target" in err
-    status, _, err = command(capsys, "calibrate", "--model", str(model), "--data", str(data) + ".missing",
+    status, _, err = command("calibrate", "--model", str(model), "--data", str(data) + ".missing",
                              "--min-agreement", "0.9")
     assert status == 2 and "not found" in err
-
-
-def command(capsys, *args) -> tuple[int, str, str]:
-    """The same command in this process (what a job script runs after `import _common`): a
-    configuration error needs no torch or Ray, so it answers in milliseconds."""
-    status = cli.main(list(args))
-    out = capsys.readouterr()
-    return status, out.out, out.err

@@ -9,7 +9,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import cli
 from offramp.models.checkpoint import load_model
 from tests.conftest import LABELS, TEXTS, make_model
 
@@ -21,17 +20,17 @@ def run(*args, **kw):
 
 
 @pytest.mark.slow  # a job subprocess
-def test_tag_job_refuses_bad_configuration_before_starting(tmp_path, model_dir, corpus_parquet, capsys):
+def test_tag_job_refuses_bad_configuration_before_starting(tmp_path, model_dir, corpus_parquet, command):
     r = run("jobs/tag_corpus.py", "--input", corpus_parquet, "--model", str(tmp_path), "--output", str(tmp_path / "o"))
     assert r.returncode == 2 and "not a model directory" in r.stderr and "--model" in r.stderr
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("exit:\n  polciy: entropy\n")
-    status, _, err = command(capsys, "tag", "--config", str(cfg))
+    status, _, err = command("tag", "--config", str(cfg))
     assert status == 2 and "did you mean 'policy'" in err
-    status, _, err = command(capsys, "tag", "--input", corpus_parquet, "--model", model_dir, "--output",
+    status, _, err = command("tag", "--input", corpus_parquet, "--model", model_dir, "--output",
                              str(tmp_path / "o"), "--policy", "nope")
     assert status == 2 and "valid policies" in err
-    status, _, err = command(capsys, "tag", "--model", model_dir, "--output", str(tmp_path / "o"))
+    status, _, err = command("tag", "--model", model_dir, "--output", str(tmp_path / "o"))
     assert status == 2 and "--input" in err
 
 
@@ -88,11 +87,3 @@ def test_audit_below_target_exits_4_and_tags_the_run(tmp_path, model_dir, corpus
     assert run_.data.tags["offramp.audit"] == "below_target"
     agree = (out["label"] == out["full_depth_label"]).mean()
     assert agree < 1.0 and run_.data.metrics["audit_agreement"] == pytest.approx(agree)
-
-
-def command(capsys, *args) -> tuple[int, str, str]:
-    """The same command in this process (what a job script runs after `import _common`): a
-    configuration error needs no torch or Ray, so it answers in milliseconds."""
-    status = cli.main(list(args))
-    out = capsys.readouterr()
-    return status, out.out, out.err

@@ -8,7 +8,6 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipelines import cli
 
 from tests.conftest import make_summary
 
@@ -65,23 +64,15 @@ def test_gpu_budget_and_log_attach_the_plan_to_the_run(logged_run):
     assert [s["actors"] for s in logged["stages"]] == [3, 5] and logged["budget_gpus"] == 4.0
 
 
-def test_unknown_run_and_bad_goals_exit_2_with_the_fix(logged_run, capsys):
+def test_unknown_run_and_bad_goals_exit_2_with_the_fix(logged_run, command):
     uri, run_id = logged_run
     r = run("--run-id", "nosuchrun", "--tracking-uri", uri, "--target-docs-per-hour", "1000")
     assert r.returncode == 2 and "run 'nosuchrun' not found" in r.stderr and "--run-id" in r.stderr
     client = mlflow.MlflowClient(uri)
     bare = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id  # e.g. a training run
-    status, _, err = command(capsys, "plan", "--run-id", bare, "--tracking-uri", uri, "--target-docs-per-hour", "1000")
+    status, _, err = command("plan", "--run-id", bare, "--tracking-uri", uri, "--target-docs-per-hour", "1000")
     assert status == 2 and "has no run_summary.json" in err and "re-run jobs/tag_corpus.py" in err
-    status, _, err = command(capsys, "plan", "--run-id", run_id, "--tracking-uri", uri, "--budget-gpus", "0.5")
+    status, _, err = command("plan", "--run-id", run_id, "--tracking-uri", uri, "--budget-gpus", "0.5")
     assert status == 2 and "pass --budget-gpus 1 or more" in err
-    status, _, err = command(capsys, "plan", "--run-id", run_id, "--tracking-uri", uri)  # no goal: names the flags
+    status, _, err = command("plan", "--run-id", run_id, "--tracking-uri", uri)  # no goal: names the flags
     assert status == 2 and "--target-docs-per-hour" in err
-
-
-def command(capsys, *args) -> tuple[int, str, str]:
-    """The same command in this process (what a job script runs after `import _common`): a
-    configuration error needs no torch or Ray, so it answers in milliseconds."""
-    status = cli.main(list(args))
-    out = capsys.readouterr()
-    return status, out.out, out.err
