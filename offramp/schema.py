@@ -35,6 +35,11 @@ STATE = "_state"  # binary: float32 exit-policy state of a running row (patience
 SKIPPED = "_skipped"  # int16: layers the row skipped through SmartBERT gates so far
 
 
+def runnable(status) -> np.ndarray:
+    """(N,) bool: the rows whose status lets them run (ok or truncated)."""
+    return np.isin(np.asarray(status, dtype=object), RUNNABLE)
+
+
 def batch_rows(batch: dict) -> int:
     return len(next(iter(batch.values()))) if batch else 0
 

@@ -143,6 +143,12 @@ def check_output(cfg: TagConfig) -> None:
         raise ConfigError(f"output {cfg.output} already exists; pass --overwrite or choose another --output")
 
 
+def make_plan(cfg: TagConfig, info: ModelInfo, task: Task, keep_types: dict) -> Plan:
+    """Thresholds and the stage layout for `cfg` (layout errors surface here, before Ray starts)."""
+    thresholds = resolve_thresholds(cfg, info)
+    return Plan(cfg, info, task, thresholds, stage_plan(cfg, info, thresholds, runs_locally(cfg.ray)), keep_types)
+
+
 def check_model(cfg: TagConfig, model_dir: str) -> tuple[ModelInfo, Task]:
     """The model directory, its task, and the exit settings that must fit it."""
     info = ModelInfo.read(model_dir)
@@ -163,9 +169,7 @@ def validate(cfg: TagConfig) -> Plan:
     if schema is not None:
         check_columns(cfg, task, schema.names)
     check_output(cfg)
-    thresholds = resolve_thresholds(cfg, info)
-    stages = stage_plan(cfg, info, thresholds, runs_locally(cfg.ray))  # layout errors surface before Ray starts
-    return Plan(cfg, info, task, thresholds, stages, kept_types(cfg, schema))
+    return make_plan(cfg, info, task, kept_types(cfg, schema))
 
 
 # ---------------------------------------------------------------- Ray
@@ -214,6 +218,7 @@ def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=S
     """The Ray Data plan after reading: tokenize, one actor pool per stage, finalize."""
     cfg, info, task = plan.cfg, plan.info, plan.task
     id_column = cfg.id_column or "id"
+    source, _ = task.source_column(cfg)  # the raw text: tokenized, then dropped unless the output keeps it
     ds = ds.map_batches(
         tokenize_step,
         fn_kwargs=dict(
@@ -223,7 +228,7 @@ def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=S
             id_column=id_column,
             audit_fraction=cfg.audit.fraction if plan.exits else 0.0,
             audit_seed=cfg.audit.seed,
-            drop=tuple(c for c in [task.source_column(cfg)[0]] if c not in (id_column, cfg.label_column, *cfg.passthrough_columns)),
+            drop=() if source in (id_column, cfg.label_column, *cfg.passthrough_columns) else (source,),
             **task.tokenize_kwargs(cfg),
         ),
         batch_size=cfg.tokenize_batch_size,
@@ -259,9 +264,7 @@ def tag_dataset(ds: ray.data.Dataset, model_dir: str, config: TagConfig | None =
     info, task = check_model(cfg, model_dir)
     schema = ds.schema()
     check_columns(dataclasses.replace(cfg, input="the dataset"), task, schema.names)
-    thresholds = resolve_thresholds(cfg, info)
-    types = kept_types(cfg, pa.schema(list(zip(schema.names, schema.types))))
-    plan = Plan(cfg, info, task, thresholds, stage_plan(cfg, info, thresholds, runs_locally(cfg.ray)), types)
+    plan = make_plan(cfg, info, task, kept_types(cfg, pa.schema(list(zip(schema.names, schema.types)))))
     return build_pipeline(ds, plan)
 
 
@@ -358,8 +361,7 @@ def full_depth_eval(plan: Plan, output: pads.Dataset, stage_cls=StageActor) -> d
     answers of those rows are looked up in the written output, batch by batch."""
     cfg = plan.cfg
     full_cfg = dataclasses.replace(cfg, exit=dataclasses.replace(cfg.exit, disabled=True))
-    full = Plan(full_cfg, plan.info, plan.task, plan.info.thresholds,
-                stage_plan(full_cfg, plan.info, plan.info.thresholds, runs_locally(cfg.ray)), plan.keep_types)
+    full = make_plan(full_cfg, plan.info, plan.task, plan.keep_types)
     ds = read_corpus(full_cfg, plan.task)
     if cfg.full_depth_eval_rows > 0:
         ds = ds.limit(cfg.full_depth_eval_rows)

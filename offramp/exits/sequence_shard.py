@@ -221,7 +221,7 @@ class SequenceStageRunner(StageRunner):
 
     def running(self, batch: dict) -> np.ndarray:
         unfinished = (batch[schema.EXIT_LAYER] == 0) | (batch[schema.AUDIT] & (batch[schema.FULL_LABEL_ID] < 0))
-        return np.flatnonzero(unfinished & np.isin(batch[schema.STATUS], schema.RUNNABLE))
+        return np.flatnonzero(unfinished & schema.runnable(batch[schema.STATUS]))
 
     def forward(self, batch: dict, rows: np.ndarray, cols: dict) -> PassWork:
         lengths = batch[schema.NUM_TOKENS][rows].astype(np.int64)

@@ -193,7 +193,7 @@ class TokenStageRunner(StageRunner):
 
     def running(self, batch: dict) -> np.ndarray:
         unfinished = (batch[schema.EXIT_LAYER] == 0) | (batch[schema.AUDIT] & ~batch[schema.FULL_DONE])
-        return np.flatnonzero(unfinished & np.isin(batch[schema.STATUS], schema.RUNNABLE))
+        return np.flatnonzero(unfinished & schema.runnable(batch[schema.STATUS]))
 
     def forward(self, batch: dict, rows: np.ndarray, cols: dict) -> PassWork:
         answer = batch[schema.EXIT_LAYER][rows] == 0

@@ -26,11 +26,6 @@ def bincount(values: np.ndarray, size: int) -> np.ndarray:
     return np.bincount(np.asarray(values, dtype=np.int64), minlength=size)[:size]
 
 
-def runnable(status) -> np.ndarray:
-    """(N,) bool: the rows that ran (ok or truncated)."""
-    return np.isin(np.asarray(status, dtype=object), schema.RUNNABLE)
-
-
 def row_counts(
     exit_layer: np.ndarray,  # (N,) 1-based layer the row's answer finished at, 0 = not run
     status: np.ndarray,  # (N,) row status strings
@@ -41,7 +36,7 @@ def row_counts(
 ) -> dict:
     """A stage's rows_in counts the rows its layers computed: audited rows enter every stage."""
     status = np.asarray(status, dtype=object)
-    ran = runnable(status)
+    ran = schema.runnable(status)
     layers = np.asarray(exit_layer, dtype=np.int64)[ran]
     reached = layers.copy()
     if audited is not None:
@@ -73,12 +68,6 @@ def row_metrics(c: dict, num_layers: int) -> dict:
     return m
 
 
-def summarize_rows(exit_layer, status, num_tokens, num_layers: int, stage_ranges, audited=None) -> tuple[dict, np.ndarray]:
-    """`row_metrics` of rows held in memory at once; and (N,) bool: the rows that ran."""
-    c = row_counts(exit_layer, status, num_tokens, num_layers, stage_ranges, audited)
-    return row_metrics(c, num_layers), runnable(status)
-
-
 def sequence_counts(
     ran: np.ndarray,  # (N,) bool
     exit_layer: np.ndarray,  # (N,)
@@ -98,7 +87,7 @@ def sequence_counts(
     return c
 
 
-def sequence_metrics_of(m: dict, c: dict, num_layers: int) -> dict:
+def sequence_metrics(m: dict, c: dict, num_layers: int) -> dict:
     """Classification: layers really computed (the basis of the ideal speed-up), skipping, accuracy."""
     n_ran = m["rows_labeled"]
     m["mean_layers_computed"] = c["computed"] / n_ran if n_ran else 0.0
@@ -109,10 +98,6 @@ def sequence_metrics_of(m: dict, c: dict, num_layers: int) -> dict:
         m["rows_with_gold"] = c["gold_rows"]
         m["accuracy"] = c["right"] / c["gold_rows"]
     return m
-
-
-def sequence_metrics(m: dict, ran, exit_layer, num_layers: int, predicted=None, gold=None, skipped=None) -> dict:
-    return sequence_metrics_of(m, sequence_counts(ran, exit_layer, predicted, gold, skipped), num_layers)
 
 
 def token_counts(
@@ -138,7 +123,7 @@ def token_counts(
     return c
 
 
-def token_metrics_of(m: dict, c: dict, num_layers: int, bio: bool = False) -> dict:
+def token_metrics(m: dict, c: dict, num_layers: int, bio: bool = False) -> dict:
     """Sequence labeling: the token-layer saving, the words' exit profile, and with gold tags
     word accuracy (an untagged word is wrong) and entity F1 for BIO tag sets."""
     computed, full = c["token_layers"], m["tokens"] * num_layers
@@ -162,11 +147,6 @@ def token_metrics_of(m: dict, c: dict, num_layers: int, bio: bool = False) -> di
             m.update(entity_f1=e["f1"], entity_precision=e["precision"], entity_recall=e["recall"],
                      gold_entities=e["gold_entities"])
     return m
-
-
-def token_metrics(m: dict, ran, num_tokens, token_layers, tags, tag_layers, num_layers: int, gold=None, bio=False) -> dict:
-    return token_metrics_of(m, token_counts(ran, num_tokens, token_layers, tags, tag_layers, num_layers, gold),
-                            num_layers, bio)
 
 
 def word_scores(predicted: list, gold: list, bio: bool) -> dict:

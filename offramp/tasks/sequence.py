@@ -7,7 +7,7 @@ import pyarrow as pa
 
 from offramp import schema
 from offramp.quality.audit import audit_counts, audit_summary
-from offramp.quality.metrics import row_counts, row_metrics, runnable, sequence_counts, sequence_metrics_of
+from offramp.quality.metrics import row_counts, row_metrics, sequence_counts, sequence_metrics
 from offramp.tasks.base import Task, common_output, fresh_columns
 from offramp.text.tokenize import cell_text, encode_texts, read_cells
 
@@ -89,14 +89,14 @@ class SequenceTask(Task):
         gold = np.asarray(table[self.gold_column].to_pylist(), dtype=object) if cfg.label_column else None
         predicted = np.asarray(table["label"].to_pylist(), dtype=object)
         c = {"rows": row_counts(exit_layer, status, column("num_tokens"), L, ranges, audited),
-             "task": sequence_counts(runnable(status), exit_layer, predicted, gold, column("skipped_layers"))}
+             "task": sequence_counts(schema.runnable(status), exit_layer, predicted, gold, column("skipped_layers"))}
         if audit:
             full = np.asarray(table["full_depth_label"].to_pylist(), dtype=object)
             c["audit"] = audit_counts(exit_layer, predicted, full, audited, L, gold)
         return c
 
     def metrics(self, counts, info, cfg) -> tuple[dict, dict | None]:
-        m = sequence_metrics_of(row_metrics(counts["rows"], info.num_layers), counts["task"], info.num_layers)
+        m = sequence_metrics(row_metrics(counts["rows"], info.num_layers), counts["task"], info.num_layers)
         audit = counts.get("audit")
         summary = None if audit is None else audit_summary(audit, cfg.audit.confidence, self.audit_target(cfg, info),
                                                            cfg.audit.alarm)

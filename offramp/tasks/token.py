@@ -9,7 +9,7 @@ from offramp import schema
 from offramp.config import ConfigError
 from offramp.quality.audit import audit_counts, audit_summary
 from offramp.quality.entities import is_bio
-from offramp.quality.metrics import row_counts, row_metrics, runnable, token_counts, token_metrics_of, word_scores
+from offramp.quality.metrics import row_counts, row_metrics, token_counts, token_metrics, word_scores
 from offramp.tasks.base import Task, common_output, fresh_columns
 from offramp.tasks.sequence import label_text
 from offramp.text.tokenize import cell_text, cell_words, read_cells
@@ -123,7 +123,7 @@ class TokenTask(Task):
         it has none); `tag_layers[i]` is the layer the word halted at."""
         names = np.array(labels + [None], dtype=object)
         words, tags, layers, untagged, full_tags = [], [], [], [], []
-        ran = np.isin(batch[schema.STATUS], schema.RUNNABLE)
+        ran = schema.runnable(batch[schema.STATUS])
         rows = zip(ran, batch[schema.WORDS], batch[schema.WORD_LABEL], batch[schema.WORD_EXIT], batch[schema.FULL_WORD_LABEL])
         for row_ran, w_blob, lab, ex, full in rows:
             w = schema.split_blob(w_blob)
@@ -161,7 +161,7 @@ class TokenTask(Task):
     def counts(self, table, info, ranges, cfg, audit) -> dict:
         column = lambda name: table[name].to_numpy(zero_copy_only=False)  # noqa: E731
         status = np.asarray(table["status"].to_pylist(), dtype=object)
-        L, ran = info.num_layers, runnable(status)
+        L, ran = info.num_layers, schema.runnable(status)
         audited = column("audited").astype(bool)
         gold = table[self.gold_column].to_pylist() if cfg.label_column else None
         tags, tag_layers = table["tags"].to_pylist(), table["tag_layers"].to_pylist()
@@ -184,7 +184,7 @@ class TokenTask(Task):
         return c
 
     def metrics(self, counts, info, cfg) -> tuple[dict, dict | None]:
-        m = token_metrics_of(row_metrics(counts["rows"], info.num_layers), counts["task"], info.num_layers,
+        m = token_metrics(row_metrics(counts["rows"], info.num_layers), counts["task"], info.num_layers,
                              bio=is_bio(info.labels))
         audit = counts.get("audit")
         if audit is None:
