@@ -18,16 +18,10 @@ import ray
 from offramp import schema
 from offramp.config import ConfigError, TagConfig
 from offramp.tasks import Task
+from pipelines.storage import filesystem
 
 READ_STATUS = schema.READ_STATUS
 EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}
-
-
-def filesystem(path: str):
-    try:
-        return pafs.FileSystem.from_uri(path)
-    except (ValueError, TypeError):  # a plain local path, not a URI
-        return pafs.LocalFileSystem(), os.path.abspath(path)
 
 
 def detect_format(path: str, declared: str = "auto") -> str:

@@ -35,7 +35,8 @@ from offramp.quality.audit import flat_metrics
 from offramp.quality.metrics import add_counts
 from offramp.tasks import Task, finalize_step, get_task, tokenize_step
 from offramp.tasks.base import check_no_clash
-from pipelines.read import check_columns, detect_format, filesystem, input_schema, kept_types, read_corpus
+from pipelines.read import check_columns, detect_format, input_schema, kept_types, read_corpus
+from pipelines.storage import filesystem
 
 logger = logging.getLogger(__name__)
 
