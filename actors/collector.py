@@ -1,4 +1,5 @@
-"""A small actor that stage actors report per-batch timings to; the driver reads it at the end."""
+"""A small actor that stage actors report per-batch timings to, and the reader each file's
+row count; the driver reads it at the end."""
 
 from __future__ import annotations
 
@@ -11,6 +12,14 @@ class MetricsCollector:
 
     def __init__(self):
         self.totals = defaultdict(lambda: defaultdict(float))
+        self.files: dict[str, int] = {}
+
+    def file_read(self, path: str, rows: int) -> None:
+        """The reader read `path` to its end: `rows` rows (a retried read reports the same)."""
+        self.files[path] = rows
+
+    def files_read(self) -> dict[str, int]:
+        return dict(self.files)
 
     def record(self, stats) -> None:
         t = self.totals[stats.stage]

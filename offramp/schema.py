@@ -17,8 +17,12 @@ import numpy as np
 # their status and no label, never dropped.
 OK, TRUNCATED = "ok", "truncated"
 EMPTY, NULL, UNDECODABLE = "empty", "null", "undecodable"
+TOO_LONG = "too_long"  # a JSONL line over max_line_bytes: not parsed
+ERROR = "error"  # a step raised on this row alone (the worker's log names the row and the error)
 RUNNABLE = (OK, TRUNCATED)
-STATUSES = (OK, TRUNCATED, EMPTY, NULL, UNDECODABLE)
+STATUSES = (OK, TRUNCATED, EMPTY, NULL, UNDECODABLE, TOO_LONG, ERROR)
+
+SOURCE_ROW = "source_row"  # str: where the row was read, "<file relative to the input>:<line or row>"; unique
 
 READ_STATUS = "_read_status"  # str: "" or a status decided by the reader (bad JSON line, bad bytes)
 STATUS = "_status"  # str

@@ -11,7 +11,9 @@ with their defaults. jobs/*.py run the same commands from a checkout or under `r
 
 Exit status: 0 done; 2 a configuration problem, found before any work (the message says the
 fix); 3 calibrate could not certify the target, or tag --fail-on-error-rows saw a row it could
-not label; 4 tag --audit.fail-below-target and the audit found agreement below the target.
+not label; 4 tag --audit.fail-below-target and the audit found agreement below the target;
+5 tag's output is incomplete (blocks failed within --max-errored-blocks): no manifest, and
+--resume runs only the missing rows.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ def setup_logging() -> None:
 
 
 def tag(cfg: TagConfig) -> int:
+    from pipelines.output import write_manifest
     from pipelines.run import run_tagging
-    from pipelines.tracking import check_tracking_uri, log_tag_run
+    from pipelines.tracking import check_tracking_uri, log_tag_run, tracking_uri
 
     check_tracking_uri(cfg.mlflow)
     result = run_tagging(cfg)
@@ -49,6 +52,12 @@ def tag(cfg: TagConfig) -> int:
     bad = m["rows"] - m["rows_labeled"]
     line = run_line(result.task, cfg, m)
     print(line + (f"; mlflow run {run_id}" if run_id else ""))
+    if not result.complete:
+        print(f"error: the output is incomplete ({incomplete_line(result)}); no manifest was written. "
+              "Fix the cause in the log, then run again with --resume: only the missing rows run (exit status 5)",
+              file=sys.stderr)
+        return 5
+    write_manifest(cfg, result.started, result, run_id, tracking_uri(cfg.mlflow) if run_id else None)
     audit = result.audit
     if audit is not None:
         print(audit_line(audit))
@@ -64,6 +73,15 @@ def tag(cfg: TagConfig) -> int:
 
 # what the terminal line calls a row and its work, per task
 NOUNS = {"sequence": dict(rows="rows", done="labeled", rate="docs"), "token": dict(rows="sentences", done="tagged", rate="sentences")}
+
+
+def incomplete_line(result) -> str:
+    gone = result.missing
+    if gone.get("files_unread"):
+        return f"{len(gone['files_unread'])} input file(s) not read to the end, e.g. {gone['files_unread'][0]}"
+    if gone["rows_missing"] < 0:
+        return f"{-gone['rows_missing']} more rows out than in: rows were written twice"
+    return f"{gone['rows_missing']} of {result.rows_in} input rows are not in the output (blocks that failed)"
 
 
 def run_line(task: str, cfg: TagConfig, m: dict) -> str:

@@ -1,27 +1,54 @@
 """Read a corpus into a Ray Dataset with one row per document, whatever its format.
 
-Parquet is read with Ray's reader. JSONL and plain text are read as raw bytes per
-file and split into rows here, so that a line that is not valid UTF-8 or not valid
-JSON becomes a row with a status instead of failing the whole file.
+One Ray Data datasource (`CorpusSource`) reads Parquet, JSONL and plain text, each file as
+a stream: a Parquet file a row batch at a time, a JSONL or text file a chunk of bytes at a
+time (gzip and other compressed files by their extension), so a multi-GB file never sits
+whole in a worker. Every block it yields has one fixed schema:
+
+- the id column, the model's source column (text, or words for token models), the label and
+  passthrough columns;
+- `_read_status`: "" or a status the reader decided (a line that is not UTF-8, not JSON, or
+  too long), so that a bad line becomes a row with a status instead of failing its file;
+- `source_row`: "<file relative to the input>:<line or row number>", unique per input row.
+  Ray Data's checkpoints are keyed on it (`--resume`), and it says where a row came from.
+
+At the end of each file the reader reports the file's row count to the run's collector, so
+the run knows how many rows came in without reading the corpus twice.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import ray
+from ray.data.datasource import FileBasedDatasource
 
 from offramp import schema
 from offramp.config import ConfigError, TagConfig
 from offramp.tasks import Task
 from pipelines.storage import filesystem
 
-READ_STATUS = schema.READ_STATUS
+READ_STATUS, SOURCE_ROW = schema.READ_STATUS, schema.SOURCE_ROW
 EXTENSIONS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".txt": "text"}
+COMPRESSED = (".gz", ".bz2", ".zst")  # read through pyarrow's codecs, chosen by the extension
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark some editors write at the start of a file
+BLOCK_ROWS = 8192  # rows per block the reader yields
+CHUNK_BYTES = 4 * 2**20  # bytes read from a JSONL/text stream at a time
+
+
+def file_format(name: str) -> str | None:
+    """parquet / jsonl / text from a file's extension (`.jsonl.gz` is jsonl), None if unknown."""
+    base, ext = os.path.splitext(name.lower())
+    if ext in COMPRESSED:
+        base, ext = os.path.splitext(base)
+        return EXTENSIONS.get(ext) if EXTENSIONS.get(ext) != "parquet" else None
+    return EXTENSIONS.get(ext)
 
 
 def detect_format(path: str, declared: str = "auto") -> str:
@@ -35,7 +62,7 @@ def detect_format(path: str, declared: str = "auto") -> str:
     names = [root]
     if info.type == pafs.FileType.Directory:
         names = [f.path for f in fs.get_file_info(pafs.FileSelector(root, recursive=True)) if f.is_file]
-    kinds = {EXTENSIONS.get(os.path.splitext(n)[1].lower()) for n in names if not os.path.basename(n).startswith(".")}
+    kinds = {file_format(n) for n in names if not os.path.basename(n).startswith((".", "_"))}
     kinds.discard(None)
     if len(kinds) != 1:
         raise ConfigError(
@@ -45,30 +72,59 @@ def detect_format(path: str, declared: str = "auto") -> str:
     return kinds.pop()
 
 
-BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark some editors write at the start of a file
+def extensions_of(fmt: str) -> list[str]:
+    """The file extensions read as `fmt` (compressed ones included for JSONL and text)."""
+    plain = [e[1:] for e, kind in EXTENSIONS.items() if kind == fmt]
+    return plain if fmt == "parquet" else plain + [f"{e}{c}" for e in plain for c in COMPRESSED]
 
 
-def _source_name(path: str, root: str) -> str:
-    """The file's path relative to the input directory (its name for a single-file input): ids
-    built from it stay unique across subdirectories."""
+def source_name(path: str, root: str) -> str:
+    """The file's path relative to the input directory (its name for a single-file input): row
+    keys and ids built from it stay unique across subdirectories."""
     rel = os.path.relpath(path, root) if root and path.startswith(root.rstrip("/") + "/") else os.path.basename(path)
     return rel.replace(os.sep, "/")
 
 
-def _lines(data: bytes) -> list[bytes]:
-    return (data[len(BOM):] if data.startswith(BOM) else data).splitlines()
+# ---------------------------------------------------------------- lines
 
 
-def _text_rows(row: dict, id_column: str, text_column: str, root: str = "") -> list[dict]:
-    name = _source_name(row["path"], root)
-    out = []
-    for lineno, raw in enumerate(_lines(row["bytes"]), start=1):
+def iter_lines(f, max_line_bytes: int, chunk: int = CHUNK_BYTES) -> Iterator[tuple[bytes, bool]]:
+    """(line, cut) for each line of a byte stream, holding at most one chunk plus one line.
+    A line longer than max_line_bytes keeps its first max_line_bytes bytes (cut=True) and the
+    rest of it is read past, not held. A leading BOM and a line's trailing CR are dropped."""
+    buf, held, first = b"", None, True  # held: the head of an over-long line not ended yet
+    while data := f.read(chunk):
+        if first:
+            data, first = (data[len(BOM):] if data.startswith(BOM) else data), False
+        buf += data
+        start = 0
+        while (end := buf.find(b"\n", start)) >= 0:
+            if held is not None:
+                yield held, True
+                held = None
+            else:
+                line = buf[start:end]
+                yield (line[:max_line_bytes], True) if len(line) > max_line_bytes else (line.rstrip(b"\r"), False)
+            start = end + 1
+        buf = buf[start:]
+        if held is not None:
+            buf = b""  # still inside the over-long line
+        elif len(buf) > max_line_bytes:
+            held, buf = buf[:max_line_bytes], b""
+    if held is not None:
+        yield held, True
+    elif buf:
+        yield buf.rstrip(b"\r"), False
+
+
+def decode_head(raw: bytes) -> str | None:
+    """A cut line's bytes as text, minus a character the cut split; None if not UTF-8."""
+    for trim in range(4):
         try:
-            text, status = raw.decode("utf-8"), ""
+            return raw[: len(raw) - trim].decode("utf-8")
         except UnicodeDecodeError:
-            text, status = "", schema.UNDECODABLE
-        out.append({id_column: f"{name}:{lineno}", text_column: text, READ_STATUS: status})
-    return out
+            continue
+    return None
 
 
 def _cell(value, as_list: bool):
@@ -79,46 +135,166 @@ def _cell(value, as_list: bool):
     return None if value is None else str(value)
 
 
-def _jsonl_rows(row: dict, id_column: str, text_column: str, extra: tuple, lists: tuple = (), root: str = "") -> list[dict]:
-    """One row per JSON line. `lists`: columns that hold a list of strings per row (for token
-    models the words column, which then stands in `text_column`'s place, and the tags column)."""
-    name = _source_name(row["path"], root)
-    words = text_column in lists
-    out = []
-    for lineno, raw in enumerate(_lines(row["bytes"]), start=1):
+# ---------------------------------------------------------------- the datasource
+
+
+class CorpusSource(FileBasedDatasource):
+    """Parquet, JSONL or text files -> blocks of the fixed reader schema (see module doc)."""
+
+    def __init__(self, paths: str, *, fmt: str, root: str, id_column: str, source: str, extra: tuple,
+                 lists: tuple = (), types: dict | None = None, max_line_bytes: int = 16 * 2**20,
+                 report: str | None = None, file_extensions: list[str] | None = None):
+        super().__init__(paths, file_extensions=file_extensions)
+        self.fmt, self.root, self.report = fmt, root, report
+        self.id_column, self.source, self.extra, self.lists = id_column, source, extra, lists
+        self.max_line_bytes = max_line_bytes
+        self.schema = self.block_schema(types or {})
+
+    def block_schema(self, types: dict) -> pa.Schema:
+        """id, source, extra columns (Parquet: the input's types; JSONL: strings or lists of
+        strings), then the reader's two columns."""
+        def type_of(c):
+            return types.get(c) or (pa.list_(pa.string()) if c in self.lists else pa.string())
+        names = list(dict.fromkeys([self.id_column, self.source, *self.extra]))
+        return pa.schema([(c, type_of(c)) for c in names] + [(READ_STATUS, pa.string()), (SOURCE_ROW, pa.string())])
+
+    def file_paths(self) -> list[str]:
+        """The files this source reads, as its reports name them."""
+        return self._paths()
+
+    def _open_input_source(self, filesystem, path: str, **open_args):
+        if self.fmt == "parquet":  # Parquet needs random access to its footer
+            return filesystem.open_input_file(path)
+        return super()._open_input_source(filesystem, path, **open_args)
+
+    def _read_stream(self, f, path: str) -> Iterator[pa.Table]:
+        name = source_name(path, self.root)
+        blocks = self.parquet_blocks(f, name) if self.fmt == "parquet" else self.line_blocks(f, name)
+        rows = 0
+        for block in blocks:
+            rows += block.num_rows
+            yield block
+        if self.report:
+            ray.get_actor(self.report).file_read.remote(path, rows)
+
+    # ---- Parquet
+
+    def parquet_blocks(self, f, name: str) -> Iterator[pa.Table]:
+        """Row batches; a column a file lacks is null, one of another type is cast to the
+        type the run was planned with (the first file's)."""
+        pf = pq.ParquetFile(f)
+        have = set(pf.schema_arrow.names)
+        wanted = [c for c in self.schema.names if c not in (READ_STATUS, SOURCE_ROW)]
+        first = 1
+        for batch in pf.iter_batches(batch_size=BLOCK_ROWS, columns=[c for c in wanted if c in have]):
+            n = batch.num_rows
+            cols = [batch.column(c).cast(self.schema.field(c).type) if c in have else pa.nulls(n, self.schema.field(c).type)
+                    for c in wanted]
+            cols += [pa.array([""] * n, pa.string()), pa.array([f"{name}:{first + i}" for i in range(n)], pa.string())]
+            first += n
+            yield pa.Table.from_arrays(cols, schema=self.schema)
+
+    # ---- JSONL and text
+
+    def line_blocks(self, f, name: str) -> Iterator[pa.Table]:
+        """Blocks of BLOCK_ROWS rows. A compressed file damaged part-way (a copy cut short)
+        gives its rows up to the damage, then one row with status undecodable."""
+        rows, lineno = [], 0
+        lines = iter_lines(f, self.max_line_bytes)
+        while True:
+            try:
+                raw, cut = next(lines)
+            except StopIteration:
+                break
+            except OSError as e:
+                if not is_damaged_stream(name, e):
+                    raise  # an I/O error Ray Data retries
+                raw, cut, row = b"", False, self.bad_row(schema.UNDECODABLE)
+                lines = iter(())
+            else:
+                row = self.text_row(raw, cut) if self.fmt == "text" else self.jsonl_row(raw, cut)
+            lineno += 1
+            if row is None:
+                continue  # a blank line between JSON records is not a document
+            row[SOURCE_ROW] = f"{name}:{lineno}"
+            if row.get(self.id_column) is None:
+                row[self.id_column] = row[SOURCE_ROW]
+            rows.append(row)
+            if len(rows) == BLOCK_ROWS:
+                yield pa.Table.from_pylist(rows, schema=self.schema)
+                rows = []
+        if rows:
+            yield pa.Table.from_pylist(rows, schema=self.schema)
+
+    def text_row(self, raw: bytes, cut: bool) -> dict:
+        """A line of text: its text, or status undecodable. A cut line keeps its head: the
+        tokenizer truncates it like any long document (status truncated)."""
+        text = decode_head(raw) if cut else _decode(raw)
+        return {self.source: text or "", READ_STATUS: "" if text is not None else schema.UNDECODABLE}
+
+    def jsonl_row(self, raw: bytes, cut: bool) -> dict | None:
+        """A JSON line: its fields, or status too_long / undecodable / null with empty fields."""
+        if cut:
+            return self.bad_row(schema.TOO_LONG)
         if not raw.strip():
-            continue  # blank separator lines are not documents
-        rec, status = {}, ""
+            return None
         try:
             rec = json.loads(raw.decode("utf-8"))
-            if not isinstance(rec, dict):
-                rec, status = {}, schema.UNDECODABLE
         except (UnicodeDecodeError, json.JSONDecodeError):
-            status = schema.UNDECODABLE
-        text = rec.get(text_column)
-        if not status and text is None:
+            return self.bad_row(schema.UNDECODABLE)
+        if not isinstance(rec, dict):
+            return self.bad_row(schema.UNDECODABLE)
+        words = self.source in self.lists
+        text, status = rec.get(self.source), ""
+        if text is None:
             status = schema.NULL
-        elif not status and (_cell(text, True) is None if words else not isinstance(text, str)):
+        elif _cell(text, True) is None if words else not isinstance(text, str):
             status = schema.UNDECODABLE
-        ident = rec.get(id_column)
-        out.append(
-            {
-                id_column: str(ident) if ident is not None else f"{name}:{lineno}",
-                text_column: (_cell(text, True) or []) if words else (text if isinstance(text, str) else ""),
-                READ_STATUS: status,
-                **{c: _cell(rec.get(c), c in lists) for c in extra},
-            }
-        )
-    return out
+        ident = rec.get(self.id_column)
+        return {
+            self.id_column: str(ident) if ident is not None else None,
+            self.source: (_cell(text, True) or []) if words else (text if isinstance(text, str) else ""),
+            READ_STATUS: status,
+            **{c: _cell(rec.get(c), c in self.lists) for c in self.extra},
+        }
+
+    def bad_row(self, status: str) -> dict:
+        return {self.source: [] if self.source in self.lists else "", READ_STATUS: status}
+
+
+def is_damaged_stream(name: str, error: OSError) -> bool:
+    """A compressed file whose bytes do not decompress (not a network or disk error)."""
+    words = ("inflate", "deflate", "decompress", "zlib", "gzip", "bz2", "zstd", "corrupt", "truncated")
+    return name.lower().endswith(COMPRESSED) and any(w in str(error).lower() for w in words)
+
+
+def _decode(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+# ---------------------------------------------------------------- before Ray starts
 
 
 def input_schema(cfg: TagConfig) -> pa.Schema | None:
-    """The Arrow schema of a Parquet input, read from its footers before Ray starts (None for
-    JSONL and text, whose fields are only known row by row)."""
+    """The Arrow schema of a Parquet input, read from its first footer before Ray starts (None
+    for JSONL and text, whose fields are only known row by row)."""
     if detect_format(cfg.input, cfg.input_format) != "parquet":
         return None
     fs, root = filesystem(cfg.input)
-    return pads.dataset(root, format="parquet", filesystem=fs).schema
+    try:
+        return pads.dataset(root, format="parquet", filesystem=fs).schema
+    except (pa.ArrowInvalid, OSError) as e:
+        raise ConfigError(f"cannot read {cfg.input} as Parquet ({e}); check --input-format "
+                          "(parquet, jsonl or text) or the files") from None
+
+
+def check_format(cfg: TagConfig, fmt: str) -> None:
+    """Settings the input's format cannot serve."""
+    if fmt == "text" and (cfg.passthrough_columns or cfg.label_column):
+        raise ConfigError("plain-text input has no columns to pass through or label; use JSONL or Parquet")
 
 
 def kept_types(cfg: TagConfig, schema: pa.Schema | None) -> dict[str, pa.DataType]:
@@ -144,23 +320,26 @@ def check_columns(cfg: TagConfig, task: Task, names: list[str]) -> None:
         raise ConfigError(f"Parquet input needs an id column; columns are {names}; set --id-column")
 
 
-def read_corpus(cfg: TagConfig, task: Task) -> ray.data.Dataset:
-    """One row per document with the id, the task's source column (text or words), the
-    passthrough and label columns. The columns were checked by `check_columns` at start."""
+def corpus_source(cfg: TagConfig, task: Task, report: str | None = None) -> CorpusSource:
+    """The datasource of cfg.input (the columns were checked by `check_columns` at start);
+    `report`: the name of the actor told each file's row count."""
     fmt = detect_format(cfg.input, cfg.input_format)
     source, _ = task.source_column(cfg)
-    id_column = cfg.id_column or "id"
     extra = tuple(dict.fromkeys([*cfg.passthrough_columns, *([cfg.label_column] if cfg.label_column else [])]))
+    check_format(cfg, fmt)
+    fs, root = filesystem(cfg.input)
+    types = {}
     if fmt == "parquet":
-        return ray.data.read_parquet(cfg.input).select_columns(list(dict.fromkeys([source, id_column, *extra])))
-    root = filesystem(cfg.input)[1]
-    # auto-detected: only the files of that format (a README or a .gz beside them is not a document)
-    suffixes = None if cfg.input_format != "auto" else [e[1:] for e, kind in EXTENSIONS.items() if kind == fmt]
-    files = ray.data.read_binary_files(cfg.input, include_paths=True, file_extensions=suffixes)
-    if fmt == "text":
-        if extra:
-            raise ConfigError("plain-text input has no columns to pass through or label; use JSONL or Parquet")
-        return files.flat_map(_text_rows, fn_kwargs=dict(id_column=id_column, text_column=source, root=root))
-    lists = task.list_columns(cfg)
-    return files.flat_map(_jsonl_rows, fn_kwargs=dict(id_column=id_column, text_column=source, extra=extra, lists=lists,
-                                                      root=root))
+        found = input_schema(cfg)
+        types = {c: found.field(c).type for c in [cfg.id_column or "id", source, *extra] if c in found.names}
+    # auto-detected: only the files of that format (a README beside them is not a document)
+    suffixes = extensions_of(fmt) if cfg.input_format == "auto" else None
+    return CorpusSource(cfg.input, fmt=fmt, root=root if fs.get_file_info(root).type == pafs.FileType.Directory else "",
+                        id_column=cfg.id_column or "id", source=source, extra=extra, lists=task.list_columns(cfg),
+                        types=types, max_line_bytes=cfg.max_line_bytes, report=report, file_extensions=suffixes)
+
+
+def read_corpus(cfg: TagConfig, task: Task, report: str | None = None) -> ray.data.Dataset:
+    """One row per document with the id, the task's source column (text or words), the
+    passthrough and label columns, `_read_status` and `source_row`."""
+    return ray.data.read_datasource(corpus_source(cfg, task, report))

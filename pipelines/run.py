@@ -10,10 +10,12 @@ What a task (a label per row, a tag per word) changes comes from `offramp.tasks`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +24,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
-from ray.data import ActorPoolStrategy, SaveMode
+from ray.data import ActorPoolStrategy, DataContext
 
 from actors.collector import MetricsCollector
 from actors.stage import StageActor
@@ -35,7 +37,9 @@ from offramp.quality.audit import flat_metrics
 from offramp.quality.metrics import add_counts
 from offramp.tasks import Task, finalize_step, get_task, tokenize_step
 from offramp.tasks.base import check_no_clash
-from pipelines.read import check_columns, detect_format, input_schema, kept_types, read_corpus
+from pipelines.cluster import check_paths_on_nodes
+from pipelines import output as run_output
+from pipelines.read import check_columns, check_format, corpus_source, detect_format, input_schema, kept_types, read_corpus
 from pipelines.storage import filesystem
 
 logger = logging.getLogger(__name__)
@@ -53,6 +57,15 @@ class TagResult:
     stage_timings: dict = field(default_factory=dict)
     audit: dict | None = None  # offramp.quality.audit.summarize_audit; None when no audit ran
     calibration: dict | None = None  # the model's stored calibration record
+    rows_in: int | None = None  # rows the reader read (None: a dataset a team built)
+    files_in: int | None = None
+    missing: dict = field(default_factory=dict)  # pipelines.output.missing: empty when complete
+    started: dict = field(default_factory=dict)  # pipelines.output.start's record of the run
+
+    @property
+    def complete(self) -> bool:
+        """Every input row is in the output exactly once (by count; source_row is unique)."""
+        return not self.missing.get("files_unread") and self.missing.get("rows_missing") == 0
 
 
 @dataclass(frozen=True)
@@ -140,8 +153,13 @@ def check_output(cfg: TagConfig) -> None:
             f"output {cfg.output} is the input {cfg.input}, holds it, or lies inside it: writing there would "
             "delete (with --overwrite) or re-read the corpus; choose an --output outside the input"
         )
-    if fs.get_file_info(root).type != pafs.FileType.NotFound and not cfg.overwrite:
-        raise ConfigError(f"output {cfg.output} already exists; pass --overwrite or choose another --output")
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("--resume continues the run in --output and --overwrite starts it over: give one")
+    if cfg.resume:
+        run_output.check_resume(cfg)
+    elif fs.get_file_info(root).type != pafs.FileType.NotFound and not cfg.overwrite:
+        raise ConfigError(f"output {cfg.output} already exists; pass --overwrite, --resume (a killed run) "
+                          "or choose another --output")
 
 
 def make_plan(cfg: TagConfig, info: ModelInfo, task: Task, keep_types: dict) -> Plan:
@@ -165,6 +183,7 @@ def validate(cfg: TagConfig) -> Plan:
     cfg.require("input", "model", "output")
     info, task = check_model(cfg, cfg.model)
     fmt = detect_format(cfg.input, cfg.input_format)
+    check_format(cfg, fmt)
     task.check(cfg, info, fmt)
     schema = input_schema(cfg)
     if schema is not None:
@@ -278,18 +297,25 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
     plan = validate(cfg)
     info, task = plan.info, plan.task
     init_ray(cfg.ray)
+    check_paths_on_nodes(cfg)  # a multi-node cluster: every node sees the model, input and output
     check_cluster_fits(plan.stages, cfg.ray)
+    started = run_output.start(cfg, run_output.model_digest(info.path))
     log_stage_plan(plan.stages)
-    collector = ray.remote(num_cpus=0)(MetricsCollector).remote()
-    ds = build_pipeline(read_corpus(cfg, task), plan, collector, stage_cls)
+    name = f"offramp-collector-{uuid.uuid4().hex[:12]}"  # the reader finds it by name
+    collector = ray.remote(num_cpus=0)(MetricsCollector).options(name=name).remote()
+    source = corpus_source(cfg, task, report=name)
+    done_before = run_output.rows_checkpointed(cfg)
     t0 = time.perf_counter()
-    ds.write_parquet(cfg.output, mode=SaveMode.OVERWRITE if cfg.overwrite else SaveMode.APPEND)
+    with checkpointed(cfg):
+        ds = build_pipeline(ray.data.read_datasource(source), plan, collector, stage_cls)
+        ds.write_parquet(cfg.output, min_rows_per_file=cfg.min_rows_per_file, max_rows_per_file=cfg.max_rows_per_file)
     wall = time.perf_counter() - t0
     timings = ray.get(collector.summary.remote())
+    files_in = ray.get(collector.files_read.remote())
     ray.kill(collector)
 
     fs, root = filesystem(cfg.output)
-    if fs.get_file_info(root).type == pafs.FileType.NotFound:  # an empty corpus: Ray wrote no file
+    if not run_output.output_files(cfg):  # an empty corpus: Ray wrote no file
         write_empty_output(plan, fs, root)
     output = pads.dataset(root, format="parquet", filesystem=fs)
     ranges = [(p.spec.start, p.spec.end) for p in plan.stages]
@@ -300,11 +326,26 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
         audit.update(fraction=cfg.audit.fraction, seed=cfg.audit.seed)
         m.update(flat_metrics(audit))
     hist = m.pop("exit_histogram")
-    add_rates(m, wall, timings, task.work_unit)
+    add_rates(m, wall, timings, task.work_unit, m["rows"] - done_before)
     if cfg.label_column and cfg.full_depth_eval_rows and plan.exits and m["rows"]:
         m.update(full_depth_eval(plan, output, stage_cls))
+    missing = run_output.missing(files_in, source.file_paths(), m["rows"])
     return TagResult(cfg.output, task.name, m, hist, plan.stages, plan.thresholds, task.describe_policy(cfg, info),
-                     timings, audit, info.calibration)
+                     timings, audit, info.calibration, sum(files_in.values()), len(files_in), missing, started)
+
+
+@contextlib.contextmanager
+def checkpointed(cfg: TagConfig):
+    """Ray Data checkpoints of the output (what --resume skips) and the run's budget of blocks
+    that may fail, for the datasets built inside: both are settings of the driver's DataContext,
+    which a Dataset copies when it is created. Restored afterwards."""
+    ctx = DataContext.get_current()
+    before = ctx.checkpoint_config, ctx.max_errored_blocks
+    ctx.checkpoint_config, ctx.max_errored_blocks = run_output.checkpoint_config(cfg), cfg.max_errored_blocks
+    try:
+        yield
+    finally:
+        ctx.checkpoint_config, ctx.max_errored_blocks = before
 
 
 OUTPUT_BATCH_ROWS = 65_536  # rows of the output the driver holds at a time while it computes the run's figures
@@ -328,7 +369,8 @@ def write_empty_output(plan: Plan, fs, root: str) -> None:
     task's output schema, so that readers and the run's metrics see an empty table, not an error."""
     cfg, task = plan.cfg, plan.task
     source, _ = task.source_column(cfg)
-    names = dict.fromkeys([cfg.id_column or "id", source, *cfg.passthrough_columns, *([cfg.label_column] if cfg.label_column else [])])
+    names = dict.fromkeys([cfg.id_column or "id", source, *cfg.passthrough_columns,
+                           *([cfg.label_column] if cfg.label_column else []), schema.SOURCE_ROW])
     empty = {name: np.array([], dtype=object) for name in names if name}
     batch = task.tokenize(empty, None, cfg.max_length, None, **task.tokenize_kwargs(cfg))  # no row: no tokenizer call
     table = task.finalize(batch, plan.info.labels, cfg.id_column or "id", list(cfg.passthrough_columns),
@@ -337,14 +379,19 @@ def write_empty_output(plan: Plan, fs, root: str) -> None:
     pq.write_table(table, f"{root}/empty.parquet", filesystem=fs)
 
 
-def add_rates(m: dict, wall: float, timings: dict, work: str) -> None:
+def add_rates(m: dict, wall: float, timings: dict, work: str, rows_written: int | None = None) -> None:
     """Wall time, overall rates, and each stage's busy time, work (`work`: what its
-    row_layers count, row-layers or token-layers) and rates from the stages' reports."""
+    row_layers count, row-layers or token-layers) and rates from the stages' reports.
+    `rows_written`: the rows this attempt wrote (a resumed run's output holds earlier ones);
+    the token and word rates scale with it."""
+    written = m["rows"] if rows_written is None else rows_written
+    share = written / m["rows"] if m["rows"] else 0.0
     m["wall_seconds"] = wall
-    m["docs_per_second"] = m["rows"] / wall
-    m["tokens_per_second"] = m["tokens"] / wall
+    m["rows_written"] = written
+    m["docs_per_second"] = written / wall
+    m["tokens_per_second"] = share * m["tokens"] / wall
     if "words" in m:
-        m["words_per_second"] = m["words"] / wall
+        m["words_per_second"] = share * m["words"] / wall
     for k, t in sorted(timings.items()):
         busy = t.get("seconds", 0.0)
         m[f"stage{k}_busy_seconds"] = busy

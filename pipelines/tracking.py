@@ -124,6 +124,10 @@ def log_tag_run(cfg, result, num_layers: int) -> str:
             params[f"stage{k}_dtype"] = p.spec.dtype
         mlflow.log_params(params)
         mlflow.log_metrics({k: float(v) for k, v in result.metrics.items()})
+        if result.rows_in is not None:  # read by the run's reader: is every row in the output?
+            mlflow.log_metrics({"rows_in": float(result.rows_in), "files_in": float(result.files_in)})
+            mlflow.set_tags({"offramp.complete": str(result.complete).lower(),
+                             "offramp.attempt": str(len(result.started.get("attempts", [])))})
         if result.audit is not None:
             mlflow.set_tags(
                 {

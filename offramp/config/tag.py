@@ -178,6 +178,20 @@ class TagConfig:
     """Replace an existing output directory instead of failing."""
     fail_on_error_rows: bool = False
     """Exit with status 3 when any row could not be labeled (an error status in the output)."""
+    resume: bool = False
+    """Continue a run that was killed, into the same output: the rows it wrote are skipped
+    (Ray Data checkpoints under <output>/_checkpoint), none is written twice."""
+    max_errored_blocks: int = 0
+    """Blocks whose step raised that the run skips before it fails (Ray Data's
+    max_errored_blocks; -1 = no limit). Their rows are missing: the run then ends without a
+    manifest, with exit status 5, and --resume retries only them."""
+    min_rows_per_file: int = 50_000
+    """Output rows per Parquet file at least (fewer in the last files)."""
+    max_rows_per_file: int = 500_000
+    """Output rows per Parquet file at most: files stay a size readers and object stores like."""
+    max_line_bytes: int = 16 * 2**20
+    """A JSONL or text line longer than this is not held whole: a text line keeps its head
+    (status truncated, counted), a JSONL line gets status too_long."""
     tokenize_batch_size: int = 256
     """Rows per tokenization task batch."""
     num_stages: int = 1
@@ -213,6 +227,13 @@ class TagConfig:
             raise ConfigError(f"batch_size={self.batch_size} must be >= 1")
         if self.num_stages < 1:
             raise ConfigError(f"num_stages={self.num_stages} must be >= 1")
+        if self.max_errored_blocks < -1:
+            raise ConfigError(f"max_errored_blocks={self.max_errored_blocks}: use -1 (no limit), 0 (fail at the first) or more")
+        if not 1 <= self.min_rows_per_file <= self.max_rows_per_file:
+            raise ConfigError(f"rows per output file: need 1 <= min_rows_per_file ({self.min_rows_per_file}) "
+                              f"<= max_rows_per_file ({self.max_rows_per_file})")
+        if self.max_line_bytes < 2**16:
+            raise ConfigError(f"max_line_bytes={self.max_line_bytes} is below 64 KiB; a document line needs more")
         if self.carry_dtype not in DTYPES:
             raise ConfigError(f"carry_dtype {self.carry_dtype!r} is not one of {list(DTYPES)}")
 

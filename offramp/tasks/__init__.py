@@ -6,6 +6,9 @@ cached per worker process)."""
 
 from __future__ import annotations
 
+import logging
+
+import numpy as np
 import pyarrow as pa
 
 from offramp import schema
@@ -15,6 +18,7 @@ from offramp.tasks.sequence import SequenceTask
 from offramp.tasks.token import TokenTask
 from offramp.text.tokenize import load_tokenizer
 
+logger = logging.getLogger(__name__)
 TASKS: dict[str, type[Task]] = {"sequence": SequenceTask, "token": TokenTask}
 
 
@@ -31,10 +35,34 @@ def tokenize_step(batch: dict, task: str, model_dir: str, max_length: int, id_co
     """Ray Data task: statuses, token ids, the audit sample and the task's state columns. The
     input columns in `drop` (the raw text, once tokenized) do not ride through the stages."""
     audit = schema.audit_mask(batch[id_column], audit_fraction, audit_seed) if audit_fraction > 0 else None
-    out = get_task(task).tokenize(batch, load_tokenizer(model_dir), max_length, audit, **kwargs)
+    tokenizer, kind = load_tokenizer(model_dir), get_task(task)
+    out = mark_rows_that_raise(lambda b, a: kind.tokenize(b, tokenizer, max_length, a, **kwargs), batch, audit, id_column)
     for column in drop:
         out.pop(column, None)
     return out
+
+
+def mark_rows_that_raise(step, batch: dict, audit, id_column: str) -> dict:
+    """`step(batch, audit)`; when it raises, find the rows that make it raise alone, give them
+    status error (the log names each row and its error) and run the batch again without them.
+    An error that is not any one row's (none raises alone, or all of several do) fails the
+    block: Ray Data retries it, then counts it against max_errored_blocks."""
+    try:
+        return step(batch, audit)
+    except Exception:
+        n = schema.batch_rows(batch)
+        bad = []
+        for i in range(n):
+            try:
+                step({c: v[i:i + 1] for c, v in batch.items()}, None if audit is None else audit[i:i + 1])
+            except Exception as e:  # this row alone raises
+                bad.append(i)
+                logger.warning("row %r: tokenizing raised %r; written with status %r", batch[id_column][i], e, schema.ERROR)
+        if not bad or (len(bad) == n > 1):
+            raise
+        status = np.array(batch.get(schema.READ_STATUS, [""] * n), dtype=object)
+        status[bad] = schema.ERROR
+        return step({**batch, schema.READ_STATUS: status}, audit)
 
 
 def finalize_step(batch: dict, task: str, labels: list[str], id_column: str, keep: list[str],

@@ -133,6 +133,8 @@ def common_output(batch: dict, id_column: str, keep: list[str], keep_types: dict
     out["num_tokens"] = pa.array(batch[schema.NUM_TOKENS], type=pa.int32())
     for c in keep:
         out[c] = arrow_column(batch[c], keep_types.get(c))
+    if schema.SOURCE_ROW in batch:  # read by pipelines.read (a dataset a team built has none)
+        out[schema.SOURCE_ROW] = pa.array(batch[schema.SOURCE_ROW].tolist(), type=pa.string())
     return out
 
 
@@ -144,7 +146,7 @@ def fresh_columns(n: int, spec: dict) -> dict:
 
 def check_no_clash(cfg: TagConfig, task: Task) -> None:
     """Passthrough columns may not overwrite an output column."""
-    taken = set(task.output_names()) | {cfg.id_column, task.gold_column}
+    taken = set(task.output_names()) | {cfg.id_column, task.gold_column, schema.SOURCE_ROW}
     clash = [c for c in cfg.passthrough_columns if c in taken]
     if clash:
         raise ConfigError(f"passthrough column(s) {clash} collide with output columns {sorted(taken - {None})}; rename them")

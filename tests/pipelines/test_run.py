@@ -133,7 +133,7 @@ def test_bad_rows_get_a_status_never_a_crash(tmp_path, model_dir):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "README.md").write_text("# not a document\n")  # read as rows before: only .jsonl files are
-    (corpus / "old.jsonl.gz").write_bytes(b"\x1f\x8b not read either")
+    (corpus / "cut.jsonl.gz").write_bytes(b"\x1f\x8b not gzip inside")  # a damaged compressed file
     path = corpus / "in.jsonl"
     lines = [json.dumps({"id": f"ok{i}", "text": t}).encode() for i, t in enumerate(TEXTS[:6])]
     lines += [
@@ -149,8 +149,9 @@ def test_bad_rows_get_a_status_never_a_crash(tmp_path, model_dir):
     cfg = config(tmp_path, str(corpus), model_dir, num_stages=1, stages=(), output=f"file://{tmp_path}/out")
     result = run_tagging(cfg)
     out = read(str(tmp_path / "out")).set_index("id")
-    assert len(out) == 12 and result.metrics["rows"] == 12
+    assert len(out) == 13 and result.metrics["rows"] == 13 and result.rows_in == 13 and result.complete
     status = out["status"].to_dict()
+    assert status["cut.jsonl.gz:1"] == "undecodable"  # the damaged file is one visible row, not a crash
     assert status["null"] == "null" and status["empty"] == "empty" and status["number"] == "undecodable"
     # lines that are not JSON or not UTF-8 cannot name their id: they are keyed file:line
     assert status["in.jsonl:10"] == "undecodable" and status["in.jsonl:11"] == "undecodable"
