@@ -486,14 +486,21 @@ def job_command(corpus: str, model: str, out: str, work: str, rows_per_output_fi
 SUMMARY = re.compile(r"tagged (\d+) rows .*?; ([\d.]+) docs/s, mean layers ([\d.]+).*?(?:mlflow run (\w+))?$", re.M)
 
 
-def run_job(cmd: list[str], log_path: str, interval: float, pss_every: float) -> dict:
-    """Run the job, sampling its processes; return exit status, wall time, the summary line's figures."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+def run_job(cmd: list[str], log_path: str, interval: float, pss_every: float, env_extra: dict | None = None,
+            stop_after: float = 0) -> dict:
+    """Run the job, sampling its processes; return exit status, wall time, the summary line's figures.
+    `stop_after` > 0: terminate it after that many seconds (a partial run, to compare the first
+    minutes of two settings)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **(env_extra or {}))
     with open(log_path, "w") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         with RaySampler(proc.pid, interval, pss_every) as sampler:
-            status = proc.wait()
+            try:
+                status = proc.wait(timeout=stop_after or None)
+            except subprocess.TimeoutExpired:
+                proc.terminate()  # the driver shuts its embedded Ray down
+                status = proc.wait()
         wall = time.perf_counter() - t0
     with open(log_path, errors="replace") as f:
         text = f.read()
@@ -548,11 +555,16 @@ def measure(rows: int, args, gz_every: int) -> dict:
     manifest = generate_corpus(rows, corpus, args.rows_per_file, args.seed, gz_every)
     print(f"[{rows}] corpus {corpus}: {manifest['files']} files ({manifest['gz_files']} gzipped), "
           f"{manifest['bytes'] / MiB:.0f} MiB, ready in {time.perf_counter() - t0:.0f} s", flush=True)
-    out = os.path.join(args.work, "out", str(rows))
+    env_extra = dict(kv.split("=", 1) for kv in args.env)
+    tag = "_".join(f"{k}={v}" for k, v in env_extra.items()) + (f"_stop{args.stop_after:g}" if args.stop_after else "")
+    name = f"{rows}_{tag}" if tag else str(rows)  # a variant never overwrites the plain run's output or log
+    out = os.path.join(args.work, "out", name)
     os.makedirs(os.path.join(args.work, "logs"), exist_ok=True)
     cmd = job_command(corpus, args.model_dir, out, args.work, args.rows_per_output_file, args.job_args)
     print(f"[{rows}] running: {' '.join(cmd)}", flush=True)
-    job, sampler = run_job(cmd, os.path.join(args.work, "logs", f"job_{rows}.log"), args.interval, args.pss_every)
+    job, sampler = run_job(cmd, os.path.join(args.work, "logs", f"job_{name}.log"), args.interval, args.pss_every,
+                           env_extra, args.stop_after)
+    job.update(env=env_extra, stopped_after_s=args.stop_after or None)
     print(f"[{rows}] job exit {job['status']} in {job['job_wall_s']:.0f} s", flush=True)
     if job.get("run_id"):
         job["mlflow"] = mlflow_metrics(args.work, job["run_id"])
@@ -578,7 +590,7 @@ def measure(rows: int, args, gz_every: int) -> dict:
         processes=sampler.pids(), processes_at_rss_peak=peak.get("processes"),
         samples=len(sampler.samples),
     )
-    with open(os.path.join(RESULTS, f"scale_timeseries_{rows}.json"), "w") as f:
+    with open(os.path.join(os.path.dirname(args.out), f"{os.path.basename(args.out)[:-5]}_timeseries_{rows}.json"), "w") as f:
         json.dump(dict(rows=rows, interval_s=args.interval, series=sampler.timeseries()), f)
     return result
 
@@ -623,6 +635,16 @@ def markdown(results: list[dict], proj: dict | None, command: str) -> str:
         lines.append(f"| {r['rows']:,} | {c['files']} ({c['gz_files']}) | {r['job']['job_wall_s']:.0f} | {dps} | {gib(r['peak_driver_rss'])} "
                      f"| {gib(r['peak_ray_rss_sum'])} | {gib(r['peak_ray_pss_sum'])} | {gib(r['peak_plasma_pages'])} / {gib(r['peak_store_used'])} "
                      f"| {files} | {sizes} | {same} |")
+    lines += ["", "What the summed RSS is made of at its peak (GiB): anonymous memory is each process's own; file-backed "
+              "pages (torch and other libraries) and shared-memory pages (the object store's, in every process that "
+              "wrote or read them) are counted once per process that maps them. PSS splits shared pages among their users; "
+              "the object store's physical pages are counted once.", "",
+              "| rows | processes | RSS sum | anonymous | file-backed | shared memory (object store pages, per process) "
+              "| object store pages, physical | PSS sum (same moment) |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        a = r["at_rss_peak"]
+        lines.append(f"| {r['rows']:,} | {r.get('processes_at_rss_peak', '–')} | {gib(a['rss'])} | {gib(a['anon'])} | {gib(a['file'])} "
+                     f"| {gib(a['shmem'])} | {gib(a['plasma'])} | {gib(a['pss'])} |")
     groups = sorted({g for r in results for g in r["group_peaks"]}, key=lambda g: -max(r["group_peaks"].get(g, 0) for r in results))
     lines += ["", "Peak RSS by process group (GiB; each group's own peak over the run; at the moment of the summed-RSS peak in brackets):", "",
               "| group | " + " | ".join(f"{r['rows']:,}" for r in results) + " |", "|---|" + "---|" * len(results)]
@@ -651,7 +673,17 @@ def main():
     p.add_argument("--out", default=os.path.join(RESULTS, "scale.json"))
     p.add_argument("--no-keep", dest="keep", action="store_false", help="drop the sizes --out holds from earlier runs")
     p.add_argument("job_args", nargs="*", help="after --: extra arguments for jobs/tag_corpus.py (e.g. --set ray.num_cpus=4)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment for the job, e.g. RAY_DATA_OBJECT_STORE_MEMORY_LIMIT_FRACTION=0.05 (repeatable)")
+    p.add_argument("--stop-after", type=float, default=0, help="terminate the job after this many seconds (a partial run)")
+    p.add_argument("--render-only", action="store_true", help="rewrite scale.md from --out's JSON; run nothing")
     args = p.parse_args()
+    if args.render_only:
+        with open(args.out) as f:
+            doc = json.load(f)
+        with open(args.out[:-5] + ".md", "w") as f:
+            f.write(markdown(doc["results"], doc["projection_10m"], doc["command"]))
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.work = os.path.abspath(args.work)
     os.makedirs(args.work, exist_ok=True)
@@ -691,6 +723,8 @@ def git_state() -> str:
 def save(results: list[dict], args, gz: bool) -> None:
     command = "python benchmarks/bench_scale.py --sizes " + " ".join(str(r["rows"]) for r in results) + \
         ("" if args.work == "/tmp/offramp_scale" else f" --work {args.work}") + \
+        "".join(f" --env {e}" for e in args.env) + (f" --stop-after {args.stop_after:g}" if args.stop_after else "") + \
+        ("" if args.out == os.path.join(RESULTS, "scale.json") else f" --out {os.path.relpath(args.out, REPO)}") + \
         (" -- " + " ".join(args.job_args) if args.job_args else "")
     proj = projection(results)
     doc = dict(command=command, reader_takes_gzip=gz, max_rows_per_file_key=config_field_path("max_rows_per_file"),

@@ -177,7 +177,6 @@ def write_manifest(cfg: TagConfig, started: dict, result, run_id: str | None, tr
         "mlflow": {"run_id": run_id, "tracking_uri": tracking_uri},
     }
     _write_json(fs, f"{root}/{MANIFEST}", doc)
-    for name in (CHECKPOINT,):
-        if fs.get_file_info(f"{root}/{name}").type != pafs.FileType.NotFound:
-            fs.delete_dir(f"{root}/{name}")
+    if fs.get_file_info(f"{root}/{CHECKPOINT}").type != pafs.FileType.NotFound:  # no longer needed
+        fs.delete_dir(f"{root}/{CHECKPOINT}")
     return doc

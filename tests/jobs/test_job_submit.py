@@ -31,11 +31,15 @@ def free_port() -> int:
 @pytest.fixture
 def head(tmp_path):
     port, dash = free_port(), free_port()
+    # the agents' fixed default ports may be held by another Ray on this machine (its agent then
+    # never registers: "No available agent to submit job"): give each a free one
+    agents = [f"--{flag}={free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                      "runtime-env-agent-port", "metrics-export-port")]
     # as with an activated virtualenv: the job's `python` is the one the head runs with
     env = {**os.environ, "RAY_ADDRESS": "", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     start = subprocess.run(
         [RAY, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=8",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--disable-usage-stats"],
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--disable-usage-stats", *agents],
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert start.returncode == 0, start.stderr[-3000:]
@@ -50,7 +54,7 @@ def test_tag_corpus_under_ray_job_submit(head, tmp_path, model_dir, corpus_parqu
     env.pop("MLFLOW_TRACKING_URI", None)
     uri = f"sqlite:///{tmp_path}/mlflow.db"  # absolute: the job's working directory is Ray's temporary copy
     runtime_env = {"excludes": [".venv", ".git", "mlflow.db", "demo"], "env_vars": {"MLFLOW_TRACKING_URI": uri}}
-    for _ in range(6):  # a loaded machine starts the head's job agent late; Ray says "try again later"
+    for _ in range(18):  # a loaded machine starts the head's job agent late; Ray says "try again later"
         r = subprocess.run(
             [RAY, "job", "submit", "--address", head, "--working-dir", ".",
              "--runtime-env-json", json.dumps(runtime_env), "--",
@@ -58,7 +62,7 @@ def test_tag_corpus_under_ray_job_submit(head, tmp_path, model_dir, corpus_parqu
              "--output", str(out), "--num-stages", "2", "--set", "max_length=64"],
             cwd=REPO, capture_output=True, text=True, env=env, timeout=900,
         )
-        if "No available agent to submit job" not in r.stderr:
+        if "No available agent to submit job" not in r.stdout + r.stderr:
             break
         time.sleep(10)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
@@ -66,6 +70,8 @@ def test_tag_corpus_under_ray_job_submit(head, tmp_path, model_dir, corpus_parqu
     assert f"tagged {len(TEXTS)} rows" in r.stdout
     table = pq.read_table(out)
     assert table.num_rows == len(TEXTS) and len(set(table["id"].to_pylist())) == len(TEXTS)
+    manifest = json.loads((out / "_manifest.json").read_text())  # complete, and says so
+    assert manifest["rows_in"] == manifest["rows_out"] == len(TEXTS)
     # the run is in the store the job was given, not lost with Ray's working directory
     runs = mlflow.MlflowClient(uri).search_runs([mlflow.MlflowClient(uri).get_experiment_by_name("offramp-tag").experiment_id])
     assert len(runs) == 1 and runs[0].data.metrics["rows"] == len(TEXTS)
