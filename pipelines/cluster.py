@@ -199,7 +199,7 @@ def node_reports(expected: Expected, nodes: dict[str, str]) -> dict[str, dict[st
             logger.warning("could not check the run's paths on node %s: %s", refs[ref], e)
     for ref in pending:
         logger.warning("node %s did not answer the path check in %.0f s; not checked", refs[ref], PROBE_TIMEOUT_S)
-        ray.cancel(ref, force=True)
+        ray.cancel(ref)
     return reports
 
 

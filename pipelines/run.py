@@ -25,6 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy, DataContext
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.collector import MetricsCollector
 from actors.stage import StageActor
@@ -38,7 +39,7 @@ from offramp.quality.metrics import add_counts
 from offramp.tasks import Task, finalize_step, get_task, tokenize_step
 from offramp.tasks.base import check_no_clash
 from pipelines.cluster import check_paths_on_nodes
-from pipelines import output as run_output
+import pipelines.output as run_output
 from pipelines.read import check_columns, check_format, corpus_source, detect_format, input_schema, kept_types, read_corpus
 from pipelines.storage import filesystem
 
@@ -205,19 +206,22 @@ def init_ray(cfg: RayConfig) -> None:
         ray.init(address=cfg.address or os.environ["RAY_ADDRESS"], log_to_driver=True)
 
 
-def check_cluster_fits(planned: list[PlannedStage], cfg: RayConfig) -> None:
+def check_cluster_fits(planned: list[PlannedStage], cfg: RayConfig, resume: bool = False) -> None:
     """Fail at start when the stage actors' minimum reservations leave no CPU for the read,
     tokenize and write tasks (1 CPU at a time) or ask for more GPUs than the cluster has: Ray
-    Data would otherwise wait forever with every actor up and no input reaching it."""
+    Data would otherwise wait forever with every actor up and no input reaching it. A resumed
+    run also has Ray Data's checkpoint filter actor (1 CPU)."""
     if cfg.autoscaling:
         return
     have = ray.cluster_resources()
     cpus = sum(p.min_actors * p.num_cpus for p in planned)
     gpus = sum(p.min_actors * p.num_gpus for p in planned)
-    if cpus + 1 > have.get("CPU", 0) or gpus > have.get("GPU", 0):
+    extra = 2 if resume else 1
+    if cpus + extra > have.get("CPU", 0) or gpus > have.get("GPU", 0):
         raise ConfigError(
             f"the stage actors reserve {cpus:g} CPUs and {gpus:g} GPUs ({len(planned)} stages, "
-            f"min_actors x num_cpus / num_gpus each) plus 1 CPU for reading, tokenizing and writing, "
+            f"min_actors x num_cpus / num_gpus each) plus {extra} CPU for reading, tokenizing and writing"
+            f"{' and the resume checkpoint filter' if resume else ''}, "
             f"but the Ray cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs: "
             "use fewer stages (--num-stages), give each stage less (`stages:` with num_cpus: 0.5), "
             "or add nodes (an embedded local Ray: raise ray.num_cpus; an autoscaling cluster: set "
@@ -298,11 +302,14 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
     info, task = plan.info, plan.task
     init_ray(cfg.ray)
     check_paths_on_nodes(cfg)  # a multi-node cluster: every node sees the model, input and output
-    check_cluster_fits(plan.stages, cfg.ray)
+    check_cluster_fits(plan.stages, cfg.ray, cfg.resume)
     started = run_output.start(cfg, run_output.model_digest(info.path))
     log_stage_plan(plan.stages)
     name = f"offramp-collector-{uuid.uuid4().hex[:12]}"  # the reader finds it by name
-    collector = ray.remote(num_cpus=0)(MetricsCollector).options(name=name).remote()
+    # on the driver's node: the run cannot outlive that node, and a collector on a worker node
+    # that dies would fail every stage and read that reports to it
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    collector = ray.remote(num_cpus=0)(MetricsCollector).options(name=name, scheduling_strategy=here).remote()
     source = corpus_source(cfg, task, report=name)
     done_before = run_output.rows_checkpointed(cfg)
     t0 = time.perf_counter()
