@@ -1,40 +1,45 @@
 """Scale benchmark (issue 14): the real tagging job over a 100k / 1M / 5M-row corpus of many files.
 
     .venv/bin/python benchmarks/bench_scale.py --sizes 100000 1000000 [--work /tmp/offramp_scale] [-- --set KEY=VALUE ...]
+    .venv/bin/python benchmarks/bench_scale.py --sizes 5000000          # adds a row to scale.json/scale.md
+    .venv/bin/python benchmarks/bench_scale.py --sizes 1000000 --env RAY_DATA_OBJECT_STORE_MEMORY_LIMIT_FRACTION=0.05 \
+        --stop-after 900 --out benchmarks/results/scale_bounded.json    # a variant, its first 15 minutes
 
 What is measured, and why:
 
-* The corpus is generated once per size into WORK/corpus/<rows>_<kind>/ and reused: JSONL files of
-  `--rows-per-file` rows (every `--gzip-every`-th file gzipped when the reader accepts `.jsonl.gz`).
-  Every row is a real Debian package description from ../shared/data/debian_sections drawn at
-  random (seeded); CONCAT_SHARE of rows get a second description appended, so the length tail
-  (and truncation) is real too. Generation streams one file at a time: 5M rows need no more
-  memory than 100k.
+* The corpus is generated once per size into WORK/corpus/<rows>_<kind>/ and reused (its manifest
+  beside it): JSONL files of `--rows-per-file` rows, every `--gzip-every`-th one gzipped when the
+  reader accepts `.jsonl.gz` (probed, not assumed). Every row is a real Debian package description
+  from ../shared/data/debian_sections drawn at random (seeded); CONCAT_SHARE of rows get a second
+  description appended, so the length tail (and truncation) is real too. Generation streams one
+  file at a time: 5M rows need no more memory than 100k (~400 MiB).
 * The model is a tiny random early-exit BERT (4 layers, hidden 32, the MiniLM tokenizer, the 30
   section labels) with entropy thresholds that make rows leave at every layer, so the run
   measures the pipeline (read, tokenize, stage actors, finalize, write, metrics), not a model.
-* The job is the real one, `jobs/tag_corpus.py`, run as a subprocess (embedded local Ray).
-  While it runs, a thread samples every `--interval` s, for the job process and every one of
-  its descendants (raylet, gcs_server, agents, every Ray worker):
-    - RSS (VmRSS), split into anonymous, file-backed and shared-memory pages (/proc/PID/status),
-      and PSS (/proc/PID/smaps_rollup). Summed RSS is what the issue reported; it counts a page
-      once per process that maps it (each worker's torch libraries, the plasma pages a worker
-      reads), so it overstates physical memory. Summed PSS splits every shared page among its
-      users: it is the physical memory the job's processes hold.
+* The job is the real one, `jobs/tag_corpus.py`, run as a subprocess (embedded local Ray), with
+  max_rows_per_file when the config has it. While it runs, a thread samples the job process and
+  every one of its descendants (raylet, gcs_server, agents, every Ray worker):
+    - every `--interval` s, RSS (VmRSS) split into anonymous, file-backed and shared-memory pages
+      (/proc/PID/status); every `--pss-every` s, PSS (/proc/PID/smaps_rollup, costly to read).
+      Summed RSS is what the issue reported; it counts a page once per process that maps it
+      (each worker's torch libraries, the object store pages a worker wrote or read), so it
+      overstates physical memory. Summed PSS splits every shared page among its users: it is
+      the physical memory the job's processes hold.
     - each process's kind: driver, raylet, gcs_server, the agents, and for Ray workers their
       process title (`ray::MapWorker(MapBatches(StageActor))`, a read or map task, `ray::IDLE`).
   The object store is measured two ways: the physical pages of the plasma file (the raylet's
-  open /dev/shm/plasma* file, st_blocks: what it holds in RAM, every 0.5 s) and Ray's own
-  accounting, object_store_memory total - available and bytes spilled, from the raylet's
-  debug_state.txt (rewritten every ~10 s).
+  open /dev/shm/plasma* file, st_blocks: what it holds in RAM) and Ray's own accounting,
+  object_store_memory total - available and bytes spilled, from the raylet's debug_state.txt
+  (rewritten every ~10 s).
 * docs/s is the job's own figure (rows / wall time of the Ray Data write), read back from its
   MLflow run (a store in WORK); the job's end-to-end wall time (Ray start, metrics, MLflow) too.
 * The output is checked from Parquet footers: file count, min/max/total size, rows, and the
-  number of distinct ids (exactly one output row per input row).
+  number of distinct ids (exactly one output row per input row); the job's _manifest.json too.
 
-Results: benchmarks/results/scale.json and scale.md (a table per size, the memory breakdown by
-process kind, and a linear projection to 10M rows), plus scale_timeseries_<rows>.json (the
-samples, by kind, every 2 s) to see what grows during a run.
+Results: OUT (benchmarks/results/scale.json) and OUT.md (a table per size, what the summed RSS
+is made of at its peak, the peak by process group, a linear projection to 10M rows), plus
+OUT_timeseries_<rows>.json (the samples by process kind, every 2 s) to see what grows during a
+run. Sizes measured by earlier invocations stay in OUT unless --no-keep.
 """
 
 from __future__ import annotations

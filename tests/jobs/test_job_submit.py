@@ -1,7 +1,9 @@
 """`ray job submit` of the tagging job to a local `ray start --head`, as a team runs it nightly."""
 
+import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -9,6 +11,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -44,7 +47,24 @@ def head(tmp_path):
     )
     assert start.returncode == 0, start.stderr[-3000:]
     yield f"http://127.0.0.1:{dash}"
-    subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+    stop_cluster(port)
+
+
+def stop_cluster(port: int) -> None:
+    """Stop this head's processes only (`ray stop` would stop every Ray on the machine): those
+    of its session, found from its GCS server's command line, or naming its GCS address."""
+    procs = list(psutil.process_iter(["cmdline"]))
+    cmd = lambda p: " ".join(p.info["cmdline"] or [])  # noqa: E731
+    gcs = [cmd(p) for p in procs if "gcs_server" in cmd(p) and f"--gcs_server_port={port}" in cmd(p)]
+    session = re.search(r"(session_[0-9_-]+)", gcs[0]).group(1) if gcs else None
+    ours = [p for p in procs if (session and session in cmd(p)) or f"127.0.0.1:{port}" in cmd(p)]
+    for p in ours:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(ours, timeout=30)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 def test_tag_corpus_under_ray_job_submit(head, tmp_path, model_dir, corpus_parquet):
