@@ -18,6 +18,7 @@ import ray
 
 from offramp.config import AuditConfig, ConfigError, MlflowConfig, RayConfig, TagConfig
 from pipelines import run_tagging
+from pipelines.output import write_manifest
 from pipelines.storage import check_bucket, filesystem
 from tests.s3_server import free_port, s3_server  # noqa: F401  (s3_server: a fixture)
 
@@ -103,6 +104,16 @@ def test_parquet_on_s3_tagged_to_s3_gives_the_local_runs_labels(tmp_path, model_
     out = read_s3(s3_server, "out/parquet")
     assert_like_the_local_run(out, uploaded, local_run)
     assert result.metrics["rows"] == out.num_rows  # the driver read the output back from the store
+    # the run's record and Ray Data's checkpoints live in the bucket too; the manifest goes last
+    fs, root = s3_server.filesystem(), f"{s3_server.bucket}/out/parquet"
+    assert result.complete and result.rows_in == out.num_rows
+    assert fs.get_file_info(f"{root}/_checkpoint").type == pafs.FileType.Directory
+    write_manifest(cfg, result.started, result, None, None)
+    with fs.open_input_stream(f"{root}/_manifest.json") as f:
+        manifest = json.loads(f.read())
+    assert manifest["rows_out"] == manifest["rows_in"] == out.num_rows
+    assert fs.get_file_info(f"{root}/_checkpoint").type == pafs.FileType.NotFound
+    assert read_s3(s3_server, "out/parquet").num_rows == out.num_rows  # readers skip the _ files
 
 
 def test_existing_s3_output_is_refused_unless_overwrite(tmp_path, model_dir, s3_server, uploaded, local_run):  # noqa: F811
