@@ -488,7 +488,7 @@ def job_command(corpus: str, model: str, out: str, work: str, rows_per_output_fi
     return cmd + list(extra)
 
 
-SUMMARY = re.compile(r"tagged (\d+) rows .*?; ([\d.]+) docs/s, mean layers ([\d.]+).*?(?:mlflow run (\w+))?$", re.M)
+SUMMARY = re.compile(r"tagged (\d+) rows .*?; ([\d.]+) docs/s, mean layers ([\d.]+).*?(?:mlflow run (\w+))?$", re.MULTILINE)
 
 
 def run_job(cmd: list[str], log_path: str, interval: float, pss_every: float, env_extra: dict | None = None,
@@ -604,20 +604,38 @@ def measure(rows: int, args, gz_every: int) -> dict:
 
 
 def projection(results: list[dict], target: int = 10_000_000) -> dict | None:
-    """A straight line through the two largest measured sizes, evaluated at `target` rows (time
-    and each memory peak). Two points fit any line: it says what the slope implies, not that
-    growth is linear."""
-    ok = sorted((r for r in results if r["job"]["status"] == 0), key=lambda r: r["rows"])
-    if len(ok) < 2:
+    """What `target` rows would need, from the measured runs (estimates, said how):
+    - time: the largest run's rate (its docs/s) plus its fixed cost (job wall minus pipeline wall);
+      a line through two runs' walls would carry their different machine loads into the slope;
+    - memory, a straight line through the two largest runs (peak driver RSS, summed RSS, summed PSS,
+      object store pages);
+    - memory, capped: the part that grows is the tokenized backlog in the object store, and Ray Data
+      stops reading ahead once its object store budget (RAY_DATA_OBJECT_STORE_MEMORY_LIMIT_FRACTION of
+      the store, default 0.5) is full; past that many rows it stays there. The summed RSS counts
+      each backlog page several times (shared memory / physical pages, measured at the peak)."""
+    ok = sorted((r for r in results if r["job"]["status"] == 0 and r["docs_per_s"]), key=lambda r: r["rows"])
+    if not ok:
         return None
-    a, b = ok[-2], ok[-1]
-    out = {"from_rows": [a["rows"], b["rows"]], "rows": target}
-    for key in ("job_wall_s", "peak_driver_rss", "peak_ray_rss_sum", "peak_ray_pss_sum", "peak_plasma_pages"):
-        ya = a["job"][key] if key == "job_wall_s" else a[key]
-        yb = b["job"][key] if key == "job_wall_s" else b[key]
-        slope = (yb - ya) / (b["rows"] - a["rows"])
-        out[key] = yb + slope * (target - b["rows"])
-        out[key + "_per_million_rows"] = slope * 1e6
+    b = ok[-1]
+    pipeline_s = b["rows"] / b["docs_per_s"]
+    out = {"rows": target, "rate_from_rows": b["rows"], "docs_per_s": b["docs_per_s"],
+           "job_wall_s": b["job"]["job_wall_s"] - pipeline_s + target / b["docs_per_s"]}
+    if len(ok) >= 2:
+        a = ok[-2]
+        out["line_from_rows"] = [a["rows"], b["rows"]]
+        for key in ("peak_driver_rss", "peak_ray_rss_sum", "peak_ray_pss_sum", "peak_plasma_pages"):
+            slope = (b[key] - a[key]) / (b["rows"] - a["rows"])
+            out[key] = b[key] + slope * (target - b["rows"])
+            out[key + "_per_million_rows"] = slope * 1e6
+    fraction = float(b["job"].get("env", {}).get("RAY_DATA_OBJECT_STORE_MEMORY_LIMIT_FRACTION", 0.5))
+    if b.get("plasma_capacity") and b["peak_plasma_pages"]:
+        budget = fraction * b["plasma_capacity"]
+        per_row = b["peak_plasma_pages"] / b["rows"]
+        grow = max(0.0, min(budget, per_row * target) - b["peak_plasma_pages"])
+        counted = (b["at_rss_peak"]["shmem"] or 0) / max(b["at_rss_peak"]["plasma"] or 1, 1)
+        out["capped"] = dict(budget_bytes=budget, backlog_bytes_per_row=per_row, rows_to_fill_budget=budget / per_row,
+                             plasma_pages=b["peak_plasma_pages"] + grow, pss_sum=b["peak_ray_pss_sum"] + grow,
+                             shmem_counted_per_physical_page=counted, rss_sum=b["peak_ray_rss_sum"] + counted * grow)
     return out
 
 
@@ -625,43 +643,83 @@ def gib(x) -> str:
     return "–" if x is None else f"{x / GiB:.2f}"
 
 
-def markdown(results: list[dict], proj: dict | None, command: str) -> str:
-    """The tables of scale.md (and of BENCHMARKS.md's section)."""
-    lines = [f"Command: `{command}`", "",
-             "| rows | input files (gz) | job wall s | docs/s | peak driver RSS GiB | peak Ray RSS sum GiB "
-             "| peak Ray PSS sum GiB | object store peak GiB (pages / Ray used) | output files | output file MiB min / max / total | rows out = in |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+def table(header: list[str], rows: list[list]) -> list[str]:
+    """Markdown table lines."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+
+
+def results_table(results: list[dict]) -> list[str]:
+    """One line per size: speed, memory peaks, output files, rows in = rows out."""
+    rows = []
     for r in results:
         o, c = r["output"], r["corpus"]
-        files = f"{o['files']}" if o else "–"
-        sizes = f"{o['min_file_bytes'] / MiB:.2f} / {o['max_file_bytes'] / MiB:.2f} / {o['total_bytes'] / MiB:.1f}" if o else "–"
-        same = (f"yes ({o['rows']:,})" if r["rows_in_equals_rows_out"] else f"NO ({o['rows']:,} rows, {o['distinct_ids']:,} ids)") if o else f"job exit {r['job']['status']}"
-        dps = f"{r['docs_per_s']:.0f}" if r["docs_per_s"] else "–"
-        lines.append(f"| {r['rows']:,} | {c['files']} ({c['gz_files']}) | {r['job']['job_wall_s']:.0f} | {dps} | {gib(r['peak_driver_rss'])} "
-                     f"| {gib(r['peak_ray_rss_sum'])} | {gib(r['peak_ray_pss_sum'])} | {gib(r['peak_plasma_pages'])} / {gib(r['peak_store_used'])} "
-                     f"| {files} | {sizes} | {same} |")
-    lines += ["", "What the summed RSS is made of at its peak (GiB): anonymous memory is each process's own; file-backed "
-              "pages (torch and other libraries) and shared-memory pages (the object store's, in every process that "
-              "wrote or read them) are counted once per process that maps them. PSS splits shared pages among their users; "
-              "the object store's physical pages are counted once.", "",
-              "| rows | processes | RSS sum | anonymous | file-backed | shared memory (object store pages, per process) "
-              "| object store pages, physical | PSS sum (same moment) |", "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        a = r["at_rss_peak"]
-        lines.append(f"| {r['rows']:,} | {r.get('processes_at_rss_peak', '–')} | {gib(a['rss'])} | {gib(a['anon'])} | {gib(a['file'])} "
-                     f"| {gib(a['shmem'])} | {gib(a['plasma'])} | {gib(a['pss'])} |")
-    groups = sorted({g for r in results for g in r["group_peaks"]}, key=lambda g: -max(r["group_peaks"].get(g, 0) for r in results))
-    lines += ["", "Peak RSS by process group (GiB; each group's own peak over the run; at the moment of the summed-RSS peak in brackets):", "",
-              "| group | " + " | ".join(f"{r['rows']:,}" for r in results) + " |", "|---|" + "---|" * len(results)]
-    for g in groups:
-        lines.append(f"| {g} | " + " | ".join(f"{gib(r['group_peaks'].get(g))} ({gib(r['at_rss_peak']['by_group'].get(g, 0))})" for r in results) + " |")
+        if o:
+            sizes = f"{o['min_file_bytes'] / MiB:.2f} / {o['max_file_bytes'] / MiB:.2f} / {o['total_bytes'] / MiB:.1f}"
+            same = f"yes ({o['rows']:,})" if r["rows_in_equals_rows_out"] else f"NO ({o['rows']:,} rows, {o['distinct_ids']:,} ids)"
+        else:
+            sizes, same = "–", f"job exit {r['job']['status']}"
+        rows.append([f"{r['rows']:,}", f"{c['files']} ({c['gz_files']})", f"{r['job']['job_wall_s']:.0f}",
+                     f"{r['docs_per_s']:.0f}" if r["docs_per_s"] else "–", gib(r["peak_driver_rss"]), gib(r["peak_ray_rss_sum"]),
+                     gib(r["peak_ray_pss_sum"]), f"{gib(r['peak_plasma_pages'])} / {gib(r['peak_store_used'])}",
+                     o["files"] if o else "–", sizes, same])
+    return table(["rows", "input files (gz)", "job wall s", "docs/s", "peak driver RSS GiB", "peak Ray RSS sum GiB",
+                  "peak Ray PSS sum GiB", "object store peak GiB (pages / Ray used)", "output files",
+                  "output file MiB min / max / total", "rows out = in"], rows)
+
+
+def composition_table(results: list[dict]) -> list[str]:
+    """What the summed RSS is made of at its peak."""
+    intro = ("What the summed RSS is made of at its peak (GiB): anonymous memory is each process's own; file-backed "
+             "pages (torch and other libraries) and shared-memory pages (the object store's, in every process that "
+             "wrote or read them) are counted once per process that maps them. PSS splits shared pages among their "
+             "users; the object store's physical pages are counted once.")
+    rows = [[f"{r['rows']:,}", r.get("processes_at_rss_peak", "–"), *(gib(r["at_rss_peak"][k]) for k in
+             ("rss", "anon", "file", "shmem", "plasma", "pss"))] for r in results]
+    return [intro, ""] + table(["rows", "processes", "RSS sum", "anonymous", "file-backed",
+                                "shared memory (object store pages, per process)", "object store pages, physical",
+                                "PSS sum (same moment)"], rows)
+
+
+GROUP_NAMES = {"python": "forked, not yet exec'd (a copy of its parent, at start)"}
+
+
+def group_table(results: list[dict]) -> list[str]:
+    """Each process group's own peak, and its share of the summed-RSS peak."""
+    groups = sorted({g for r in results for g in r["group_peaks"]},
+                    key=lambda g: -max(r["group_peaks"].get(g, 0) for r in results))
+    rows = [[GROUP_NAMES.get(g, g), *(f"{gib(r['group_peaks'].get(g))} ({gib(r['at_rss_peak']['by_group'].get(g, 0))})"
+                                      for r in results)] for g in groups]
+    intro = ("Peak RSS by process group (GiB; each group's own peak over the run; at the moment of the summed-RSS "
+             "peak in brackets):")
+    return [intro, ""] + table(["group", *(f"{r['rows']:,}" for r in results)], rows)
+
+
+def projection_text(proj: dict) -> str:
+    """The 10M estimate in words (see `projection` for how each figure is made)."""
+    text = (f"Projected to {proj['rows']:,} rows: job wall {proj['job_wall_s'] / 3600:.1f} h at the "
+            f"{proj['rate_from_rows']:,}-row run's {proj['docs_per_s']:.0f} docs/s.")
+    if "line_from_rows" in proj:
+        per_m = {k: proj[k + "_per_million_rows"] / MiB for k in ("peak_driver_rss", "peak_ray_rss_sum", "peak_ray_pss_sum")}
+        text += (f" A straight line through {proj['line_from_rows'][0]:,} and {proj['line_from_rows'][1]:,} rows: "
+                 f"peak driver RSS {gib(proj['peak_driver_rss'])} GiB ({per_m['peak_driver_rss']:+.0f} MiB per million rows), "
+                 f"summed RSS {gib(proj['peak_ray_rss_sum'])} GiB ({per_m['peak_ray_rss_sum']:+.0f} MiB/M), "
+                 f"summed PSS {gib(proj['peak_ray_pss_sum'])} GiB ({per_m['peak_ray_pss_sum']:+.0f} MiB/M), "
+                 f"object store pages {gib(proj['peak_plasma_pages'])} GiB.")
+    c = proj.get("capped")
+    if c:
+        text += (f" With Ray Data's object store budget ({gib(c['budget_bytes'])} GiB here) capping the tokenized "
+                 f"backlog ({c['backlog_bytes_per_row']:.0f} B per row, full at {c['rows_to_fill_budget'] / 1e6:.1f}M rows): "
+                 f"object store pages {gib(c['plasma_pages'])} GiB, summed PSS {gib(c['pss_sum'])} GiB, summed RSS "
+                 f"{gib(c['rss_sum'])} GiB (each backlog page counted {c['shmem_counted_per_physical_page']:.1f} times).")
+    return text
+
+
+def markdown(results: list[dict], proj: dict | None, command: str) -> str:
+    """scale.md: the command, the results, the RSS composition, the groups, the 10M estimate."""
+    lines = [f"Command: `{command}`", "", *results_table(results), "", *composition_table(results), "",
+             *group_table(results)]
     if proj:
-        lines += ["", f"Projected to {proj['rows']:,} rows (a line through {proj['from_rows'][0]:,} and {proj['from_rows'][1]:,}): "
-                  f"job wall {proj['job_wall_s'] / 3600:.1f} h, peak driver RSS {gib(proj['peak_driver_rss'])} GiB "
-                  f"({proj['peak_driver_rss_per_million_rows'] / MiB:+.0f} MiB per million rows), peak Ray RSS sum "
-                  f"{gib(proj['peak_ray_rss_sum'])} GiB ({proj['peak_ray_rss_sum_per_million_rows'] / MiB:+.0f} MiB/M), "
-                  f"peak PSS sum {gib(proj['peak_ray_pss_sum'])} GiB ({proj['peak_ray_pss_sum_per_million_rows'] / MiB:+.0f} MiB/M), "
-                  f"object store pages {gib(proj['peak_plasma_pages'])} GiB."]
+        lines += ["", projection_text(proj)]
     return "\n".join(lines) + "\n"
 
 
@@ -703,7 +761,8 @@ def main():
         results[rows] = measure(rows, args, gz_every)
         results[rows]["measured"] = dict(at=time.strftime("%Y-%m-%d %H:%M:%S"), tree=git_state(), load_avg=os.getloadavg())
         save([results[k] for k in sorted(results)], args, gz)  # after every size: a long run that dies keeps what it measured
-    print(open(args.out[:-5] + ".md").read())
+    with open(args.out[:-5] + ".md") as f:
+        print(f.read())
 
 
 def earlier_results(path: str) -> dict[int, dict]:
@@ -718,18 +777,25 @@ def earlier_results(path: str) -> dict[int, dict]:
 def git_state() -> str:
     """The commit measured, and whether the working tree had changes."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True,
+                               check=False).stdout
         return head + (" + uncommitted changes" if dirty.strip() else "")
     except OSError:
         return "unknown"
+
+
+def shown_path(path: str) -> str:
+    """A path as the command line in scale.md shows it: relative inside the repository."""
+    path = os.path.abspath(path)
+    return os.path.relpath(path, REPO) if path.startswith(REPO + os.sep) else path
 
 
 def save(results: list[dict], args, gz: bool) -> None:
     command = "python benchmarks/bench_scale.py --sizes " + " ".join(str(r["rows"]) for r in results) + \
         ("" if args.work == "/tmp/offramp_scale" else f" --work {args.work}") + \
         "".join(f" --env {e}" for e in args.env) + (f" --stop-after {args.stop_after:g}" if args.stop_after else "") + \
-        ("" if args.out == os.path.join(RESULTS, "scale.json") else f" --out {os.path.relpath(args.out, REPO)}") + \
+        ("" if args.out == os.path.join(RESULTS, "scale.json") else f" --out {shown_path(args.out)}") + \
         (" -- " + " ".join(args.job_args) if args.job_args else "")
     proj = projection(results)
     doc = dict(command=command, reader_takes_gzip=gz, max_rows_per_file_key=config_field_path("max_rows_per_file"),
