@@ -21,11 +21,12 @@ class MetricsCollector:
     def files_read(self) -> dict[str, int]:
         return dict(self.files)
 
-    def record(self, stats) -> None:
-        t = self.totals[stats.stage]
+    def record(self, stats: dict) -> None:
+        """One batch's `offramp.exits.stage.StageBatchStats`, as a dict."""
+        t = self.totals[stats["stage"]]
         t["batches"] += 1
         for key in ("rows_in", "rows_exited", "tokens_in", "row_layers", "seconds", "audit_row_layers", "skipped_row_layers"):
-            t[key] += getattr(stats, key)
+            t[key] += stats[key]
 
     def summary(self) -> dict:
         return {stage: dict(v) for stage, v in self.totals.items()}

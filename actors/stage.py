@@ -9,6 +9,8 @@ collector. Unit-test it by calling it; the pipeline runs it under
 
 from __future__ import annotations
 
+import dataclasses
+
 import ray
 
 from offramp.exits.stage import StageSpec
@@ -24,5 +26,6 @@ class StageActor:
     def __call__(self, batch: dict) -> dict:
         out, stats = self.runner(batch)
         if self.collector is not None:
-            ray.get(self.collector.record.remote(stats))
+            # a plain dict: unpickling the dataclass would import torch into the collector (0.45 GiB)
+            ray.get(self.collector.record.remote(dataclasses.asdict(stats)))
         return out
