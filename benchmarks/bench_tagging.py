@@ -66,22 +66,34 @@ class PeakRSS:
 
 
 class HFClassifier:
-    """(c): what a user writes without offramp: tokenizer + AutoModelForSequenceClassification."""
+    """(c): what a user writes without offramp: tokenizer + AutoModelForSequenceClassification
+    (on a GPU: fp16 or bf16 with SDPA attention, inputs through pinned memory)."""
 
-    def __init__(self, model_dir: str, max_length: int, threads: int = 0):
+    def __init__(self, model_dir: str, max_length: int, threads: int = 0, device: str = "cpu", dtype: str = "float32"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         if threads:
             torch.set_num_threads(threads)
+        self.device = torch.device(device)
         self.tok = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, dtype=getattr(torch, dtype), attn_implementation="sdpa"
+        ).to(self.device).eval()
         self.labels = self.model.config.id2label
         self.max_length = max_length
 
-    def __call__(self, batch: dict) -> dict:
-        enc = self.tok(list(batch["text"]), truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+    def probs(self, texts) -> torch.Tensor:
+        enc = self.tok(list(texts), truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
+        if self.device.type == "cuda":
+            enc = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in enc.items()}
         with torch.inference_mode():
-            probs = torch.softmax(self.model(**enc).logits, -1)
+            return torch.softmax(self.model(**enc).logits.float(), -1).cpu()
+
+    def predict(self, texts) -> np.ndarray:
+        return np.array([self.labels[int(i)] for i in self.probs(texts).argmax(-1)], dtype=object)
+
+    def __call__(self, batch: dict) -> dict:
+        probs = self.probs(batch["text"])
         return {
             "id": batch["id"],
             "label": np.array([self.labels[int(i)] for i in probs.argmax(-1)], dtype=object),

@@ -80,13 +80,14 @@ class StageConfig:
     """Compute dtype of this stage's layers: float32, float16 or bfloat16."""
     torch_threads: int = 0
     """Intra-op threads per actor; 0 = Ray's rule on a cluster, the machine's cores shared on a local run."""
-    max_tokens: int = 4096
+    max_tokens: int | None = None
     """Padded tokens per forward pass: a batch's running rows are sorted by length and cut into
     passes of at most this many (rows x longest row) tokens, so short rows are not padded to
-    long ones; 0 = the whole batch in one pass."""
+    long ones; 0 = the whole batch in one pass; None = the device's budget (4096 on a CPU; on a
+    GPU sized from its memory, see offramp.exits.stage.token_budget)."""
 
     def __post_init__(self):
-        if self.max_tokens < 0:
+        if self.max_tokens is not None and self.max_tokens < 0:
             raise ConfigError(f"stage max_tokens={self.max_tokens} must be >= 0 (0 = one pass per batch)")
         if self.layers is not None:
             if len(self.layers) != 2 or self.layers[0] >= self.layers[1] or self.layers[0] < 0:

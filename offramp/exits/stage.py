@@ -10,6 +10,7 @@ wraps a runner as a Ray Data actor.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ class StageSpec:
     carry_dtype: str = "float16"
     device: str = "cpu"
     torch_threads: int = 0
-    max_tokens: int = 0  # padded tokens per forward pass; 0 = the whole batch
+    max_tokens: int | None = 0  # padded tokens per forward pass; 0 = the whole batch; None = the device's budget
     policy: str | None = None
     thresholds: dict | None = None  # {layer: threshold}; None = stored with the model
     exits_enabled: bool = True
@@ -108,6 +109,37 @@ def forward_groups(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
     return groups
 
 
+# Tokens per forward pass when none is configured. On a CPU a pass of a few thousand tokens
+# already keeps the cores' matrix units busy, and longer ones only add padding. On a GPU the
+# pass must be large enough to fill the device; it is sized from the device's memory, and
+# capped where measured throughput stops growing (benchmarks/bench_gpu.py).
+CPU_TOKEN_BUDGET = 4096
+GPU_TOKEN_BUDGET_CAP = 1 << 17
+GPU_MEMORY_SHARE = 0.25  # of the device's memory one pass's activations may take (K actors may share it)
+
+
+def token_budget(device: torch.device, hidden_size: int, intermediate_size: int, dtype: torch.dtype,
+                 total_memory: int | None = None) -> int:
+    """Padded tokens per forward pass for `device`: what one layer's activations of a pass
+    (about 8 x hidden + 2 x intermediate values per token, in `dtype`) may take of
+    GPU_MEMORY_SHARE of its memory, capped at GPU_TOKEN_BUDGET_CAP; CPU_TOKEN_BUDGET on a CPU.
+    `total_memory`: the device's bytes (read from CUDA when None)."""
+    if device.type != "cuda":
+        return CPU_TOKEN_BUDGET
+    if total_memory is None:
+        total_memory = torch.cuda.get_device_properties(device).total_memory
+    per_token = (8 * hidden_size + 2 * intermediate_size) * torch.finfo(dtype).bits // 8
+    return int(max(CPU_TOKEN_BUDGET, min(GPU_TOKEN_BUDGET_CAP, GPU_MEMORY_SHARE * total_memory // per_token)))
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor onto `device`: through pinned memory and a non-blocking copy on a GPU, so
+    the copy overlaps the work already queued there and the host does not wait for it."""
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 class StageRunner:
     """One stage's shard over numpy batches; subclasses are the task-specific codecs."""
 
@@ -119,13 +151,17 @@ class StageRunner:
     def __init__(self, model_dir: str, spec: StageSpec):
         if spec.torch_threads:
             torch.set_num_threads(spec.torch_threads)
-        model = load_model(model_dir)
-        self.spec = spec
+        dtype = TORCH_DTYPES[spec.dtype]
+        model = load_model(model_dir, dtype)  # SDPA attention: transformers' default for BERT
         self.device = torch.device(spec.device)
+        if spec.max_tokens is None:
+            budget = token_budget(self.device, model.config.hidden_size, model.config.intermediate_size, dtype)
+            spec = dataclasses.replace(spec, max_tokens=budget)
+        self.spec = spec
         self.hidden_size = model.config.hidden_size
         self.shard = self.build_shard(model, spec)
         del model  # layers outside [start, end) are freed with it
-        self.shard.to(device=self.device, dtype=TORCH_DTYPES[spec.dtype]).eval()
+        self.shard.to(device=self.device, dtype=dtype).eval()
 
     def build_shard(self, model, spec: StageSpec) -> torch.nn.Module:
         raise NotImplementedError
@@ -142,9 +178,9 @@ class StageRunner:
         """The shard's input for `rows`: token ids on the first stage, carried states after it."""
         if self.spec.start == 0:
             ids = schema.pad_blobs(batch[schema.TOKENS][rows], lengths, np.int32)[..., 0]  # (S, T)
-            return dict(input_ids=torch.from_numpy(ids).long().to(self.device))
+            return dict(input_ids=to_device(torch.from_numpy(ids), self.device).long())
         hidden = blobs_to_hidden(batch[hidden_column][rows], lengths, self.hidden_size, self.spec.carry_dtype)
-        return dict(hidden=hidden.to(self.device))
+        return dict(hidden=to_device(hidden, self.device))
 
     def __call__(self, batch: dict) -> tuple[dict, StageBatchStats]:
         t0 = time.perf_counter()

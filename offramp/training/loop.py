@@ -208,18 +208,20 @@ def train_heads(run: TrainRun, features: torch.Tensor, loss_of, extra_params=(),
 
 @torch.inference_mode()
 def full_pass(model, tokenizer, texts, max_length: int, batch_size: int = 64) -> simulate.HeadPass:
-    """Every exit head's logits (and signals, and gate decisions) at full depth."""
+    """Every exit head's logits (and signals, and gate decisions) at full depth, on the
+    model's device (a GPU when the model is on one)."""
     model.eval()
+    device = next(model.parameters()).device
     logits, signal, skipped = [], [], []
     for i in range(0, len(texts), batch_size):
-        enc = _encode(tokenizer, texts[i : i + batch_size], max_length)
+        enc = {k: v.to(device) for k, v in _encode(tokenizer, texts[i : i + batch_size], max_length).items()}
         out = model(**enc)
-        logits.append(torch.stack(out.exit_logits, dim=1).float().numpy())
+        logits.append(torch.stack(out.exit_logits, dim=1).float().cpu().numpy())
         if model.signal_width:
-            nan = torch.full((len(out.logits), model.signal_width), float("nan"))
-            signal.append(torch.stack([a if a is not None else nan for a in out.signal], dim=1).float().numpy())
+            nan = torch.full((len(out.logits), model.signal_width), float("nan"), device=device)
+            signal.append(torch.stack([a if a is not None else nan for a in out.signal], dim=1).float().cpu().numpy())
         if out.skipped is not None:
-            skipped.append(out.skipped.numpy())
+            skipped.append(out.skipped.cpu().numpy())
     if not logits:
         return simulate.HeadPass(np.zeros((0, len(model.exit_layers), model.config.num_labels)))
     return simulate.HeadPass(
