@@ -46,7 +46,6 @@ from offramp.config import AuditConfig, ExitConfig, MlflowConfig, RayConfig, Sta
 from offramp.exits.simulate import head_scores  # noqa: E402
 from offramp.models.sequence import EarlyExitBertForSequenceClassification  # noqa: E402
 from offramp.policies import get_policy  # noqa: E402
-from offramp.training.loop import full_pass  # noqa: E402
 from pipelines.run import run_tagging  # noqa: E402
 
 
@@ -181,9 +180,14 @@ def fit_profile(model_dir: str, texts: list[str], survival: list[float], max_len
     model = EarlyExitBertForSequenceClassification.from_pretrained(model_dir).to(device).eval()
     if device == "cuda":
         model = model.half()
-    hp = full_pass(model, AutoTokenizer.from_pretrained(model_dir), texts, max_length, batch_size=128)
+    tok, logits = AutoTokenizer.from_pretrained(model_dir), []
+    with torch.inference_mode():  # every head at full depth (offramp.training.loop.full_pass, without `datasets`)
+        for i in range(0, len(texts), 128):
+            enc = tok(texts[i : i + 128], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            out = model(**{k: v.to(device) for k, v in enc.items()})
+            logits.append(torch.stack(out.exit_logits, dim=1).float().cpu().numpy())
     layers = model.exit_layers
-    scores = head_scores(get_policy("entropy"), hp, layers)  # (N, K)
+    scores = head_scores(get_policy("entropy"), np.concatenate(logits), layers)  # (N, K)
     depth = np.linspace(0, 1, len(survival) + 1)[1:]
     target = np.interp(np.array(layers) / layers[-1], depth, survival)
     alive = np.ones(len(texts), dtype=bool)
@@ -236,6 +240,8 @@ def offramp_variant(name, model_dir, data, out, args, max_length, batch, exits: 
         result = run_tagging(cfg)
         wall = time.perf_counter() - t0
     m = result.metrics
+    with open(os.path.join(args.out, "ray_stats.txt"), "a") as f:
+        f.write(f"\n\n======== {out} {name}\n{result.ray_stats}")
     busy = {k: v for k, v in m.items() if k.endswith("_busy_seconds")}
     return {
         "variant": name, "rows": m["rows"], "accuracy": m["accuracy"], "docs_per_s": m["rows"] / wall,
@@ -324,7 +330,7 @@ def main():
     p.add_argument("--long-rows", type=int, default=50_000, help="rows of the long-text input (0 = none)")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--long-max-length", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=1024, help="rows per batch at --max-length (long: /4)")
+    p.add_argument("--batch-size", type=int, default=4096, help="rows per batch at --max-length (long: /4)")
     p.add_argument("--tokenize-batch-size", type=int, default=1024)
     p.add_argument("--variants", default="a,b,c,d")
     p.add_argument("--layouts", action="store_true", help="also: 2 actors x 0.5 GPU, and 2 stages x 0.5 GPU")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pyarrow as pa
 
 # Row statuses. Rows with a RUNNABLE status get a label; the others are written with
 # their status and no label, never dropped.
@@ -55,19 +56,47 @@ def check_columns(batch: dict, required, step: str) -> None:
         raise ValueError(f"{step}: batch lacks columns {missing}; it has {sorted(batch)}")
 
 
+def concat_blobs(blobs) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row blobs -> (their bytes back to back as one uint8 array, (N,) int64 bytes of each row).
+
+    Arrow copies the bytes in C; on 50 MB of fp16 states it was twice as fast as b"".join."""
+    arr = pa.array(blobs, pa.large_binary())
+    _, offsets, data = arr.buffers()
+    offsets = np.frombuffer(offsets, dtype=np.int64, count=len(arr) + 1)  # a new array starts at offset 0
+    return np.frombuffer(data, dtype=np.uint8, count=int(offsets[-1])), np.diff(offsets)
+
+
+def flat_to_blobs(flat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """(sum(lengths), ...) rows back to back -> (N,) object array of bytes; blob i holds the next lengths[i] rows.
+
+    Arrow cuts one buffer at cumulative offsets and builds the bytes objects in C: no Python per row."""
+    flat = np.ascontiguousarray(flat)
+    row_bytes = flat.dtype.itemsize * int(np.prod(flat.shape[1:], dtype=np.int64))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(np.asarray(lengths, dtype=np.int64) * row_bytes, out=offsets[1:])
+    assert offsets[-1] == flat.nbytes, "lengths must add up to the rows of `flat`"
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(flat)]
+    return pa.Array.from_buffers(pa.large_binary(), len(lengths), buffers).to_numpy(zero_copy_only=False)
+
+
 def pad_blobs(blobs, lengths: np.ndarray, dtype: np.dtype, width: int = 1) -> np.ndarray:
     """Concatenate per-row blobs of `lengths[i]*width` items into a zero-padded (N, T, width) array."""
     n, T = len(blobs), int(lengths.max()) if len(lengths) else 0
-    flat = np.frombuffer(b"".join(blobs), dtype=dtype)
     out = np.zeros((n, T, width), dtype=dtype)
     mask = np.arange(T)[None, :] < lengths[:, None]  # (N, T)
-    out[mask] = flat.reshape(-1, width)
+    out[mask] = concat_blobs(blobs)[0].view(dtype).reshape(-1, width)
     return out
 
 
-def unpad_to_blobs(array: np.ndarray, lengths: np.ndarray) -> list[bytes]:
-    """(N, T, ...) padded array -> one blob per row holding its first lengths[i] positions."""
-    return [array[i, : int(lengths[i])].tobytes() for i in range(len(lengths))]
+def unpad_to_blobs(array: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """(N, T, ...) padded array -> (N,) object array of blobs, each holding its row's first lengths[i] positions."""
+    n, T = array.shape[:2]
+    mask = np.arange(T)[None, :] < lengths[:, None]  # (N, T)
+    if array.flags.c_contiguous:  # compress copies whole positions: 5x faster than a boolean index at H=32
+        flat = np.compress(mask.ravel(), array.reshape((n * T,) + array.shape[2:]), axis=0)
+    else:  # a trimmed view: reshaping it would copy the whole padded array first
+        flat = array[mask]
+    return flat_to_blobs(flat, lengths)  # flat: (sum(lengths), ...) in row order
 
 
 def audit_mask(ids, fraction: float, seed: int) -> np.ndarray:

@@ -62,6 +62,7 @@ class TagResult:
     files_in: int | None = None
     missing: dict = field(default_factory=dict)  # pipelines.output.missing: empty when complete
     started: dict = field(default_factory=dict)  # pipelines.output.start's record of the run
+    ray_stats: str = ""  # Ray Data's per-operator wall and CPU times of the run (Dataset.stats())
 
     @property
     def complete(self) -> bool:
@@ -257,7 +258,9 @@ def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=S
         ),
         batch_size=cfg.tokenize_batch_size,
         batch_format="numpy",
-        num_cpus=0.5,
+        # beside GPU stages a task takes a whole core: a GPU actor's thread that launches kernels
+        # must not share its core with two tokenizing tasks
+        num_cpus=1.0 if any(p.num_gpus for p in plan.stages) else 0.5,
     )
     for stage in plan.stages:
         ds = ds.map_batches(
@@ -317,6 +320,7 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
         ds = build_pipeline(ray.data.read_datasource(source), plan, collector, stage_cls)
         ds.write_parquet(cfg.output, min_rows_per_file=cfg.min_rows_per_file, max_rows_per_file=cfg.max_rows_per_file)
     wall = time.perf_counter() - t0
+    ray_stats = ds.stats()
     timings = ray.get(collector.summary.remote())
     files_in = ray.get(collector.files_read.remote())
     ray.kill(collector)
@@ -338,7 +342,8 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
         m.update(full_depth_eval(plan, output, stage_cls))
     missing = run_output.missing(files_in, source.file_paths(), m["rows"])
     return TagResult(cfg.output, task.name, m, hist, plan.stages, plan.thresholds, task.describe_policy(cfg, info),
-                     timings, audit, info.calibration, sum(files_in.values()), len(files_in), missing, started)
+                     timings, audit, info.calibration, sum(files_in.values()), len(files_in), missing, started,
+                     ray_stats)
 
 
 @contextlib.contextmanager

@@ -110,12 +110,15 @@ class LayerShard(ShardBase):
         audit = torch.zeros(B, dtype=torch.bool, device=device) if audit is None else audit.to(device)
         decided = torch.zeros(B, dtype=torch.bool, device=device) if decided is None else decided.to(device)
         full_out = None
+        audits = bool(audit.any())  # once per call: are audited rows in this pass at all
         row_layers = 0
         audit_row_layers = torch.zeros((), dtype=torch.long, device=device)  # summed on device: no sync per layer
 
+        mask2d = None  # rebuilt only when rows leave: a layer without exits keeps the same rows
         for offset in range(len(self.layers)):
             layer = self.start + offset + 1  # 1-based, like every layer number outside a shard's [start, end)
-            mask2d = torch.arange(hidden.shape[1], device=device)[None, :] < lengths[:, None]  # (S, T)
+            if mask2d is None:
+                mask2d = torch.arange(hidden.shape[1], device=device)[None, :] < lengths[:, None]  # (S, T)
             hidden, ran = self._layer(offset, hidden, lengths, mask2d)  # (S, T, H), (S,)
             if skipped_out is not None:
                 row_layers += int(ran.sum())
@@ -130,9 +133,9 @@ class LayerShard(ShardBase):
             if layer == self.num_layers:  # every row leaves, skipped the last layer or not
                 exited = torch.ones(hidden.shape[0], dtype=torch.bool, device=device)
                 score = self.policy.score(logits, head.signal)
-                if audit.any():
+                if audits:
                     full_out = torch.full((B, C), float("nan"), dtype=torch.float32, device=device)
-                    full_out[alive[audit]] = logits[audit]
+                    full_out[alive] = torch.where(audit[:, None], logits, full_out[alive])
             else:
                 threshold = self.thresholds[layer] if self.exits_enabled else self.policy.never_exits_threshold()
                 decision, new_state = self.policy.decide(logits, threshold, state, head.signal)
@@ -140,18 +143,22 @@ class LayerShard(ShardBase):
                 if new_state is not None:  # a row that skipped the layer keeps its state
                     state = torch.where(ran[:, None], new_state, state)
             answered = exited & ~decided  # an audited row is answered once, at its first exit
-            if answered.any():
-                rows = alive[answered]
-                exit_layer[rows] = layer
-                logits_out[rows] = logits[answered]
-                score_out[rows] = score[answered].float()
+            # written through `alive` with where(): no host sync (a boolean index would wait for the GPU)
+            exit_layer[alive] = torch.where(answered, layer, exit_layer[alive])
+            logits_out[alive] = torch.where(answered[:, None], logits, logits_out[alive])
+            score_out[alive] = torch.where(answered, score.float(), score_out[alive])
             leave = exited & ~audit if layer < self.num_layers else exited
             decided = decided | (answered & audit)
-            if leave.any():
+            if layer == self.num_layers:
                 alive, lengths, hidden, audit, decided, state = keep_rows(~leave, alive, lengths, hidden, audit, decided, state)
+                break
+            keep = (~leave).nonzero().squeeze(1)  # the one host sync of an exit layer: who stays
+            if len(keep) < hidden.shape[0]:
+                alive, lengths, hidden, audit, decided, state = keep_rows(keep, alive, lengths, hidden, audit, decided, state)
                 if hidden.shape[0] == 0:
                     break
                 hidden = trim(hidden, lengths)  # padding only up to the longest survivor
+                mask2d = None
 
         return ShardOutput(
             exit_layer=exit_layer,
@@ -191,10 +198,10 @@ class _HeadAt(nn.Module):
 
 def state_from_blobs(blobs, fresh: torch.Tensor) -> torch.Tensor:
     """Per-row float32 state blobs -> (S, state_size); rows with no blob yet keep `fresh`'s row."""
+    flat, sizes = schema.concat_blobs(blobs)
+    carried = flat.view(np.float32).reshape(-1, fresh.shape[1])  # (rows with a blob, state_size)
     state = fresh.clone()
-    for i, blob in enumerate(blobs):
-        if blob:
-            state[i] = torch.from_numpy(np.frombuffer(blob, dtype=np.float32).copy())
+    state[torch.from_numpy(sizes > 0)] = torch.from_numpy(carried.copy()).to(state.dtype)  # copy: Arrow's is read-only
     return state
 
 
@@ -256,10 +263,9 @@ class SequenceStageRunner(StageRunner):
             cols[schema.SKIPPED][rows] += per_row.astype(np.int16)
             skipped = int(per_row.sum())
         if len(survivor_pos):
-            blobs = hidden_to_blobs(result.hidden, result.lengths, self.spec.carry_dtype)
-            states = result.state.float().cpu().numpy() if result.state is not None else None
-            for j, (i, blob) in enumerate(zip(rows[survivor_pos], blobs)):
-                cols[schema.HIDDEN][i] = blob
-                if states is not None:
-                    cols[schema.STATE][i] = states[j].tobytes()
+            carried = rows[survivor_pos]
+            cols[schema.HIDDEN][carried] = hidden_to_blobs(result.hidden, result.lengths, self.spec.carry_dtype)
+            if result.state is not None:
+                states = result.state.float().cpu().numpy()  # (S, state_size): one row per blob
+                cols[schema.STATE][carried] = schema.flat_to_blobs(states, np.ones(len(states), dtype=np.int64))
         return PassWork(int(left.sum()), result.row_layers, result.audit_row_layers, skipped)

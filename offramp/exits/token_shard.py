@@ -161,9 +161,9 @@ def pad_words(blobs, counts: np.ndarray, dtype, fill) -> np.ndarray:
     """Per-row word blobs -> (S, W) padded with `fill`; an empty blob is a fresh row (all `fill`)."""
     W = max(1, int(counts.max()) if len(counts) else 1)
     out = np.full((len(blobs), W), fill, dtype=dtype)
-    for i, blob in enumerate(blobs):
-        if blob:
-            out[i, : counts[i]] = np.frombuffer(blob, dtype=dtype)
+    flat, sizes = schema.concat_blobs(blobs)
+    written = (np.arange(W)[None, :] < counts[:, None]) & (sizes > 0)[:, None]  # (S, W)
+    out[written] = flat.view(dtype)
     return out
 
 
@@ -223,10 +223,8 @@ class TokenStageRunner(StageRunner):
         w_exit = result.words.exit_layer.cpu().numpy().astype(np.int16)
         w_label = result.words.label.cpu().numpy().astype(np.int16)
         w_unc = result.words.uncertainty.float().cpu().numpy()
-        for j, i in enumerate(rows):
-            c = counts[j]
-            cols[schema.WORD_EXIT][i], cols[schema.WORD_LABEL][i] = w_exit[j, :c].tobytes(), w_label[j, :c].tobytes()
-            cols[schema.WORD_UNC][i] = w_unc[j, :c].tobytes()
+        for column, per_word in ((schema.WORD_EXIT, w_exit), (schema.WORD_LABEL, w_label), (schema.WORD_UNC, w_unc)):
+            cols[column][rows] = schema.unpad_to_blobs(per_word, counts)  # (S, W) -> a blob of counts[i] words per row
         token_layers = result.token_layers.cpu().numpy()
         cols[schema.TOKEN_LAYERS][rows] += token_layers
         finished = self._carry(result, rows, cols, schema.HIDDEN)
@@ -240,8 +238,7 @@ class TokenStageRunner(StageRunner):
         result = self.shard(torch.from_numpy(lengths), starts, exits=False, **inputs)
         finished = self._carry(result, rows, cols, schema.FULL_HIDDEN)
         labels = result.words.label.cpu().numpy().astype(np.int16)
-        for j in np.flatnonzero(finished):
-            cols[schema.FULL_WORD_LABEL][rows[j]] = labels[j, : counts[j]].tobytes()
+        cols[schema.FULL_WORD_LABEL][rows[finished]] = schema.unpad_to_blobs(labels[finished], counts[finished])
         cols[schema.FULL_DONE][rows[finished]] = True
         layers = int(result.token_layers.sum())
         return PassWork(layers=layers, audit_layers=layers)
@@ -252,6 +249,5 @@ class TokenStageRunner(StageRunner):
         cols[column][rows[finished]] = b""  # a finished sentence drops its states at once
         survivors = result.survivors.cpu().numpy()
         if len(survivors):
-            for i, blob in zip(rows[survivors], hidden_to_blobs(result.hidden, result.lengths, self.spec.carry_dtype)):
-                cols[column][i] = blob
+            cols[column][rows[survivors]] = hidden_to_blobs(result.hidden, result.lengths, self.spec.carry_dtype)
         return finished

@@ -7,6 +7,7 @@ cached per worker process)."""
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +35,10 @@ def tokenize_step(batch: dict, task: str, model_dir: str, max_length: int, id_co
                   audit_fraction: float = 0.0, audit_seed: int = 0, drop: tuple = (), **kwargs) -> dict:
     """Ray Data task: statuses, token ids, the audit sample and the task's state columns. The
     input columns in `drop` (the raw text, once tokenized) do not ride through the stages."""
+    # One thread per task: Ray runs a task per CPU it has, and the Rust tokenizer's own pool of a
+    # thread per core in every task oversubscribed a 16-core GPU node 16-fold (measured: 1.3 s of
+    # CPU per second of each task, and the GPU stage actor starved of CPU; BENCHMARKS.md).
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     audit = schema.audit_mask(batch[id_column], audit_fraction, audit_seed) if audit_fraction > 0 else None
     tokenizer, kind = load_tokenizer(model_dir), get_task(task)
     out = mark_rows_that_raise(lambda b, a: kind.tokenize(b, tokenizer, max_length, a, **kwargs), batch, audit, id_column)

@@ -1,7 +1,8 @@
+import numpy as np
 import pytest
 import torch
 
-from offramp.exits.sequence_shard import LayerShard
+from offramp.exits.sequence_shard import LayerShard, state_from_blobs
 from tests.conftest import NUM_LAYERS, TEXTS, make_model, spread_thresholds
 
 # fp32 on CPU: the sharded path runs the same modules as BertModel.forward, only on
@@ -78,3 +79,18 @@ def test_batch_invariance(model, tokenizer):
 def test_shard_rejects_bad_ranges(model):
     with pytest.raises(ValueError, match="outside"):
         LayerShard(model, 2, NUM_LAYERS + 1)
+
+
+def test_state_from_blobs_takes_carried_rows_and_keeps_fresh_ones():
+    fresh = torch.tensor([[-1.0, 0.0]]).repeat(5, 1)  # (S, state_size)
+    carried = {1: [3.0, 2.0], 2: [float("nan"), -0.0], 4: [7.0, 1.0]}
+    blobs = np.empty(5, dtype=object)
+    blobs[:] = [np.array(carried[i], dtype=np.float32).tobytes() if i in carried else b"" for i in range(5)]
+    state = state_from_blobs(blobs, fresh)
+    expected = fresh.clone()
+    for i, row in carried.items():
+        expected[i] = torch.tensor(row)
+    assert torch.equal(state.view(torch.int32), expected.view(torch.int32))  # bitwise: NaN and -0.0 included
+    assert torch.equal(fresh, torch.tensor([[-1.0, 0.0]]).repeat(5, 1)), "fresh is not written to"
+    assert torch.equal(state_from_blobs(np.array([b""] * 5, dtype=object), fresh), fresh)
+    assert state_from_blobs(np.array([], dtype=object), fresh[:0]).shape == (0, 2)
