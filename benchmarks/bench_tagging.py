@@ -30,6 +30,7 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 
 from offramp.config import ExitConfig, MlflowConfig, StageConfig, TagConfig  # noqa: E402
+from offramp.exits.stage import configure_device  # noqa: E402
 from pipelines.run import run_tagging  # noqa: E402
 
 
@@ -75,6 +76,7 @@ class HFClassifier:
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
+        configure_device(self.device)  # the same attention kernels as offramp's stages (no cuDNN SDPA)
         self.tok = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForSequenceClassification.from_pretrained(
             model_dir, dtype=getattr(torch, dtype), attn_implementation="sdpa"

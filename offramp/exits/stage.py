@@ -138,6 +138,18 @@ def token_budget(device: torch.device, hidden_size: int, intermediate_size: int,
     return int(max(CPU_TOKEN_BUDGET, min(GPU_TOKEN_BUDGET_CAP, GPU_MEMORY_SHARE * total_memory // per_token)))
 
 
+def configure_device(device: torch.device) -> None:
+    """Process-wide settings for running stages on `device`.
+
+    On a GPU, PyTorch 2.11 routes SDPA to cuDNN's attention on Hopper, which builds an
+    execution plan for each new (rows, tokens) shape. A stage sees a new shape at almost every
+    pass (rows sorted into length groups, survivors compacted after each exit), so the plan
+    building ran on every layer: the profiled stage call was CPU-bound with the GPU idle (see
+    BENCHMARKS.md, "GPU"). The memory-efficient and flash kernels need no per-shape plan."""
+    if device.type == "cuda":
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host tensor onto `device`: through pinned memory and a non-blocking copy on a GPU, so
     the copy overlaps the work already queued there and the host does not wait for it."""
@@ -160,6 +172,7 @@ class StageRunner:
         dtype = TORCH_DTYPES[spec.dtype]
         model = load_model(model_dir, dtype)  # SDPA attention: transformers' default for BERT
         self.device = torch.device(spec.device)
+        configure_device(self.device)
         if spec.max_tokens is None:
             budget = token_budget(self.device, model.config.hidden_size, model.config.intermediate_size, dtype)
             spec = dataclasses.replace(spec, max_tokens=budget)

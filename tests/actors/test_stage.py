@@ -128,3 +128,55 @@ def test_audit_selection_is_reproducible_and_near_its_fraction():
     assert abs(a.mean() - 0.05) < 0.01
     assert (a != schema.audit_mask(ids, 0.05, seed=8)).any()
     assert not schema.audit_mask(ids, 0.0, 0).any() and schema.audit_mask(ids, 1.0, 0).all()
+
+
+# ---------------------------------------------------------------- GPU branches, tested on any machine
+
+def test_token_budget_on_cpu_and_sized_from_gpu_memory():
+    from offramp.exits.stage import CPU_TOKEN_BUDGET, GPU_TOKEN_BUDGET_CAP, token_budget
+
+    cuda = torch.device("cuda")  # a device object needs no GPU; total_memory is given
+    assert token_budget(torch.device("cpu"), 768, 3072, torch.float16) == CPU_TOKEN_BUDGET
+    # 1 GiB card, BERT-base in fp16: a quarter of it over (8*768 + 2*3072) * 2 bytes per token
+    assert token_budget(cuda, 768, 3072, torch.float16, total_memory=2**30) == 2**30 // 4 // 24576
+    # an H200's 141 GB would allow far more than a pass needs: capped
+    assert token_budget(cuda, 768, 3072, torch.float16, total_memory=141 * 10**9) == GPU_TOKEN_BUDGET_CAP
+    # fp32 halves the tokens that fit; never below the CPU budget on a tiny card
+    assert token_budget(cuda, 768, 3072, torch.float32, total_memory=2**30) == 2**30 // 4 // 49152
+    assert token_budget(cuda, 768, 3072, torch.float16, total_memory=2**20) == CPU_TOKEN_BUDGET
+
+
+def test_unset_max_tokens_takes_the_device_budget(model_dir, tokenizer):
+    from offramp.exits.stage import CPU_TOKEN_BUDGET
+
+    runner = StageActor(model_dir, StageSpec(0, 0, NUM_LAYERS, max_tokens=None)).runner
+    assert runner.spec.max_tokens == CPU_TOKEN_BUDGET
+    batch = tokenized(model_dir, TEXTS)
+    grouped = StageActor(model_dir, StageSpec(0, 0, NUM_LAYERS, max_tokens=64))(batch)
+    auto = runner(batch)[0]
+    assert np.array_equal(auto[schema.EXIT_LAYER], grouped[schema.EXIT_LAYER])
+    assert np.array_equal(auto[schema.LABEL_ID], grouped[schema.LABEL_ID])
+
+
+def test_to_device_keeps_cpu_tensors_and_configure_device_turns_off_cudnn_attention():
+    from offramp.exits.stage import configure_device, to_device
+
+    t = torch.arange(6, dtype=torch.int32)
+    assert to_device(t, torch.device("cpu")) is t
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        configure_device(torch.device("cpu"))
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before  # a CPU stage changes nothing
+        configure_device(torch.device("cuda"))
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: pinned, non-blocking copy")
+def test_to_device_on_a_gpu_copies_through_pinned_memory():
+    from offramp.exits.stage import to_device
+
+    t = torch.arange(1000, dtype=torch.float16)
+    out = to_device(t, torch.device("cuda"))
+    assert out.device.type == "cuda" and torch.equal(out.cpu(), t)
