@@ -318,7 +318,8 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
     t0 = time.perf_counter()
     with checkpointed(cfg):
         ds = build_pipeline(ray.data.read_datasource(source), plan, collector, stage_cls)
-        ds.write_parquet(cfg.output, min_rows_per_file=cfg.min_rows_per_file, max_rows_per_file=cfg.max_rows_per_file)
+        low, high = cfg.rows_per_file
+        ds.write_parquet(cfg.output, min_rows_per_file=low, max_rows_per_file=high)
     wall = time.perf_counter() - t0
     ray_stats = ds.stats()
     timings = ray.get(collector.summary.remote())

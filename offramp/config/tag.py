@@ -186,8 +186,9 @@ class TagConfig:
     """Blocks whose step raised that the run skips before it fails (Ray Data's
     max_errored_blocks; -1 = no limit). Their rows are missing: the run then ends without a
     manifest, with exit status 5, and --resume retries only them."""
-    min_rows_per_file: int = 50_000
-    """Output rows per Parquet file at least (fewer in the last files)."""
+    min_rows_per_file: int | None = None
+    """Output rows per Parquet file at least (fewer in the last files); None = 50,000, or
+    max_rows_per_file when that is smaller (setting only the maximum is enough)."""
     max_rows_per_file: int = 500_000
     """Output rows per Parquet file at most: files stay a size readers and object stores like."""
     max_line_bytes: int = 16 * 2**20
@@ -230,13 +231,19 @@ class TagConfig:
             raise ConfigError(f"num_stages={self.num_stages} must be >= 1")
         if self.max_errored_blocks < -1:
             raise ConfigError(f"max_errored_blocks={self.max_errored_blocks}: use -1 (no limit), 0 (fail at the first) or more")
-        if not 1 <= self.min_rows_per_file <= self.max_rows_per_file:
+        if not 1 <= self.rows_per_file[0] <= self.max_rows_per_file:
             raise ConfigError(f"rows per output file: need 1 <= min_rows_per_file ({self.min_rows_per_file}) "
                               f"<= max_rows_per_file ({self.max_rows_per_file})")
         if self.max_line_bytes < 2**16:
             raise ConfigError(f"max_line_bytes={self.max_line_bytes} is below 64 KiB; a document line needs more")
         if self.carry_dtype not in DTYPES:
             raise ConfigError(f"carry_dtype {self.carry_dtype!r} is not one of {list(DTYPES)}")
+
+    @property
+    def rows_per_file(self) -> tuple[int, int]:
+        """(min, max) output rows per Parquet file, the default minimum resolved."""
+        low = self.min_rows_per_file if self.min_rows_per_file is not None else min(50_000, self.max_rows_per_file)
+        return low, self.max_rows_per_file
 
     def require(self, *names: str) -> None:
         """Fail with the flag to set when a required field is missing."""

@@ -125,3 +125,13 @@ def test_every_field_has_a_default_and_a_one_line_description(cls):
             assert docs.get(f.name, "").strip(), f"{section.__name__}.{f.name} has no docstring"
             assert "\n" not in docs[f.name]
     assert sections(TrainConfig).keys() >= {"smartbert", "de3", "berxit", "token", "mlflow"}
+
+
+def test_setting_only_the_maximum_rows_per_file_is_enough():
+    from offramp.config import ConfigError, TagConfig
+
+    assert TagConfig().rows_per_file == (50_000, 500_000)
+    assert TagConfig(max_rows_per_file=1_000).rows_per_file == (1_000, 1_000)  # the default minimum follows
+    assert TagConfig(min_rows_per_file=10, max_rows_per_file=1_000).rows_per_file == (10, 1_000)
+    with pytest.raises(ConfigError, match="min_rows_per_file"):
+        TagConfig(min_rows_per_file=2_000, max_rows_per_file=1_000)
