@@ -38,8 +38,9 @@ class Outcome:
 
 
 def head_logits_for(model_dir: str, texts: list[str], max_length: int, batch_size: int = 64) -> HeadPass:
-    """Every exit head's output at full depth, from one pass of the saved model."""
-    model = load_model(model_dir)
+    """Every exit head's output at full depth, from one pass of the saved model: on a GPU when
+    the machine has one, in float32 either way."""
+    model = load_model(model_dir).to("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return full_pass(model, tokenizer, texts, max_length, batch_size)
 
