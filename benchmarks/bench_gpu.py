@@ -283,7 +283,7 @@ def bare_loop_variant(model_dir, data, args, max_length, batch):
             pred += list(clf.predict(texts[i : i + batch]))
         wall = time.perf_counter() - t0
     acc = float(np.mean(np.array(pred, dtype=object) == np.array(gold, dtype=object)))
-    return {"variant": "d_bare_fp16_loop", "rows": len(texts), "accuracy": acc, "docs_per_s": len(texts) / wall,
+    return {"variant": f"d_bare_{args.dtype}_loop", "rows": len(texts), "accuracy": acc, "docs_per_s": len(texts) / wall,
             "wall_s": wall, "peak_rss_gb": mem.peak / 2**30, **gpu.report()}
 
 
