@@ -116,9 +116,11 @@ def forward_groups(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
 
 
 # Tokens per forward pass when none is configured. On a CPU a pass of a few thousand tokens
-# already keeps the cores' matrix units busy, and longer ones only add padding. On a GPU the
-# pass must be large enough to fill the device; it is sized from the device's memory, and
-# capped where measured throughput stops growing (benchmarks/bench_gpu.py).
+# already keeps the cores' matrix units busy, and longer ones only add padding (a 65,536-token
+# pass was slower on a near-free model; BENCHMARKS.md). On a GPU the pass must be large enough
+# to fill the device: it is sized from the device's memory and capped at 2^19 tokens, which
+# holds the 4,096-row batches at max_length 128 that the H200 benchmark ran as one pass. Where
+# throughput stops growing with the pass size has not been measured yet.
 CPU_TOKEN_BUDGET = 4096
 GPU_TOKEN_BUDGET_CAP = 1 << 19
 GPU_MEMORY_SHARE = 0.25  # of the device's memory one pass's activations may take (K actors may share it)
