@@ -69,6 +69,9 @@ class TrainSettings:
     """Seed of row sampling, shuffling and weight initialization."""
     torch_threads: int = 0
     """Intra-op torch threads; 0 = torch's default."""
+    device: str = "auto"
+    """Where a sequence classifier trains: auto (a GPU when the machine has one), cpu or cuda.
+    Token models train on the CPU."""
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     """Where the training run is logged."""
 
@@ -81,6 +84,18 @@ class TrainSettings:
             raise ConfigError(f"max_accuracy_drop={self.max_accuracy_drop} is a fraction, e.g. 0.01 for 1 point")
         if self.task not in TASKS:
             raise ConfigError(f"task {self.task!r}: use auto, sequence or token")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"device {self.device!r}: use auto, cpu or cuda")
+
+    def torch_device(self) -> str:
+        """The device training runs on: `device` with auto resolved."""
+        import torch
+
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device cuda: this machine has no GPU that torch can use; use --device auto or cpu")
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
 
     def require(self, *names: str) -> None:
         """Fail with the flag to set when a required field is missing."""

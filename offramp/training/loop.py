@@ -139,7 +139,9 @@ class TrainRun:
     losses: list[dict]
 
     def encode(self, idx):
-        return _encode(self.tokenizer, [self.texts[i] for i in idx], self.cfg.max_length)
+        """Rows `idx` tokenized, on the model's device."""
+        device = self.y.device
+        return {k: v.to(device) for k, v in _encode(self.tokenizer, [self.texts[i] for i in idx], self.cfg.max_length).items()}
 
     def optimize(self, params, epochs: float, lr: float, stage: int, loss_of, clip=None, n: int | None = None):
         _optimize(params, len(self.y) if n is None else n, self.cfg, epochs, lr, stage, loss_of, self.losses, clip)
@@ -165,9 +167,9 @@ def pooled_features(model, tokenizer, texts, max_length: int, batch_size: int = 
     model.eval()
     internal = model.exit_layers[:-1]
     progress = _Progress("features", math.ceil(len(texts) / batch_size))
-    out = []
+    out, device = [], next(model.parameters()).device
     for b, i in enumerate(range(0, len(texts), batch_size)):
-        enc = _encode(tokenizer, texts[i : i + batch_size], max_length)
+        enc = {k: v.to(device) for k, v in _encode(tokenizer, texts[i : i + batch_size], max_length).items()}
         hidden = model.bert.embeddings(input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids"))
         states = model.run_layers(hidden, enc["attention_mask"]).states
         out.append(torch.stack([masked_mean(states[l], enc["attention_mask"]) for l in internal], dim=1))

@@ -51,9 +51,10 @@ def train_sequence_exits(cfg):
     config = exit_config(
         base, names, cfg, exit_policy=policy_name, exit_mechanism=mechanism.name, **mechanism.config_fields(cfg)
     )
-    model = EarlyExitBertForSequenceClassification.from_pretrained(base, config=config)
+    device = cfg.torch_device()
+    model = EarlyExitBertForSequenceClassification.from_pretrained(base, config=config).to(device)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    y = torch.tensor([label2id[v] for v in labels])
+    y = torch.tensor([label2id[v] for v in labels], device=device)  # TrainRun.encode follows y's device
     t0 = time.perf_counter()
     run = TrainRun(model, tokenizer, texts, y, cfg, [])
     mechanism.train(run)
@@ -67,6 +68,7 @@ def train_sequence_exits(cfg):
     scores = simulate.head_scores(policy, hp, model.exit_layers)
     surv = simulate.survival(scores, hp.preds, model.exit_layers, policy, chosen["threshold"], model.num_layers)
     model.config.exit_thresholds = [chosen["threshold"]] * len(model.exit_layers)
+    model.to("cpu")  # saved and handed on as a CPU model, wherever it trained
     seconds = time.perf_counter() - t0
     logger.info(
         "dev: full-depth accuracy %.4f; threshold %.4g gives %.4f at %.2f mean layers (ideal %.2fx)",

@@ -43,7 +43,7 @@ def token_contrast(q1: torch.Tensor, q2: torch.Tensor, mask: torch.Tensor, tempe
 def row_contrast(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
     """InfoNCE over a batch: (B, P) unit vectors of two heads; row b's positive is itself."""
     sim = z1 @ z2.T / temperature  # (B, B)
-    return F.cross_entropy(sim, torch.arange(len(z1)))
+    return F.cross_entropy(sim, torch.arange(len(z1), device=z1.device))
 
 
 def projection(hidden_size: int) -> nn.Module:

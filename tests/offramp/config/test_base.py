@@ -135,3 +135,17 @@ def test_setting_only_the_maximum_rows_per_file_is_enough():
     assert TagConfig(min_rows_per_file=10, max_rows_per_file=1_000).rows_per_file == (10, 1_000)
     with pytest.raises(ConfigError, match="min_rows_per_file"):
         TagConfig(min_rows_per_file=2_000, max_rows_per_file=1_000)
+
+
+def test_training_device_resolves_and_refuses_a_missing_gpu():
+    import torch
+
+    from offramp.config import ConfigError, TrainSettings
+
+    with pytest.raises(ConfigError, match="device 'gpu'"):
+        TrainSettings(device="gpu")
+    assert TrainSettings(device="cpu").torch_device() == "cpu"
+    assert TrainSettings().torch_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no GPU"):
+            TrainSettings(device="cuda").torch_device()
