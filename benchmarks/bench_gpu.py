@@ -335,11 +335,15 @@ def main():
     p.add_argument("--variants", default="a,b,c,d")
     p.add_argument("--layouts", action="store_true", help="also: 2 actors x 0.5 GPU, and 2 stages x 0.5 GPU")
     p.add_argument("--profile", default="benchmarks/results/model_exit_profile.json")
+    p.add_argument("--cudnn-sdp", action="store_true",
+                   help="keep cuDNN's SDPA on in every variant (offramp turns it off on GPUs): the A/B of that choice")
     p.add_argument("--data-dir", default="../shared/data/debian_sections")
     p.add_argument("--fit-rows", type=int, default=4000, help="dev rows the BERT-base thresholds are fitted on")
     p.add_argument("--out", default="benchmarks/results/gpu")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.cudnn_sdp:
+        os.environ["OFFRAMP_CUDNN_SDP"] = "1"  # before ray.init: the local cluster's workers inherit it
     os.makedirs(args.out, exist_ok=True)
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -11,6 +11,7 @@ wraps a runner as a Ray Data actor.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 
@@ -147,8 +148,10 @@ def configure_device(device: torch.device) -> None:
     execution plan for each new (rows, tokens) shape. A stage sees a new shape at almost every
     pass (rows sorted into length groups, survivors compacted after each exit), so the plan
     building ran on every layer: the profiled stage call was CPU-bound with the GPU idle (see
-    BENCHMARKS.md, "GPU"). The memory-efficient and flash kernels need no per-shape plan."""
-    if device.type == "cuda":
+    BENCHMARKS.md, "GPU"). The memory-efficient and flash kernels need no per-shape plan.
+    OFFRAMP_CUDNN_SDP=1 keeps cuDNN's SDPA on, for measuring the two side by side
+    (benchmarks/bench_gpu.py --cudnn-sdp)."""
+    if device.type == "cuda" and os.environ.get("OFFRAMP_CUDNN_SDP") != "1":
         torch.backends.cuda.enable_cudnn_sdp(False)
 
 

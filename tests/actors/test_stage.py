@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -169,7 +171,12 @@ def test_to_device_keeps_cpu_tensors_and_configure_device_turns_off_cudnn_attent
         assert torch.backends.cuda.cudnn_sdp_enabled() == before  # a CPU stage changes nothing
         configure_device(torch.device("cuda"))
         assert not torch.backends.cuda.cudnn_sdp_enabled()
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        os.environ["OFFRAMP_CUDNN_SDP"] = "1"  # the benchmark's A/B keeps it on
+        configure_device(torch.device("cuda"))
+        assert torch.backends.cuda.cudnn_sdp_enabled()
     finally:
+        os.environ.pop("OFFRAMP_CUDNN_SDP", None)
         torch.backends.cuda.enable_cudnn_sdp(before)
 
 
