@@ -73,8 +73,10 @@ def _batches(n: int, batch_size: int, rng: random.Random | None):
         yield order[i : i + batch_size]
 
 
-def _encode(tokenizer, texts, max_length):
-    return tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+def _encode(tokenizer, texts, max_length, device=None):
+    """Texts -> padded input tensors, on `device` when one is given (the model's)."""
+    enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    return enc if device is None else {k: v.to(device) for k, v in enc.items()}
 
 
 class _Progress:
@@ -140,8 +142,7 @@ class TrainRun:
 
     def encode(self, idx):
         """Rows `idx` tokenized, on the model's device."""
-        device = self.y.device
-        return {k: v.to(device) for k, v in _encode(self.tokenizer, [self.texts[i] for i in idx], self.cfg.max_length).items()}
+        return _encode(self.tokenizer, [self.texts[i] for i in idx], self.cfg.max_length, self.y.device)
 
     def optimize(self, params, epochs: float, lr: float, stage: int, loss_of, clip=None, n: int | None = None):
         _optimize(params, len(self.y) if n is None else n, self.cfg, epochs, lr, stage, loss_of, self.losses, clip)
@@ -169,7 +170,7 @@ def pooled_features(model, tokenizer, texts, max_length: int, batch_size: int = 
     progress = _Progress("features", math.ceil(len(texts) / batch_size))
     out, device = [], next(model.parameters()).device
     for b, i in enumerate(range(0, len(texts), batch_size)):
-        enc = {k: v.to(device) for k, v in _encode(tokenizer, texts[i : i + batch_size], max_length).items()}
+        enc = _encode(tokenizer, texts[i : i + batch_size], max_length, device)
         hidden = model.bert.embeddings(input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids"))
         states = model.run_layers(hidden, enc["attention_mask"]).states
         out.append(torch.stack([masked_mean(states[l], enc["attention_mask"]) for l in internal], dim=1))
@@ -216,7 +217,7 @@ def full_pass(model, tokenizer, texts, max_length: int, batch_size: int = 64) ->
     device = next(model.parameters()).device
     logits, signal, skipped = [], [], []
     for i in range(0, len(texts), batch_size):
-        enc = {k: v.to(device) for k, v in _encode(tokenizer, texts[i : i + batch_size], max_length).items()}
+        enc = _encode(tokenizer, texts[i : i + batch_size], max_length, device)
         out = model(**enc)
         logits.append(torch.stack(out.exit_logits, dim=1).float().cpu().numpy())
         if model.signal_width:
