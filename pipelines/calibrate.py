@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -45,18 +46,20 @@ def head_logits_for(model_dir: str, texts: list[str], max_length: int, batch_siz
     return full_pass(model, tokenizer, texts, max_length, batch_size)
 
 
-def write_calibration(model_dir: str, result: calibration.Calibration, exit_layers: list[int], source: str) -> None:
-    """Store the certified threshold in config.json and the record in exit_profile.json.
+def write_calibration(model_dir: str, result: calibration.Calibration, record: dict) -> None:
+    """Store the certified thresholds in config.json (marked certified) and `record` (the
+    certificate and the conditions it was made under) in exit_profile.json.
 
     The stored survival becomes the calibrated one, so stage layouts are planned for the
     thresholds that will actually run."""
     if not result.certified:
         raise ValueError("nothing certified: refusing to overwrite the model's thresholds")
     cfg = read_config(model_dir)
-    cfg.exit_thresholds = [float(result.threshold)] * len(exit_layers)
+    cfg.exit_thresholds = [float(t) for t in result.thresholds]
+    cfg.exit_certified = True
     cfg.save_pretrained(model_dir)
     profile = load_profile(model_dir)
-    profile["calibration"] = {**result.record(), "data": source}
+    profile["calibration"] = record
     save_profile(model_dir, profile)
 
 
@@ -68,6 +71,37 @@ def _target(cfg: CalibrateConfig) -> calibration.Target:
     return calibration.Target("agreement", cfg.min_agreement, cfg.confidence)
 
 
+def certify(
+    hp: HeadPass, gold: np.ndarray | None, info: ModelInfo, target: calibration.Target, path: str = "auto",
+    family_fraction: float = calibration.FAMILY_FRACTION, seed: int = 0, points: int = 200,
+    family: tuple[HeadPass, np.ndarray | None] | None = None,
+) -> calibration.Calibration:
+    """Learn then Test on one full-depth pass: a seeded share of the rows shapes the per-layer
+    path (unless `family`, rows kept apart already, such as a training run's dev rows, is given)
+    and the rest certify. Patience carries state across layers: its path is global, all rows certify."""
+    policy = get_policy(info.policy)
+    if path == "per-layer" and policy.state_size:
+        raise ConfigError(f"exit policy {info.policy!r} carries state across layers: use --path global (or auto)")
+    if path == "global" or policy.state_size:
+        return calibration.calibrate(hp, info.exit_layers, policy, target, gold, points)
+    if family is None:
+        fam, cert = calibration.family_split(len(hp), family_fraction, seed)
+        family = (hp[fam], None if gold is None else gold[fam])
+        hp, gold = hp[cert], None if gold is None else gold[cert]
+    return calibration.calibrate(
+        hp, info.exit_layers, policy, target, gold, points, path=path, family=family[0], family_gold=family[1]
+    )
+
+
+def certificate_record(result: calibration.Calibration, info: ModelInfo, max_length: int, source: str) -> dict:
+    """The certificate, with the conditions it holds under: a tagging run that differs is warned
+    (and refused under --strict), see offramp.quality.certificate."""
+    return {
+        **result.record(), "data": source, "policy": info.policy, "mechanism": info.mechanism,
+        "max_length": int(max_length), "dtype": "float32",
+    }
+
+
 def run_calibration(cfg: CalibrateConfig) -> Outcome:
     cfg.require("model", "data")
     target = _target(cfg)
@@ -77,8 +111,6 @@ def run_calibration(cfg: CalibrateConfig) -> Outcome:
         raise ConfigError(f"{cfg.data} has no usable rows (every row lacked text{' or label' if cfg.label_column else ''})")
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    policy = get_policy(info.policy)
-    exit_layers = info.exit_layers
     t0 = time.perf_counter()
     logger.info("calibration: %d rows, target: %s at confidence %.2f", len(texts), target.describe(), cfg.confidence)
     logits = head_logits_for(cfg.model, texts, cfg.max_length, cfg.batch_size)
@@ -86,39 +118,49 @@ def run_calibration(cfg: CalibrateConfig) -> Outcome:
     if labels is not None:
         label2id = {name: i for i, name in enumerate(info.labels)}
         gold = np.array([label2id.get(v, -1) for v in labels])  # unseen labels count as errors
-    result = calibration.calibrate(logits, exit_layers, policy, target, gold, cfg.points)
+    result = certify(logits, gold, info, target, cfg.path, cfg.family_fraction, cfg.seed, cfg.points)
     seconds = time.perf_counter() - t0
     written = result.certified and not cfg.dry_run
+    record = certificate_record(result, info, cfg.max_length, os.path.abspath(cfg.data)) if result.certified else None
     if written:
-        write_calibration(cfg.model, result, exit_layers, os.path.abspath(cfg.data))
-    run_id = log_calibration(cfg, result, seconds) if cfg.mlflow.enabled else ""
-    return Outcome(result, _summary(cfg, result, written, run_id), written, run_id)
+        write_calibration(cfg.model, result, record)
+    run_id = log_calibration(cfg, result, record, seconds) if cfg.mlflow.enabled else ""
+    return Outcome(result, _summary(cfg, result, record, written, run_id), written, run_id)
 
 
-def _summary(cfg: CalibrateConfig, result: calibration.Calibration, written: bool, run_id: str) -> str:
+def describe_thresholds(result: calibration.Calibration) -> str:
+    if result.path == "global":
+        return f"threshold {result.threshold:.6g}"
+    return f"per-layer thresholds [{', '.join(f'{t:.4g}' for t in result.thresholds[:-1])}] (alpha {result.point['alpha']:.4g})"
+
+
+def _summary(cfg: CalibrateConfig, result: calibration.Calibration, record: dict | None, written: bool, run_id: str) -> str:
     t, p = result.target, result.point
     if not result.certified:
-        need = rows_needed(t.max_risk, t.delta)
+        need = rows_needed(t.max_risk, t.delta, t.mode)
+        split = result.family_rows > 0
+        total = math.ceil(need / (1 - cfg.family_fraction)) if split else need
         return (
             f"no exiting threshold could be certified for '{t.describe()}' at confidence {t.confidence:.2f} "
-            f"with {result.rows} rows; the model is unchanged. Even zero errors need {need} rows: add calibration "
-            f"rows, loosen the target or lower --confidence."
+            f"with {result.rows} certifying rows; the model is unchanged. Even zero errors need {need} certifying rows"
+            + (f" ({total} in all, as {cfg.family_fraction:.0%} shape the per-layer path)" if split else "")
+            + ": add calibration rows, loosen the target or lower --confidence."
         )
     line = (
-        f"threshold {result.threshold:.6g} ({'written to ' + cfg.model if written else 'dry run: not written'}): "
-        f"on {result.rows} calibration rows, mean layers {p['mean_layers']:.2f} (ideal {p['ideal_speedup']:.2f}x), "
+        f"{describe_thresholds(result)} ({'written to ' + cfg.model if written else 'dry run: not written'}): "
+        f"on {result.rows} certifying rows, mean layers {p['mean_layers']:.2f} (ideal {p['ideal_speedup']:.2f}x), "
         f"agreement {p['agreement']:.4f} (lower bound {p['agreement_lower']:.4f})"
     )
     if "accuracy" in p:
         line += (
             f", accuracy {p['accuracy']:.4f} vs {p['accuracy_full_depth']:.4f} at full depth "
-            f"(drop {100 * p['accuracy_drop']:.2f} pt, bound {100 * p['accuracy_drop_upper']:.2f} pt)"
+            f"(drop {100 * p['accuracy_drop']:.2f} pt, bound {100 * record['accuracy_drop_upper']:.2f} pt)"
         )
     line += f"; guarantee: {t.describe()} with probability >= {t.confidence:.2f}"
     return line + (f"; mlflow run {run_id}" if run_id else "")
 
 
-def log_calibration(cfg: CalibrateConfig, result: calibration.Calibration, seconds: float) -> str:
+def log_calibration(cfg: CalibrateConfig, result: calibration.Calibration, record: dict | None, seconds: float) -> str:
     t, p = result.target, result.point
     with start_run(cfg.mlflow, "offramp-calibrate") as run:
         mlflow.log_params(
@@ -130,11 +172,15 @@ def log_calibration(cfg: CalibrateConfig, result: calibration.Calibration, secon
                 "confidence": t.confidence,
                 "rows": result.rows,
                 "points": cfg.points,
+                "path": result.path,
+                "family_rows": result.family_rows,
                 "dry_run": cfg.dry_run,
             }
         )
         mlflow.set_tag("offramp.calibration", "certified" if result.certified else "not_certified")
         metrics = {k: v for k, v in p.items() if isinstance(v, (int, float)) and np.isfinite(v)}
+        if record and record.get("risk_bound") is not None:
+            metrics["risk_bound"] = record["risk_bound"]
         metrics["certified_candidates"] = sum(q["certified"] for q in result.curve) - 1
         metrics["calibration_seconds"] = seconds
         mlflow.log_metrics({f"chosen_{k}": float(v) for k, v in metrics.items()})
@@ -142,12 +188,12 @@ def log_calibration(cfg: CalibrateConfig, result: calibration.Calibration, secon
         curve = [
             Metric(f"curve_{key}", q[key], now, i)
             for i, q in enumerate(result.curve[1:], 1)
-            for key in ("mean_layers", "risk", "risk_bound")
+            for key in ("mean_layers", "risk", "p_value")
         ]
         for i in range(0, len(curve), 1000):  # MLflow takes at most 1000 metrics per batch
             mlflow.MlflowClient().log_batch(run.info.run_id, metrics=curve[i : i + 1000])
         fig = tradeoff_figure(result)
         mlflow.log_figure(fig, "calibration_tradeoff.png")
         plt.close(fig)
-        mlflow.log_dict({"target": t.__dict__, "chosen": result.record(), "curve": result.curve}, "calibration.json")
+        mlflow.log_dict({"target": t.__dict__, "chosen": record, "curve": result.curve}, "calibration.json")
         return run.info.run_id

@@ -85,14 +85,21 @@ def audit_figure(audit: dict):
 
 
 def tradeoff_figure(result: Calibration):
-    """Risk and its certified bound against mean layers; the target and the chosen point."""
+    """Observed risk against mean layers, certified candidates marked, the certified bound where
+    the curve has one (agreement targets); the target and the chosen point."""
     t = result.target
-    pts = [q for q in result.curve if np.isfinite(q["risk_bound"])]
+    pts = result.curve[1:] or result.curve
     scale, unit = (100, "points") if t.mode == "accuracy" else (100, "% of rows")
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.plot([q["mean_layers"] for q in pts], [scale * q["risk"] for q in pts], ".-", ms=3, label="observed")
-    ax.plot([q["mean_layers"] for q in pts], [scale * q["risk_bound"] for q in pts], ".-", ms=3,
-            label=f"bound at confidence {t.confidence:.2f}")
+    x = [q["mean_layers"] for q in pts]
+    ax.plot(x, [scale * q["risk"] for q in pts], ".-", ms=3, label="observed")
+    cert = [q for q in pts if q["certified"]]
+    ax.plot([q["mean_layers"] for q in cert], [scale * q["risk"] for q in cert], "o", ms=4, mfc="none",
+            label=f"certified at confidence {t.confidence:.2f}")
+    bound = [q for q in pts if np.isfinite(q.get("risk_bound", np.nan))]
+    if bound:
+        ax.plot([q["mean_layers"] for q in bound], [scale * q["risk_bound"] for q in bound], ".-", ms=3,
+                label=f"bound at confidence {t.confidence:.2f}")
     ax.axhline(scale * t.max_risk, color="k", ls="--", lw=1, label="target")
     if result.certified:
         ax.plot([result.point["mean_layers"]], [scale * result.point["risk"]], "r*", ms=14, label="chosen")
@@ -101,6 +108,6 @@ def tradeoff_figure(result: Calibration):
     ax.set_ylabel(("accuracy drop" if t.mode == "accuracy" else "disagreement with full depth") + f" ({unit})")
     ax.set_ylim(bottom=min(0, scale * min(q["risk"] for q in pts)) - 0.2, top=max(4 * scale * t.max_risk, 1))
     ax.legend(fontsize=8)
-    ax.set_title(t.describe())
+    ax.set_title(f"{t.describe()} ({result.path} path)")
     fig.tight_layout()
     return fig

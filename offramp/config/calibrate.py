@@ -33,7 +33,13 @@ class CalibrateConfig:
     batch_size: int = 64
     """Rows per forward pass of the full-depth head pass."""
     points: int = 200
-    """Candidate thresholds tested (fixed in advance, dense near the confident end)."""
+    """Candidates tested along the path (fixed in advance, dense near the confident end)."""
+    path: str = "auto"
+    """Threshold path certified: per-layer (one threshold per head, moved together by one
+    parameter shaped on a held-out share of the rows), global (one threshold for every head), or
+    auto (whichever is faster at the target on that share; global for patience)."""
+    family_fraction: float = 0.3
+    """Share of the rows (seeded) that shapes a per-layer path; the rest certify."""
     seed: int = 0
     """Seed of the row sample drawn under max_rows."""
     dry_run: bool = False
@@ -52,6 +58,10 @@ class CalibrateConfig:
             raise ConfigError(f"min_agreement={self.min_agreement} is a fraction below 1, e.g. 0.97")
         if not 0 < self.confidence < 1:
             raise ConfigError(f"confidence={self.confidence} must be in (0, 1), e.g. 0.9")
+        if self.path not in ("auto", "per-layer", "global"):
+            raise ConfigError(f"path {self.path!r}: use auto, per-layer or global")
+        if not 0 < self.family_fraction < 1:
+            raise ConfigError(f"family_fraction={self.family_fraction} must be in (0, 1), e.g. 0.3")
         if self.points < 2:
             raise ConfigError(f"points={self.points} must be >= 2")
 

@@ -63,6 +63,10 @@ class TrainSettings:
     task: str = "auto"
     """sequence (one label per row), token (a tag per word: sequence labeling) or auto (token when
     the label column holds lists). Token mode: text_column names the words column (list of str)."""
+    final_pooling: str = "auto"
+    """How the final (full-depth) head pools the last layer: mean, cls, or auto = as the base
+    checkpoint was trained to pool (mean for sentence-transformers checkpoints that declare it in
+    their Pooling config, cls otherwise). Stored in the model's config.json. Classifiers only."""
     max_accuracy_drop: float = 0.01
     """Stored thresholds: fastest global threshold whose dev accuracy is within this of full depth."""
     seed: int = 0
@@ -84,6 +88,8 @@ class TrainSettings:
             raise ConfigError(f"max_accuracy_drop={self.max_accuracy_drop} is a fraction, e.g. 0.01 for 1 point")
         if self.task not in TASKS:
             raise ConfigError(f"task {self.task!r}: use auto, sequence or token")
+        if self.final_pooling not in ("auto", "cls", "mean"):
+            raise ConfigError(f"final_pooling {self.final_pooling!r}: use auto, cls or mean")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device {self.device!r}: use auto, cpu or cuda")
 

@@ -176,20 +176,20 @@ class LayerShard(ShardBase):
 
 
 class _HeadAt(nn.Module):
-    """The head after one layer, as its own module (the final one reuses pooler + classifier),
+    """The head after one layer, as its own module (the final one is the model's FinalHead),
     with the mechanism's signal module at that layer (DE³ prototypes, BERxiT's shared predictor)."""
 
     def __init__(self, model: EarlyExitBertForSequenceClassification, layer: int):
         super().__init__()
-        self.head = self.signal = None
+        self.head = self.signal = self.final = None
         if layer == model.num_layers:
-            self.pooler, self.dropout, self.classifier = model.bert.pooler, model.dropout, model.classifier
+            self.final = model.final_head()
         else:
             self.head, self.signal = model.exit_heads[str(layer)], model.signal_module(layer)
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> HeadOutput:  # (B, T, H), (B, T)
-        if self.head is None:
-            return HeadOutput(self.classifier(self.dropout(self.pooler(hidden))))
+        if self.final is not None:
+            return HeadOutput(self.final(hidden, mask))
         pooled = masked_mean(hidden, mask)  # (B, H)
         return HeadOutput(self.head.classify(pooled), exit_signal(self.signal, pooled))
 

@@ -65,8 +65,9 @@ def layer_costs(x, exit_layers: list[int]) -> np.ndarray:
 
 def first_exit(scores: np.ndarray, policy: ExitPolicy, threshold) -> np.ndarray:
     """Index of the first head that exits (the last always does): (N,) for one threshold,
-    (M, N) for an (M,) array of candidates."""
-    t = np.asarray(threshold, dtype=np.float64)[..., None, None]  # broadcasts over (N, K)
+    (M, N) for an (M,) array of candidates, or for an (M, K) array of per-head thresholds."""
+    t = np.asarray(threshold, dtype=np.float64)
+    t = t[:, None, :] if t.ndim == 2 else t[..., None, None]  # broadcasts over (N, K)
     passes = policy.passes(scores, t)  # (N, K) or (M, N, K)
     passes[..., -1] = True
     return passes.argmax(axis=-1)
@@ -118,7 +119,9 @@ def choose(curve: list[dict], max_drop: float) -> dict:
     return max(ok, key=lambda p: (p["ideal_speedup"], p["accuracy"]))
 
 
-def survival(scores: np.ndarray, preds: np.ndarray, exit_layers: list[int], policy: ExitPolicy, threshold: float, num_layers: int):
-    """Fraction of rows still running after each layer 1..L under `threshold`."""
+def survival(scores: np.ndarray, preds: np.ndarray, exit_layers: list[int], policy: ExitPolicy, threshold, num_layers: int):
+    """Fraction of rows still running after each layer 1..L under one global `threshold`, or
+    under per-head thresholds given as a (1, K) array."""
     layers, _ = simulate(scores, preds, exit_layers, policy, threshold)
+    layers = np.asarray(layers).ravel()
     return [float((layers > l).mean()) for l in range(1, num_layers + 1)]

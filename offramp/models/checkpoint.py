@@ -4,6 +4,8 @@ itself for the task it was trained for."""
 from __future__ import annotations
 
 import importlib.resources
+import json
+import logging
 import os
 from dataclasses import dataclass
 
@@ -12,9 +14,12 @@ from transformers import BertConfig
 
 from offramp.config import ConfigError
 from offramp.models.base import SEQUENCE, TOKEN
+from offramp.models.heads import FINAL_POOLINGS
 from offramp.models.profile import load_profile
 from offramp.models.sequence import EarlyExitBertForSequenceClassification
 from offramp.models.token import EarlyExitBertForTokenClassification
+
+logger = logging.getLogger(__name__)
 
 MODEL_CLASSES = {SEQUENCE: EarlyExitBertForSequenceClassification, TOKEN: EarlyExitBertForTokenClassification}
 
@@ -36,6 +41,47 @@ def model_task(config) -> str:
     if task not in MODEL_CLASSES:
         raise ConfigError(f"model task {task!r} is not one of {sorted(MODEL_CLASSES)}; retrain with jobs/train_exits.py")
     return task
+
+
+def backbone_pooling(directory: str) -> str:
+    """How a checkpoint was trained to pool, for the final head: an offramp model's own
+    `final_pooling`; a sentence-transformers checkpoint's Pooling module (modules.json ->
+    its config.json: mean tokens -> mean, CLS token -> cls); anything else cls, as BERT
+    classifiers pool."""
+    with open(os.path.join(directory, "config.json")) as f:
+        own = json.load(f).get("final_pooling")
+    if own:
+        return own
+    try:
+        with open(os.path.join(directory, "modules.json")) as f:
+            modules = json.load(f)
+    except (OSError, ValueError):
+        return "cls"
+    for m in modules:
+        if str(m.get("type", "")).endswith("Pooling"):
+            try:
+                with open(os.path.join(directory, m.get("path", ""), "config.json")) as f:
+                    modes = json.load(f)
+            except (OSError, ValueError):
+                break
+            if modes.get("pooling_mode_mean_tokens"):
+                return "mean"
+            if modes.get("pooling_mode_cls_token"):
+                return "cls"
+            on = sorted(k for k, v in modes.items() if k.startswith("pooling_mode") and v)
+            logger.warning("%s pools by %s, which offramp's final head has no mode for; using cls", directory, on)
+            break
+    return "cls"
+
+
+def resolve_final_pooling(setting: str, base: str) -> str:
+    """The final head's pooling for a model trained from `base`: `setting` (cls | mean), or with
+    auto the pooling the base checkpoint was trained with."""
+    if setting == "auto":
+        return backbone_pooling(base)
+    if setting not in FINAL_POOLINGS:
+        raise ConfigError(f"final_pooling {setting!r}: use auto, {' or '.join(FINAL_POOLINGS)}")
+    return setting
 
 
 @dataclass

@@ -1,6 +1,8 @@
-"""Exit heads: the small classifiers after internal layers, and the signals some mechanisms add.
+"""Exit heads: the small classifiers after internal layers, the final head, and the signals
+some mechanisms add.
 
-Leaf to root: `masked_mean` -> `ExitHead` (pool, dense + tanh, classify) -> `HeadOutput`
+Leaf to root: `masked_mean` -> `ExitHead` (pool, dense + tanh, classify) and `FinalHead` (the
+stock pooler + classifier, reading the pooling the backbone was trained with) -> `HeadOutput`
 (a head's logits with the mechanism's exit signal, e.g. DE³ prototype distances).
 """
 
@@ -42,6 +44,30 @@ class ExitHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, H), (B, T) -> (B, C)
         return self.classify(masked_mean(hidden, mask))
+
+
+FINAL_POOLINGS = ("cls", "mean")
+"""How the final head pools the last layer: the [CLS] state (BERT classifiers) or the mean of
+the real tokens (sentence-transformers checkpoints such as all-MiniLM-L6-v2)."""
+
+
+class FinalHead(nn.Module):
+    """The full-depth head: the stock BERT pooler's dense + tanh and classifier, on the [CLS]
+    state or on the mean of the row's tokens. It wraps the model's own modules (no parameters
+    of its own), so the weights keep their stock names (`bert.pooler.dense`, `classifier`)."""
+
+    def __init__(self, pooler: nn.Module, dropout: nn.Module, classifier: nn.Module, pooling: str):
+        super().__init__()
+        if pooling not in FINAL_POOLINGS:
+            raise ValueError(f"final_pooling {pooling!r}: use one of {FINAL_POOLINGS}")
+        self.pooler, self.dropout, self.classifier, self.pooling = pooler, dropout, classifier, pooling
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, H), (B, T) -> (B, C)
+        if self.pooling == "cls":
+            pooled = self.pooler(hidden)  # BertPooler: dense + tanh on the [CLS] state
+        else:
+            pooled = torch.tanh(self.pooler.dense(masked_mean(hidden, mask)))
+        return self.classifier(self.dropout(pooled))
 
 
 @dataclass

@@ -1,9 +1,14 @@
 """Early-exit BERT built from transformers' own BERT modules.
 
 Leaf to root: `ExitHead` (a small off-ramp classifier) -> the model, which is a
-stock `BertModel` plus the stock sequence-classification head (`pooler` +
-`classifier`, so `AutoModelForSequenceClassification` loads the same full-depth
-model from our directory) plus one `ExitHead` per internal exit layer.
+stock `BertModel` plus the stock sequence-classification head's modules (`pooler` +
+`classifier`, read by `FinalHead` with the pooling the backbone was trained with) plus
+one `ExitHead` per internal exit layer.
+
+The weights keep their stock names, so `AutoModelForSequenceClassification` loads them from
+our directory; with `final_pooling: mean` (the default for sentence-transformers backbones)
+it computes a [CLS]-pooled head over them, which is not this model. Load with
+`offramp.models.checkpoint.load_model`.
 
 Layers are numbered 1..L; "exit layer l" means the head after `encoder.layer[l-1]`.
 """
@@ -18,8 +23,9 @@ from transformers import BertConfig
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel
 
+from offramp.config import ConfigError
 from offramp.models.base import ExitLayersMixin, init_exit_config
-from offramp.models.heads import ExitHead, HeadOutput, exit_signal, masked_mean
+from offramp.models.heads import FINAL_POOLINGS, ExitHead, FinalHead, HeadOutput, exit_signal, masked_mean
 from offramp.models.modules import ExitPredictor, PrototypeNet, SkipGate
 
 
@@ -58,6 +64,8 @@ class EarlyExitBertForSequenceClassification(ExitLayersMixin, BertPreTrainedMode
         when its gate's probability is >= gate_threshold.
       prototype_dim: DE³-BERT's prototype space width at each internal exit (0 = none).
       exit_predictor: BERxiT's shared learning-to-exit module.
+      final_pooling: how the final head pools the last layer, cls or mean (absent = cls, the
+        first release's models).
     """
 
     def __init__(self, config: BertConfig):
@@ -67,6 +75,9 @@ class EarlyExitBertForSequenceClassification(ExitLayersMixin, BertPreTrainedMode
         config.gate_threshold = float(getattr(config, "gate_threshold", 0.5))
         config.prototype_dim = int(getattr(config, "prototype_dim", 0) or 0)
         config.exit_predictor = bool(getattr(config, "exit_predictor", False))
+        config.final_pooling = getattr(config, "final_pooling", None) or "cls"
+        if config.final_pooling not in FINAL_POOLINGS:
+            raise ConfigError(f"final_pooling {config.final_pooling!r} in config.json: use one of {FINAL_POOLINGS}")
         num_layers, layers = config.num_hidden_layers, config.exit_layers
 
         self.bert = BertModel(config, add_pooling_layer=True)
@@ -102,10 +113,14 @@ class EarlyExitBertForSequenceClassification(ExitLayersMixin, BertPreTrainedMode
             return self.prototypes[str(layer)]
         return self.exit_predictor
 
+    def final_head(self) -> FinalHead:
+        """The full-depth head over this model's own pooler and classifier."""
+        return FinalHead(self.bert.pooler, self.dropout, self.classifier, self.config.final_pooling)
+
     def head_output(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor) -> HeadOutput:
         """The head after `layer` (1-based) on that layer's output (B, T, H) and mask (B, T)."""
         if layer == self.num_layers:
-            return HeadOutput(self.classifier(self.dropout(self.bert.pooler(hidden))))  # (B, C)
+            return HeadOutput(self.final_head()(hidden, mask))  # (B, C)
         pooled = masked_mean(hidden, mask)  # (B, H)
         return HeadOutput(self.exit_heads[str(layer)].classify(pooled), exit_signal(self.signal_module(layer), pooled))
 

@@ -1,25 +1,35 @@
 """Exit thresholds with a finite-sample guarantee: Learn then Test along one threshold path.
 
 One full-depth pass over a calibration set gives every head's logits; the early-exit
-prediction of every row under any global threshold is then array arithmetic
-(`offramp.exits.simulate.simulate`). The candidate thresholds are ordered from the most
-conservative (never exit: identical to full depth, risk 0) to the most aggressive.
-Each is tested at level delta = 1 - confidence, in that order, and the procedure stops
-at the first one it cannot certify. Fixed-sequence testing keeps the family-wise error
-at delta (Bauer 1991; Angelopoulos, Bates et al., "Learn then Test", 2021), so with
-probability at least `confidence` over the draw of the calibration set, the chosen
-threshold (the last certified one) meets the target on the population the set was
+prediction of every row under any thresholds is then array arithmetic
+(`offramp.exits.simulate.simulate`). The candidates form a path, one parameter fixed before
+the certifying rows are seen, ordered from the most conservative (never exit: identical to
+full depth, risk 0) to the most aggressive. Each is tested at level delta = 1 - confidence,
+in that order, and the procedure stops at the first one it cannot certify. Fixed-sequence
+testing keeps the family-wise error at delta (Bauer 1991; Angelopoulos, Bates et al., "Learn
+then Test", 2021), so with probability at least `confidence` over the draw of the calibration
+set, the chosen point (the last certified one) meets the target on the population the set was
 drawn from.
 
-Risks, per row of the calibration set:
+Paths (`PATHS`):
+- global: one threshold for every head, over the policy's whole score range.
+- per-layer: one threshold per head, all moved by one parameter alpha: each head's threshold
+  is the loosest at which, on *family rows*, the rows it lets exit disagree with full depth at
+  most a fraction alpha of the time. Better heads get looser thresholds. The family rows are a
+  seeded share of the calibration set (or the training run's dev rows) kept apart from the
+  certifying rows, so the path is fixed before those are seen, as the guarantee requires.
+- auto: per-layer or global, whichever reaches more speed at the target on the family rows
+  (a choice that never looks at the certifying rows).
+
+Risks, per row of the certifying set:
 - agreement: the early-exit prediction differs from the full-depth one. The target
   "agrees on at least Y of rows" is risk <= 1 - Y; a candidate is certified when the
   binomial tail P[Bin(n, 1 - Y) <= disagreements] is <= delta (exact for a 0/1 loss).
   Needs no labels.
-- accuracy: full-depth accuracy minus early-exit accuracy = p10 - p01, where p10 is
-  the rate of rows full depth gets right and the exit gets wrong, p01 the reverse. A
-  candidate is certified when the Clopper-Pearson upper bound of p10 minus the lower
-  bound of p01, each at delta / 2, is <= X (a union bound; conservative but exact).
+- accuracy: full-depth accuracy minus early-exit accuracy = p10 - p01, where p10 is the rate
+  of rows full depth gets right and the exit wrong, p01 the reverse. A candidate is certified
+  when the exact paired test of "drop >= X" (`offramp.quality.stats.paired_drop_pvalue`)
+  rejects at level delta.
 """
 
 from __future__ import annotations
@@ -31,9 +41,13 @@ from scipy import stats
 
 from offramp.exits import simulate
 from offramp.policies import ExitPolicy
-from offramp.quality.stats import binomial_lower, binomial_upper
+from offramp.quality.stats import binomial_upper, paired_drop_pvalue, paired_drop_upper
 
 MODES = ("agreement", "accuracy")
+PATHS = ("auto", "per-layer", "global")
+FAMILY_FRACTION = 0.3
+"""Share of a calibration set that shapes the per-layer path when no dev rows are given; the
+rest certify."""
 
 
 @dataclass(frozen=True)
@@ -61,27 +75,39 @@ class Calibration:
     """The chosen point, the whole tested curve, and what the guarantee says."""
 
     target: Target
-    rows: int
-    threshold: float | None  # None: no exiting threshold could be certified
-    point: dict  # the curve entry of the chosen threshold (never-exit when none certified)
+    rows: int  # certifying rows
+    thresholds: list[float] | None  # one per exit layer; None: no exiting point could be certified
+    point: dict  # the curve entry of the chosen point (never-exit when none certified)
     curve: list[dict]  # every candidate, conservative to aggressive, with `certified`
-    survival: list[float]  # fraction running after each layer 1..L at the chosen threshold
+    survival: list[float]  # fraction running after each layer 1..L at the chosen point
+    path: str = "global"  # the path tested (global | per-layer)
+    family_rows: int = 0  # rows that shaped the path (0: the global path needs none)
+    gold: tuple[int, int, int] | None = None  # accuracy mode: (n10, n01, n) at the chosen point
 
     @property
     def certified(self) -> bool:
-        return self.threshold is not None
+        return self.thresholds is not None
+
+    @property
+    def threshold(self) -> float | None:
+        """The global threshold of the chosen point (None on a per-layer path or when nothing was certified)."""
+        return self.point.get("threshold") if self.certified else None
 
     def record(self) -> dict:
         """What is stored with the model (exit_profile.json) and read by the run audit."""
         p = self.point
-        return {
+        rec = {
             "mode": self.target.mode,
             "target": self.target.value,
             "confidence": self.target.confidence,
             "rows": self.rows,
+            "family_rows": self.family_rows,
+            "path": self.path,
             "threshold": self.threshold,
+            "thresholds": self.thresholds,
+            "alpha": p.get("alpha"),
             "risk": p["risk"],
-            "risk_bound": p["risk_bound"],
+            "p_value": p["p_value"],
             "agreement": p["agreement"],
             "agreement_lower": p["agreement_lower"],
             "accuracy_full_depth": p.get("accuracy_full_depth"),
@@ -89,13 +115,19 @@ class Calibration:
             "mean_layers": p["mean_layers"],
             "ideal_speedup": p["ideal_speedup"],
             "survival": self.survival,
-            "method": "learn-then-test, fixed-sequence over one global threshold; "
-            + ("binomial tail" if self.target.mode == "agreement" else "Clopper-Pearson union bound on p10 - p01"),
+            "method": f"learn-then-test, fixed sequence along the {self.path} threshold path; "
+            + ("binomial tail" if self.target.mode == "agreement" else "exact paired test of the accuracy drop (Tango score, sup over the nuisance)"),
         }
+        if self.target.mode == "agreement":
+            rec["risk_bound"] = p["risk_bound"]
+        elif self.gold is not None:  # the exact test inverted at the chosen point (a few seconds)
+            n10, n01, n = self.gold
+            rec["risk_bound"] = rec["accuracy_drop_upper"] = paired_drop_upper(n10, n01, n, self.target.delta)
+        return rec
 
 
 def candidate_thresholds(policy: ExitPolicy, num_classes: int, points: int) -> np.ndarray:
-    """Thresholds over the policy's whole score range, conservative first (never exit leads).
+    """Global thresholds over the policy's whole score range, conservative first (never exit leads).
 
     The sequence is fixed before any calibration data is seen, as fixed-sequence testing
     requires (a grid from the data's own quantiles would void the guarantee). It is dense
@@ -106,34 +138,78 @@ def candidate_thresholds(policy: ExitPolicy, num_classes: int, points: int) -> n
     return np.concatenate([[policy.never_exits_threshold()], grid])
 
 
+@dataclass(frozen=True)
+class ThresholdPath:
+    """Candidates of one path: (M, K) thresholds, one row per candidate, conservative first
+    (row 0 never exits); `params` is each row's global threshold or alpha."""
+
+    name: str  # global | per-layer
+    thresholds: np.ndarray  # (M, K)
+    params: np.ndarray  # (M,)
+
+
+def global_path(policy: ExitPolicy, num_classes: int, num_heads: int, points: int) -> ThresholdPath:
+    t = candidate_thresholds(policy, num_classes, points)
+    return ThresholdPath("global", np.repeat(t[:, None], num_heads, axis=1), t)
+
+
+def per_layer_path(family: simulate.HeadPass, exit_layers: list[int], policy: ExitPolicy, points: int) -> ThresholdPath:
+    """Per-head thresholds moved by one parameter alpha (see the module docstring), from the
+    family rows alone. Every head's threshold loosens as alpha grows, so the path runs from
+    never-exit to every row leaving at the first head."""
+    if policy.state_size:
+        raise ValueError(f"policy {policy.name!r} carries state across layers: only the global path fits it")
+    scores, preds = simulate.head_scores(policy, family, exit_layers), family.preds
+    sign = 1.0 if policy.lower_is_confident else -1.0  # c = sign * score: smaller is more confident
+    alphas = np.concatenate([[0.0], np.geomspace(1e-4, 1.0, points - 1)])
+    never = policy.never_exits_threshold()
+    out = np.full((len(alphas), len(exit_layers)), never)
+    for k in range(len(exit_layers) - 1):
+        c = sign * scores[:, k]
+        ok = np.isfinite(c)
+        order = np.argsort(c[ok], kind="stable")
+        cs = c[ok][order]
+        if not len(cs):
+            continue
+        disagree = (preds[ok, k] != preds[ok, -1])[order]
+        running = np.cumsum(disagree) / np.arange(1, len(cs) + 1)  # disagreement of the j most confident rows
+        # j*(alpha): the most rows exiting whose running disagreement is <= alpha (non-decreasing in alpha)
+        best = np.maximum.accumulate(np.where(running <= alphas[:, None], np.arange(1, len(cs) + 1), 0), axis=1)[:, -1]
+        nxt = np.append(cs, cs[-1] + 1.0)
+        cut = np.where(best > 0, (nxt[np.maximum(best - 1, 0)] + nxt[best]) / 2, np.nan)  # between the last in and the first out
+        out[:, k] = np.where(best > 0, sign * cut, never)
+    out[0] = never
+    return ThresholdPath("per-layer", out, alphas)
+
+
 def evaluate(
     logits,  # (N, K, C) every head's logits, or a thresholds.HeadPass
     exit_layers: list[int],
     policy: ExitPolicy,
-    threshold: float,
+    threshold,  # one global threshold, or one per exit layer (K,)
     target: Target,
     gold: np.ndarray | None = None,  # (N,) class ids; -1 = unknown class (counts as wrong)
 ) -> dict:
-    """One candidate: its speed, agreement, accuracy and the bound the target is tested with."""
-    return _evaluate(simulate.as_pass(logits), exit_layers, policy, np.array([threshold]), target, gold)[0]
+    """One candidate: its speed, agreement, accuracy and the p-value of its test."""
+    t = np.asarray(threshold, dtype=np.float64)
+    t = np.repeat(t[None, None], len(exit_layers), axis=1) if t.ndim == 0 else t[None, :]
+    return _evaluate(simulate.as_pass(logits), exit_layers, policy, t, target, gold)[0]
 
 
-def _evaluate(hp: simulate.HeadPass, exit_layers, policy, thresholds, target, gold) -> list[dict]:
-    """Every candidate threshold at once: (M, N) exit heads and predictions, then counts."""
+def _evaluate(hp: simulate.HeadPass, exit_layers, policy, thresholds: np.ndarray, target, gold) -> list[dict]:
+    """Every candidate of (M, K) thresholds at once: (M, N) exit heads and predictions, then counts."""
     scores, preds = simulate.head_scores(policy, hp, exit_layers), hp.preds
     n = len(preds)
-    first = simulate.first_exit(scores, policy, np.asarray(thresholds))  # (M, N)
+    first = simulate.first_exit(scores, policy, thresholds)  # (M, N)
     pred = np.take_along_axis(preds[None], first[..., None], axis=2)[..., 0]
     mean_layers = simulate.computed_layers(simulate.layer_costs(hp, exit_layers), first).mean(axis=1)  # (M,)
     full = preds[:, -1]
     disagree = (pred != full).sum(axis=1)  # (M,)
-    delta = target.delta
     cols = {
-        "threshold": np.asarray(thresholds, dtype=np.float64),
         "mean_layers": mean_layers,
         "ideal_speedup": exit_layers[-1] / mean_layers,
         "agreement": 1 - disagree / n,
-        "agreement_lower": 1 - binomial_upper(disagree, n, delta),
+        "agreement_lower": 1 - binomial_upper(disagree, n, target.delta),
     }
     if gold is not None:
         full_right, exit_right = (full == gold)[None, :], pred == gold[None, :]
@@ -141,25 +217,63 @@ def _evaluate(hp: simulate.HeadPass, exit_layers, policy, thresholds, target, go
         cols["accuracy_full_depth"] = np.full(len(pred), full_right.mean())
         cols["accuracy"] = exit_right.mean(axis=1)
         cols["accuracy_drop"] = (n10 - n01) / n
-        cols["accuracy_drop_upper"] = binomial_upper(n10, n, delta / 2) - binomial_lower(n01, n, delta / 2)
+        cols["n10"], cols["n01"] = n10, n01
     if target.mode == "agreement":
         cols["risk"], cols["risk_bound"] = disagree / n, 1 - cols["agreement_lower"]
         # LTT p-value of H0 "risk > max_risk": the binomial tail at the observed count
         cols["p_value"] = stats.binom.cdf(disagree, n, target.max_risk)
     else:
-        cols["risk"], cols["risk_bound"] = cols["accuracy_drop"], cols["accuracy_drop_upper"]
-    return [{k: float(v[i]) for k, v in cols.items()} for i in range(len(pred))]
+        cols["risk"], cols["risk_bound"] = cols["accuracy_drop"], np.full(len(pred), np.nan)  # bound: record() inverts the test at the chosen point
+        cols["p_value"] = paired_drop_pvalue(n10, n01, n, target.value)
+    points = [{k: float(v[i]) for k, v in cols.items()} for i in range(len(pred))]
+    for i, p in enumerate(points):
+        p["thresholds"] = [float(x) for x in thresholds[i]]
+    return points
+
+
+def choose_path(
+    policy: ExitPolicy, exit_layers: list[int], target: Target, path: str, family: simulate.HeadPass | None,
+    family_gold: np.ndarray | None, num_classes: int, points: int,
+) -> ThresholdPath:
+    """The path to certify along, from the family rows alone (never the certifying rows)."""
+    if path not in PATHS:
+        raise ValueError(f"path {path!r}: use one of {PATHS}")
+    glob = global_path(policy, num_classes, len(exit_layers), points)
+    if path == "global" or (path == "auto" and (policy.state_size or family is None or len(family) == 0)):
+        return glob
+    if family is None or len(family) == 0:
+        raise ValueError("the per-layer path needs family rows (dev rows, or a share of the calibration set)")
+    per = per_layer_path(family, exit_layers, policy, points)
+    if path == "per-layer":
+        return per
+
+    def speed_at_target(p: ThresholdPath) -> float:
+        ok = [q["ideal_speedup"] for q in _evaluate(family, exit_layers, policy, p.thresholds, target, family_gold)
+              if q["risk"] <= target.max_risk]
+        return max(ok, default=1.0)
+
+    return per if speed_at_target(per) > speed_at_target(glob) else glob
+
+
+def family_split(n: int, fraction: float = FAMILY_FRACTION, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(family rows, certifying rows): a seeded random share `fraction` of n rows, and the rest."""
+    order = np.random.default_rng(seed).permutation(n)
+    cut = int(round(n * fraction))
+    return np.sort(order[:cut]), np.sort(order[cut:])
 
 
 def calibrate(
-    logits,  # (N, K, C) every head's logits, or a thresholds.HeadPass
+    logits,  # (N, K, C) every head's logits, or a thresholds.HeadPass: the certifying rows
     exit_layers: list[int],
     policy: ExitPolicy,
     target: Target,
     gold: np.ndarray | None = None,
     points: int = 200,
+    path: str = "global",
+    family=None,  # HeadPass of rows that shape a per-layer path, kept apart from the certifying rows
+    family_gold: np.ndarray | None = None,
 ) -> Calibration:
-    """The most aggressive global threshold certified by fixed-sequence testing."""
+    """The most aggressive point of the chosen path certified by fixed-sequence testing."""
     if target.mode not in MODES:
         raise ValueError(f"mode {target.mode!r}: use one of {MODES}")
     if target.mode == "accuracy" and gold is None:
@@ -168,20 +282,26 @@ def calibrate(
     n = len(hp)
     if n == 0:
         raise ValueError("empty calibration set")
-    scores, preds = simulate.head_scores(policy, hp, exit_layers), hp.preds
-    candidates = candidate_thresholds(policy, hp.logits.shape[-1], points)
-    curve = _evaluate(hp, exit_layers, policy, candidates, target, gold)
+    family = None if family is None else simulate.as_pass(family)
+    chosen_path = choose_path(policy, exit_layers, target, path, family, family_gold, hp.logits.shape[-1], points)
+    curve = _evaluate(hp, exit_layers, policy, chosen_path.thresholds, target, gold)
+    key = "threshold" if chosen_path.name == "global" else "alpha"
     chosen, testing = None, True
     for i, p in enumerate(curve):
+        p[key] = float(chosen_path.params[i])
         never = i == 0  # never-exit is full depth itself: risk 0 with certainty
-        testing = testing and (never or p["risk_bound"] <= target.max_risk)
+        testing = testing and (never or p["p_value"] <= target.delta)
         p["certified"] = testing
         if testing and not never:
             chosen = p
     point = chosen or curve[0]
-    num_layers = exit_layers[-1]
-    surv = simulate.survival(scores, preds, exit_layers, policy, point["threshold"], num_layers)
-    return Calibration(target, n, chosen["threshold"] if chosen else None, point, curve, surv)
+    scores, preds = simulate.head_scores(policy, hp, exit_layers), hp.preds
+    surv = simulate.survival(scores, preds, exit_layers, policy, np.asarray([point["thresholds"]]), exit_layers[-1])
+    counts = (int(point["n10"]), int(point["n01"]), n) if "n10" in point else None
+    return Calibration(
+        target, n, point["thresholds"] if chosen else None, point, curve, surv, chosen_path.name,
+        0 if family is None or chosen_path.name == "global" and path == "global" else len(family), counts,
+    )
 
 
 def naive_choice(curve: list[dict], target: Target) -> dict:

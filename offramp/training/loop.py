@@ -65,12 +65,28 @@ class TrainReport:
         return out
 
 
-def _batches(n: int, batch_size: int, rng: random.Random | None):
+BUCKET_BATCHES = 50
+"""Length bucketing: rows are shuffled, then sorted by length within windows of this many
+batches, so each padded batch holds rows of similar length."""
+
+
+def _batches(n: int, batch_size: int, rng: random.Random | None, lengths=None):
+    """Row indices per step: a shuffled order; with `lengths`, bucketed by length within each
+    window of BUCKET_BATCHES batches and the batches shuffled again. A batch then pads to about
+    its rows' own length instead of the longest row's (half the tokens on debian_sections)."""
     order = list(range(n))
     if rng is not None:
         rng.shuffle(order)
-    for i in range(0, n, batch_size):
-        yield order[i : i + batch_size]
+    if lengths is None or rng is None:
+        yield from (order[i : i + batch_size] for i in range(0, n, batch_size))
+        return
+    window = batch_size * BUCKET_BATCHES
+    batches = []
+    for w in range(0, n, window):
+        chunk = sorted(order[w : w + window], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    yield from batches
 
 
 def _encode(tokenizer, texts, max_length, device=None):
@@ -103,9 +119,10 @@ def _schedule(optim, total: int, warmup_ratio: float):
     )
 
 
-def _optimize(params, n: int, cfg: TrainSettings, epochs: float, lr: float, stage: int, loss_of, losses, clip=None):
+def _optimize(params, n: int, cfg: TrainSettings, epochs: float, lr: float, stage: int, loss_of, losses, clip=None, lengths=None):
     """AdamW with linear warmup/decay over `epochs` passes of n rows; loss_of(row indices) -> loss.
-    `params`: tensors, or AdamW parameter groups (dicts with their own "lr")."""
+    `params`: tensors, or AdamW parameter groups (dicts with their own "lr"). `lengths`: each
+    row's length, to batch rows of similar length together (`_batches`)."""
     total = max(1, int(round(math.ceil(n / cfg.batch_size) * epochs)))
     optim = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     params = [p for g in optim.param_groups for p in g["params"]]  # flat, for clipping
@@ -114,7 +131,7 @@ def _optimize(params, n: int, cfg: TrainSettings, epochs: float, lr: float, stag
     progress = _Progress(f"stage {stage}", total)
     step = 0
     while step < total:
-        for idx in _batches(n, cfg.batch_size, rng):
+        for idx in _batches(n, cfg.batch_size, rng, lengths):
             loss = loss_of(idx)
             optim.zero_grad()
             loss.backward()
@@ -145,7 +162,10 @@ class TrainRun:
         return _encode(self.tokenizer, [self.texts[i] for i in idx], self.cfg.max_length, self.y.device)
 
     def optimize(self, params, epochs: float, lr: float, stage: int, loss_of, clip=None, n: int | None = None):
-        _optimize(params, len(self.y) if n is None else n, self.cfg, epochs, lr, stage, loss_of, self.losses, clip)
+        """Steps over the training rows (bucketed by length, as they are tokenized per batch),
+        or over `n` cached rows."""
+        lengths = [len(t) for t in self.texts] if n is None else None
+        _optimize(params, len(self.y) if n is None else n, self.cfg, epochs, lr, stage, loss_of, self.losses, clip, lengths)
 
 
 def final_loss(run: TrainRun, idx) -> torch.Tensor:

@@ -19,6 +19,7 @@ from transformers import AutoTokenizer
 from offramp.config import ConfigError
 from offramp.exits import simulate
 from offramp.models.base import SEQUENCE
+from offramp.models.checkpoint import resolve_final_pooling
 from offramp.models.sequence import EarlyExitBertForSequenceClassification
 from offramp.policies import check_policy_fits, get_policy
 from offramp.training.data import load_labeled
@@ -48,8 +49,10 @@ def train_sequence_exits(cfg):
         "training %s on %d rows (%d labels), dev %d rows, %s %s",
         mechanism.name, len(texts), len(names), len(dev_texts), "warm start from" if cfg.init_from else "base", base,
     )
+    pooling = resolve_final_pooling(cfg.final_pooling, base)
     config = exit_config(
-        base, names, cfg, exit_policy=policy_name, exit_mechanism=mechanism.name, **mechanism.config_fields(cfg)
+        base, names, cfg, exit_policy=policy_name, exit_mechanism=mechanism.name, final_pooling=pooling,
+        **mechanism.config_fields(cfg),
     )
     device = cfg.torch_device()
     model = EarlyExitBertForSequenceClassification.from_pretrained(base, config=config).to(device)

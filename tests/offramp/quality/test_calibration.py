@@ -7,7 +7,9 @@ import pytest
 
 from offramp.quality import calibration
 from offramp.policies import get_policy
-from offramp.quality.stats import binomial_interval, binomial_lower, binomial_upper, rows_needed
+from offramp.quality.stats import (
+    binomial_interval, binomial_lower, binomial_upper, paired_drop_pvalue, paired_drop_upper, rows_needed, tango_z,
+)
 
 ENTROPY = get_policy("entropy")
 LAYERS = [1, 2, 3]
@@ -22,8 +24,9 @@ def test_clopper_pearson_bounds_have_their_closed_forms():
     assert rows_needed(0.01, 0.1) == math.ceil(math.log(0.1) / math.log(0.99)) == 230
 
 
-def population(n: int, seed: int = 0):
-    """Rows with 3 heads over 3 classes; an internal head is wrong more often the less sure it is."""
+def population(n: int, seed: int = 0, bias=(1.0, 1.0)):
+    """Rows with 3 heads over 3 classes; an internal head is wrong more often the less sure it is.
+    `bias` shifts each internal head's odds of being right at a given confidence (higher = worse)."""
     rng = np.random.default_rng(seed)
     final = rng.integers(0, 3, n)
     gold = np.where(rng.random(n) < 0.8, final, (final + 1) % 3)
@@ -31,7 +34,7 @@ def population(n: int, seed: int = 0):
     logits[np.arange(n), 2, final] = 6.0
     for k, skill in ((0, 0.0), (1, 1.0)):
         margin = rng.exponential(2.5, n) + skill
-        right = rng.random(n) < 1 / (1 + np.exp(-(margin - 1.0)))  # confident heads agree more often
+        right = rng.random(n) < 1 / (1 + np.exp(-(margin - bias[k])))  # confident heads agree more often
         pred = np.where(right, final, (final + rng.integers(1, 3, n)) % 3)
         logits[np.arange(n), k, pred] = margin
     return logits, gold
@@ -68,7 +71,9 @@ def test_accuracy_target_bounds_the_drop_and_needs_labels():
     logits, gold = population(4000, seed=1)
     target = calibration.Target("accuracy", 0.01, 0.9)
     cal = calibration.calibrate(logits, LAYERS, ENTROPY, target, gold)
-    assert cal.certified and cal.point["accuracy_drop_upper"] <= 0.01
+    rec = cal.record()
+    assert cal.certified and rec["p_value"] <= 0.1
+    assert rec["accuracy_drop_upper"] <= 0.01 + 1e-4  # the exact test inverted, to the bisection's 1e-4
     assert cal.point["accuracy_full_depth"] - cal.point["accuracy"] == pytest.approx(cal.point["accuracy_drop"])
     with pytest.raises(ValueError, match="gold labels"):
         calibration.calibrate(logits, LAYERS, ENTROPY, target, None)
@@ -81,24 +86,28 @@ def test_too_few_rows_certify_nothing():
     assert cal.point["mean_layers"] == 3.0  # falls back to full depth
 
 
+@pytest.mark.parametrize("path", ["global", "per-layer"])
 @pytest.mark.parametrize("mode,value", [("agreement", 0.95), ("accuracy", 0.02)])
-def test_guarantee_holds_over_repeated_calibration_draws(mode, value):
+def test_guarantee_holds_over_repeated_calibration_draws(mode, value, path):
     """Draw many calibration sets from one population: the population risk of the chosen
-    threshold exceeds the target in at most about delta of them. Choosing by observed risk
-    alone (hand-sweeping) exceeds it far more often."""
+    point exceeds the target in at most about delta of them. Choosing by observed risk
+    alone (hand-sweeping) exceeds it far more often. On the per-layer path a share of each
+    draw shapes the path and the rest certifies."""
     pop_logits, pop_gold = population(60000, seed=3)
     target = calibration.Target(mode, value, 0.9)
     rng = np.random.default_rng(4)
     reps, n = 150, 600
     violations = naive_violations = 0
-    risk_cache = {}
     for _ in range(reps):
         idx = rng.integers(0, len(pop_gold), n)
-        cal = calibration.calibrate(pop_logits[idx], LAYERS, ENTROPY, target, pop_gold[idx], points=80)
-        for choice, counter in ((cal.point["threshold"], "ltt"), (calibration.naive_choice(cal.curve, target)["threshold"], "naive")):
-            if choice not in risk_cache:
-                risk_cache[choice] = true_risk(pop_logits, pop_gold, choice, target)
-            if risk_cache[choice] > target.max_risk:
+        fam, cert = calibration.family_split(n, seed=int(rng.integers(1 << 30)))
+        fam, cert = (idx[fam], idx[cert]) if path != "global" else (None, idx)
+        cal = calibration.calibrate(
+            pop_logits[cert], LAYERS, ENTROPY, target, pop_gold[cert], points=80, path=path,
+            family=None if fam is None else pop_logits[fam], family_gold=None if fam is None else pop_gold[fam],
+        )
+        for point, counter in ((cal.point, "ltt"), (calibration.naive_choice(cal.curve, target), "naive")):
+            if true_risk(pop_logits, pop_gold, point["thresholds"], target) > target.max_risk:
                 if counter == "ltt":
                     violations += 1
                 else:
@@ -106,3 +115,55 @@ def test_guarantee_holds_over_repeated_calibration_draws(mode, value):
     slack = 3 * math.sqrt(0.1 * 0.9 / reps)
     assert violations / reps <= 0.1 + slack
     assert naive_violations / reps > 0.1 + slack  # without the bound the same promise would be broken
+
+
+def test_per_layer_path_runs_from_never_exit_to_every_row_leaving_first():
+    logits, gold = population(3000, seed=5)
+    path = calibration.per_layer_path(calibration.simulate.as_pass(logits), LAYERS, ENTROPY, 60)
+    t = path.thresholds
+    assert t.shape == (60, 3) and np.all(t[0] == -np.inf)
+    assert np.all(np.diff(t[:, :-1], axis=0) >= 0)  # every internal head only loosens along the path
+    first = calibration.simulate.first_exit(calibration.simulate.head_scores(ENTROPY, logits), ENTROPY, t[-1:])
+    assert np.all(first == 0)  # alpha = 1: every row leaves at the first head
+    with pytest.raises(ValueError, match="global path"):
+        calibration.per_layer_path(calibration.simulate.as_pass(logits), LAYERS, get_policy("patience"), 10)
+
+
+def test_auto_path_is_chosen_on_family_rows_and_beats_global_when_heads_differ():
+    """Head 2 is right more often than head 1 at the same confidence: one global threshold is
+    too strict for it or too loose for head 1, and the per-layer path gives it a looser one."""
+    logits, gold = population(8000, seed=6, bias=(2.5, -0.5))
+    fam, cert = calibration.family_split(len(gold), seed=1)
+    target = calibration.Target("agreement", 0.95, 0.9)
+    glob = calibration.calibrate(logits[cert], LAYERS, ENTROPY, target, gold[cert])
+    auto = calibration.calibrate(logits[cert], LAYERS, ENTROPY, target, gold[cert], path="auto",
+                                 family=logits[fam], family_gold=gold[fam])
+    assert auto.path == "per-layer" and auto.family_rows == len(fam) and auto.certified
+    assert auto.point["ideal_speedup"] > glob.point["ideal_speedup"]
+    assert auto.record()["thresholds"] == auto.thresholds and len(auto.thresholds) == 3
+    assert auto.thresholds[1] > auto.thresholds[0]  # entropy: the better head lets more rows go
+
+
+def test_paired_drop_test_is_exact_at_the_null_boundary():
+    """Samples drawn exactly at drop = margin: the test rejects in at most delta of them (its
+    size), at small and large discordance, where a test of the raw count difference would not
+    hold its size at one fixed critical value."""
+    rng = np.random.default_rng(0)
+    for n, p10, p01, margin in ((600, 0.05, 0.03, 0.02), (2000, 0.011, 0.001, 0.01), (600, 0.30, 0.28, 0.02)):
+        counts = rng.multinomial(n, [p10, p01, 1 - p10 - p01], size=4000)
+        p = paired_drop_pvalue(counts[:, 0], counts[:, 1], n, margin)
+        slack = 3 * math.sqrt(0.1 * 0.9 / 4000)  # Monte Carlo error of a rejection rate near 0.1
+        assert (p <= 0.1).mean() <= 0.1 + slack
+        assert (p <= 0.1).mean() > 0.05  # and not far below its level (a bound this loose would be useless)
+    # the statistic rises with n10 and falls with n01: the boundary is the least favourable null
+    a, b = np.arange(301)[:, None], np.arange(301)[None, :]
+    z, ok = tango_z(a, b, 300, 0.02), (a + b) <= 300
+    assert np.all(np.diff(z, axis=0)[ok[1:] & ok[:-1]] > 0) and np.all(np.diff(z, axis=1)[ok[:, 1:] & ok[:, :-1]] < 0)
+
+
+def test_paired_drop_bound_is_tighter_than_the_union_bound_it_replaced():
+    n10, n01, n = 30, 20, 2000  # drop 0.5 point
+    union = binomial_upper(n10, n, 0.05) - binomial_lower(n01, n, 0.05)
+    exact = paired_drop_upper(n10, n01, n, 0.1)
+    assert 0.005 < exact < 0.01 < union  # certifies a 1-point target the union bound could not
+    assert paired_drop_pvalue(n10, n01, n, exact) <= 0.1 < paired_drop_pvalue(n10, n01, n, exact - 2e-4)
