@@ -71,35 +71,9 @@ def _target(cfg: CalibrateConfig) -> calibration.Target:
     return calibration.Target("agreement", cfg.min_agreement, cfg.confidence)
 
 
-def certify(
-    hp: HeadPass, gold: np.ndarray | None, info: ModelInfo, target: calibration.Target, path: str = "auto",
-    family_fraction: float = calibration.FAMILY_FRACTION, seed: int = 0, points: int = 200,
-    family: tuple[HeadPass, np.ndarray | None] | None = None,
-) -> calibration.Calibration:
-    """Learn then Test on one full-depth pass: a seeded share of the rows shapes the per-layer
-    path (unless `family`, rows kept apart already, such as a training run's dev rows, is given)
-    and the rest certify. Patience carries state across layers: its path is global, all rows certify."""
-    policy = get_policy(info.policy)
-    if path == "per-layer" and policy.state_size:
-        raise ConfigError(f"exit policy {info.policy!r} carries state across layers: use --path global (or auto)")
-    if path == "global" or policy.state_size:
-        return calibration.calibrate(hp, info.exit_layers, policy, target, gold, points)
-    if family is None:
-        fam, cert = calibration.family_split(len(hp), family_fraction, seed)
-        family = (hp[fam], None if gold is None else gold[fam])
-        hp, gold = hp[cert], None if gold is None else gold[cert]
-    return calibration.calibrate(
-        hp, info.exit_layers, policy, target, gold, points, path=path, family=family[0], family_gold=family[1]
-    )
-
-
 def certificate_record(result: calibration.Calibration, info: ModelInfo, max_length: int, source: str) -> dict:
-    """The certificate, with the conditions it holds under: a tagging run that differs is warned
-    (and refused under --strict), see offramp.quality.certificate."""
-    return {
-        **result.record(), "data": source, "policy": info.policy, "mechanism": info.mechanism,
-        "max_length": int(max_length), "dtype": "float32",
-    }
+    """The certificate, with the conditions it holds under (offramp.quality.certificate)."""
+    return {**result.record(), "data": source, **calibration.conditions(info.policy, info.mechanism, max_length)}
 
 
 def run_calibration(cfg: CalibrateConfig) -> Outcome:
@@ -118,7 +92,11 @@ def run_calibration(cfg: CalibrateConfig) -> Outcome:
     if labels is not None:
         label2id = {name: i for i, name in enumerate(info.labels)}
         gold = np.array([label2id.get(v, -1) for v in labels])  # unseen labels count as errors
-    result = certify(logits, gold, info, target, cfg.path, cfg.family_fraction, cfg.seed, cfg.points)
+    if cfg.path == "per-layer" and get_policy(info.policy).state_size:
+        raise ConfigError(f"exit policy {info.policy!r} carries state across layers: use --path global (or auto)")
+    result = calibration.certify(
+        logits, gold, get_policy(info.policy), info.exit_layers, target, cfg.path, cfg.family_fraction, cfg.seed, cfg.points
+    )
     seconds = time.perf_counter() - t0
     written = result.certified and not cfg.dry_run
     record = certificate_record(result, info, cfg.max_length, os.path.abspath(cfg.data)) if result.certified else None

@@ -52,6 +52,9 @@ def tag(cfg: TagConfig) -> int:
     bad = m["rows"] - m["rows_labeled"]
     line = run_line(result.task, cfg, m)
     print(line + (f"; mlflow run {run_id}" if run_id else ""))
+    if result.certificate:
+        print("warning: the model's certificate does not cover this run: " + "; ".join(result.certificate)
+              + " (--strict refuses such runs)")
     if not result.complete:
         print(f"error: the output is incomplete ({incomplete_line(result)}); no manifest was written. "
               "Fix the cause in the log, then run again with --resume: only the missing rows run (exit status 5)",
@@ -237,8 +240,12 @@ label column, or forced with --task token:
     offramp calibrate --model M --data calib.parquet --label-column label --max-accuracy-drop 0.01
 
 With probability at least --confidence over the draw of the calibration rows, the written
-threshold meets the target on the traffic those rows were drawn from (Learn then Test,
-fixed-sequence, binomial bounds: see offramp/quality/calibration.py). Exit status 3 when not
+thresholds meet the target on the traffic those rows were drawn from (Learn then Test,
+fixed-sequence along a threshold path, exact tests: see offramp/quality/calibration.py). By
+default a seeded 30% of the rows shapes a per-layer path (one threshold per head, moved by one
+parameter) and the rest certify; --path global tests one threshold for every head. The record
+keeps the policy, max_length and dtype it was made under: a tagging run that differs warns,
+and --strict refuses it. Exit status 3 when not
 even the most conservative exiting threshold can be certified (the model is left unchanged);
 the message says how many rows would be needed.""",
     ),

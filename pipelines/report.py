@@ -36,6 +36,7 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 
 .headline b { display: block; font-size: 1.4em; }
 table { border-collapse: collapse; margin: .5em 0; } td, th { padding: .2em .7em; border-bottom: 1px solid #eee; }
 #recommendation td, #recommendation th { text-align: right; } img { max-width: 100%; } .muted { color: #666; }
+.warn { background: #fdf0e6; border-left: 4px solid #d35400; padding: .5em 1em; }
 """
 
 
@@ -76,6 +77,17 @@ def _headline(summary: dict) -> str:
     ]
     cells = [f"<div><b>{_e(fmt.format(v))}</b>{_e(name)}</div>" for name, v, fmt in items if v is not None]
     return f'<div class="headline">{"".join(cells)}</div>'
+
+
+def _certificate(summary: dict) -> str:
+    gaps = summary.get("certificate")
+    if gaps is None:
+        return ""
+    if not gaps:
+        c = summary.get("calibration") or {}
+        return (f"<p>Thresholds certified: {_e(c.get('mode'))} target {_e(c.get('target'))} at confidence "
+                f"{_e(c.get('confidence'))} ({_e(c.get('path', 'global'))} path); this run is covered.</p>")
+    return "<p class='warn'><b>Not covered by the model's certificate:</b> " + _e("; ".join(gaps)) + "</p>"
 
 
 def _settings(summary: dict) -> str:
@@ -132,6 +144,7 @@ def render_report(summary: dict, plan: CapacityPlan | None, no_plan_reason: str 
     parts = [
         f"<h1>{_e(title)}</h1><p class='muted'>{_e(subtitle)}</p>",
         _headline(summary),
+        _certificate(summary),
         _settings(summary),
         "<h2>Survival by layer</h2><p>Fraction of labeled documents still running after each layer; "
         "the rest exited early.</p>",

@@ -37,6 +37,7 @@ from offramp.policies import check_policy, get_policy
 from offramp.quality.audit import flat_metrics
 from offramp.quality.metrics import add_counts
 from offramp.tasks import Task, finalize_step, get_task, tokenize_step
+from offramp.quality.certificate import certificate_gaps
 from offramp.tasks.base import check_no_clash
 from pipelines.cluster import check_paths_on_nodes
 import pipelines.output as run_output
@@ -63,6 +64,7 @@ class TagResult:
     missing: dict = field(default_factory=dict)  # pipelines.output.missing: empty when complete
     started: dict = field(default_factory=dict)  # pipelines.output.start's record of the run
     ray_stats: str = ""  # Ray Data's per-operator wall and CPU times of the run (Dataset.stats())
+    certificate: list[str] = field(default_factory=list)  # why the certificate does not cover the run (empty: it does)
 
     @property
     def complete(self) -> bool:
@@ -80,6 +82,7 @@ class Plan:
     thresholds: dict[int, float]
     stages: list[PlannedStage]
     keep_types: dict = field(default_factory=dict)  # the id and passthrough columns' Arrow types
+    certificate: list[str] = field(default_factory=list)  # offramp.quality.certificate gaps (empty: covered)
 
     @property
     def exits(self) -> bool:
@@ -165,9 +168,20 @@ def check_output(cfg: TagConfig) -> None:
 
 
 def make_plan(cfg: TagConfig, info: ModelInfo, task: Task, keep_types: dict) -> Plan:
-    """Thresholds and the stage layout for `cfg` (layout errors surface here, before Ray starts)."""
+    """Thresholds and the stage layout for `cfg` (layout errors surface here, before Ray starts),
+    and whether the model's certificate covers the run (refused under --strict when not)."""
     thresholds = resolve_thresholds(cfg, info)
-    return Plan(cfg, info, task, thresholds, stage_plan(cfg, info, thresholds, runs_locally(cfg.ray)), keep_types)
+    stages = stage_plan(cfg, info, thresholds, runs_locally(cfg.ray))
+    gaps = [] if cfg.exit.disabled else certificate_gaps(
+        info.calibration, info.certified, policy=cfg.exit.policy or info.policy, mechanism=info.mechanism,
+        max_length=cfg.max_length, dtypes={p.spec.dtype for p in stages}, thresholds=thresholds, stored=info.thresholds,
+    )
+    if gaps and cfg.strict:
+        raise ConfigError("--strict: the model's certificate does not cover this run: " + "; ".join(gaps)
+                          + ". Recalibrate for these settings (jobs/calibrate.py) or drop --strict")
+    for gap in gaps:
+        logger.warning("not covered by the model's certificate: %s", gap)
+    return Plan(cfg, info, task, thresholds, stages, keep_types, gaps)
 
 
 def check_model(cfg: TagConfig, model_dir: str) -> tuple[ModelInfo, Task]:
@@ -344,7 +358,7 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
     missing = run_output.missing(files_in, source.file_paths(), m["rows"])
     return TagResult(cfg.output, task.name, m, hist, plan.stages, plan.thresholds, task.describe_policy(cfg, info),
                      timings, audit, info.calibration, sum(files_in.values()), len(files_in), missing, started,
-                     ray_stats)
+                     ray_stats, plan.certificate)
 
 
 @contextlib.contextmanager

@@ -83,6 +83,7 @@ def run_summary(result, num_layers: int, params: dict) -> dict:
         "stage_timings": result.stage_timings,
         "audit": result.audit,
         "calibration": result.calibration,
+        "certificate": result.certificate,
     }
 
 
@@ -128,6 +129,7 @@ def log_tag_run(cfg, result, num_layers: int) -> str:
             mlflow.log_metrics({"rows_in": float(result.rows_in), "files_in": float(result.files_in)})
             mlflow.set_tags({"offramp.complete": str(result.complete).lower(),
                              "offramp.attempt": str(len(result.started.get("attempts", [])))})
+        mlflow.set_tag("offramp.certificate", "covered" if not result.certificate else "not covered: " + "; ".join(result.certificate))
         if result.audit is not None:
             mlflow.set_tags(
                 {

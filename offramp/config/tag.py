@@ -177,6 +177,9 @@ class TagConfig:
     """Running rows per forward pass that stage batch sizes aim for."""
     overwrite: bool = False
     """Replace an existing output directory instead of failing."""
+    strict: bool = False
+    """Refuse to start when the model's certificate does not cover this run: uncertified
+    thresholds, other thresholds, policy, max_length or stage dtype than it was certified with."""
     fail_on_error_rows: bool = False
     """Exit with status 3 when any row could not be labeled (an error status in the output)."""
     resume: bool = False

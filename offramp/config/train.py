@@ -68,7 +68,14 @@ class TrainSettings:
     checkpoint was trained to pool (mean for sentence-transformers checkpoints that declare it in
     their Pooling config, cls otherwise). Stored in the model's config.json. Classifiers only."""
     max_accuracy_drop: float = 0.01
-    """Stored thresholds: fastest global threshold whose dev accuracy is within this of full depth."""
+    """Stored thresholds: certified (Learn then Test, at `confidence`) to lose at most this accuracy
+    against full depth, on the calibration slice held out of the eval rows."""
+    confidence: float = 0.9
+    """Probability, over the draw of the calibration slice, that the stored thresholds keep their promise."""
+    calibration_fraction: float = 0.3
+    """Share of the eval rows (seeded) held out to certify the stored thresholds; the rest are dev
+    rows (per-layer accuracy, the trade-off curve, the shape of the per-layer path). 0 = no
+    certificate: the stored thresholds are the dev-chosen ones, marked uncertified."""
     seed: int = 0
     """Seed of row sampling, shuffling and weight initialization."""
     torch_threads: int = 0
@@ -86,6 +93,10 @@ class TrainSettings:
             raise ConfigError("stage1_epochs and stage2_epochs must be >= 0")
         if not 0 <= self.max_accuracy_drop < 1:
             raise ConfigError(f"max_accuracy_drop={self.max_accuracy_drop} is a fraction, e.g. 0.01 for 1 point")
+        if not 0 <= self.calibration_fraction < 1:
+            raise ConfigError(f"calibration_fraction={self.calibration_fraction} must be in [0, 1), e.g. 0.3")
+        if not 0 < self.confidence < 1:
+            raise ConfigError(f"confidence={self.confidence} must be in (0, 1), e.g. 0.9")
         if self.task not in TASKS:
             raise ConfigError(f"task {self.task!r}: use auto, sequence or token")
         if self.final_pooling not in ("auto", "cls", "mean"):

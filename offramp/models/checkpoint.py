@@ -103,6 +103,7 @@ class ModelInfo:
     token_exit_mode: str | None = None  # token models: token (TOKEE) or sentence (SENTEE)
     exit_window: int | None = None  # token models, TOKEE: words on each side
     sentence_pool: str | None = None  # token models, SENTEE: max or mean
+    certified: bool = False  # the stored thresholds carry a certificate (`calibration`)
 
     @property
     def calibrated_agreement(self) -> float | None:
@@ -136,6 +137,8 @@ class ModelInfo:
             token_exit_mode=getattr(cfg, "token_exit_mode", None),
             exit_window=getattr(cfg, "exit_window", None),
             sentence_pool=getattr(cfg, "sentence_pool", None),
+            # models from before `exit_certified` was written: certified when calibrated
+            certified=bool(getattr(cfg, "exit_certified", calibration is not None)) and calibration is not None,
         )
 
 

@@ -304,6 +304,30 @@ def calibrate(
     )
 
 
+def certify(
+    hp, gold: np.ndarray | None, policy: ExitPolicy, exit_layers: list[int], target: Target, path: str = "auto",
+    family_fraction: float = FAMILY_FRACTION, seed: int = 0, points: int = 200, family: tuple | None = None,
+) -> Calibration:
+    """Learn then Test on one full-depth pass: a seeded share of the rows shapes the per-layer
+    path, unless `family` = (HeadPass, gold) gives rows kept apart already (a training run's dev
+    rows), and the rest certify. Patience carries state across layers: its path is global, and
+    every row certifies."""
+    hp = simulate.as_pass(hp)
+    if path == "global" or policy.state_size:
+        return calibrate(hp, exit_layers, policy, target, gold, points)
+    if family is None:
+        fam, cert = family_split(len(hp), family_fraction, seed)
+        family = (hp[fam], None if gold is None else gold[fam])
+        hp, gold = hp[cert], None if gold is None else gold[cert]
+    return calibrate(hp, exit_layers, policy, target, gold, points, path=path, family=family[0], family_gold=family[1])
+
+
+def conditions(policy: str, mechanism: str, max_length: int, dtype: str = "float32") -> dict:
+    """How the certifying pass ran: a tagging run that differs is not covered by the certificate
+    (offramp.quality.certificate compares)."""
+    return {"policy": policy, "mechanism": mechanism, "max_length": int(max_length), "dtype": dtype}
+
+
 def naive_choice(curve: list[dict], target: Target) -> dict:
     """The fastest point whose *observed* risk meets the target: what hand-sweeping does."""
     ok = [p for p in curve if p["risk"] <= target.max_risk]

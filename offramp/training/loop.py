@@ -46,6 +46,7 @@ class TrainReport:
     skip_rate: list[float] | None = None  # SmartBERT: share of dev rows skipping each layer at full depth
     task_curves: dict[str, list[dict]] | None = None  # token task: {exit mode: dev curve}
     task_chosen: dict[str, dict] | None = None  # token task: {exit mode: chosen point}
+    calibration: dict | None = None  # the certificate of the stored thresholds (None: uncertified)
 
     def profile(self) -> dict:
         """The exit profile saved beside the weights (offramp.models.profile)."""
@@ -62,6 +63,8 @@ class TrainReport:
             out["dev_skip_rate"] = self.skip_rate
         if self.task_curves is not None:
             out[f"{self.task}_curves"], out[f"{self.task}_chosen"] = self.task_curves, self.task_chosen
+        if self.calibration is not None:
+            out["calibration"] = self.calibration
         return out
 
 

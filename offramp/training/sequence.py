@@ -22,6 +22,8 @@ from offramp.models.base import SEQUENCE
 from offramp.models.checkpoint import resolve_final_pooling
 from offramp.models.sequence import EarlyExitBertForSequenceClassification
 from offramp.policies import check_policy_fits, get_policy
+from offramp.quality import calibration
+from offramp.quality.stats import rows_needed
 from offramp.training.data import load_labeled
 from offramp.training.loop import TrainReport, TrainRun, begin, exit_config, full_pass, label_names
 from offramp.training.mechanisms import get_mechanism
@@ -63,14 +65,22 @@ def train_sequence_exits(cfg):
     mechanism.train(run)
     model.eval()
 
-    hp = full_pass(model, tokenizer, dev_texts, cfg.max_length)
-    gold = np.array([label2id.get(v, -1) for v in dev_labels])  # unseen dev labels count as errors
+    hp_all = full_pass(model, tokenizer, dev_texts, cfg.max_length)
+    gold_all = np.array([label2id.get(v, -1) for v in dev_labels])  # unseen dev labels count as errors
+    cal_idx, dev_idx = held_out_slice(len(dev_texts), cfg.calibration_fraction, cfg.seed)
+    hp, gold = hp_all[dev_idx], gold_all[dev_idx]
     layer_acc = {l: float((hp.logits[:, k].argmax(-1) == gold).mean()) for k, l in enumerate(model.exit_layers)}
     curve = simulate.sweep(hp, gold, model.exit_layers, policy)
     chosen = simulate.choose(curve, cfg.max_accuracy_drop)
-    scores = simulate.head_scores(policy, hp, model.exit_layers)
-    surv = simulate.survival(scores, hp.preds, model.exit_layers, policy, chosen["threshold"], model.num_layers)
-    model.config.exit_thresholds = [chosen["threshold"]] * len(model.exit_layers)
+    stored = [chosen["threshold"]] * len(model.exit_layers)
+    record = certify_stored(hp_all[cal_idx], gold_all[cal_idx], (hp, gold), policy, model, mechanism.name, cfg)
+    if record is not None:
+        stored, surv = record["thresholds"], record["survival"]
+    else:
+        scores = simulate.head_scores(policy, hp, model.exit_layers)
+        surv = simulate.survival(scores, hp.preds, model.exit_layers, policy, chosen["threshold"], model.num_layers)
+    model.config.exit_thresholds = [float(t) for t in stored]
+    model.config.exit_certified = record is not None
     model.to("cpu")  # saved and handed on as a CPU model, wherever it trained
     seconds = time.perf_counter() - t0
     logger.info(
@@ -79,5 +89,40 @@ def train_sequence_exits(cfg):
     )
     skip_rate = [float(r) for r in hp.skipped.mean(0)] if hp.skipped is not None else None
     return model, tokenizer, TrainReport(
-        SEQUENCE, len(texts), len(dev_texts), seconds, layer_acc, curve, chosen, surv, run.losses, skip_rate
+        SEQUENCE, len(texts), len(dev_idx), seconds, layer_acc, curve, chosen, surv, run.losses, skip_rate,
+        calibration=record,
     )
+
+
+def held_out_slice(n: int, fraction: float, seed: int):
+    """(calibration rows, dev rows) of n eval rows: a seeded share `fraction` held out (none at 0)."""
+    if fraction <= 0:
+        return np.zeros(0, dtype=int), np.arange(n)
+    return calibration.family_split(n, fraction, seed)
+
+
+def certify_stored(hp_cal, gold_cal, dev, policy, model, mechanism: str, cfg) -> dict | None:
+    """Certify the thresholds to store on the held-out slice (the dev rows shape the per-layer
+    path): the certificate record, or None (with a warning naming the fix) when there is none."""
+    if len(hp_cal) == 0 or cfg.max_accuracy_drop <= 0:
+        logger.warning("stored thresholds are UNCERTIFIED (calibration_fraction=%s, max_accuracy_drop=%s): "
+                       "certify them with jobs/calibrate.py", cfg.calibration_fraction, cfg.max_accuracy_drop)
+        return None
+    target = calibration.Target("accuracy", cfg.max_accuracy_drop, cfg.confidence)
+    result = calibration.certify(hp_cal, gold_cal, policy, model.exit_layers, target, "auto", family=dev)
+    if not result.certified:
+        need = rows_needed(target.max_risk, target.delta, target.mode)
+        logger.warning(
+            "no exiting threshold could be certified for '%s' at confidence %.2f on %d held-out rows (even zero "
+            "errors need %d): the stored thresholds are UNCERTIFIED; add eval rows, raise calibration_fraction, or "
+            "run jobs/calibrate.py on more rows", target.describe(), target.confidence, len(hp_cal), need,
+        )
+        return None
+    record = {**result.record(), "data": "held-out slice of --eval",
+              **calibration.conditions(policy.name, mechanism, cfg.max_length)}
+    logger.info(
+        "certified on %d held-out rows (%s path): %s at confidence %.2f; %.2f mean layers (ideal %.2fx), drop %.2f pt "
+        "(bound %.2f pt)", result.rows, result.path, target.describe(), target.confidence, record["mean_layers"],
+        record["ideal_speedup"], 100 * (record["accuracy_full_depth"] - record["accuracy"]), 100 * record["risk_bound"],
+    )
+    return record

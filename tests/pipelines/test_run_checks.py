@@ -19,6 +19,32 @@ def test_another_policy_needs_its_own_threshold(tmp_path, model_dir, corpus_parq
     validate(config(tmp_path, corpus_parquet, model_dir, exit=ExitConfig(policy="entropy")))  # the stored one
 
 
+def test_strict_refuses_a_run_its_certificate_does_not_cover(tmp_path, model_dir, corpus_parquet):
+    """Uncertified thresholds, or settings other than the certificate's: a warning in the plan
+    (and the run's summary), a refusal at start under --strict that names the fix."""
+    import json
+    import shutil
+
+    plan = validate(config(tmp_path, corpus_parquet, model_dir))
+    assert plan.certificate and "uncertified" in plan.certificate[0]
+    with pytest.raises(ConfigError, match="--strict.*uncertified.*jobs/calibrate.py"):
+        validate(config(tmp_path, corpus_parquet, model_dir, strict=True))
+    certified = tmp_path / "certified"
+    shutil.copytree(model_dir, certified)
+    cfg = json.loads((certified / "config.json").read_text())
+    cfg["exit_certified"] = True
+    (certified / "config.json").write_text(json.dumps(cfg))
+    profile = json.loads((certified / "exit_profile.json").read_text())
+    profile["calibration"] = {"mode": "agreement", "target": 0.9, "thresholds": cfg["exit_thresholds"],
+                              "policy": "entropy", "mechanism": "deebert", "max_length": 64, "dtype": "float32"}
+    (certified / "exit_profile.json").write_text(json.dumps(profile))
+    assert validate(config(tmp_path, corpus_parquet, str(certified), max_length=64, strict=True)).certificate == []
+    with pytest.raises(ConfigError, match="max_length is 128 but the certificate was made with 64"):
+        validate(config(tmp_path, corpus_parquet, str(certified), strict=True))
+    with pytest.raises(ConfigError, match="not the certified ones"):
+        validate(config(tmp_path, corpus_parquet, str(certified), max_length=64, strict=True, exit=ExitConfig(threshold=0.5)))
+
+
 @pytest.mark.parametrize("where", ["input", "parent", "inside"])
 def test_output_never_replaces_or_lies_inside_the_input(tmp_path, model_dir, corpus_parquet, where):
     """--overwrite deletes the output before reading: an output that is (or holds) the input is refused."""

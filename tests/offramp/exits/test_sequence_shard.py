@@ -20,9 +20,10 @@ def encode(tokenizer, texts):
     return enc["input_ids"], enc["attention_mask"]
 
 
-@pytest.fixture(scope="module")
-def model():
-    return make_model(seed=1)
+@pytest.fixture(scope="module", params=["cls", "mean"])
+def model(request):
+    """Every shard test on both final heads: [CLS]-pooled and mean-pooled."""
+    return make_model(seed=1, final_pooling=request.param)
 
 
 def test_exits_disabled_reproduces_full_model_logits(model, tokenizer):

@@ -28,6 +28,7 @@ def tiny_data(tmp_path_factory, tokenizer):
     rows = pa.table({"text": TEXTS * 2, "label": [LABELS[i % 3] for i in range(len(TEXTS) * 2)]})
     pq.write_table(rows, root / "train.parquet")
     pq.write_table(rows.slice(0, 12), root / "dev.parquet")
+    pq.write_table(pa.concat_tables([rows, rows]), root / "dev_big.parquet")  # 144 rows: 43 held out to certify
     return root
 
 
@@ -48,12 +49,20 @@ def train(root, mechanism, out, **kw):
 
 @pytest.mark.parametrize("mechanism", list(DEFAULT_POLICY))
 def test_each_mechanism_trains_and_is_stored_with_the_model(mechanism, tiny_data, tmp_path, tokenizer):
+    """...with certified thresholds: a slice of the eval rows is held out and certifies them
+    (a loose 30-point target: 43 held-out rows of a random tiny model)."""
     out = tmp_path / mechanism
-    trained, report = train(tiny_data, mechanism, out)
+    trained, report = train(tiny_data, mechanism, out, eval=str(tiny_data / "dev_big.parquet"), max_accuracy_drop=0.3)
     saved = json.loads((out / "config.json").read_text())
     assert saved["exit_mechanism"] == mechanism and saved["exit_policy"] == DEFAULT_POLICY[mechanism]
     info = ModelInfo.read(str(out))
     assert info.mechanism == mechanism and info.policy == DEFAULT_POLICY[mechanism]
+    assert saved["exit_certified"] is True and info.certified
+    rec = info.calibration
+    assert (rec["mode"], rec["target"], rec["confidence"]) == ("accuracy", 0.3, 0.9)
+    assert (rec["mechanism"], rec["policy"], rec["max_length"], rec["dtype"]) == (mechanism, info.policy, 32, "float32")
+    assert saved["exit_thresholds"] == rec["thresholds"] and report.eval_rows == 144 - rec["rows"]
+    assert rec["path"] == "global" if mechanism == "pabee" else rec["family_rows"] == report.eval_rows
     model = load_model(str(out))
     for name, p in trained.state_dict().items():  # everything trained, incl. gates and prototypes, reloads
         torch.testing.assert_close(model.state_dict()[name], p, msg=f"{name} did not round-trip")
@@ -75,6 +84,43 @@ def test_each_mechanism_trains_and_is_stored_with_the_model(mechanism, tiny_data
         assert {r["stage"] for r in report.losses} == {1, 2}
     if mechanism == "berxit":
         assert 3 in {r["stage"] for r in report.losses}, "the exit predictor trains in its own stage"
+
+
+def test_without_a_certificate_the_model_says_so(tiny_data, tmp_path, caplog):
+    """Too few held-out rows to certify (or calibration_fraction 0): the dev-chosen thresholds are
+    stored, marked uncertified in config.json, with a warning that names the fix."""
+    for fraction in (0.3, 0.0):
+        out = tmp_path / f"m{fraction}"
+        with caplog.at_level("WARNING"):
+            train(tiny_data, "deebert", out, calibration_fraction=fraction)
+        saved = json.loads((out / "config.json").read_text())
+        assert saved["exit_certified"] is False and not ModelInfo.read(str(out)).certified
+        assert "UNCERTIFIED" in caplog.text and "jobs/calibrate.py" in caplog.text
+        caplog.clear()
+
+
+def test_final_pooling_follows_the_backbone_and_is_stored(tiny_data, tmp_path):
+    """auto: a checkpoint whose sentence-transformers Pooling config says mean gets a mean-pooled
+    final head; a plain BERT checkpoint [CLS]; an explicit setting wins."""
+    import shutil
+
+    base = tmp_path / "st_base"
+    shutil.copytree(tiny_data / "base", base)
+    config = json.loads((base / "config.json").read_text())
+    config.pop("final_pooling", None)  # saved from an offramp model's backbone; a stock checkpoint has no such key
+    (base / "config.json").write_text(json.dumps(config))
+    (base / "modules.json").write_text(json.dumps([{"idx": 0, "path": "", "type": "sentence_transformers.models.Transformer"},
+                                                   {"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (base / "1_Pooling").mkdir()
+    (base / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False}))
+    plain = tmp_path / "plain_base"
+    shutil.copytree(base, plain)
+    (plain / "modules.json").unlink()
+    for base_dir, setting, want in ((base, "auto", "mean"), (plain, "auto", "cls"), (base, "cls", "cls")):
+        out = tmp_path / f"{want}_{setting}_{base_dir.name}"
+        model, _ = train(tiny_data, "deebert", out, base_model=str(base_dir), final_pooling=setting, stage2_epochs=0)
+        assert json.loads((out / "config.json").read_text())["final_pooling"] == want
+        assert load_model(str(out)).final_head().pooling == want
 
 
 def test_warm_start_keeps_the_backbone_and_refuses_other_labels(tiny_data, tmp_path):
