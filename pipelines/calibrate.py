@@ -17,6 +17,7 @@ from transformers import AutoTokenizer
 
 from offramp.config import CalibrateConfig, ConfigError
 from offramp.exits.simulate import HeadPass
+from offramp.models.base import SEQUENCE
 from offramp.models.checkpoint import ModelInfo, load_model, read_config
 from offramp.models.profile import load_profile, save_profile
 from offramp.policies import get_policy
@@ -80,6 +81,9 @@ def run_calibration(cfg: CalibrateConfig) -> Outcome:
     cfg.require("model", "data")
     target = _target(cfg)
     info = ModelInfo.read(cfg.model)
+    if info.task != SEQUENCE:
+        raise ConfigError(f"{cfg.model} is a {info.task} model: calibration certifies classifiers only so far "
+                          "(a token model's thresholds are its dev-chosen ones, marked uncertified)")
     texts, labels = load_labeled(cfg.data, cfg.text_column, cfg.label_column, cfg.max_rows, cfg.seed, flag="--data")
     if not texts:
         raise ConfigError(f"{cfg.data} has no usable rows (every row lacked text{' or label' if cfg.label_column else ''})")

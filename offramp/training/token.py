@@ -237,6 +237,9 @@ def train_token_exits(cfg):
     mode = opts.exit_mode
     stored = chosen[mode]["threshold"]
     model.config.exit_thresholds = [float(stored if stored is not None else -1.0)] * len(model.exit_layers)
+    model.config.exit_certified = False  # no Learn-then-Test for word-level risk yet: said in every run
+    logger.warning("token models' stored thresholds are UNCERTIFIED (dev-chosen, within max_accuracy_drop on dev): "
+                   "certification covers classifiers only so far")
     layer_acc = {}
     with torch.no_grad():
         for i in range(0, len(dev_enc), 64):

@@ -76,6 +76,12 @@ def test_uncertifiable_target_leaves_the_model_unchanged_and_says_how_many_rows(
     assert (model / "config.json").read_text() == before and "calibration" not in load_profile(str(model))
 
 
+def test_a_token_model_is_refused_at_start(token_model_dir, setup, command):
+    _, data, _ = setup
+    status, _, err = command("calibrate", "--model", token_model_dir, "--data", str(data), "--min-agreement", "0.9")
+    assert status == 2 and "classifiers only" in err
+
+
 def test_dry_run_and_bad_targets(setup, command):
     model, data, uri = setup
     before = (model / "config.json").read_text()
