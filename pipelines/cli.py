@@ -1,9 +1,11 @@
-"""The `offramp` command: tag a corpus, train a model, calibrate its thresholds, plan capacity.
+"""The `offramp` command: tag a corpus, train a model, calibrate its thresholds, plan capacity,
+serve a model online.
 
     offramp train --train train.parquet --eval dev.parquet --output models/m [--mechanism smartbert]
     offramp calibrate --model models/m --data calib.parquet --min-agreement 0.97
     offramp tag --input corpus/ --model models/m --output out/ [--config conf/demo.yaml]
     offramp plan --run-id RUN --target-docs-per-hour 5000000
+    offramp serve --model models/m [--config conf/serve.yaml]
 
 Every setting of a command is a flag generated from its config class (offramp.config), a key
 of the YAML given to --config, and a `--set KEY=VALUE`; `offramp COMMAND --help` lists them
@@ -25,8 +27,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
-from offramp.config import CalibrateConfig, ConfigError, MlflowConfig, PlanConfig, TagConfig
+from offramp.config import CalibrateConfig, ConfigError, MlflowConfig, PlanConfig, ServeConfig, TagConfig
 from offramp.config.cli import add_config_flags, config_from_args
+from offramp.config.serve import FLAG_ALIASES as SERVE_ALIASES
 from offramp.config.tag import FLAG_ALIASES as TAG_ALIASES
 
 # The commands import their library (torch, ray, mlflow) when they run, not at the top:
@@ -184,6 +187,16 @@ def plan(cfg: PlanConfig) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- serve
+
+
+def serve(cfg: ServeConfig) -> int:
+    from pipelines.serve import run_serve
+
+    run_serve(cfg)  # blocks until interrupted
+    return 0
+
+
 # ---------------------------------------------------------------- the command line
 
 
@@ -256,6 +269,21 @@ the message says how many rows would be needed.""",
 
     offramp plan --run-id ID --target-docs-per-hour 5000000
     offramp plan --run-id ID --budget-gpus 8 [--headroom 1.25] [--json plan.json] [--log]""",
+    ),
+    "serve": Command(
+        ServeConfig, serve,
+        "answer texts over HTTP with an early-exit model on Ray Serve, batched by tokens; blocks",
+        """Answer texts over HTTP with an early-exit model on Ray Serve; blocks until Ctrl-C.
+
+    offramp serve --model models/m [--config conf/serve.yaml] [--port 8000] [--num-replicas 2]
+    curl -s localhost:8000/v1/classify -H 'content-type: application/json' -d '{"texts": ["a text"]}'
+
+Each text gets the label, confidence and exit layer a tagging run gives it (token models: words,
+tags and each word's layer): the same tokenize step, stage runner and finalize step. Texts of
+concurrent requests are batched until max_batch_tokens. Routes: POST /v1/classify, GET /healthz,
+GET /readyz, GET /v1/stats (under --route-prefix). The same application for `serve run`:
+`serve run pipelines.serve:app_builder model=models/m`.""",
+        SERVE_ALIASES,
     ),
 }
 

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # offramp's subpackages bottom to top: a module imports only from its own layer or below
-LAYERS = ["config", "schema", "policies", "text", "models", "exits", "quality", "planning", "training", "tasks"]
+LAYERS = ["config", "schema", "policies", "text", "models", "exits", "quality", "planning", "training", "tasks", "serving"]
 LEAVES = {"demo"}  # standalone modules that import nothing of offramp
 
 

@@ -2,13 +2,14 @@
 
 base.py: loading (YAML, flags, --set) and ConfigError; tag.py: a tagging run; train.py: the
 settings every training run shares (offramp.training.config adds the mechanism sections);
-calibrate.py, plan.py: the other commands; cli.py: flags generated from the fields. No torch
+calibrate.py, plan.py, serve.py: the other commands; cli.py: flags generated from the fields. No torch
 or ray here: the command line reads these before anything heavy is imported.
 """
 
 from offramp.config.base import DTYPES, ConfigError, MlflowConfig, field_docs, from_dict, load_config, require
 from offramp.config.calibrate import CalibrateConfig
 from offramp.config.plan import PlanConfig
+from offramp.config.serve import ServeConfig
 from offramp.config.tag import (
     EXIT_MODES,
     SENTENCE_POOLS,
@@ -33,6 +34,7 @@ __all__ = [
     "MlflowConfig",
     "PlanConfig",
     "RayConfig",
+    "ServeConfig",
     "StageConfig",
     "TagConfig",
     "TokenExitConfig",

@@ -17,7 +17,7 @@ def help_of(capsys, *argv) -> str:
 
 def test_help_lists_the_commands_and_each_command_its_settings(capsys):
     top = help_of(capsys)
-    assert all(name in top for name in ("tag", "train", "calibrate", "plan"))
+    assert all(name in top for name in ("tag", "train", "calibrate", "plan", "serve"))
     tag = help_of(capsys, "tag")
     for flag in ("--input", "--exit.token.mode", "--exit-mode", "--no-exits", "--fail-on-error-rows",
                  "--audit.fail-below-target", "--ray.num-cpus", "--config", "--set"):
@@ -26,6 +26,8 @@ def test_help_lists_the_commands_and_each_command_its_settings(capsys):
     train = help_of(capsys, "train")
     assert "--smartbert.sparsity-weight" in train and "--token.self-sampling-epochs" in train
     assert "--run-id" in help_of(capsys, "plan") and "--min-agreement" in help_of(capsys, "calibrate")
+    served = help_of(capsys, "serve")
+    assert all(flag in served for flag in ("--max-batch-tokens", "--max-texts-per-request", "--policy", "--no-exits"))
 
 
 @pytest.mark.parametrize(
@@ -38,6 +40,9 @@ def test_help_lists_the_commands_and_each_command_its_settings(capsys):
         (["plan", "--run-id", "r"], "state one goal: --target-docs-per-hour"),
         (["plan", "--target-docs-per-hour", "1000"], "pass --run-id"),
         (["tag", "--config", "missing.yaml"], "pass an existing file to --config"),
+        (["serve"], "model is not set; pass --model"),
+        (["serve", "--model", "m", "--max-batch-tokens", "100"], "raise max_batch_tokens"),
+        (["serve", "--model", "missing_model_dir"], "not a model directory"),
     ],
 )
 def test_a_configuration_mistake_exits_2_with_the_fix(capsys, argv, fix):

@@ -3,7 +3,7 @@ import pytest
 import dataclasses
 import typing
 
-from offramp.config import CalibrateConfig, ConfigError, PlanConfig, StageConfig, TagConfig, field_docs, load_config
+from offramp.config import CalibrateConfig, ConfigError, PlanConfig, ServeConfig, StageConfig, TagConfig, field_docs, load_config
 from offramp.config.base import sections
 from offramp.policies import POLICIES, get_policy
 from offramp.training import TrainConfig
@@ -95,7 +95,7 @@ def test_tag_config_token_exit_section_and_job_flags():
         load_config(TagConfig, None, {"exit.token.window": -1})
 
 
-CONFIGS = [TagConfig, TrainConfig, CalibrateConfig, PlanConfig]
+CONFIGS = [TagConfig, TrainConfig, CalibrateConfig, PlanConfig, ServeConfig]
 
 
 def all_sections(cls) -> list:

@@ -11,7 +11,7 @@ import typing
 
 import pytest
 
-from offramp.config import CalibrateConfig, ConfigError, PlanConfig, TagConfig
+from offramp.config import CalibrateConfig, ConfigError, PlanConfig, ServeConfig, TagConfig
 from offramp.config.base import sections, strip_optional
 from offramp.config.cli import add_config_flags, config_from_args, overrides_from_args
 from offramp.config.tag import FLAG_ALIASES
@@ -37,7 +37,7 @@ def flag_keys(cls, prefix: str = "") -> list[str]:
     return keys
 
 
-@pytest.mark.parametrize("cls", [TagConfig, TrainConfig, CalibrateConfig, PlanConfig], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", [TagConfig, TrainConfig, CalibrateConfig, PlanConfig, ServeConfig], ids=lambda c: c.__name__)
 def test_every_field_has_a_flag_with_help(cls):
     actions = {a.dest: a for a in parser_for(cls)._actions}
     keys = flag_keys(cls)

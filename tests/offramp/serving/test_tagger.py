@@ -1,0 +1,73 @@
+"""The online tagger, no cluster: rows from several requests batched together get the answers
+each request gets alone, exits vary per row inside one batch, and bad texts get a status."""
+
+import numpy as np
+import pytest
+
+from offramp import schema
+from offramp.exits.stage import StageSpec
+from offramp.serving.stats import ReplicaStats
+from offramp.serving.tagger import OnlineTagger, ServingPlan, batch_tokens
+from offramp.text.words import split_words
+from tests.conftest import LABELS, NUM_LAYERS, SENTENCES, TAGS, TEXTS
+
+
+@pytest.fixture(scope="module")
+def tagger(model_dir):
+    return OnlineTagger(ServingPlan(model_dir, "sequence", tuple(LABELS), StageSpec(0, 0, NUM_LAYERS), 64,
+                                    {"text_column": "text"}))
+
+
+def test_rows_of_several_requests_in_one_batch_get_the_answers_each_request_gets_alone(tagger):
+    requests = [list(TEXTS[:5]), list(TEXTS[5:12]), ["   ", TEXTS[3]]]
+    alone = [tagger.run(tagger.tokenize(texts))[0] for texts in requests]
+    rows = [row for texts in requests for row in tagger.tokenize(texts)]
+    together, stats = tagger.run(rows)
+    flat = [a for answers in alone for a in answers]
+    assert [a["exit_layer"] for a in together] == [a["exit_layer"] for a in flat]
+    assert [a["label"] for a in together] == [a["label"] for a in flat]
+    np.testing.assert_allclose([a["confidence"] or 0 for a in together], [a["confidence"] or 0 for a in flat],
+                               atol=1e-5)  # padding to another batch's longest row moves float32 sums by ~1e-7
+    layers = {a["exit_layer"] for a in together if a["status"] == "ok"}
+    assert len(layers) > 1, "rows of one batch exit at different layers"
+    assert stats.rows_in == len(rows) - 1  # the blank text never ran
+
+
+def test_an_answer_holds_the_tagging_run_output_columns_and_blank_texts_get_status_empty(tagger):
+    answers, _ = tagger.run(tagger.tokenize(["fonts", "", " \n", "word " * 200]))
+    assert set(answers[0]) == {"label", "confidence", "exit_layer", "status", "num_tokens", "skipped_layers"}
+    first = answers[0]
+    assert first["status"] == "ok" and first["label"] in LABELS and 1 <= first["exit_layer"] <= NUM_LAYERS
+    for blank in answers[1:3]:
+        assert blank == {"label": None, "confidence": None, "exit_layer": 0, "status": "empty", "num_tokens": 0,
+                         "skipped_layers": 0}
+    assert answers[3]["status"] == schema.TRUNCATED and answers[3]["num_tokens"] == 64
+
+
+def test_a_batch_is_counted_in_tokens(tagger):
+    rows = tagger.tokenize(["fonts", "", TEXTS[0]])
+    assert [r.tokens for r in rows][1] == 0
+    assert batch_tokens(rows) == sum(int(r.columns[schema.NUM_TOKENS][0]) for r in rows) > 3
+
+
+def test_a_token_model_answers_words_tags_and_each_word_layer(token_model_dir):
+    plan = ServingPlan(token_model_dir, "token", tuple(TAGS), StageSpec(0, 0, NUM_LAYERS, task="token"), 64,
+                       {"words_column": None, "text_column": "text", "gold": None})
+    tagger = OnlineTagger(plan)
+    texts = [" ".join(words) for words in SENTENCES[:4]] + [""]
+    answers, _ = tagger.run(tagger.tokenize(texts))
+    for text, a in zip(texts, answers[:4]):
+        assert a["words"] == split_words(text) and len(a["tags"]) == len(a["words"]) and set(a["tags"]) <= set(TAGS)
+        assert all(1 <= layer <= NUM_LAYERS for layer in a["tag_layers"])
+    assert answers[4]["status"] == "empty" and answers[4]["tags"] is None
+
+
+def test_replica_stats_add_up_the_batches(tagger):
+    stats = ReplicaStats()
+    rows = tagger.tokenize(list(TEXTS[:6]) + [""])
+    answers, stage = tagger.run(rows)
+    stats.add_batch(answers, batch_tokens(rows), stage)
+    d = stats.to_dict()
+    assert d["texts"] == 7 and d["batches"] == 1 and d["statuses"] == {"empty": 1, "ok": 6}
+    assert sum(d["exit_layers"].values()) == 7 and d["exit_layers"]["0"] == 1
+    assert d["largest_batch_tokens"] == batch_tokens(rows)
