@@ -145,7 +145,7 @@ def main():
         for method in methods + ["hand-sweeping"]:
             if method == "global-union" and target.mode != "accuracy":
                 continue
-            risk, speed, uncertified, t0 = [], [], 0, time.perf_counter()
+            risk, whole, speed, uncertified, t0 = [], [], [], 0, time.perf_counter()
             for s, idx in enumerate(splits):
                 cal_i, test_i = idx[: args.calib_rows], idx[args.calib_rows :]
                 if method == "hand-sweeping":
@@ -157,11 +157,15 @@ def main():
                 ev = calibration.evaluate(hp[test_i], layers, policy, point["thresholds"], target, gold[test_i])
                 risk.append(ev["risk"])
                 speed.append(ev["ideal_speedup"])
-            risk = np.array(risk)
+                # the same point's risk on every row: the dataset as the population (less noise than the
+                # test split alone; its calibration rows lean it a little in the point's favour)
+                whole.append(calibration.evaluate(hp, layers, policy, point["thresholds"], target, gold)["risk"])
+            risk, whole = np.array(risk), np.array(whole)
             rec = {
                 "target": spec, "method": method, "describe": target.describe(), "confidence": args.confidence,
                 "promised_violation_rate": 1 - args.confidence,
                 "violation_rate": float((risk > target.max_risk).mean()),
+                "violation_rate_all_rows": float((whole > target.max_risk).mean()),
                 "uncertified_splits": uncertified,
                 "mean_test_risk": float(risk.mean()),
                 "mean_ideal_speedup_test": float(np.mean(speed)),
@@ -169,16 +173,17 @@ def main():
                 "seconds": time.perf_counter() - t0,
             }
             results.append(rec)
-            print(f"{spec} {method}: violations {rec['violation_rate']:.3f} (promised <= {1 - args.confidence:.2f}); "
+            print(f"{spec} {method}: violations {rec['violation_rate']:.3f} (all rows {rec['violation_rate_all_rows']:.3f}; "
+                  f"promised <= {1 - args.confidence:.2f}); "
                   f"speed-up {rec['mean_ideal_speedup_test']:.2f}x, mean test risk {100 * rec['mean_test_risk']:.2f} "
                   f"({rec['seconds']:.0f} s)", flush=True)
     with open(os.path.join(args.out, "calibration_check.json"), "w") as f:
         json.dump({"meta": meta, "deployment": deployment, "results": results}, f, indent=1)
     figure(results, os.path.join(args.out, "calibration_check.png"))
-    print("\n| target | method | violations (test split) | promised | ideal speed-up (test) | mean test risk | uncertified splits |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| target | method | violations (test split) | violations (all rows) | promised | ideal speed-up (test) | mean test risk | uncertified splits |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['describe']} | {r['method']} | {r['violation_rate']:.1%} | ≤ {r['promised_violation_rate']:.0%} | "
+        print(f"| {r['describe']} | {r['method']} | {r['violation_rate']:.1%} | {r['violation_rate_all_rows']:.1%} | ≤ {r['promised_violation_rate']:.0%} | "
               f"{r['mean_ideal_speedup_test']:.2f}× | {100 * r['mean_test_risk']:.2f} | {r['uncertified_splits']} |")
     if deployment:
         print("\n| target | method (path) | ideal speed-up on test | test accuracy | full depth | drop (points) | agreement |")
