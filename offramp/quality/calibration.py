@@ -81,7 +81,7 @@ class Calibration:
     curve: list[dict]  # every candidate, conservative to aggressive, with `certified`
     survival: list[float]  # fraction running after each layer 1..L at the chosen point
     path: str = "global"  # the path tested (global | per-layer)
-    family_rows: int = 0  # rows that shaped the path (0: the global path needs none)
+    family_rows: int = 0  # rows that shaped (or chose) the path; 0 when none were given
     gold: tuple[int, int, int] | None = None  # accuracy mode: (n10, n01, n) at the chosen point
 
     @property
@@ -300,7 +300,7 @@ def calibrate(
     counts = (int(point["n10"]), int(point["n01"]), n) if "n10" in point else None
     return Calibration(
         target, n, point["thresholds"] if chosen else None, point, curve, surv, chosen_path.name,
-        0 if family is None or chosen_path.name == "global" and path == "global" else len(family), counts,
+        0 if family is None else len(family), counts,
     )
 
 
