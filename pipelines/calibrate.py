@@ -133,10 +133,11 @@ def _summary(cfg: CalibrateConfig, result: calibration.Calibration, record: dict
         f"on {result.rows} certifying rows, mean layers {p['mean_layers']:.2f} (ideal {p['ideal_speedup']:.2f}x), "
         f"agreement {p['agreement']:.4f} (lower bound {p['agreement_lower']:.4f})"
     )
-    if "accuracy" in p:
+    if "accuracy" in p:  # labels given; the drop's bound exists for an accuracy target only
+        bound = record.get("accuracy_drop_upper")
         line += (
             f", accuracy {p['accuracy']:.4f} vs {p['accuracy_full_depth']:.4f} at full depth "
-            f"(drop {100 * p['accuracy_drop']:.2f} pt, bound {100 * record['accuracy_drop_upper']:.2f} pt)"
+            f"(drop {100 * p['accuracy_drop']:.2f} pt" + (f", bound {100 * bound:.2f} pt)" if bound is not None else ")")
         )
     line += f"; guarantee: {t.describe()} with probability >= {t.confidence:.2f}"
     return line + (f"; mlflow run {run_id}" if run_id else "")

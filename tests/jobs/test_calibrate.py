@@ -41,6 +41,7 @@ def setup(tmp_path, model_dir):
 def test_calibrate_writes_a_certified_threshold_and_logs_the_curve(setup):
     model, data, uri = setup
     r = run("jobs/calibrate.py", "--model", str(model), "--data", str(data), "--min-agreement", "0.6",
+            "--label-column", "label",  # labels with an agreement target: accuracy is reported, no drop bound
             "--confidence", "0.8", "--set", "max_length=64", "--set", f"mlflow.tracking_uri={uri}")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "written to" in r.stdout and "guarantee" in r.stdout
