@@ -17,7 +17,7 @@ from offramp import schema
 from offramp.exits.shard import ShardBase, keep_rows, trim
 from offramp.exits.stage import PassWork, StageRunner, StageSpec, hidden_to_blobs
 from offramp.models.heads import HeadOutput, exit_signal, masked_mean
-from offramp.models.sequence import EarlyExitBertForSequenceClassification
+from offramp.models.sequence import EarlyExitSequenceModel
 from offramp.policies import ExitPolicy, check_policy_fits, get_policy
 
 
@@ -43,7 +43,7 @@ class LayerShard(ShardBase):
 
     def __init__(
         self,
-        model: EarlyExitBertForSequenceClassification,
+        model: EarlyExitSequenceModel,
         start: int,
         end: int,
         policy: ExitPolicy | str | None = None,
@@ -179,7 +179,7 @@ class _HeadAt(nn.Module):
     """The head after one layer, as its own module (the final one is the model's FinalHead),
     with the mechanism's signal module at that layer (DE³ prototypes, BERxiT's shared predictor)."""
 
-    def __init__(self, model: EarlyExitBertForSequenceClassification, layer: int):
+    def __init__(self, model: EarlyExitSequenceModel, layer: int):
         super().__init__()
         self.head = self.signal = self.final = None
         if layer == model.num_layers:

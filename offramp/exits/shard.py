@@ -21,8 +21,9 @@ class ShardBase(nn.Module):
             raise ValueError(f"shard [{start}, {end}) outside the model's {model.num_layers} layers")
         self.start, self.end, self.num_layers = start, end, model.num_layers
         self.model_config = model.config
-        self.embeddings = model.bert.embeddings if start == 0 else None
-        self.layers = nn.ModuleList(model.bert.encoder.layer[start:end])
+        self.adapter = model.adapter
+        self.embeddings = model.embedder() if start == 0 else None
+        self.layers = nn.ModuleList(model.encoder_layers[start:end])
         self.head_layers = [l for l in model.exit_layers if start < l <= end]
         stored = model.thresholds_by_layer()
         self.thresholds = {l: float((thresholds or stored).get(l, stored[l])) for l in self.head_layers}
@@ -36,11 +37,11 @@ class ShardBase(nn.Module):
         if input_ids is not None:
             if self.embeddings is None:
                 raise ValueError(f"shard [{self.start}, {self.end}) has no embeddings; pass hidden states")
-            hidden = self.embeddings(input_ids=input_ids)  # (B, T, H)
+            hidden = self.embeddings(input_ids)  # (B, T, H)
         return hidden.to(next(self.layers.parameters()).dtype)
 
     def layer_mask(self, hidden: torch.Tensor, mask2d: torch.Tensor):
-        """The mask each encoder layer expects, built as BertModel builds it."""
+        """The mask each encoder layer expects, built as the stock base model builds it."""
         return create_bidirectional_mask(config=self.model_config, inputs_embeds=hidden, attention_mask=mask2d)
 
 

@@ -18,7 +18,7 @@ from offramp import schema
 from offramp.config import check_token_exit
 from offramp.exits.shard import ShardBase, keep_rows, trim
 from offramp.exits.stage import PassWork, StageRunner, StageSpec, hidden_to_blobs
-from offramp.models.token import EarlyExitBertForTokenClassification, sparse_layer, window_max, word_of_token
+from offramp.models.token import EarlyExitTokenModel, sparse_layer, window_max, word_of_token
 from offramp.policies import ExitPolicy, check_word_policy, get_policy
 
 
@@ -54,7 +54,7 @@ class TokenShard(ShardBase):
 
     def __init__(
         self,
-        model: EarlyExitBertForTokenClassification,
+        model: EarlyExitTokenModel,
         start: int,
         end: int,
         mode: str | None = None,
@@ -82,7 +82,7 @@ class TokenShard(ShardBase):
         layer = self.layers[offset]
         if torch.equal(active, real):
             return layer(hidden, self.layer_mask(hidden, real))
-        return sparse_layer(layer, hidden, active, real)
+        return sparse_layer(layer, hidden, active, real, self.adapter)
 
     @torch.inference_mode()
     def forward(

@@ -8,9 +8,12 @@ is 0-based, as the slice bounds of `encoder.layer` it is; inside a shard, `offse
 
 from __future__ import annotations
 
+import torch
 from transformers import PretrainedConfig
+from transformers.masking_utils import create_bidirectional_mask
 
 from offramp.config import ConfigError
+from offramp.models.backbones import BACKBONES, BertBackbone, Embedder
 from offramp.models.profile import save_profile
 from offramp.policies import get_policy
 
@@ -39,9 +42,27 @@ def init_exit_config(config: PretrainedConfig, policy: str, mechanism: str, defa
 
 
 class ExitLayersMixin:
-    """What every early-exit model answers from its config."""
+    """What every early-exit model answers from its config and its backbone adapter."""
 
     config: PretrainedConfig
+    adapter: BertBackbone  # set on each class `model_classes` makes
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, H)
+        """The states the first encoder layer reads."""
+        return self.embedder()(input_ids)
+
+    def embedder(self) -> Embedder:
+        """The modules before the first layer, as one module (the model's own, not copies)."""
+        return Embedder(self.adapter, self.base_model)
+
+    @property
+    def encoder_layers(self):
+        """The stock encoder layers, each called as `layer(hidden, layer_mask(...))`."""
+        return self.adapter.layers(self.base_model)
+
+    def layer_mask(self, hidden: torch.Tensor, mask2d: torch.Tensor):
+        """The mask each encoder layer expects, built as the stock base model builds it."""
+        return create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d)
 
     @property
     def num_layers(self) -> int:
@@ -60,3 +81,15 @@ class ExitLayersMixin:
 
     def save_profile(self, directory: str, profile: dict) -> None:
         save_profile(directory, profile)
+
+
+def model_classes(mixin: type, task_name: str, namespace: dict) -> dict[str, type]:
+    """One model class per backbone adapter: `mixin` over the backbone's stock `*PreTrainedModel`
+    (its weight init and encoder prefix), named `EarlyExit<Backbone>For<task_name>` and bound in
+    `namespace` (the defining module's globals, so the classes pickle by name). model_type -> class."""
+    out = {}
+    for model_type, adapter in BACKBONES.items():
+        name = f"EarlyExit{adapter.name}For{task_name}"
+        cls = type(name, (mixin, adapter.pretrained), {"adapter": adapter, "__module__": namespace["__name__"], "__doc__": mixin.__doc__})
+        namespace[name] = out[model_type] = cls
+    return out

@@ -10,18 +10,19 @@ import os
 from dataclasses import dataclass
 
 import torch
-from transformers import BertConfig
+from transformers import AutoConfig, PretrainedConfig
 
 from offramp.config import ConfigError
+from offramp.models.backbones import get_backbone
 from offramp.models.base import SEQUENCE, TOKEN
 from offramp.models.heads import FINAL_POOLINGS
 from offramp.models.profile import load_profile
-from offramp.models.sequence import EarlyExitBertForSequenceClassification
-from offramp.models.token import EarlyExitBertForTokenClassification
+from offramp.models.sequence import SEQUENCE_CLASSES
+from offramp.models.token import TOKEN_CLASSES
 
 logger = logging.getLogger(__name__)
 
-MODEL_CLASSES = {SEQUENCE: EarlyExitBertForSequenceClassification, TOKEN: EarlyExitBertForTokenClassification}
+MODEL_CLASSES = {SEQUENCE: SEQUENCE_CLASSES, TOKEN: TOKEN_CLASSES}  # task -> model_type -> class
 
 
 def default_base_model() -> str:
@@ -41,6 +42,38 @@ def model_task(config) -> str:
     if task not in MODEL_CLASSES:
         raise ConfigError(f"model task {task!r} is not one of {sorted(MODEL_CLASSES)}; retrain with jobs/train_exits.py")
     return task
+
+
+def model_class(task: str, config: PretrainedConfig) -> type:
+    """The early-exit class for `task` over the config's backbone (its `model_type`)."""
+    return MODEL_CLASSES[task][get_backbone(config.model_type).model_type]
+
+
+def checkpoint_config(directory: str) -> PretrainedConfig:
+    """A checkpoint's config, loaded only if it is safe to load: a config that asks for remote
+    code is refused (no `trust_remote_code`, ever), as are weights in any format but safetensors
+    (pickle files run code when loaded), and backbones without an adapter."""
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{directory} is not a Hugging Face model directory (no config.json)")
+    with open(path) as f:
+        raw = json.load(f)
+    if raw.get("auto_map") or raw.get("trust_remote_code"):
+        raise ConfigError(
+            f"{directory} needs its own Python code (auto_map in config.json); offramp never runs checkpoint code "
+            "(trust_remote_code): use a checkpoint of a stock transformers architecture"
+        )
+    names = os.listdir(directory)
+    if not any(n.endswith(".safetensors") or n == "model.safetensors.index.json" for n in names):
+        pickled = [n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        raise ConfigError(
+            f"{directory} has no safetensors weights{f' (only {pickled})' if pickled else ''}; offramp loads safetensors "
+            "only, as pickled weights run code when loaded: convert with "
+            "`AutoModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)` in a trusted environment"
+        )
+    config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
+    get_backbone(config.model_type)
+    return config
 
 
 def backbone_pooling(directory: str) -> str:
@@ -142,22 +175,23 @@ class ModelInfo:
         )
 
 
-def read_config(directory: str) -> BertConfig:
+def read_config(directory: str) -> PretrainedConfig:
     """The config of an early-exit model directory; a clear error for anything else."""
     if not os.path.isfile(os.path.join(directory, "config.json")):
         raise ConfigError(
             f"{directory} is not a model directory (no config.json); pass --model DIR written by jobs/train_exits.py"
         )
-    cfg = BertConfig.from_pretrained(directory)
+    cfg = checkpoint_config(directory)
     if not getattr(cfg, "exit_layers", None):
         raise ConfigError(
-            f"{directory} holds a plain BERT checkpoint without exit heads; train one with "
-            f"`python jobs/train_exits.py --base-model {directory} ...` and pass its --output as --model"
+            f"{directory} holds a plain {cfg.model_type} checkpoint without exit heads; train them with "
+            f"`python jobs/train_exits.py --base-model {directory} ...` (add --heads-only to keep a fine-tuned "
+            "classifier as it is) and pass its --output as --model"
         )
     return cfg
 
 
 def load_model(directory: str, dtype: torch.dtype = torch.float32):
-    """Load a trained early-exit model directory for inference (eval mode), of its own task's class."""
-    cls = MODEL_CLASSES[model_task(read_config(directory))]
-    return cls.from_pretrained(directory, dtype=dtype).eval()
+    """Load a trained early-exit model directory for inference (eval mode), of its own task's and backbone's class."""
+    config = read_config(directory)
+    return model_class(model_task(config), config).from_pretrained(directory, dtype=dtype, use_safetensors=True).eval()

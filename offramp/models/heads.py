@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig
 
 from offramp.models.modules import PrototypeNet
 
@@ -33,11 +32,11 @@ class ExitHead(nn.Module):
     cache pooled features.
     """
 
-    def __init__(self, config: PretrainedConfig):
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float):
         super().__init__()
-        self.pool = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.pool = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
 
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:  # (B, H) -> (B, C)
         return self.classifier(self.dropout(torch.tanh(self.pool(pooled))))
@@ -52,22 +51,20 @@ the real tokens (sentence-transformers checkpoints such as all-MiniLM-L6-v2)."""
 
 
 class FinalHead(nn.Module):
-    """The full-depth head: the stock BERT pooler's dense + tanh and classifier, on the [CLS]
-    state or on the mean of the row's tokens. It wraps the model's own modules (no parameters
-    of its own), so the weights keep their stock names (`bert.pooler.dense`, `classifier`)."""
+    """The full-depth head: the backbone's stock sequence head (BERT: pooler dense + tanh,
+    classifier) on the [CLS] state or on the mean of the row's tokens. Every stock head reads
+    position 0 of what it is given, so it is given a (B, 1, H) pooled state. It wraps the
+    model's own modules (no parameters of its own), so the weights keep their stock names."""
 
-    def __init__(self, pooler: nn.Module, dropout: nn.Module, classifier: nn.Module, pooling: str):
+    def __init__(self, head: nn.Module, pooling: str):
         super().__init__()
         if pooling not in FINAL_POOLINGS:
             raise ValueError(f"final_pooling {pooling!r}: use one of {FINAL_POOLINGS}")
-        self.pooler, self.dropout, self.classifier, self.pooling = pooler, dropout, classifier, pooling
+        self.head, self.pooling = head, pooling
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, H), (B, T) -> (B, C)
-        if self.pooling == "cls":
-            pooled = self.pooler(hidden)  # BertPooler: dense + tanh on the [CLS] state
-        else:
-            pooled = torch.tanh(self.pooler.dense(masked_mean(hidden, mask)))
-        return self.classifier(self.dropout(pooled))
+        pooled = hidden[:, :1] if self.pooling == "cls" else masked_mean(hidden, mask)[:, None]  # (B, 1, H)
+        return self.head(pooled)
 
 
 @dataclass

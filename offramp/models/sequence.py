@@ -1,16 +1,18 @@
-"""Early-exit BERT built from transformers' own BERT modules.
+"""Early-exit classifiers built from transformers' own modules, one class per backbone adapter
+(offramp.models.backbones: BERT, RoBERTa, XLM-RoBERTa, ELECTRA, DistilBERT).
 
-Leaf to root: `ExitHead` (a small off-ramp classifier) -> the model, which is a
-stock `BertModel` plus the stock sequence-classification head's modules (`pooler` +
-`classifier`, read by `FinalHead` with the pooling the backbone was trained with) plus
-one `ExitHead` per internal exit layer.
+Leaf to root: `ExitHead` (a small off-ramp classifier) -> `EarlyExitSequenceModel`, which is the
+stock base model plus the stock sequence-classification head's modules (read by `FinalHead` with
+the pooling the backbone was trained with) plus one `ExitHead` per internal exit layer ->
+`SEQUENCE_CLASSES`, that mixin over each backbone's stock `*PreTrainedModel`.
 
-The weights keep their stock names, so `AutoModelForSequenceClassification` loads them from
-our directory; with `final_pooling: mean` (the default for sentence-transformers backbones)
-it computes a [CLS]-pooled head over them, which is not this model. Load with
+The weights keep their stock names, so a fine-tuned `*ForSequenceClassification` loads into the
+class of its backbone (and `AutoModelForSequenceClassification` loads ours); with
+`final_pooling: mean` (the default for sentence-transformers backbones) the stock class computes a
+[CLS]-pooled head over them, which is not this model. Load with
 `offramp.models.checkpoint.load_model`.
 
-Layers are numbered 1..L; "exit layer l" means the head after `encoder.layer[l-1]`.
+Layers are numbered 1..L; "exit layer l" means the head after encoder layer l-1 (0-based).
 """
 
 from __future__ import annotations
@@ -19,12 +21,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import BertConfig
-from transformers.masking_utils import create_bidirectional_mask
-from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel
+from transformers import PretrainedConfig
 
 from offramp.config import ConfigError
-from offramp.models.base import ExitLayersMixin, init_exit_config
+from offramp.models.base import ExitLayersMixin, init_exit_config, model_classes
 from offramp.models.heads import FINAL_POOLINGS, ExitHead, FinalHead, HeadOutput, exit_signal, masked_mean
 from offramp.models.modules import ExitPredictor, PrototypeNet, SkipGate
 
@@ -52,10 +52,10 @@ class LayerTrace:
 GATE_MODES = ("hard", "soft", "straight_through")
 
 
-class EarlyExitBertForSequenceClassification(ExitLayersMixin, BertPreTrainedModel):
-    """BertModel + final classifier + internal exit heads, plus the chosen mechanism's modules.
+class EarlyExitSequenceModel(ExitLayersMixin):
+    """Stock base model + its stock sequence head + internal exit heads, plus the chosen mechanism's modules.
 
-    Config fields it adds to `BertConfig` (saved in config.json):
+    Config fields it adds to the backbone's config (saved in config.json):
       exit_layers: 1-based layers with a head, ascending, always ending with L.
       exit_policy: registry name of the exit criterion.
       exit_thresholds: one threshold per exit layer (the last is never used: L always exits).
@@ -68,7 +68,7 @@ class EarlyExitBertForSequenceClassification(ExitLayersMixin, BertPreTrainedMode
         first release's models).
     """
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: PretrainedConfig):
         super().__init__(config)
         init_exit_config(config, "entropy", "deebert")
         config.skip_gates = bool(getattr(config, "skip_gates", False))
@@ -80,12 +80,11 @@ class EarlyExitBertForSequenceClassification(ExitLayersMixin, BertPreTrainedMode
             raise ConfigError(f"final_pooling {config.final_pooling!r} in config.json: use one of {FINAL_POOLINGS}")
         num_layers, layers = config.num_hidden_layers, config.exit_layers
 
-        self.bert = BertModel(config, add_pooling_layer=True)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        setattr(self, self.base_model_prefix, self.adapter.build(config, sequence=True))
+        self.adapter.add_sequence_head(self, config)
         internal = [l for l in layers if l != num_layers]
-        self.exit_heads = nn.ModuleDict({str(l): ExitHead(config) for l in internal})
-        H, C = config.hidden_size, config.num_labels
+        H, C, p = config.hidden_size, config.num_labels, self.adapter.dropout(config)
+        self.exit_heads = nn.ModuleDict({str(l): ExitHead(H, C, p) for l in internal})
         self.gates = nn.ModuleList([SkipGate(H) for _ in range(num_layers)]) if config.skip_gates else None
         self.prototypes = (
             nn.ModuleDict({str(l): PrototypeNet(H, config.prototype_dim, C) for l in internal})
@@ -114,8 +113,8 @@ class EarlyExitBertForSequenceClassification(ExitLayersMixin, BertPreTrainedMode
         return self.exit_predictor
 
     def final_head(self) -> FinalHead:
-        """The full-depth head over this model's own pooler and classifier."""
-        return FinalHead(self.bert.pooler, self.dropout, self.classifier, self.config.final_pooling)
+        """The full-depth head over this model's own stock head modules."""
+        return FinalHead(self.adapter.sequence_head(self), self.config.final_pooling)
 
     def head_output(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor) -> HeadOutput:
         """The head after `layer` (1-based) on that layer's output (B, T, H) and mask (B, T)."""
@@ -127,10 +126,6 @@ class EarlyExitBertForSequenceClassification(ExitLayersMixin, BertPreTrainedMode
     def head_logits(self, layer: int, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.head_output(layer, hidden, mask).logits
 
-    def layer_mask(self, hidden: torch.Tensor, mask2d: torch.Tensor):
-        """The mask each encoder layer expects, built as BertModel builds it."""
-        return create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d)
-
     def run_layers(self, hidden: torch.Tensor, mask2d: torch.Tensor, gate_mode: str = "hard") -> LayerTrace:
         """Every layer on every row; with gates, layer l's output is blended with its input:
         out = layer(h) * (1 - g) + h * g. `gate_mode` picks g: "hard" the 0/1 decision inference
@@ -141,7 +136,7 @@ class EarlyExitBertForSequenceClassification(ExitLayersMixin, BertPreTrainedMode
             raise ValueError(f"gate_mode {gate_mode!r}: use one of {GATE_MODES}")
         ext = self.layer_mask(hidden, mask2d)
         states, gates, skipped = [hidden], [], []
-        for i, layer in enumerate(self.bert.encoder.layer):
+        for i, layer in enumerate(self.encoder_layers):
             out = layer(hidden, ext)  # (B, T, H)
             if self.gates is not None:
                 p = self.gates[i](hidden, mask2d)  # (B,)
@@ -154,12 +149,13 @@ class EarlyExitBertForSequenceClassification(ExitLayersMixin, BertPreTrainedMode
             states.append(hidden)
         return LayerTrace(states, gates, torch.stack(skipped, 1) if skipped else None)
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, **_) -> EarlyExitOutput:
+    def forward(self, input_ids, attention_mask=None, labels=None, **_) -> EarlyExitOutput:
         """Full depth, every head (training and reference); gates make their hard decisions.
-        Loss: sum of heads' CE if labels given."""
+        Loss: sum of heads' CE if labels given. Token types are all 0 (one text per row), as the
+        pipeline runs rows."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)  # (B, T, H)
+        hidden = self.embed(input_ids)  # (B, T, H)
         trace = self.run_layers(hidden, attention_mask)
         heads = [self.head_output(l, trace.states[l], attention_mask) for l in self.exit_layers]
         exit_logits = tuple(h.logits for h in heads)
@@ -169,3 +165,7 @@ class EarlyExitBertForSequenceClassification(ExitLayersMixin, BertPreTrainedMode
         return EarlyExitOutput(
             logits=exit_logits[-1], exit_logits=exit_logits, loss=loss, signal=tuple(h.signal for h in heads), skipped=trace.skipped
         )
+
+
+SEQUENCE_CLASSES = model_classes(EarlyExitSequenceModel, "SequenceClassification", globals())
+EarlyExitBertForSequenceClassification = SEQUENCE_CLASSES["bert"]

@@ -1,10 +1,11 @@
 """Early exit for sequence labeling (Li et al., ACL 2021, arXiv 2105.13878).
 
 Leaf to root: the uncertainty and window criterion -> `sparse_layer` (a stock
-`BertLayer` run with only some tokens as queries) -> the model (a stock
-`BertModel` + the stock token-classification head, so
-`AutoModelForTokenClassification` loads the same full-depth model from our
-directory, plus a linear token head after every internal exit layer).
+encoder layer run with only some tokens as queries) -> `EarlyExitTokenModel` (a
+stock base model + the stock token-classification head, `dropout` + `classifier`,
+so `AutoModelForTokenClassification` loads the same full-depth model from our
+directory, plus a linear token head after every internal exit layer) ->
+`TOKEN_CLASSES`, that mixin over each backbone adapter's stock `*PreTrainedModel`.
 
 Words are tagged at their first sub-word. Two exit modes share one model:
   sentence (SENTEE): a sentence leaves when the max (or mean) of its words'
@@ -23,11 +24,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import BertConfig
-from transformers.models.bert.modeling_bert import BertLayer, BertModel, BertPreTrainedModel
+from transformers import PretrainedConfig
 
 from offramp.config import check_token_exit
-from offramp.models.base import TOKEN, ExitLayersMixin, init_exit_config
+from offramp.models.backbones import BACKBONES, BertBackbone
+from offramp.models.base import TOKEN, ExitLayersMixin, init_exit_config, model_classes
 from offramp.policies import check_word_policy, get_policy
 
 IGNORE = -100  # label of positions that are not a word's first sub-word (CE ignore_index)
@@ -63,17 +64,18 @@ def word_of_token(starts: torch.Tensor, lengths: torch.Tensor, T: int) -> torch.
     return torch.where(special, -1, w)
 
 
-def sparse_layer(layer: BertLayer, hidden: torch.Tensor, active: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """One encoder layer where only `active` tokens are updated.
+def sparse_layer(layer: nn.Module, hidden: torch.Tensor, active: torch.Tensor, keys: torch.Tensor,
+                 backbone: BertBackbone = BACKBONES["bert"]) -> torch.Tensor:
+    """One encoder layer of `backbone` where only `active` tokens are updated.
 
     hidden (B, T, H); active (B, T) bool: tokens computed as queries; keys (B, T) bool: tokens
     attended to (every real token, halted ones with their frozen states). Keys and values are
     projected for all tokens (each layer has its own projections); the query, the attention
     output and the feed-forward block run on the N active tokens only, packed flat. Inactive
     positions come back unchanged (bit for bit)."""
-    sa = layer.attention.self
+    sa = backbone.projections(layer)
     Bn, T, H = hidden.shape
-    nh, d = sa.num_attention_heads, sa.attention_head_size
+    nh, d = sa.heads, sa.head_dim
     b, t = active.nonzero(as_tuple=True)  # (N,), (N,)
     x = hidden[b, t]  # (N, H)
     k = sa.key(hidden).view(Bn, T, nh, d).transpose(1, 2)  # (B, nh, T, d)
@@ -85,8 +87,7 @@ def sparse_layer(layer: BertLayer, hidden: torch.Tensor, active: torch.Tensor, k
     q = q.view(Bn, A, nh, d).transpose(1, 2)  # (B, nh, A, d)
     ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=keys[:, None, None, :], scale=sa.scaling)  # (B, nh, A, d)
     ctx = ctx.transpose(1, 2).reshape(Bn, A, H)[b, slot]  # (N, H)
-    a = layer.attention.output(ctx, x)  # (N, H) dense + residual + LayerNorm
-    y = layer.output(layer.intermediate(a), a)  # (N, H) feed-forward + residual + LayerNorm
+    y = backbone.finish(layer, ctx, x)  # (N, H) attention output, then the feed-forward block
     out = hidden.clone()
     out[b, t] = y
     return out
@@ -101,10 +102,10 @@ class TokenExitOutput:
     loss: torch.Tensor | None = None
 
 
-class EarlyExitBertForTokenClassification(ExitLayersMixin, BertPreTrainedModel):
-    """BertModel + final token classifier + a token head after each internal exit layer.
+class EarlyExitTokenModel(ExitLayersMixin):
+    """Stock base model + final token classifier + a token head after each internal exit layer.
 
-    Config fields it adds to `BertConfig` (saved in config.json):
+    Config fields it adds to the backbone's config (saved in config.json):
       task: "token" (what tells the pipeline to run sequence labeling).
       exit_layers / exit_thresholds: as for classification; thresholds are word uncertainties
         in [0, 1] (a word or sentence leaves when below).
@@ -114,7 +115,7 @@ class EarlyExitBertForTokenClassification(ExitLayersMixin, BertPreTrainedModel):
       exit_window: TOKEE's window half-width in words (0 = each word alone).
     """
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: PretrainedConfig):
         super().__init__(config)
         config.task = TOKEN
         # a word's uncertainty in [0, 1] from a per-word policy (normalized entropy: the paper's)
@@ -125,8 +126,8 @@ class EarlyExitBertForTokenClassification(ExitLayersMixin, BertPreTrainedModel):
         config.exit_window = int(getattr(config, "exit_window", 2))
         check_token_exit(config.token_exit_mode, config.sentence_pool, config.exit_window)
 
-        self.bert = BertModel(config, add_pooling_layer=False)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        setattr(self, self.base_model_prefix, self.adapter.build(config, sequence=False))
+        self.dropout = nn.Dropout(self.adapter.dropout(config))
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.exit_heads = nn.ModuleDict(
             {str(l): nn.Linear(config.hidden_size, config.num_labels) for l in config.exit_layers[:-1]}
@@ -140,8 +141,12 @@ class EarlyExitBertForTokenClassification(ExitLayersMixin, BertPreTrainedModel):
 
     def layer_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
         """L+1 x (B, T, H): embeddings, then every layer's output, all tokens computed."""
-        out = self.bert(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        return list(out.hidden_states)
+        hidden = self.embed(input_ids)  # (B, T, H)
+        ext = self.layer_mask(hidden, attention_mask)
+        states = [hidden]
+        for layer in self.encoder_layers:
+            states.append(layer(states[-1], ext))
+        return states
 
     def forward(self, input_ids, attention_mask=None, labels=None, layer_weights=None, **_) -> TokenExitOutput:
         """Full depth, every head. Loss with `labels` (B, T) (IGNORE off word starts): the
@@ -158,3 +163,7 @@ class EarlyExitBertForTokenClassification(ExitLayersMixin, BertPreTrainedModel):
             losses = [F.cross_entropy(lg.reshape(-1, C).float(), labels.reshape(-1), ignore_index=IGNORE) for lg in exit_logits]
             loss = sum(wi * li for wi, li in zip(w, losses)) / sum(w)
         return TokenExitOutput(exit_logits[-1], exit_logits, loss)
+
+
+TOKEN_CLASSES = model_classes(EarlyExitTokenModel, "TokenClassification", globals())
+EarlyExitBertForTokenClassification = TOKEN_CLASSES["bert"]

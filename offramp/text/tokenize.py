@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from offramp import schema
-from offramp.text.words import as_words
+from offramp.text.words import as_words, end_token_id
 
 
 class _FastTokenizer:
@@ -25,7 +25,7 @@ class _FastTokenizer:
         self.tok = Tokenizer.from_file(path)
         self.tok.no_truncation()
         self.tok.no_padding()
-        self.sep_token_id = self.tok.token_to_id("[SEP]")
+        self.sep_token_id = end_token_id(self.tok)
 
     def __call__(self, texts, **_):
         return {"input_ids": [e.ids for e in self.tok.encode_batch(texts, add_special_tokens=True)]}

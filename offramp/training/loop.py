@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from transformers import BertConfig
+from transformers import PretrainedConfig
 
 from offramp.exits import simulate
 from offramp.config import ConfigError, TrainSettings
-from offramp.models.sequence import EarlyExitBertForSequenceClassification
+from offramp.models.sequence import EarlyExitSequenceModel
 from offramp.models.base import SEQUENCE
-from offramp.models.checkpoint import default_base_model, read_config
+from offramp.models.checkpoint import checkpoint_config, default_base_model, read_config
 from offramp.models.heads import masked_mean
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def _optimize(params, n: int, cfg: TrainSettings, epochs: float, lr: float, stag
 class TrainRun:
     """What a mechanism's recipe trains on: rows (tokenized on demand) and where losses go."""
 
-    model: EarlyExitBertForSequenceClassification
+    model: EarlyExitSequenceModel
     tokenizer: object
     texts: list[str]
     y: torch.Tensor  # (N,) class ids
@@ -174,7 +174,7 @@ class TrainRun:
 def final_loss(run: TrainRun, idx) -> torch.Tensor:
     """The final classifier's CE on rows `idx` through the whole backbone (DeeBERT stage 1)."""
     model, enc = run.model, run.encode(idx)
-    h = model.bert(**enc).last_hidden_state  # (B, T, H)
+    h = model.run_layers(model.embed(enc["input_ids"]), enc["attention_mask"]).states[-1]  # (B, T, H)
     return nn.functional.cross_entropy(model.head_logits(model.num_layers, h, enc["attention_mask"]), run.y[idx])
 
 
@@ -194,7 +194,7 @@ def pooled_features(model, tokenizer, texts, max_length: int, batch_size: int = 
     out, device = [], next(model.parameters()).device
     for b, i in enumerate(range(0, len(texts), batch_size)):
         enc = _encode(tokenizer, texts[i : i + batch_size], max_length, device)
-        hidden = model.bert.embeddings(input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids"))
+        hidden = model.embed(enc["input_ids"])
         states = model.run_layers(hidden, enc["attention_mask"]).states
         out.append(torch.stack([masked_mean(states[l], enc["attention_mask"]) for l in internal], dim=1))
         progress.step(b + 1, 0.0)
@@ -287,9 +287,10 @@ def label_names(cfg: TrainSettings, seen: set[str]) -> list[str]:
     return names
 
 
-def exit_config(base: str, names: list[str], cfg: TrainSettings, **fields) -> BertConfig:
-    """The base checkpoint's config with the labels, exit layers and `fields` of the new model."""
-    config = BertConfig.from_pretrained(base)
+def exit_config(base: str, names: list[str], cfg: TrainSettings, **fields) -> PretrainedConfig:
+    """The base checkpoint's config (any backbone with an adapter) with the labels, exit layers
+    and `fields` of the new model."""
+    config = checkpoint_config(base)
     # set, not passed as from_pretrained kwargs: those silently drop keys the file lacks
     fields = dict(
         num_labels=len(names),

@@ -19,8 +19,7 @@ from transformers import AutoTokenizer
 from offramp.config import ConfigError
 from offramp.exits import simulate
 from offramp.models.base import SEQUENCE
-from offramp.models.checkpoint import resolve_final_pooling
-from offramp.models.sequence import EarlyExitBertForSequenceClassification
+from offramp.models.checkpoint import model_class, resolve_final_pooling
 from offramp.policies import check_policy_fits, get_policy
 from offramp.quality import calibration
 from offramp.quality.stats import rows_needed
@@ -57,7 +56,7 @@ def train_sequence_exits(cfg):
         **mechanism.config_fields(cfg),
     )
     device = cfg.torch_device()
-    model = EarlyExitBertForSequenceClassification.from_pretrained(base, config=config).to(device)
+    model = model_class(SEQUENCE, config).from_pretrained(base, config=config, use_safetensors=True).to(device)
     tokenizer = AutoTokenizer.from_pretrained(base)
     y = torch.tensor([label2id[v] for v in labels], device=device)  # TrainRun.encode follows y's device
     t0 = time.perf_counter()

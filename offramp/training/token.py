@@ -28,9 +28,10 @@ from datasets import LargeList, List, Sequence, load_dataset
 from offramp.config import ConfigError, check_token_exit
 from offramp.training.data import _BUILDERS
 from offramp.models.base import TOKEN
+from offramp.models.checkpoint import model_class
 from offramp.exits.token_pass import pad, tag_pass
 from offramp.quality.token_scores import score_pass
-from offramp.models.token import EarlyExitBertForTokenClassification, IGNORE, window_max, word_of_token
+from offramp.models.token import IGNORE, window_max, word_of_token
 from offramp.policies import check_word_policy, get_policy
 from offramp.training.loop import TrainReport, _optimize, begin, exit_config, label_names
 from offramp.text.words import EncodedWords, as_words, encode_words
@@ -147,11 +148,11 @@ def self_sampling_loss(model, batch, rng: random.Random, max_window: int, max_th
     valid = (starts >= 0) & (y != IGNORE)  # (B, W) words that have a label
     owner = word_of_token(starts, lengths, T)  # (B, T)
     real = mask.bool()
-    hidden = model.bert.embeddings(input_ids=ids)
+    hidden = model.embed(ids)
     ext = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=mask)
     active = valid.clone()  # (B, W)
     num = den = 0.0
-    for i, layer in enumerate(model.bert.encoder.layer):
+    for i, layer in enumerate(model.encoder_layers):
         number = i + 1
         tok = torch.gather(active, 1, owner.clamp(min=0)) & (owner >= 0)
         tok = real & (tok | ((owner < 0) & active.any(1, keepdim=True)))  # (B, T) tokens still computed
@@ -215,7 +216,7 @@ def train_token_exits(cfg):
         base, names, cfg, exit_policy=policy_name, token_exit_mode=opts.exit_mode,
         sentence_pool=opts.sentence_pool, exit_window=opts.exit_window,
     )
-    model = EarlyExitBertForTokenClassification.from_pretrained(base, config=config)
+    model = model_class(TOKEN, config).from_pretrained(base, config=config, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(base)
     logger.info("training token model on %d sentences (%d tags), dev %d, base %s", len(sents), len(names), len(dev_sents), base)
     encoded, gold = encode_words(tokenizer, sents, cfg.max_length), word_labels(tags, label2id)

@@ -104,7 +104,7 @@ class SmartbertMechanism(Mechanism):
             mask = enc["attention_mask"]
             mode = "straight_through" if step["n"] >= hard_from else "soft"
             step["n"] += 1
-            hidden = model.bert.embeddings(input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids"))
+            hidden = model.embed(enc["input_ids"])
             trace = model.run_layers(hidden, mask, gate_mode=mode)
             logits = model.head_logits(L, trace.states[-1], mask)
             gate_mean = sum(g.mean() for g in trace.gates)  # sum over layers of the batch's mean skip prob
