@@ -25,7 +25,12 @@ class TrainSettings:
     output: str | None = None
     """Directory the early-exit model is saved to."""
     base_model: str | None = None
-    """Local Hugging Face BERT-family checkpoint; None = the pip-shipped all-MiniLM-L6-v2."""
+    """Local Hugging Face checkpoint of a supported backbone (BERT, RoBERTa, XLM-RoBERTa, ELECTRA,
+    DistilBERT; safetensors); None = the pip-shipped all-MiniLM-L6-v2."""
+    heads_only: bool = False
+    """Keep --base-model, a fine-tuned *ForSequenceClassification (or *ForTokenClassification), as it
+    is: its labels (id2label), backbone and classifier are frozen and only the exit heads train
+    (DeeBERT's stage 2), so wherever a row runs to full depth it gets the original model's label."""
     mechanism: str = "deebert"
     """Exit mechanism and its training recipe (offramp.training.mechanisms): deebert, pabee, berxit, de3, smartbert."""
     init_from: str | None = None
@@ -103,6 +108,16 @@ class TrainSettings:
             raise ConfigError(f"final_pooling {self.final_pooling!r}: use auto, cls or mean")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device {self.device!r}: use auto, cpu or cuda")
+        if self.heads_only:
+            if not self.base_model or self.init_from:
+                raise ConfigError("--heads-only trains exits onto a fine-tuned classifier: pass it as --base-model DIR "
+                                  "(not --init-from)")
+            if self.mechanism == "smartbert":
+                raise ConfigError("--heads-only cannot train smartbert: its skipping gates change what the frozen layers "
+                                  "compute and train with the backbone; use deebert, pabee, berxit or de3")
+            if self.final_pooling == "mean":
+                raise ConfigError("--heads-only keeps the classifier's own head, which pools as it was trained: "
+                                  "drop --final-pooling mean")
 
     def torch_device(self) -> str:
         """The device training runs on: `device` with auto resolved."""

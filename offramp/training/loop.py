@@ -270,21 +270,49 @@ def begin(cfg: TrainSettings) -> str:
     return cfg.init_from or cfg.base_model or default_base_model()
 
 
-def label_names(cfg: TrainSettings, seen: set[str]) -> list[str]:
+def label_names(cfg: TrainSettings, seen: set[str], task: str = SEQUENCE) -> list[str]:
     """Class names in id order: the warm-start model's (--init-from reuses its classifier and
-    heads, so its labels stay, and the training data may bring no label it has no class for),
-    else the sorted labels seen in the training data."""
-    if not cfg.init_from:
+    heads, so its labels stay, and the training data may bring no label it has no class for), the
+    fine-tuned classifier's with --heads-only (its `id2label`), else the sorted labels seen in the
+    training data."""
+    if cfg.init_from:
+        have, source = read_config(cfg.init_from), f"--init-from {cfg.init_from}"
+    elif cfg.heads_only:
+        have, source = classifier_config(cfg.base_model, task), f"--heads-only: {cfg.base_model}"
+    else:
         return sorted(seen)
-    have = read_config(cfg.init_from)
     names = [have.id2label[i] for i in range(have.num_labels)]
     new = sorted(seen - set(names))
     if new:
         raise ConfigError(
-            f"--init-from {cfg.init_from} has no class for training labels {new}; warm-start from a model "
-            f"of the same task or train from --base-model"
+            f"{source} has no class for training labels {new}; its classes are {names}: relabel the data, or "
+            + ("fine-tune from --base-model without --heads-only" if cfg.heads_only else "train from --base-model")
         )
     return names
+
+
+def classifier_config(directory: str, task: str) -> PretrainedConfig:
+    """The config of a fine-tuned stock classifier for `task` (what --heads-only keeps), or a
+    clear error for a bare encoder or a classifier of the other task."""
+    config = checkpoint_config(directory)
+    want = "ForSequenceClassification" if task == SEQUENCE else "ForTokenClassification"
+    archs = getattr(config, "architectures", None) or []
+    if not any(a.endswith(want) for a in archs):
+        raise ConfigError(
+            f"--heads-only keeps a fine-tuned classifier, but {directory} is {archs or 'a bare encoder'} "
+            f"(a *{want} checkpoint is needed): drop --heads-only to fine-tune it"
+        )
+    return config
+
+
+def freeze_all_but_exit_heads(model) -> list:
+    """--heads-only: every parameter but the exit heads' stops training; returns the heads' parameters."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = list(model.exit_heads.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    return params
 
 
 def exit_config(base: str, names: list[str], cfg: TrainSettings, **fields) -> PretrainedConfig:

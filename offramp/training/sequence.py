@@ -9,6 +9,7 @@ mean-layers curve of the stored policy, and the fastest threshold within max_acc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
@@ -42,6 +43,9 @@ def train_sequence_exits(cfg):
     dev_texts, dev_labels = load_labeled(cfg.eval, cfg.text_column, cfg.label_column, cfg.max_eval_rows, cfg.seed)
     if len(texts) == 0 or len(dev_texts) == 0:
         raise ConfigError("no usable rows in --train or --eval (every row lacked text or label)")
+    if cfg.heads_only:
+        logger.info("--heads-only: %s keeps its backbone, classifier and labels; only the exit heads train", base)
+        cfg = dataclasses.replace(cfg, stage1_epochs=0.0, final_pooling="cls")
     names = label_names(cfg, set(labels))
     if len(names) < 2:
         raise ConfigError(f"--label-column {cfg.label_column!r} has {len(names)} distinct value(s); need at least 2")

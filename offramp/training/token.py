@@ -33,7 +33,7 @@ from offramp.exits.token_pass import pad, tag_pass
 from offramp.quality.token_scores import score_pass
 from offramp.models.token import IGNORE, window_max, word_of_token
 from offramp.policies import check_word_policy, get_policy
-from offramp.training.loop import TrainReport, _optimize, begin, exit_config, label_names
+from offramp.training.loop import TrainReport, _optimize, begin, exit_config, freeze_all_but_exit_heads, label_names
 from offramp.text.words import EncodedWords, as_words, encode_words
 
 logger = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def train_token_exits(cfg):
     dev_sents, dev_tags = load_tagged(cfg.eval, cfg.text_column, cfg.label_column, cfg.max_eval_rows, cfg.seed, "--eval")
     if not sents or not dev_sents:
         raise ConfigError("no usable rows in --train or --eval (every row lacked words or matching tags)")
-    names = label_names(cfg, {t for s in tags for t in s})
+    names = label_names(cfg, {t for s in tags for t in s}, TOKEN)
     label2id = {n: i for i, n in enumerate(names)}
     config = exit_config(
         base, names, cfg, exit_policy=policy_name, token_exit_mode=opts.exit_mode,
@@ -224,10 +224,12 @@ def train_token_exits(cfg):
     t0 = time.perf_counter()
     model.train()
     n = len(encoded)
-    _optimize(list(model.parameters()), n, cfg, cfg.stage1_epochs, cfg.lr, 1,
+    # --heads-only: the tagger's backbone and classifier stay as they are; both stages train the exit heads
+    params = freeze_all_but_exit_heads(model) if cfg.heads_only else list(model.parameters())
+    _optimize(params, n, cfg, cfg.stage1_epochs, cfg.head_lr if cfg.heads_only else cfg.lr, 1,
               lambda idx: joint_loss(model, _batch(encoded, gold, idx)), losses, clip=1.0)
     rng = random.Random(cfg.seed)
-    _optimize(list(model.parameters()), n, cfg, opts.self_sampling_epochs, cfg.lr, 2,
+    _optimize(params, n, cfg, opts.self_sampling_epochs, cfg.head_lr if cfg.heads_only else cfg.lr, 2,
               lambda idx: self_sampling_loss(model, _batch(encoded, gold, idx), rng, opts.sample_max_window,
                                              opts.sample_max_threshold), losses, clip=1.0)
     model.eval()
