@@ -179,7 +179,7 @@ class StageRunner:
         self.device = torch.device(spec.device)
         configure_device(self.device)
         if spec.max_tokens is None:
-            budget = token_budget(self.device, model.config.hidden_size, model.config.intermediate_size, dtype)
+            budget = token_budget(self.device, model.config.hidden_size, model.adapter.ffn_width(model.config), dtype)
             spec = dataclasses.replace(spec, max_tokens=budget)
         self.spec = spec
         self.hidden_size = model.config.hidden_size

@@ -107,6 +107,10 @@ class BertBackbone:
         p = getattr(config, "classifier_dropout", None)
         return config.hidden_dropout_prob if p is None else p
 
+    def ffn_width(self, config: PretrainedConfig) -> int:
+        """The feed-forward block's inner width (what sizes a layer's activations)."""
+        return config.intermediate_size
+
     def embed(self, modules: Embedder, input_ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, H)
         """Token ids -> the states the first layer reads (token types all 0: one text per row)."""
         return modules.embeddings(input_ids=input_ids)
@@ -207,6 +211,9 @@ class DistilBertBackbone(BertBackbone):
 
     def dropout(self, config: PretrainedConfig) -> float:
         return config.dropout
+
+    def ffn_width(self, config: PretrainedConfig) -> int:
+        return config.hidden_dim
 
     def layers(self, encoder: nn.Module) -> nn.ModuleList:
         return encoder.transformer.layer
