@@ -2,6 +2,7 @@
 
     python jobs/calibrate.py --model M --data calib.parquet --min-agreement 0.97 [--confidence 0.9]
     python jobs/calibrate.py --model M --data calib.parquet --label-column label --max-accuracy-drop 0.01
+    python jobs/calibrate.py --model models:/NAME/3 --data calib.parquet --min-agreement 0.97   # registers version 4
 
 With probability at least --confidence over the draw of the calibration rows, the
 written threshold meets the target on the traffic those rows were drawn from (Learn

@@ -1,10 +1,18 @@
-"""What `jobs/calibrate.py` does: one full-depth pass, certify, write, log to MLflow."""
+"""What `jobs/calibrate.py` does: one full-depth pass, certify, write, log to MLflow.
+
+A model directory is calibrated in place. A registered version (models:/NAME/3, models:/NAME@ALIAS)
+is calibrated in a copy, which is registered as the model's next version with the certificate as
+its tags and the calibration run as its run; the source version is left as it was.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -26,6 +34,7 @@ from offramp.quality.stats import rows_needed
 from offramp.training.data import load_labeled
 from offramp.training.loop import full_pass
 from pipelines.figures import tradeoff_figure
+from pipelines.registry import RegisteredModel, certificate_tags, is_registered, link_run, register_model_dir, resolve
 from pipelines.tracking import start_run
 
 logger = logging.getLogger(__name__)
@@ -37,6 +46,7 @@ class Outcome:
     summary: str  # one paragraph for the terminal
     written: bool
     run_id: str
+    registered: str = ""  # the version registered from the calibrated model, models:/NAME/VERSION
 
 
 def head_logits_for(model_dir: str, texts: list[str], max_length: int, batch_size: int = 64) -> HeadPass:
@@ -78,7 +88,20 @@ def certificate_record(result: calibration.Calibration, info: ModelInfo, max_len
 
 
 def run_calibration(cfg: CalibrateConfig) -> Outcome:
+    """Certify thresholds for cfg's target: into the model directory, or for a models:/ model into a
+    copy registered as the next version (of cfg.register if given, else of the model's own name)."""
     cfg.require("model", "data")
+    if not is_registered(cfg.model):
+        return calibrate_dir(cfg, None, cfg.register)
+    source = resolve(cfg.model, cfg.mlflow)
+    with tempfile.TemporaryDirectory(prefix="offramp-calibrate-") as work:
+        copy = shutil.copytree(source.path, os.path.join(work, "model"))  # the cached version stays as it was
+        return calibrate_dir(dataclasses.replace(cfg, model=copy), source, cfg.register or source.name)
+
+
+def calibrate_dir(cfg: CalibrateConfig, source: RegisteredModel | None, register: str | None) -> Outcome:
+    """Calibrate the directory cfg.model; with `register`, log it as that model's next version.
+    `source`: the registered version cfg.model is a copy of, if it is one."""
     target = _target(cfg)
     info = ModelInfo.read(cfg.model)
     if info.task != SEQUENCE:
@@ -106,8 +129,19 @@ def run_calibration(cfg: CalibrateConfig) -> Outcome:
     record = certificate_record(result, info, cfg.max_length, os.path.abspath(cfg.data)) if result.certified else None
     if written:
         write_calibration(cfg.model, result, record)
-    run_id = log_calibration(cfg, result, record, seconds) if cfg.mlflow.enabled else ""
-    return Outcome(result, _summary(cfg, result, record, written, run_id), written, run_id)
+    run_id, registered = "", ""
+    if cfg.mlflow.enabled:
+        with start_run(cfg.mlflow, "offramp-calibrate") as run:
+            run_id = run.info.run_id
+            if source is not None:
+                link_run(source)
+            log_calibration(cfg, result, record, seconds, source)
+            if written and register:  # the version's run is this calibration run
+                tags = {**certificate_tags(record), "offramp.calibrated_from": source.uri if source else cfg.model}
+                version = register_model_dir(cfg.model, register, cfg.max_length, tags)
+                registered = f"models:/{register}/{version.version}"
+    summary = _summary(cfg, result, record, written, run_id, registered)
+    return Outcome(result, summary, written, run_id, registered)
 
 
 def describe_thresholds(result: calibration.Calibration) -> str:
@@ -116,7 +150,8 @@ def describe_thresholds(result: calibration.Calibration) -> str:
     return f"per-layer thresholds [{', '.join(f'{t:.4g}' for t in result.thresholds[:-1])}] (alpha {result.point['alpha']:.4g})"
 
 
-def _summary(cfg: CalibrateConfig, result: calibration.Calibration, record: dict | None, written: bool, run_id: str) -> str:
+def _summary(cfg: CalibrateConfig, result: calibration.Calibration, record: dict | None, written: bool, run_id: str,
+             registered: str = "") -> str:
     t, p = result.target, result.point
     if not result.certified:
         need = rows_needed(t.max_risk, t.delta, t.mode)
@@ -129,7 +164,7 @@ def _summary(cfg: CalibrateConfig, result: calibration.Calibration, record: dict
             + ": add calibration rows, loosen the target or lower --confidence."
         )
     line = (
-        f"{describe_thresholds(result)} ({'written to ' + cfg.model if written else 'dry run: not written'}): "
+        f"{describe_thresholds(result)} ({where_written(cfg, written, registered)}): "
         f"on {result.rows} certifying rows, mean layers {p['mean_layers']:.2f} (ideal {p['ideal_speedup']:.2f}x), "
         f"agreement {p['agreement']:.4f} (lower bound {p['agreement_lower']:.4f})"
     )
@@ -143,12 +178,19 @@ def _summary(cfg: CalibrateConfig, result: calibration.Calibration, record: dict
     return line + (f"; mlflow run {run_id}" if run_id else "")
 
 
-def log_calibration(cfg: CalibrateConfig, result: calibration.Calibration, record: dict | None, seconds: float) -> str:
+def where_written(cfg: CalibrateConfig, written: bool, registered: str) -> str:
+    if not written:
+        return "dry run: not written"
+    return f"registered as {registered}" if registered else f"written to {cfg.model}"
+
+
+def log_calibration(cfg: CalibrateConfig, result: calibration.Calibration, record: dict | None, seconds: float,
+                    source: RegisteredModel | None = None) -> str:
     t, p = result.target, result.point
     with start_run(cfg.mlflow, "offramp-calibrate") as run:
         mlflow.log_params(
             {
-                "model": cfg.model,
+                "model": source.uri if source else cfg.model,
                 "data": cfg.data,
                 "mode": t.mode,
                 "target": t.value,

@@ -1,9 +1,11 @@
 """The `offramp` command: tag a corpus, train a model, calibrate its thresholds, plan capacity,
 serve a model online.
 
-    offramp train --train train.parquet --eval dev.parquet --output models/m [--mechanism smartbert]
+    offramp train --train train.parquet --eval dev.parquet --output models/m [--mechanism smartbert] [--register m]
     offramp calibrate --model models/m --data calib.parquet --min-agreement 0.97
+    offramp calibrate --model models:/m/1 --data calib.parquet --min-agreement 0.97   # registers version 2
     offramp tag --input corpus/ --model models/m --output out/ [--config conf/demo.yaml]
+    offramp tag --input corpus/ --model models:/m@champion --output out/
     offramp plan --run-id RUN --target-docs-per-hour 5000000
     offramp serve --model models/m [--config conf/serve.yaml]
 
@@ -21,6 +23,7 @@ not label; 4 tag --audit.fail-below-target and the audit found agreement below t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -45,13 +48,20 @@ def setup_logging() -> None:
 
 def tag(cfg: TagConfig) -> int:
     from pipelines.output import write_manifest
-    from pipelines.run import run_tagging
-    from pipelines.tracking import check_tracking_uri, log_tag_run, tracking_uri
+    from pipelines.registry import link_run, local_model
+    from pipelines.run import run_tagging, validate
+    from pipelines.tracking import check_tracking_uri, log_tag_run, start_run, tracking_uri
 
     check_tracking_uri(cfg.mlflow)
-    result = run_tagging(cfg)
+    cfg, registered = local_model(cfg)  # models:/NAME@ALIAS -> the version's directory in the model cache
+    plan = validate(cfg)  # configuration errors before an MLflow run is opened
+    # the run is open while the pipeline runs: MLflow samples CPU, memory (and GPU) into it meanwhile
+    with start_run(cfg.mlflow, "offramp-tag", system_metrics=True) if cfg.mlflow.enabled else contextlib.nullcontext():
+        if registered and cfg.mlflow.enabled:
+            link_run(registered)
+        result = run_tagging(cfg, plan=plan)
+        run_id = log_tag_run(cfg, result, num_layers=result.layout[-1].spec.end)
     m = result.metrics
-    run_id = log_tag_run(cfg, result, num_layers=result.layout[-1].spec.end)
     bad = m["rows"] - m["rows_labeled"]
     line = run_line(result.task, cfg, m)
     print(line + (f"; mlflow run {run_id}" if run_id else ""))
@@ -125,12 +135,20 @@ def audit_line(a: dict) -> str:
 
 def train(cfg) -> int:
     from offramp.training import save_trained, train_exits
-    from pipelines.tracking import check_tracking_uri, log_train_run
+    from pipelines.registry import certificate_tags, register_model_dir
+    from pipelines.tracking import check_tracking_uri, log_train_run, start_run
 
     check_tracking_uri(cfg.mlflow)
     model, tokenizer, report = train_exits(cfg)
     save_trained(model, tokenizer, report, cfg.output)
-    run_id = log_train_run(cfg, report, cfg.output)
+    run_id = ""
+    if cfg.mlflow.enabled:
+        with start_run(cfg.mlflow, "offramp-train"):
+            run_id = log_train_run(cfg, report, cfg.output)
+            if cfg.register:  # the version's run is the training run
+                version = register_model_dir(cfg.output, cfg.register, cfg.max_length,
+                                             certificate_tags(report.calibration))
+                print(f"registered {cfg.output} as models:/{cfg.register}/{version.version}")
     c, full = report.chosen, report.curve[0]
     if report.task == "token":
         what, key = ("entity F1", "f1") if "f1" in full else ("word accuracy", "accuracy")
@@ -238,6 +256,9 @@ Exit status 3 with --fail-on-error-rows when a row could not be labeled; 4 with
         [--mechanism deebert|pabee|berxit|de3|smartbert] [--base-model DIR | --init-from MODEL] \\
         [--config conf/train.yaml] [--set stage1_epochs=1] [--smartbert.sparsity-weight 0.1]
 
+--register NAME logs the saved model with the MLflow run and registers it as NAME's next version
+(models:/NAME/VERSION for calibrate, tag and serve).
+
 Sequence labeling (a list of tags per row, e.g. ../shared/data/debian_pos) is detected from the
 label column, or forced with --task token:
 
@@ -251,6 +272,10 @@ label column, or forced with --task token:
 
     offramp calibrate --model M --data calib.parquet --min-agreement 0.97 [--confidence 0.9]
     offramp calibrate --model M --data calib.parquet --label-column label --max-accuracy-drop 0.01
+    offramp calibrate --model models:/NAME/3 --data calib.parquet --min-agreement 0.97
+
+A registered model (models:/NAME/VERSION or models:/NAME@ALIAS) is calibrated in a copy, registered
+as NAME's next version with the certificate as its tags; the source version is left unchanged.
 
 With probability at least --confidence over the draw of the calibration rows, the written
 thresholds meet the target on the traffic those rows were drawn from (Learn then Test,

@@ -48,7 +48,7 @@ FIX = (
     "/mnt/cluster_storage){alt}"
 )
 ALTERNATIVE = {
-    "model": ", or copy it to that same path on every node",
+    "model": ", or copy it to that same path on every node (a models:/ model: set mlflow.model_cache to such a path)",
     "input": ", or give an object-store URI (s3://bucket/..., gs://...)",
     "output": ", or give an object-store URI (s3://bucket/..., gs://...)",
 }

@@ -111,3 +111,20 @@ def tradeoff_figure(result: Calibration):
     ax.set_title(f"{t.describe()} ({result.path} path)")
     fig.tight_layout()
     return fig
+
+
+def trend_figure(trend: dict):
+    """One panel per series: the earlier runs (oldest left), this run (red when it dropped) and the
+    floor it was judged against (offramp.quality.trend)."""
+    series = trend["series"]
+    fig, axes = plt.subplots(1, len(series), figsize=(3.2 * len(series), 3.2), squeeze=False)
+    for ax, s in zip(axes[0], series.values()):
+        x = list(range(-len(s["values"]), 1))
+        ax.plot(x, [*s["values"], s["value"]], ".-", color="#3a7bd5", ms=5)
+        ax.plot([0], [s["value"]], "o", color="#c0392b" if s["drop"] else "#27ae60", ms=8)
+        ax.axhline(s["floor"], color="#999", ls="--", lw=1, label="floor")
+        ax.set_title(s["label"], fontsize=9)
+        ax.set_xlabel("runs before this one")
+    axes[0][0].legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -22,7 +22,7 @@ from offramp.planning.capacity import (
     projection_lines,
 )
 from offramp.quality.audit import verdict
-from pipelines.figures import audit_figure, exit_histogram_figure, stage_figure, survival_figure
+from pipelines.figures import audit_figure, exit_histogram_figure, stage_figure, survival_figure, trend_figure
 
 NO_PLAN = (
     "No capacity plan was made for this run. Make one with "
@@ -122,6 +122,22 @@ def _no_audit_reason(audit: dict | None) -> str:
     return "the audit fraction selected no rows (status no_sample); raise the audit fraction."
 
 
+def _trend_section(summary: dict) -> str:
+    """The nightly trend: this run against the experiment's earlier runs (pipelines/trend.py)."""
+    trend = summary.get("trend")
+    if trend is None:
+        return ""
+    head = "<h2>Nightly trend</h2>"
+    if not trend["series"]:
+        return f"{head}<p>No earlier finished runs in this experiment to compare with.</p>"
+    lines = [f"{s['label']}: {s['value']:.4g} against a floor of {s['floor']:.4g} ({s['rule']})"
+             + (" — DROP" if s["drop"] else "") for s in trend["series"].values()]
+    verdict = ("<p class='warn'><b>This run dropped against the trend:</b> "
+               + _e(", ".join(trend["series"][k]["label"] for k in trend["drops"])) + "</p>") if trend["drops"] else ""
+    items = "".join(f"<li>{_e(line)}</li>" for line in lines)
+    return f"{head}{verdict}<ul>{items}</ul>{_img('nightly-trend', 'nightly trend', trend_figure(trend))}"
+
+
 def _recommendation(plan: CapacityPlan | None, no_plan_reason: str | None) -> str:
     if plan is None:
         return f"<h2>Recommendation</h2><p>{_e(no_plan_reason or NO_PLAN)}</p>"
@@ -155,6 +171,7 @@ def render_report(summary: dict, plan: CapacityPlan | None, no_plan_reason: str 
         "stage, and the share of wall time its actors spent in batch calls.</p>",
         _img("stage-throughput", "per-stage throughput and utilization", stage_figure(summary)),
         _audit_section(summary),
+        _trend_section(summary),
         _recommendation(plan, no_plan_reason),
     ]
     body = "\n".join(p for p in parts if p)

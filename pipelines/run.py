@@ -312,10 +312,11 @@ def tag_dataset(ds: ray.data.Dataset, model_dir: str, config: TagConfig | None =
 # ---------------------------------------------------------------- one run
 
 
-def run_tagging(cfg: TagConfig, stage_cls=StageActor) -> TagResult:
+def run_tagging(cfg: TagConfig, stage_cls=StageActor, plan: Plan | None = None) -> TagResult:
     """Tag every document of cfg.input into cfg.output; return the run's metrics.
-    `stage_cls`: the stage actor class (tests pass one that crashes)."""
-    plan = validate(cfg)
+    `stage_cls`: the stage actor class (tests pass one that crashes); `plan`: `validate(cfg)`,
+    when the caller validated before it opened its MLflow run."""
+    plan = plan or validate(cfg)
     info, task = plan.info, plan.task
     init_ray(cfg.ray)
     check_paths_on_nodes(cfg)  # a multi-node cluster: every node sees the model, input and output

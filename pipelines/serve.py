@@ -25,6 +25,7 @@ from ray.serve.handle import DeploymentHandle
 from actors.endpoint import Endpoint
 from offramp.config import AuditConfig, ServeConfig, StageConfig, TagConfig, load_config
 from offramp.serving.tagger import ID, TEXT, ServingPlan
+from pipelines.registry import local_model
 from pipelines.run import check_model, init_ray, make_plan
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,9 @@ def deployment_options(cfg: ServeConfig) -> dict:
 
 
 def build_app(cfg: ServeConfig) -> Application:
-    """The Serve application for `cfg` (not started): `serve.run(build_app(cfg))`."""
+    """The Serve application for `cfg` (not started): `serve.run(build_app(cfg))`. A models:/ model
+    is resolved here, once, to its directory in the model cache, which the replicas read."""
+    cfg, _ = local_model(cfg)
     return Endpoint.options(**deployment_options(cfg)).bind(serving_plan(cfg), cfg)
 
 

@@ -3,6 +3,7 @@ reachable from actors on other nodes)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -10,13 +11,16 @@ import tempfile
 
 import matplotlib.pyplot as plt
 import mlflow
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from offramp.config import ConfigError, MlflowConfig
 from offramp.planning.capacity import PLAN_ARTIFACT, SUMMARY_ARTIFACT, CapacityPlan, plan_capacity
+from offramp.quality.trend import early_exit_share
 from pipelines.figures import exit_histogram_figure
 from pipelines.report import render_report
+from pipelines.trend import run_trend
 
 logger = logging.getLogger(__name__)
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -43,10 +47,19 @@ def check_tracking_uri(cfg: MlflowConfig) -> None:
         )
 
 
-def start_run(cfg: MlflowConfig, default_experiment: str):
+@contextlib.contextmanager
+def start_run(cfg: MlflowConfig, default_experiment: str, system_metrics: bool = False):
+    """A new run in cfg's store and experiment, ended on leaving; or the active run, when a caller
+    opened one around more work (`offramp tag` opens it before the pipeline, so that MLflow's
+    system metrics, sampled while a run is open, cover the pipeline), left for the caller to end."""
+    active = mlflow.active_run()
+    if active is not None:
+        yield active
+        return
     mlflow.set_tracking_uri(tracking_uri(cfg))
     mlflow.set_experiment(cfg.experiment or default_experiment)
-    return mlflow.start_run(run_name=cfg.run_name)
+    with mlflow.start_run(run_name=cfg.run_name, log_system_metrics=system_metrics) as run:
+        yield run
 
 
 def run_summary(result, num_layers: int, params: dict) -> dict:
@@ -102,7 +115,7 @@ def log_tag_run(cfg, result, num_layers: int) -> str:
     """Params, metrics, figures, the run summary, the audit verdict and the HTML report of a run."""
     if not cfg.mlflow.enabled:
         return ""
-    with start_run(cfg.mlflow, "offramp-tag") as run:
+    with start_run(cfg.mlflow, "offramp-tag", system_metrics=True) as run:
         params = {
             "input": cfg.input,
             "model": cfg.model,
@@ -124,7 +137,8 @@ def log_tag_run(cfg, result, num_layers: int) -> str:
             params[f"stage{k}_num_gpus"] = p.num_gpus
             params[f"stage{k}_dtype"] = p.spec.dtype
         mlflow.log_params(params)
-        mlflow.log_metrics({k: float(v) for k, v in result.metrics.items()})
+        metrics = {**result.metrics, "early_exit_share": early_exit_share(result.exit_histogram, num_layers)}
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         if result.rows_in is not None:  # read by the run's reader: is every row in the output?
             mlflow.log_metrics({"rows_in": float(result.rows_in), "files_in": float(result.files_in)})
             mlflow.set_tags({"offramp.complete": str(result.complete).lower(),
@@ -143,9 +157,37 @@ def log_tag_run(cfg, result, num_layers: int) -> str:
         mlflow.log_figure(fig, "exit_histogram.png")
         plt.close(fig)
         summary = run_summary(result, num_layers, {**params, "run_id": run.info.run_id})
+        summary["trend"] = log_trend(run.info.run_id, metrics, cfg.trend_runs)
         mlflow.log_dict(summary, "run_summary.json")
         mlflow.log_text(run_report(summary, cfg.plan_target_docs_per_hour), "report.html")
         return run.info.run_id
+
+
+def log_trend(run_id: str, metrics: dict, n: int) -> dict:
+    """The run's trend against the experiment's last `n` runs, and its verdict as the tag
+    `offramp.trend` and the metric `trend_drop` (1: a series dropped)."""
+    trend = run_trend(run_id, metrics, n)
+    drops = trend["drops"]
+    verdict = ("drop: " + ", ".join(drops)) if drops else ("ok" if trend["series"] else "no earlier runs")
+    mlflow.set_tag("offramp.trend", verdict)
+    mlflow.log_metrics({"trend_drop": float(bool(drops)),
+                        **{f"trend_drop_{k}": float(v["drop"]) for k, v in trend["series"].items()}})
+    return trend
+
+
+def data_input(path: str, columns: list[str], target: str):
+    """The rows of a local Parquet / JSONL / CSV file as an mlflow.data dataset whose source is the
+    file, for mlflow.log_input; None for anything else (a hub dataset name stays a param)."""
+    readers = {".parquet": lambda: pd.read_parquet(path, columns=columns), ".csv": lambda: pd.read_csv(path)[columns],
+               ".jsonl": lambda: pd.read_json(path, lines=True)[columns]}
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in readers or not os.path.exists(path):
+        return None
+    df = readers[ext]()
+    for c in columns:  # a token task's lists of words and tags: the digest hashes cells, lists are not hashable
+        if df[c].map(lambda v: hasattr(v, "__len__") and not isinstance(v, str)).any():
+            df[c] = df[c].map(lambda v: json.dumps(list(v)) if v is not None else None)
+    return mlflow.data.from_pandas(df, source=os.path.abspath(path), name=os.path.basename(path), targets=target)
 
 
 def log_train_run(cfg, report, model_dir: str) -> str:
@@ -213,6 +255,13 @@ def log_train_run(cfg, report, model_dir: str) -> str:
         mlflow.log_figure(fig, "dev_tradeoff.png")
         plt.close(fig)
         mlflow.log_dict({"curve": report.curve, "chosen": report.chosen}, "dev_curve.json")
+        mlflow.log_table(pd.DataFrame(report.curve), "dev_tradeoff_curve.json")
+        layers = pd.DataFrame({"layer": list(report.layer_accuracy), "dev_accuracy": list(report.layer_accuracy.values())})
+        mlflow.log_table(layers, "dev_layer_accuracy.json")
+        for path, context in ((cfg.train, "training"), (cfg.eval, "evaluation")):
+            dataset = data_input(path, [cfg.text_column, cfg.label_column], cfg.label_column)
+            if dataset is not None:
+                mlflow.log_input(dataset, context=context)
         return run.info.run_id
 
 

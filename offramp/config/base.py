@@ -42,6 +42,10 @@ class MlflowConfig:
     """Run name; None lets MLflow pick one."""
     enabled: bool = True
     """Log to MLflow at all."""
+    model_cache: str | None = None
+    """Where a models:/NAME/VERSION or models:/NAME@ALIAS model is downloaded (one directory per
+    name and version, reused); None = $OFFRAMP_MODEL_CACHE, else ~/.cache/offramp/models. On a
+    cluster of several nodes, a path every node mounts at the same path."""
 
 
 def require(obj, *names: str) -> None:

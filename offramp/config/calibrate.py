@@ -13,7 +13,12 @@ class CalibrateConfig:
     """Everything a calibration run (`offramp calibrate`, jobs/calibrate.py) needs."""
 
     model: str | None = None
-    """Model directory; the certified thresholds are written into it."""
+    """Model directory (the certified thresholds are written into it), or a registered version,
+    models:/NAME/VERSION or models:/NAME@ALIAS: calibrated in a copy and registered as the
+    model's next version, the source version unchanged."""
+    register: str | None = None
+    """Register the calibrated model as the next version of this registered model name (a
+    directory model: also; a models:/ model registers under its own name unless this is given)."""
     data: str | None = None
     """Calibration rows (Parquet / JSONL / CSV), drawn from the traffic the model will tag."""
     text_column: str = "text"
@@ -64,6 +69,11 @@ class CalibrateConfig:
             raise ConfigError(f"family_fraction={self.family_fraction} must be in (0, 1), e.g. 0.3")
         if self.points < 2:
             raise ConfigError(f"points={self.points} must be >= 2")
+        registers = self.register or (self.model or "").startswith("models:/")
+        if registers and not self.mlflow.enabled:
+            raise ConfigError("a registered model (models:/ or --register) gets its calibrated version from the "
+                              "calibration's MLflow run: drop --no-mlflow.enabled, "
+                              "or calibrate a directory without --register")
 
     def require(self, *names: str) -> None:
         """Fail with the flag to set when a required field is missing."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from offramp.config.base import DTYPES, ConfigError, require
+from offramp.config.base import DTYPES, ConfigError, MlflowConfig, require
 from offramp.config.tag import FLAG_ALIASES as TAG_ALIASES
 from offramp.config.tag import ExitConfig, RayConfig
 
@@ -15,7 +15,8 @@ class ServeConfig:
     """Everything the online endpoint (`offramp serve`, jobs/serve.py) needs."""
 
     model: str | None = None
-    """Early-exit model directory written by jobs/train_exits.py."""
+    """Early-exit model: a directory written by jobs/train_exits.py, or a registered version,
+    models:/NAME/VERSION or models:/NAME@ALIAS (resolved in the MLflow store, mlflow.*)."""
     name: str = "offramp"
     """Serve application name (several models can be served side by side under different names)."""
     route_prefix: str = "/"
@@ -62,6 +63,8 @@ class ServeConfig:
     """Exit policy, thresholds and token exit settings (as in a tagging run)."""
     ray: RayConfig = field(default_factory=RayConfig)
     """Which Ray cluster Serve runs on (none given: an embedded local Ray)."""
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    """The MLflow store a models:/ model is resolved in (tracking_uri, model_cache); serving logs no run."""
 
     def __post_init__(self):
         self._check_deployment()

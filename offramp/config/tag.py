@@ -154,7 +154,8 @@ class TagConfig:
     input: str | None = None
     """Parquet / JSONL / text file or directory, local path or pyarrow-filesystem URI."""
     model: str | None = None
-    """Early-exit model directory written by jobs/train_exits.py."""
+    """Early-exit model: a directory written by jobs/train_exits.py, or a registered version,
+    models:/NAME/VERSION or models:/NAME@ALIAS (resolved in the MLflow store, mlflow.*)."""
     output: str | None = None
     """Output directory for the Parquet files."""
     input_format: str = "auto"
@@ -210,6 +211,9 @@ class TagConfig:
     """Dtype of hidden states carried between stages."""
     full_depth_eval_rows: int = 0
     """With labels: also run this many rows at full depth to log full-depth accuracy (-1 = all)."""
+    trend_runs: int = 14
+    """Earlier finished runs of the MLflow experiment the report's trend compares this run with
+    (0 = no trend)."""
     plan_target_docs_per_hour: float | None = None
     """Throughput the run report's capacity recommendation is for; None = this run's own rate."""
     exit: ExitConfig = field(default_factory=ExitConfig)
@@ -230,6 +234,8 @@ class TagConfig:
             raise ConfigError(f"layout {self.layout!r}: use even or balanced")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size={self.batch_size} must be >= 1")
+        if self.trend_runs < 0:
+            raise ConfigError(f"trend_runs={self.trend_runs} must be >= 0 (0 = no trend)")
         if self.num_stages < 1:
             raise ConfigError(f"num_stages={self.num_stages} must be >= 1")
         if self.max_errored_blocks < -1:

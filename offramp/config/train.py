@@ -88,6 +88,9 @@ class TrainSettings:
     device: str = "auto"
     """Where a sequence classifier trains: auto (a GPU when the machine has one), cpu or cuda.
     Token models train on the CPU."""
+    register: str | None = None
+    """Log the trained model with the run and register it as a new version of this registered
+    model name (then: models:/NAME/VERSION for calibrate, tag and serve)."""
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     """Where the training run is logged."""
 
@@ -118,6 +121,9 @@ class TrainSettings:
             if self.final_pooling == "mean":
                 raise ConfigError("--heads-only keeps the classifier's own head, which pools as it was trained: "
                                   "drop --final-pooling mean")
+        if self.register and not self.mlflow.enabled:
+            raise ConfigError("--register logs the model with the training's MLflow run: "
+                              "drop --no-mlflow.enabled or --register")
 
     def torch_device(self) -> str:
         """The device training runs on: `device` with auto resolved."""

@@ -92,6 +92,7 @@ def test_the_error_names_each_path_the_nodes_that_fail_it_and_the_fix(files):
     fixes = [line for line in message.splitlines() if "fix:" in line]
     assert len(fixes) == 2 and all("every node mounts at the same path (NFS" in f for f in fixes)
     assert "copy it to that same path on every node" in fixes[0] and "s3://" not in fixes[0]  # the model: files only
+    assert "set mlflow.model_cache to such a path" in fixes[0]  # a models:/ model: where its cache must be
     assert "object-store URI (s3://" in fixes[1]
     assert path_problems(e, {"aaaaaaaa (10.0.0.1)": {}, "bbbbbbbb (10.0.0.2)": {}}) is None
 
