@@ -69,7 +69,7 @@ def test_classifier_of_each_backbone_through_train_calibrate_and_two_ray_stages(
     assert (out["exit_layer"] < NUM_LAYERS).any(), "some rows leave early"
 
 
-@pytest.mark.parametrize("model_type", ["bert", "roberta", "xlm-roberta", "distilbert"])
+@pytest.mark.parametrize("model_type", BACKBONE_TYPES)
 def test_tagger_of_each_backbone_through_two_ray_stages(model_type, tmp_path, command):
     """Sequence labeling on the byte-level BPE and SentencePiece tokenizers (and DistilBERT's
     layers): word alignment through the pipeline, tags at full depth equal the original tagger's."""
