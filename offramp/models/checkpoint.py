@@ -56,13 +56,17 @@ def checkpoint_config(directory: str) -> PretrainedConfig:
     path = os.path.join(directory, "config.json")
     if not os.path.isfile(path):
         raise ConfigError(f"{directory} is not a Hugging Face model directory (no config.json)")
-    with open(path) as f:
-        raw = json.load(f)
-    if raw.get("auto_map") or raw.get("trust_remote_code"):
-        raise ConfigError(
-            f"{directory} needs its own Python code (auto_map in config.json); offramp never runs checkpoint code "
-            "(trust_remote_code): use a checkpoint of a stock transformers architecture"
-        )
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            with open(os.path.join(directory, name)) as f:
+                raw = json.load(f)
+        except FileNotFoundError:
+            continue
+        if raw.get("auto_map") or raw.get("trust_remote_code"):
+            raise ConfigError(
+                f"{directory} needs its own Python code (auto_map in {name}); offramp never runs checkpoint code "
+                "(trust_remote_code): use a checkpoint of a stock transformers architecture and tokenizer"
+            )
     names = os.listdir(directory)
     if not any(n.endswith(".safetensors") or n == "model.safetensors.index.json" for n in names):
         pickled = [n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]

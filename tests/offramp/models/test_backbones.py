@@ -168,6 +168,10 @@ def test_unsupported_backbone_and_unsafe_checkpoints_fail_at_start(tmp_path):
     with pytest.raises(ConfigError, match="trust_remote_code"):
         checkpoint_config(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": ["t.Tok", None]}}))
+    with pytest.raises(ConfigError, match="auto_map in tokenizer_config.json"):
+        checkpoint_config(str(tmp_path))
+    (tmp_path / "tokenizer_config.json").unlink()
     (tmp_path / "model.safetensors").unlink()
     (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(ConfigError, match="safetensors only"):
