@@ -176,3 +176,17 @@ def test_unsupported_backbone_and_unsafe_checkpoints_fail_at_start(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(ConfigError, match="safetensors only"):
         checkpoint_config(str(tmp_path))
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "xlm-roberta"])
+def test_the_light_tokenize_step_imports_no_torch_for_bpe_and_sentencepiece(model_type):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from offramp.text.tokenize import load_tokenizer, encode_texts; from offramp.text.words import encode_words\n"
+        f"t = load_tokenizer({tokenizer_dir(model_type)!r}); encode_texts(t, ['a text'], 32); encode_words(t, [['a', 'b']], 32)\n"
+        "print(type(t).__name__, 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["_FastTokenizer", "False", "False"]
