@@ -11,22 +11,25 @@ Routes, under the application's route prefix:
 
 A deployment handle answers the same as the HTTP route: `handle.classify.remote(texts)`.
 
-Batching: a request's texts are tokenized when it arrives and queued one row each;
-`@serve.batch` joins rows of concurrent requests until their tokens would pass
-`max_batch_tokens` (its `batch_size_fn`), runs the batch in a worker thread, so the event loop
-keeps taking requests and filling the next batch meanwhile, and hands each row's answer back to
-its own request. Exits are per row inside the batch, as in a stage actor. A bad request gets a
-4xx with a message (`offramp.serving.requests`); a batch that fails answers its requests with a
-500 and the replica carries on.
+Batching: a request's texts are tokenized when it arrives and queued one row each, each with a
+future for its answer; `@serve.batch` joins rows of concurrent requests until their tokens
+would pass `max_batch_tokens` (its `batch_size_fn`) and runs the batch in a worker thread, so
+the event loop keeps taking requests and filling the next batch meanwhile. Exits are per row
+inside the batch, as in a stage actor, and a row that exits is answered at once: the worker
+thread resolves its future right after its exit layer (`OnlineTagger.run`'s `on_answer`) while
+the rest of the batch runs on, so a request whose texts all exit early is answered before the
+batch ends. (A token model's rows are answered when their batch ends.) A bad request gets a 4xx
+with a message (`offramp.serving.requests`); a batch that fails answers the requests it had not
+answered yet with a 500, and the replica carries on.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the routes' parameter types
 # (`request: Request`) from their annotations, and Serve's class-based view cannot resolve
 # them as strings (the request would be taken for a missing query parameter: 422).
 import asyncio
-import collections
 import logging
 import os
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -54,6 +57,38 @@ async def read_body(request: Request, cfg: ServeConfig) -> bytes:
         body += chunk
         check_body_size(len(body), cfg)
     return bytes(body)
+
+
+@dataclass(frozen=True)
+class QueuedRow:
+    """A request's row in the batch queue, with the future its answer is given through."""
+
+    row: Row
+    answer: asyncio.Future  # of the request's event loop
+
+    @property
+    def tokens(self) -> int:  # what `batch_tokens` counts
+        return self.row.tokens
+
+    def give(self, answer: dict) -> None:
+        """Answer the row (on its event loop); a request that is gone or already failed takes none."""
+        if not self.answer.done():
+            self.answer.set_result(answer)
+
+
+def settle(queued: QueuedRow):
+    """A done-callback for the batch call of `queued`: a row the batch did not answer (the batch
+    failed, or the call was cancelled) fails with the batch's error, so its request gets a 500."""
+    def done(call: asyncio.Future) -> None:
+        if queued.answer.done():
+            if not call.cancelled():
+                call.exception()  # retrieved: the row's request has its answer already
+            return
+        if call.cancelled():
+            queued.answer.cancel()
+        else:
+            queued.answer.set_exception(call.exception() or RuntimeError("the batch ended without answering a row"))
+    return done
 
 
 # The options (replicas, max_ongoing_requests, resources) come from the config in
@@ -117,23 +152,49 @@ class Endpoint:
         return await self.answer(check_texts(texts, self.cfg))
 
     async def answer(self, texts: list[str]) -> dict:
-        rows = self.tagger.tokenize(texts)
+        """The answers of a request's texts, each awaited as its row is answered inside its batch
+        (not when the batch ends)."""
+        loop = asyncio.get_running_loop()
+        queued = [QueuedRow(row, loop.create_future()) for row in self.tagger.tokenize(texts)]
         self.stats.requests += 1
-        results = await asyncio.gather(*(self.tag_rows(row) for row in rows))
+        calls = [asyncio.ensure_future(self.tag_rows(q)) for q in queued]  # queued now; held until answered
+        for q, call in zip(queued, calls):
+            call.add_done_callback(settle(q))
+        try:  # every row's outcome, so no failed row's error goes unretrieved; the first error fails the request
+            results = await asyncio.gather(*(q.answer for q in queued), return_exceptions=True)
+        except asyncio.CancelledError:  # the request is gone: Serve drops its rows not yet batched
+            for call in calls:
+                call.cancel()
+            raise
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
         return {"model": os.path.basename(self.plan.model_dir), "task": self.plan.task, "results": list(results)}
 
     @serve.batch(max_batch_size=ServeConfig.max_batch_tokens, batch_wait_timeout_s=ServeConfig.batch_wait_timeout_s,
                  batch_size_fn=batch_tokens)
-    async def tag_rows(self, rows: list[Row]) -> list[dict]:
-        """Rows of concurrent requests, at most max_batch_tokens tokens -> their answers, in order."""
-        answers, stage = await asyncio.to_thread(self.tagger.run, rows)
-        self.record(answers, batch_tokens(rows), stage)
+    async def tag_rows(self, queued: list[QueuedRow]) -> list[dict]:
+        """Rows of concurrent requests, at most max_batch_tokens tokens: each answered through its
+        future as soon as it is done (from the worker thread, onto its request's event loop);
+        returns their answers, in order, once the whole batch is done."""
+        def on_answer(i: int, answer: dict) -> None:
+            q = queued[i]
+            q.answer.get_loop().call_soon_threadsafe(self.give, q, answer)
+
+        answers, stage = await asyncio.to_thread(self.tagger.run, [q.row for q in queued], on_answer)
+        self.record(len(queued), batch_tokens(queued), stage)
         return answers
 
-    def record(self, answers: list[dict], tokens: int, stage: StageBatchStats) -> None:
-        self.stats.add_batch(answers, tokens, stage)
-        app = self.cfg.name
-        for (layer, status), n in collections.Counter((a["exit_layer"], a["status"]) for a in answers).items():
-            self.texts_counter.inc(n, tags={"app": app, "layer": str(layer), "status": status})
+    def give(self, queued: QueuedRow, answer: dict) -> None:
+        """A row's answer, on the event loop: counted (so the stats hold every answer a client
+        has), then handed to its request."""
+        self.stats.add_answer(answer)
+        tags = {"app": self.cfg.name, "layer": str(answer["exit_layer"]), "status": answer["status"]}
+        self.texts_counter.inc(1, tags=tags)
+        queued.give(answer)
+
+    def record(self, texts: int, tokens: int, stage: StageBatchStats) -> None:
+        """A batch done: the counts that are the batch's, not one answer's."""
+        self.stats.add_batch(texts, tokens, stage)
         if stage.row_layers:  # a Ray counter takes only positive steps
-            self.layers_counter.inc(stage.row_layers, tags={"app": app})
+            self.layers_counter.inc(stage.row_layers, tags={"app": self.cfg.name})

@@ -7,6 +7,7 @@ so an exited row costs nothing in later layers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +16,7 @@ from torch import nn
 
 from offramp import schema
 from offramp.exits.shard import ShardBase, keep_rows, trim
-from offramp.exits.stage import PassWork, StageRunner, StageSpec, hidden_to_blobs
+from offramp.exits.stage import PassWork, RowsAnswered, StageRunner, StageSpec, hidden_to_blobs
 from offramp.models.heads import HeadOutput, exit_signal, masked_mean
 from offramp.models.sequence import EarlyExitSequenceModel
 from offramp.policies import ExitPolicy, check_policy_fits, get_policy
@@ -36,6 +37,18 @@ class ShardOutput:
     full_logits: torch.Tensor | None = None  # (B, C) final head's logits of audited rows that finished here; nan else
     audit_row_layers: int = 0  # of row_layers, those spent on audited rows after their answer
     skipped: torch.Tensor | None = None  # (B,) int64 layers each row skipped here (SmartBERT gates); None = no gates
+
+
+@dataclass
+class ShardExit:
+    """Rows that left the shard after one layer, as `LayerShard.forward`'s `on_exit` gets them:
+    their answers are final (the same values `ShardOutput` gives them at the shard's end)."""
+
+    positions: torch.Tensor  # (E,) int64 positions in the shard's input batch
+    exit_layer: torch.Tensor  # (E,) int64 layer each was answered at (an audited row's first exit)
+    logits: torch.Tensor  # (E, C) float32
+    score: torch.Tensor  # (E,) float32
+    skipped: torch.Tensor | None  # (E,) int64 layers each skipped here; None without gates
 
 
 class LayerShard(ShardBase):
@@ -90,8 +103,13 @@ class LayerShard(ShardBase):
         state: torch.Tensor | None = None,  # (B, state_size) policy state carried from earlier shards
         audit: torch.Tensor | None = None,  # (B,) bool: run to full depth whatever the exits say
         decided: torch.Tensor | None = None,  # (B,) bool: audited rows answered in an earlier shard
+        on_exit: Callable[[ShardExit], None] | None = None,
     ) -> ShardOutput:
         """Run the shard's layers; rows leave at their exit (audited rows only at full depth).
+
+        `on_exit`, when given, is called after each layer that rows leave at, before the deeper
+        layers run, with those rows' answers (the online endpoint answers them at once). It costs
+        a host sync per such layer (who left); without it the pass is unchanged.
 
         An audited row gets its early-exit answer exactly as any other row (exit_layer,
         logits, score), but keeps running; the final head's logits of audited rows that
@@ -150,10 +168,14 @@ class LayerShard(ShardBase):
             leave = exited & ~audit if layer < self.num_layers else exited
             decided = decided | (answered & audit)
             if layer == self.num_layers:
+                if on_exit is not None:
+                    on_exit(_left(alive[leave], exit_layer, logits_out, score_out, skipped_out))
                 alive, lengths, hidden, audit, decided, state = keep_rows(~leave, alive, lengths, hidden, audit, decided, state)
                 break
             keep = (~leave).nonzero().squeeze(1)  # the one host sync of an exit layer: who stays
             if len(keep) < hidden.shape[0]:
+                if on_exit is not None:
+                    on_exit(_left(alive[leave], exit_layer, logits_out, score_out, skipped_out))
                 alive, lengths, hidden, audit, decided, state = keep_rows(keep, alive, lengths, hidden, audit, decided, state)
                 if hidden.shape[0] == 0:
                     break
@@ -173,6 +195,12 @@ class LayerShard(ShardBase):
             audit_row_layers=int(audit_row_layers),
             skipped=skipped_out,
         )
+
+
+def _left(positions: torch.Tensor, exit_layer, logits, score, skipped) -> ShardExit:
+    """The rows at `positions` (of the shard's input batch) out of the shard's per-row outputs."""
+    return ShardExit(positions, exit_layer[positions], logits[positions], score[positions],
+                     None if skipped is None else skipped[positions])
 
 
 class _HeadAt(nn.Module):
@@ -220,6 +248,23 @@ class SequenceStageRunner(StageRunner):
         schema.STATE, schema.SKIPPED,
     )
 
+    @staticmethod
+    def write_answers(cols: dict, done: np.ndarray, exit_layer: np.ndarray, logits: torch.Tensor,
+                      score: np.ndarray) -> None:
+        """The answer columns of batch positions `done` from their exit (per row: layer, (E, C)
+        logits, score): the one writer for rows answered at a pass's end and rows handed to
+        `on_exit` as they leave, so both read the same answer."""
+        probs = torch.softmax(logits, dim=-1).cpu()  # (E, C)
+        cols[schema.EXIT_LAYER][done] = exit_layer
+        cols[schema.LABEL_ID][done] = probs.argmax(-1).numpy()
+        cols[schema.CONFIDENCE][done] = probs.max(-1).values.numpy()
+        cols[schema.SCORE][done] = score
+
+    @staticmethod
+    def write_skipped(batch: dict, cols: dict, rows: np.ndarray, skipped: np.ndarray) -> None:
+        """SmartBERT: layers `rows` skipped, the stages' before this one plus this one's (`skipped`)."""
+        cols[schema.SKIPPED][rows] = batch[schema.SKIPPED][rows] + skipped.astype(np.int16)
+
     def build_shard(self, model, spec: StageSpec) -> LayerShard:
         return LayerShard(
             model, spec.start, spec.end, policy=spec.policy, thresholds=spec.thresholds,
@@ -230,7 +275,7 @@ class SequenceStageRunner(StageRunner):
         unfinished = (batch[schema.EXIT_LAYER] == 0) | (batch[schema.AUDIT] & (batch[schema.FULL_LABEL_ID] < 0))
         return np.flatnonzero(unfinished & schema.runnable(batch[schema.STATUS]))
 
-    def forward(self, batch: dict, rows: np.ndarray, cols: dict) -> PassWork:
+    def forward(self, batch: dict, rows: np.ndarray, cols: dict, on_exit: RowsAnswered | None = None) -> PassWork:
         lengths = batch[schema.NUM_TOKENS][rows].astype(np.int64)
         audit = torch.from_numpy(np.asarray(batch[schema.AUDIT][rows], dtype=bool))
         decided = torch.from_numpy(batch[schema.EXIT_LAYER][rows] > 0)
@@ -239,15 +284,23 @@ class SequenceStageRunner(StageRunner):
         if policy.state_size:  # carried from the previous stage; fresh for rows not yet through a head
             state = state_from_blobs(batch[schema.STATE][rows], policy.initial_state(len(rows)))
         inputs = self.inputs(batch, rows, lengths)
-        result = self.shard(torch.from_numpy(lengths), audit=audit, decided=decided, state=state, **inputs)
+        leaving = None
+        if on_exit is not None:
+            def leaving(e: ShardExit) -> None:  # rows that left mid-pass: their columns now, then the caller
+                done = rows[e.positions.cpu().numpy()]
+                self.write_answers(cols, done, e.exit_layer.cpu().numpy(), e.logits, e.score.cpu().numpy())
+                if e.skipped is not None:
+                    self.write_skipped(batch, cols, done, e.skipped.cpu().numpy())
+                on_exit(done, cols)
+        result = self.shard(torch.from_numpy(lengths), audit=audit, decided=decided, state=state, on_exit=leaving,
+                            **inputs)
         layers = result.exit_layer.cpu().numpy()  # (S,)
         answered = layers > 0
-        done = rows[answered]
-        probs = torch.softmax(result.logits[torch.from_numpy(answered)], dim=-1).cpu()
-        cols[schema.EXIT_LAYER][done] = layers[answered]
-        cols[schema.LABEL_ID][done] = probs.argmax(-1).numpy()
-        cols[schema.CONFIDENCE][done] = probs.max(-1).values.numpy()
-        cols[schema.SCORE][done] = result.score.cpu().numpy()[answered]
+        self.write_answers(cols, rows[answered], layers[answered], result.logits[torch.from_numpy(answered)],
+                           result.score.cpu().numpy()[answered])
+        per_row = None if result.skipped is None else result.skipped.cpu().numpy()
+        if per_row is not None:
+            self.write_skipped(batch, cols, rows, per_row)
         if result.full_logits is not None:
             full = result.full_logits.cpu()
             finished = ~torch.isnan(full[:, 0]).numpy()
@@ -257,11 +310,7 @@ class SequenceStageRunner(StageRunner):
         left[survivor_pos] = False
         cols[schema.HIDDEN][rows[left]] = b""  # a row that leaves drops its states at once
         cols[schema.STATE][rows[left]] = b""
-        skipped = 0
-        if result.skipped is not None:
-            per_row = result.skipped.cpu().numpy()
-            cols[schema.SKIPPED][rows] += per_row.astype(np.int16)
-            skipped = int(per_row.sum())
+        skipped = 0 if per_row is None else int(per_row.sum())
         if len(survivor_pos):
             carried = rows[survivor_pos]
             cols[schema.HIDDEN][carried] = hidden_to_blobs(result.hidden, result.lengths, self.spec.carry_dtype)

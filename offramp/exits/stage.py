@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +61,12 @@ class StageBatchStats:
     seconds: float  # wall time of the call
     audit_row_layers: int = 0  # of the work, what audited rows ran beyond their answer
     skipped_row_layers: int = 0  # row-layers skipped through gates (not in row_layers)
+
+
+RowsAnswered = Callable[[np.ndarray, dict], None]
+"""`on_exit(rows, cols)`: batch positions whose answer columns in `cols` are final, called as
+they leave a forward pass (before its deeper layers run); see `StageRunner.__call__`. An
+audited row's full-depth label is written only when the pass ends (online rows are not audited)."""
 
 
 @dataclass
@@ -194,8 +201,9 @@ class StageRunner:
         """Positions of the rows that still need this stage's layers."""
         raise NotImplementedError
 
-    def forward(self, batch: dict, rows: np.ndarray, cols: dict) -> PassWork:
-        """One forward pass over batch positions `rows`; writes their results into `cols`."""
+    def forward(self, batch: dict, rows: np.ndarray, cols: dict, on_exit: RowsAnswered | None = None) -> PassWork:
+        """One forward pass over batch positions `rows`; writes their results into `cols`, and
+        may hand rows to `on_exit` as they leave (a runner that does not answers them at the end)."""
         raise NotImplementedError
 
     def inputs(self, batch: dict, rows: np.ndarray, lengths: np.ndarray, hidden_column: str = schema.HIDDEN) -> dict:
@@ -206,7 +214,12 @@ class StageRunner:
         hidden = blobs_to_hidden(batch[hidden_column][rows], lengths, self.hidden_size, self.spec.carry_dtype)
         return dict(hidden=to_device(hidden, self.device))
 
-    def __call__(self, batch: dict) -> tuple[dict, StageBatchStats]:
+    def __call__(self, batch: dict, on_exit: RowsAnswered | None = None) -> tuple[dict, StageBatchStats]:
+        """Run the rows that need this stage -> (the batch with its result columns, what it did).
+
+        `on_exit(rows, cols)`, when given, gets rows as they leave a forward pass with their
+        answer columns final in `cols` (the sequence runner: after the layer they exit at,
+        while the rest run on); rows it is not called for are answered in the returned batch."""
         t0 = time.perf_counter()
         spec = self.spec
         schema.check_columns(batch, self.required, f"stage {spec.index}")
@@ -217,7 +230,7 @@ class StageRunner:
         if len(running):
             cols = {c: batch[c].copy() for c in self.result_columns}
             for group in forward_groups(batch[schema.NUM_TOKENS][running], spec.max_tokens):
-                work += self.forward(batch, running[group], cols)
+                work += self.forward(batch, running[group], cols, on_exit)
             if spec.start == 0:
                 cols[schema.TOKENS] = batch[schema.TOKENS].copy()
                 cols[schema.TOKENS][running] = b""  # token ids are in the states now

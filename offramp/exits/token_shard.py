@@ -195,7 +195,9 @@ class TokenStageRunner(StageRunner):
         unfinished = (batch[schema.EXIT_LAYER] == 0) | (batch[schema.AUDIT] & ~batch[schema.FULL_DONE])
         return np.flatnonzero(unfinished & schema.runnable(batch[schema.STATUS]))
 
-    def forward(self, batch: dict, rows: np.ndarray, cols: dict) -> PassWork:
+    def forward(self, batch: dict, rows: np.ndarray, cols: dict, on_exit=None) -> PassWork:
+        """`on_exit` is not called: a row's words halt at different layers, and its answer is
+        given when the pass ends (the online endpoint answers token rows at their batch's end)."""
         answer = batch[schema.EXIT_LAYER][rows] == 0
         full = np.asarray(batch[schema.AUDIT][rows], dtype=bool) & ~batch[schema.FULL_DONE][rows]
         work = PassWork()

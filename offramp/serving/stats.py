@@ -23,15 +23,20 @@ class ReplicaStats:
     exit_layers: Counter = field(default_factory=Counter)  # {layer: texts}; 0 = never ran (a bad text)
     statuses: Counter = field(default_factory=Counter)  # {status: texts}
 
-    def add_batch(self, answers: list[dict], tokens: int, stage: StageBatchStats) -> None:
+    def add_answer(self, answer: dict) -> None:
+        """One text answered: counted as it is given (a row that exits early is answered before
+        its batch ends), so the counts of texts hold every answer a client has received."""
+        self.texts += 1
+        self.exit_layers[answer["exit_layer"]] += 1
+        self.statuses[answer["status"]] += 1
+
+    def add_batch(self, texts: int, tokens: int, stage: StageBatchStats) -> None:
+        """A batch of `texts` texts done (its answers are counted one by one by add_answer)."""
         self.batches += 1
-        self.texts += len(answers)
-        self.largest_batch_texts = max(self.largest_batch_texts, len(answers))
+        self.largest_batch_texts = max(self.largest_batch_texts, texts)
         self.largest_batch_tokens = max(self.largest_batch_tokens, tokens)
         self.row_layers += stage.row_layers
         self.busy_seconds += stage.seconds
-        self.exit_layers.update(a["exit_layer"] for a in answers)
-        self.statuses.update(a["status"] for a in answers)
 
     def to_dict(self) -> dict:
         ran = sum(n for layer, n in self.exit_layers.items() if layer > 0)

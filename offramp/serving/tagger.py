@@ -7,11 +7,18 @@ row contract (`offramp.schema`), rows from many requests are joined into one bat
 one-stage runner holding every layer runs it (exits decided per row, exactly as in a stage
 actor), and the finalized rows are split back to their requests. So a text gets the label,
 confidence and exit layer a tagging run gives it (tested against `run_tagging`).
+
+A batch can also be run streaming (`run(rows, on_answer)`): a sequence classifier's row is
+finalized and handed to `on_answer` right after the layer it exits at, while the rest of the
+batch runs on through deeper layers, and its answer is the one the whole-batch run gives. A
+token model's rows are answered when the batch ends (a row leaves when all its words halted,
+and the token shard has no exit hook yet).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,8 +96,38 @@ class OnlineTagger:
         out = tokenize_step(batch, p.task, p.model_dir, p.max_length, id_column=ID, drop=(TEXT,), **p.tokenize_kwargs)
         return split_rows(out)
 
-    def run(self, rows: list[Row]) -> tuple[list[dict], StageBatchStats]:
-        """A batch of rows -> their answers in the same order, and what the stage did."""
-        out, stats = self.runner(join_rows(rows))  # exits decided per row inside the batch
-        table = finalize_step(out, self.plan.task, list(self.plan.labels), ID, keep=[], gold=None)
-        return [answer(r) for r in table.to_pylist()], stats
+    def run(self, rows: list[Row], on_answer: Callable[[int, dict], None] | None = None
+            ) -> tuple[list[dict], StageBatchStats]:
+        """A batch of rows -> their answers in the same order, and what the stage did.
+
+        With `on_answer`, each row is answered as soon as it is done: `on_answer(i, answer)` for
+        row `i`, first for rows that do not run (blank texts), then for a sequence model's rows
+        right after the layer they exit at, before the batch's deeper layers run; rows the runner
+        did not hand over while running (a token model's) when the batch ends. It is called once
+        per row, from the calling thread; what it raises fails the batch."""
+        batch = join_rows(rows)
+        if on_answer is None:
+            out, stats = self.runner(batch)  # exits decided per row inside the batch
+            return self.finalize(batch, out, np.arange(len(rows))), stats
+        answers: list[dict | None] = [None] * len(rows)
+
+        def answered(positions: np.ndarray, cols: dict) -> None:
+            for i, a in zip(positions.tolist(), self.finalize(batch, cols, positions)):
+                answers[i] = a
+                on_answer(i, a)
+
+        idle = np.setdiff1d(np.arange(len(rows)), self.runner.running(batch))
+        if len(idle):
+            answered(idle, {})
+        out, stats = self.runner(batch, on_exit=answered)
+        rest = np.array([i for i, a in enumerate(answers) if a is None], dtype=np.int64)
+        if len(rest):
+            answered(rest, out)
+        return answers, stats
+
+    def finalize(self, batch: dict, cols: dict, positions: np.ndarray) -> list[dict]:
+        """The answers of batch positions `positions`: their rows, with the columns in `cols`
+        taken over the batch's, through the tagging run's finalize step."""
+        rows = {c: cols.get(c, v)[positions] for c, v in batch.items()}
+        table = finalize_step(rows, self.plan.task, list(self.plan.labels), ID, keep=[], gold=None)
+        return [answer(r) for r in table.to_pylist()]

@@ -117,7 +117,7 @@ def test_blocks_that_fail_within_the_budget_leave_an_incomplete_run_that_resume_
     poisoned = fail_on({"d2_7"}, marker)
     monkeypatch.setattr(run_module, "StageActor", poisoned)
     original = run_module.run_tagging
-    monkeypatch.setattr(run_module, "run_tagging", lambda cfg: original(cfg, stage_cls=poisoned))
+    monkeypatch.setattr(run_module, "run_tagging", lambda cfg, **kw: original(cfg, stage_cls=poisoned, **kw))
     args = ["tag", "--input", str(corpus), "--model", model_dir, "--output", str(tmp_path / "out"),
             "--set", "max_length=64", "--set", "tokenize_batch_size=8", "--set", "batch_size=8",
             "--set", f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]

@@ -1,6 +1,8 @@
 """The online tagger, no cluster: rows from several requests batched together get the answers
 each request gets alone, exits vary per row inside one batch, and bad texts get a status."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from offramp.exits.stage import StageSpec
 from offramp.serving.stats import ReplicaStats
 from offramp.serving.tagger import OnlineTagger, ServingPlan, batch_tokens
 from offramp.text.words import split_words
-from tests.conftest import LABELS, NUM_LAYERS, SENTENCES, TAGS, TEXTS
+from tests.conftest import LABELS, MECHANISM_FIELDS, NUM_LAYERS, SENTENCES, TAGS, TEXTS
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +62,56 @@ def test_a_token_model_answers_words_tags_and_each_word_layer(token_model_dir):
         assert a["words"] == split_words(text) and len(a["tags"]) == len(a["words"]) and set(a["tags"]) <= set(TAGS)
         assert all(1 <= layer <= NUM_LAYERS for layer in a["tag_layers"])
     assert answers[4]["status"] == "empty" and answers[4]["tags"] is None
+    given = {}  # streaming: the blank text at once, the token rows when the batch ends, the same answers
+    streamed, _ = tagger.run(tagger.tokenize(texts), lambda i, a: given.setdefault(i, a))
+    assert streamed == answers and [given[i] for i in range(len(texts))] == answers and next(iter(given)) == 4
 
 
 def test_replica_stats_add_up_the_batches(tagger):
     stats = ReplicaStats()
     rows = tagger.tokenize(list(TEXTS[:6]) + [""])
     answers, stage = tagger.run(rows)
-    stats.add_batch(answers, batch_tokens(rows), stage)
+    for a in answers:
+        stats.add_answer(a)
+    stats.add_batch(len(answers), batch_tokens(rows), stage)
     d = stats.to_dict()
     assert d["texts"] == 7 and d["batches"] == 1 and d["statuses"] == {"empty": 1, "ok": 6}
     assert sum(d["exit_layers"].values()) == 7 and d["exit_layers"]["0"] == 1
     assert d["largest_batch_tokens"] == batch_tokens(rows)
+
+
+def test_a_streaming_run_answers_each_row_right_after_its_exit_layer_with_the_batch_runs_answer(tagger):
+    rows = tagger.tokenize(list(TEXTS) + [""])
+    plain, plain_stats = tagger.run(rows)
+    events = []  # ("layer", k) as layer k starts, ("answer", i, answer) as row i is answered
+    hooks = [layer.register_forward_pre_hook(lambda module, args, k=k: events.append(("layer", k)))
+             for k, layer in enumerate(tagger.runner.shard.layers, 1)]
+    try:
+        streamed, stats = tagger.run(rows, lambda i, a: events.append(("answer", i, a)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    answered = [e for e in events if e[0] == "answer"]
+    assert sorted(i for _, i, _ in answered) == list(range(len(rows))), "every row answered once"
+    assert streamed == plain  # the very answers (label, confidence, exit layer, status) the batch run gives
+    assert dataclasses.replace(stats, seconds=0) == dataclasses.replace(plain_stats, seconds=0)
+    for n, event in enumerate(events):
+        if event[0] == "answer":  # answered after its exit layer ran and before the next one started
+            assert sum(e[0] == "layer" for e in events[:n]) == event[2]["exit_layer"], event
+    layers = [a["exit_layer"] for _, _, a in answered]
+    assert layers == sorted(layers) and layers[0] == 0 and min(set(layers) - {0}) < NUM_LAYERS == layers[-1], \
+        "the blank text first, then rows in exit order, the batch running on after the early ones"
+
+
+@pytest.mark.parametrize("name", sorted(MECHANISM_FIELDS))
+def test_every_mechanism_streams_the_answers_of_its_batch_run(name, mechanism_dirs):
+    """Patience state, BERxiT's predictor, DE³'s prototypes and SmartBERT's skipped layers: an
+    answer given as its row leaves equals the batch run's."""
+    tagger = OnlineTagger(ServingPlan(mechanism_dirs[name], "sequence", tuple(LABELS), StageSpec(0, 0, NUM_LAYERS),
+                                      64, {"text_column": "text"}))
+    rows = tagger.tokenize(list(TEXTS))
+    plain, _ = tagger.run(rows)
+    given = []
+    streamed, _ = tagger.run(rows, lambda i, a: given.append(a))
+    assert streamed == plain and len(given) == len(rows)
+    assert [a["exit_layer"] for a in given] == sorted(a["exit_layer"] for a in plain)
