@@ -18,7 +18,7 @@ the event loop keeps taking requests and filling the next batch meanwhile. Exits
 inside the batch, as in a stage actor, and a row that exits is answered at once: the worker
 thread resolves its future right after its exit layer (`OnlineTagger.run`'s `on_answer`) while
 the rest of the batch runs on, so a request whose texts all exit early is answered before the
-batch ends. (A token model's rows are answered when their batch ends.) A bad request gets a 4xx
+batch ends (a tagger's row leaves when its last word halts). A bad request gets a 4xx
 with a message (`offramp.serving.requests`); a batch that fails answers the requests it had not
 answered yet with a 500, and the replica carries on.
 """

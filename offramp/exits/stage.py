@@ -218,8 +218,8 @@ class StageRunner:
         """Run the rows that need this stage -> (the batch with its result columns, what it did).
 
         `on_exit(rows, cols)`, when given, gets rows as they leave a forward pass with their
-        answer columns final in `cols` (the sequence runner: after the layer they exit at,
-        while the rest run on); rows it is not called for are answered in the returned batch."""
+        answer columns final in `cols` (after the layer they exit at, a tagger's row after its last
+        word's, while the rest run on); rows it is not called for are answered in the returned batch."""
         t0 = time.perf_counter()
         spec = self.spec
         schema.check_columns(batch, self.required, f"stage {spec.index}")

@@ -8,6 +8,7 @@ batch at once; the survivors are compacted and trimmed to the longest survivor.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,7 @@ from torch import nn
 from offramp import schema
 from offramp.config import check_token_exit
 from offramp.exits.shard import ShardBase, keep_rows, trim
-from offramp.exits.stage import PassWork, StageRunner, StageSpec, hidden_to_blobs
+from offramp.exits.stage import PassWork, RowsAnswered, StageRunner, StageSpec, hidden_to_blobs
 from offramp.models.token import EarlyExitTokenModel, sparse_layer, window_max, word_of_token
 from offramp.policies import ExitPolicy, check_word_policy, get_policy
 
@@ -37,6 +38,17 @@ class WordState:
             torch.full((B, W), -1, dtype=torch.long, device=device),
             torch.ones(B, W, dtype=torch.float32, device=device),
         )
+
+
+@dataclass
+class TokenExit:
+    """Rows whose every word has halted after one layer, as `TokenShard.forward`'s `on_exit` gets
+    them: their words' state is final (what `TokenShardOutput` gives them at the shard's end)."""
+
+    positions: torch.Tensor  # (E,) int64 positions in the shard's input batch
+    layer: int  # the layer the row finished at
+    words: WordState  # (E, W) its words' exit layers, labels and uncertainties
+    token_layers: torch.Tensor  # (E,) int64 tokens computed as queries in this shard
 
 
 @dataclass
@@ -93,7 +105,11 @@ class TokenShard(ShardBase):
         input_ids: torch.Tensor | None = None,  # (B, T) when this shard holds the embeddings
         hidden: torch.Tensor | None = None,  # (B, T, H) otherwise
         exits: bool | None = None,  # False: words halt only at the last layer (the audit's full-depth lane)
+        on_exit: Callable[[TokenExit], None] | None = None,
     ) -> TokenShardOutput:
+        """Run the shard's layers; words halt by the policy, and a row leaves when all its words
+        have. `on_exit`, when given, gets the rows that finish after a layer before the deeper
+        layers run (the online endpoint answers them at once)."""
         hidden = self.embed(input_ids, hidden)  # (B, T, H)
         exits = self.exits_enabled if exits is None else exits
         B, device = hidden.shape[0], hidden.device
@@ -145,6 +161,10 @@ class TokenShard(ShardBase):
             words.exit_layer[alive], words.label[alive], words.uncertainty[alive] = exit_layer, label, unc
             if done.any():
                 row_exit[alive[done]] = layer
+                if on_exit is not None:
+                    pos = alive[done]
+                    on_exit(TokenExit(pos, layer, WordState(words.exit_layer[pos], words.label[pos], words.uncertainty[pos]),
+                                      token_layers[pos]))
                 alive, lengths, hidden, st, valid, exit_layer, label, unc = keep_rows(
                     ~done, alive, lengths, hidden, st, valid, exit_layer, label, unc
                 )
@@ -195,14 +215,13 @@ class TokenStageRunner(StageRunner):
         unfinished = (batch[schema.EXIT_LAYER] == 0) | (batch[schema.AUDIT] & ~batch[schema.FULL_DONE])
         return np.flatnonzero(unfinished & schema.runnable(batch[schema.STATUS]))
 
-    def forward(self, batch: dict, rows: np.ndarray, cols: dict, on_exit=None) -> PassWork:
-        """`on_exit` is not called: a row's words halt at different layers, and its answer is
-        given when the pass ends (the online endpoint answers token rows at their batch's end)."""
+    def forward(self, batch: dict, rows: np.ndarray, cols: dict, on_exit: RowsAnswered | None = None) -> PassWork:
+        """`on_exit` gets a row as soon as its last word halted (its answer columns final)."""
         answer = batch[schema.EXIT_LAYER][rows] == 0
         full = np.asarray(batch[schema.AUDIT][rows], dtype=bool) & ~batch[schema.FULL_DONE][rows]
         work = PassWork()
         if answer.any():
-            work += self._answer(batch, rows[answer], cols)
+            work += self._answer(batch, rows[answer], cols, on_exit)
         if full.any():
             work += self._full_depth(batch, rows[full], cols)
         return work
@@ -213,7 +232,19 @@ class TokenStageRunner(StageRunner):
         starts = torch.from_numpy(pad_words(batch[schema.WORD_STARTS][rows], counts, np.int32, -1)).long()
         return lengths, counts, starts
 
-    def _answer(self, batch: dict, rows: np.ndarray, cols: dict) -> PassWork:
+    @staticmethod
+    def write_words(batch: dict, cols: dict, rows: np.ndarray, counts: np.ndarray, words: WordState,
+                    token_layers: torch.Tensor) -> None:
+        """The per-word answer columns of batch positions `rows` (and their token-layers, the
+        earlier stages' plus this pass's): the one writer for rows finished at a pass's end and
+        rows handed to `on_exit` as they finish, so both read the same answer."""
+        per_word = ((schema.WORD_EXIT, words.exit_layer, np.int16), (schema.WORD_LABEL, words.label, np.int16),
+                    (schema.WORD_UNC, words.uncertainty.float(), np.float32))
+        for column, values, dtype in per_word:  # (S, W) -> a blob of counts[i] words per row
+            cols[column][rows] = schema.unpad_to_blobs(values.cpu().numpy().astype(dtype), counts)
+        cols[schema.TOKEN_LAYERS][rows] = batch[schema.TOKEN_LAYERS][rows] + token_layers.cpu().numpy()
+
+    def _answer(self, batch: dict, rows: np.ndarray, cols: dict, on_exit: RowsAnswered | None = None) -> PassWork:
         """The early-exit lane: words halt by the policy; the row's tags are its answer."""
         lengths, counts, starts = self._starts(batch, rows)
         words = WordState(
@@ -221,14 +252,19 @@ class TokenStageRunner(StageRunner):
             torch.from_numpy(pad_words(batch[schema.WORD_LABEL][rows], counts, np.int16, -1)).long(),
             torch.from_numpy(pad_words(batch[schema.WORD_UNC][rows], counts, np.float32, 1.0)),
         )
-        result = self.shard(torch.from_numpy(lengths), starts, words=words, **self.inputs(batch, rows, lengths))
-        w_exit = result.words.exit_layer.cpu().numpy().astype(np.int16)
-        w_label = result.words.label.cpu().numpy().astype(np.int16)
-        w_unc = result.words.uncertainty.float().cpu().numpy()
-        for column, per_word in ((schema.WORD_EXIT, w_exit), (schema.WORD_LABEL, w_label), (schema.WORD_UNC, w_unc)):
-            cols[column][rows] = schema.unpad_to_blobs(per_word, counts)  # (S, W) -> a blob of counts[i] words per row
+        leaving = None
+        if on_exit is not None:
+            def leaving(e: TokenExit) -> None:  # rows that finished mid-pass: their columns now, then the caller
+                pos = e.positions.cpu().numpy()
+                done = rows[pos]
+                self.write_words(batch, cols, done, counts[pos], e.words, e.token_layers)
+                cols[schema.EXIT_LAYER][done] = e.layer
+                cols[schema.HIDDEN][done] = b""
+                on_exit(done, cols)
+        result = self.shard(torch.from_numpy(lengths), starts, words=words, on_exit=leaving,
+                            **self.inputs(batch, rows, lengths))
+        self.write_words(batch, cols, rows, counts, result.words, result.token_layers)
         token_layers = result.token_layers.cpu().numpy()
-        cols[schema.TOKEN_LAYERS][rows] += token_layers
         finished = self._carry(result, rows, cols, schema.HIDDEN)
         cols[schema.EXIT_LAYER][rows[finished]] = result.row_exit.cpu().numpy()[finished]
         return PassWork(exited=int(finished.sum()), layers=int(token_layers.sum()))

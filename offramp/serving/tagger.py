@@ -8,11 +8,10 @@ one-stage runner holding every layer runs it (exits decided per row, exactly as 
 actor), and the finalized rows are split back to their requests. So a text gets the label,
 confidence and exit layer a tagging run gives it (tested against `run_tagging`).
 
-A batch can also be run streaming (`run(rows, on_answer)`): a sequence classifier's row is
-finalized and handed to `on_answer` right after the layer it exits at, while the rest of the
-batch runs on through deeper layers, and its answer is the one the whole-batch run gives. A
-token model's rows are answered when the batch ends (a row leaves when all its words halted,
-and the token shard has no exit hook yet).
+A batch can also be run streaming (`run(rows, on_answer)`): a row is finalized and handed to
+`on_answer` right after the layer it exits at (a tagger's row: the layer its last word halted
+at), while the rest of the batch runs on through deeper layers, and its answer is the one the
+whole-batch run gives.
 """
 
 from __future__ import annotations
@@ -101,9 +100,9 @@ class OnlineTagger:
         """A batch of rows -> their answers in the same order, and what the stage did.
 
         With `on_answer`, each row is answered as soon as it is done: `on_answer(i, answer)` for
-        row `i`, first for rows that do not run (blank texts), then for a sequence model's rows
-        right after the layer they exit at, before the batch's deeper layers run; rows the runner
-        did not hand over while running (a token model's) when the batch ends. It is called once
+        row `i`, first for rows that do not run (blank texts), then for each row right after the
+        layer it exits at (a tagger's: its last word's), before the batch's deeper layers run; any
+        row the runner did not hand over while running, when the batch ends. It is called once
         per row, from the calling thread; what it raises fails the batch."""
         batch = join_rows(rows)
         if on_answer is None:

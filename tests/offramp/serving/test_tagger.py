@@ -11,7 +11,9 @@ from offramp.exits.stage import StageSpec
 from offramp.serving.stats import ReplicaStats
 from offramp.serving.tagger import OnlineTagger, ServingPlan, batch_tokens
 from offramp.text.words import split_words
-from tests.conftest import LABELS, MECHANISM_FIELDS, NUM_LAYERS, SENTENCES, TAGS, TEXTS
+from offramp.models.checkpoint import load_model
+from offramp.text.tokenize import load_tokenizer
+from tests.conftest import LABELS, MECHANISM_FIELDS, NUM_LAYERS, SENTENCES, TAGS, TEXTS, token_thresholds
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +64,33 @@ def test_a_token_model_answers_words_tags_and_each_word_layer(token_model_dir):
         assert a["words"] == split_words(text) and len(a["tags"]) == len(a["words"]) and set(a["tags"]) <= set(TAGS)
         assert all(1 <= layer <= NUM_LAYERS for layer in a["tag_layers"])
     assert answers[4]["status"] == "empty" and answers[4]["tags"] is None
-    given = {}  # streaming: the blank text at once, the token rows when the batch ends, the same answers
-    streamed, _ = tagger.run(tagger.tokenize(texts), lambda i, a: given.setdefault(i, a))
-    assert streamed == answers and [given[i] for i in range(len(texts))] == answers and next(iter(given)) == 4
+    # streaming: the blank text at once, then each sentence right after the layer its last word
+    # halted at (before the next layer starts), with the answers of the plain batch run
+    spread = token_thresholds(load_model(token_model_dir), load_tokenizer(token_model_dir), SENTENCES)
+    thresholds = dict(zip(range(1, NUM_LAYERS + 1), spread))
+    tagger = OnlineTagger(dataclasses.replace(plan, spec=dataclasses.replace(plan.spec, thresholds=thresholds)))
+    texts = [" ".join(words) for words in SENTENCES] + [""]
+    rows = tagger.tokenize(texts)
+    plain, _ = tagger.run(rows)
+    events = []  # ("layer", k) as layer k's head reads it (a sparse layer is not the module's own call)
+    heads = tagger.runner.shard.heads
+    hooks = [heads[str(k)].register_forward_pre_hook(lambda module, args, k=k: events.append(("layer", k)))
+             for k in range(1, NUM_LAYERS + 1)]
+    try:
+        streamed, _ = tagger.run(rows, lambda i, a: events.append(("answer", i, a)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    answered = [e for e in events if e[0] == "answer"]
+    assert streamed == plain and sorted(i for _, i, _ in answered) == list(range(len(rows)))
+    assert answered[0][1] == len(texts) - 1, "the blank text first"
+    finished = []
+    for n, event in enumerate(events):
+        if event[0] == "answer" and event[2]["tag_layers"]:  # after its last word's layer, before the next
+            last = max(l for l in event[2]["tag_layers"] if l is not None)
+            assert sum(e[0] == "layer" for e in events[:n]) == last, event
+            finished.append(last)
+    assert min(finished) < NUM_LAYERS, "some sentence is answered while the batch runs on"
 
 
 def test_replica_stats_add_up_the_batches(tagger):
