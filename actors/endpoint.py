@@ -27,6 +27,7 @@ answered yet with a 500, and the replica carries on.
 # (`request: Request`) from their annotations, and Serve's class-based view cannot resolve
 # them as strings (the request would be taken for a missing query parameter: 422).
 import asyncio
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -41,9 +42,20 @@ from offramp.exits.stage import StageBatchStats
 from offramp.serving.requests import RequestError, check_body_size, check_texts, parse_body
 from offramp.serving.stats import ReplicaStats
 from offramp.serving.tagger import OnlineTagger, Row, ServingPlan, batch_tokens
+from pipelines.registry import resolve
 
 logger = logging.getLogger(__name__)
 api = FastAPI(title="offramp", description="Early-exit BERT: a label (or a tag per word) per text")
+
+
+def replica_plan(plan: ServingPlan, cfg: ServeConfig) -> ServingPlan:
+    """The plan with a model directory this replica's node has: a registered version that the
+    driver downloaded into a cache this node does not mount is downloaded again here, the same
+    version (`plan.source` is pinned), into this node's cache."""
+    if plan.source and not os.path.isdir(plan.model_dir):
+        logger.info("%s is not on this node: downloading %s", plan.model_dir, plan.source)
+        return dataclasses.replace(plan, model_dir=resolve(plan.source, cfg.mlflow).path)
+    return plan
 
 
 async def read_body(request: Request, cfg: ServeConfig) -> bytes:
@@ -97,6 +109,7 @@ def settle(queued: QueuedRow):
 @serve.ingress(api)
 class Endpoint:
     def __init__(self, plan: ServingPlan, cfg: ServeConfig):
+        plan = replica_plan(plan, cfg)
         self.plan, self.cfg, self.ready = plan, cfg, False
         self.tagger = OnlineTagger(plan)
         # @serve.batch's numbers are fixed where the class is defined; the config's replace them

@@ -66,9 +66,13 @@ def deployment_options(cfg: ServeConfig) -> dict:
 
 def build_app(cfg: ServeConfig) -> Application:
     """The Serve application for `cfg` (not started): `serve.run(build_app(cfg))`. A models:/ model
-    is resolved here, once, to its directory in the model cache, which the replicas read."""
-    cfg, _ = local_model(cfg)
-    return Endpoint.options(**deployment_options(cfg)).bind(serving_plan(cfg), cfg)
+    is resolved here, once, to its version and that version's directory in the model cache; a
+    replica on a node that does not see that directory downloads the same version to its own."""
+    cfg, registered = local_model(cfg)
+    plan = serving_plan(cfg)
+    if registered:
+        plan = dataclasses.replace(plan, source=f"models:/{registered.name}/{registered.version}")
+    return Endpoint.options(**deployment_options(cfg)).bind(plan, cfg)
 
 
 def app_builder(args: dict) -> Application:

@@ -42,6 +42,7 @@ class ServingPlan:
     spec: StageSpec  # one stage over every layer, as a one-stage tagging run plans it
     max_length: int
     tokenize_kwargs: dict = field(default_factory=dict)  # the task's tokenize settings (Task.tokenize_kwargs)
+    source: str | None = None  # models:/NAME/VERSION model_dir was resolved from (pinned: an alias may move)
 
     @property
     def num_layers(self) -> int:

@@ -4,13 +4,19 @@ answers like offramp's own early-exit model."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from offramp.config import ConfigError, MlflowConfig
+from actors.endpoint import replica_plan
+from offramp.config import ConfigError, MlflowConfig, ServeConfig
+from offramp.exits.stage import StageSpec
+from offramp.serving.tagger import ServingPlan
 from offramp.exits import simulate
 from offramp.models.checkpoint import ModelInfo
 from offramp.policies import get_policy
@@ -81,3 +87,21 @@ def test_the_pyfunc_model_answers_like_offramps_own_model(store, model_dir):
     assert list(answers["exit_layer"]) == list(layers[0]) and len(set(layers[0])) > 1  # rows leave at several layers
     frame = loaded.predict(pd.DataFrame({"text": DISTINCT}))
     assert list(frame["label"]) == list(answers["label"])
+
+
+def test_a_replica_on_a_node_without_the_drivers_cache_downloads_the_pinned_version(store, tmp_path):
+    """The driver resolved @champion to version 1 into its cache; the alias then moved, and a
+    replica starts on a node that does not mount that cache: it loads version 1 into its own."""
+    cfg, _ = store
+    driver = resolve("models:/tiny/1", cfg)
+    MlflowClient(cfg.tracking_uri).set_registered_model_alias("tiny", "champion", "2")
+    plan = ServingPlan(str(tmp_path / "elsewhere" / "model"), "sequence", (), StageSpec(0, 0, 4), 64, {},
+                       source="models:/tiny/1")
+    node = dataclasses.replace(ServeConfig(model="models:/tiny@champion"),
+                               mlflow=dataclasses.replace(cfg, model_cache=str(tmp_path / "node-cache")))
+    got = replica_plan(plan, node)
+    assert got.model_dir.startswith(str(tmp_path / "node-cache"))
+    assert os.path.relpath(got.model_dir, str(tmp_path / "node-cache")) == os.path.relpath(driver.path, cfg.model_cache)
+    assert ModelInfo.read(got.model_dir).num_layers == 4
+    here = dataclasses.replace(plan, model_dir=driver.path)
+    assert replica_plan(here, node) is here  # a node that sees the directory reads it
