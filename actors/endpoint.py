@@ -15,10 +15,11 @@ Batching: a request's texts are tokenized when it arrives and queued one row eac
 future for its answer; `@serve.batch` joins rows of concurrent requests until their tokens
 would pass `max_batch_tokens` (its `batch_size_fn`) and runs the batch in a worker thread, so
 the event loop keeps taking requests and filling the next batch meanwhile. Exits are per row
-inside the batch, as in a stage actor, and a row that exits is answered at once: the worker
-thread resolves its future right after its exit layer (`OnlineTagger.run`'s `on_answer`) while
-the rest of the batch runs on, so a request whose texts all exit early is answered before the
-batch ends (a tagger's row leaves when its last word halts). A bad request gets a 4xx
+inside the batch, as in a stage actor. With `answer_at_exit`, a row that exits is answered at
+once: the worker thread resolves its future right after its exit layer (`OnlineTagger.run`'s
+`on_answer`) while the rest of the batch runs on, so a request whose texts all exit early is
+answered before the batch ends (a tagger's row leaves when its last word halts); by default
+every row is answered when its batch ends, which measured faster under load. A bad request gets a 4xx
 with a message (`offramp.serving.requests`); a batch that fails answers the requests it had not
 answered yet with a 500, and the replica carries on.
 """
@@ -194,7 +195,13 @@ class Endpoint:
             q = queued[i]
             q.answer.get_loop().call_soon_threadsafe(self.give, q, answer)
 
-        answers, stage = await asyncio.to_thread(self.tagger.run, [q.row for q in queued], on_answer)
+        rows = [q.row for q in queued]
+        if self.cfg.answer_at_exit:
+            answers, stage = await asyncio.to_thread(self.tagger.run, rows, on_answer)
+        else:  # every row when the batch ends
+            answers, stage = await asyncio.to_thread(self.tagger.run, rows)
+            for q, a in zip(queued, answers):
+                self.give(q, a)
         self.record(len(queued), batch_tokens(queued), stage)
         return answers
 

@@ -43,10 +43,10 @@ def loop():
     loop.close()
 
 
-def endpoint(model_dir):
+def endpoint(model_dir, answer_at_exit=True):
     plan = ServingPlan(model_dir, "sequence", tuple(LABELS), StageSpec(0, 0, NUM_LAYERS), 64, {"text_column": "text"})
     # a long batch wait and a large batch: the two requests below share one batch
-    cfg = ServeConfig(model=model_dir, max_batch_tokens=4096, batch_wait_timeout_s=0.2)
+    cfg = ServeConfig(model=model_dir, max_batch_tokens=4096, batch_wait_timeout_s=0.2, answer_at_exit=answer_at_exit)
     return REPLICA(plan, cfg)
 
 
@@ -93,6 +93,30 @@ def test_a_text_that_exits_early_is_answered_while_its_batch_runs_on(model_dir, 
 
     got_early, got_late = loop.run_until_complete(scenario())
     assert got_early["results"][0]["status"] == got_late["results"][0]["status"] == "ok"
+
+
+def test_by_default_a_batch_answers_its_texts_when_it_ends(model_dir, loop):
+    """answer_at_exit false (the default, measured faster under load): the early text waits for its batch."""
+    async def scenario():
+        ep = endpoint(model_dir, answer_at_exit=False)
+        early, late = early_and_late(ep)
+        entered, released = threading.Event(), threading.Event()
+        hook = hold_last_layer(ep, lambda: (entered.set(), released.wait(WAIT_S)))
+        try:
+            first = asyncio.ensure_future(ep.answer([early]))
+            second = asyncio.ensure_future(ep.answer([late]))
+            while not entered.is_set():  # the batch is in its last layer, the early row long answered inside it
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            assert not first.done(), "the early text waits for its batch's end"
+            released.set()
+            got = await asyncio.wait_for(asyncio.gather(first, second), WAIT_S)
+        finally:
+            released.set()
+            hook.remove()
+        assert [g["results"][0]["exit_layer"] for g in got] == [1, NUM_LAYERS]
+
+    loop.run_until_complete(scenario())
 
 
 def test_a_failed_batch_fails_the_requests_it_had_not_answered_and_the_endpoint_carries_on(model_dir, loop):
