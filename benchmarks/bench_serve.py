@@ -83,9 +83,9 @@ def main():
                 max_batch_tokens=4096, max_ongoing_requests=128, batch_wait_timeout_s=0.005)
     apps = {"exits": ServeConfig(**base, name="exits", route_prefix="/exits"),
             "full": ServeConfig(**base, name="full", route_prefix="/full", exit=ExitConfig(disabled=True)),
-            # the same exits, each text answered when its batch ends: what answering at the exit buys
-            "exits_at_batch_end": ServeConfig(**base, name="exits_at_batch_end", route_prefix="/exits_at_batch_end",
-                                              answer_at_exit=False)}
+            # the same exits, each text answered right after its exit layer: what answering at the exit buys
+            "exits_answer_at_exit": ServeConfig(**base, name="exits_answer_at_exit", route_prefix="/exits_answer_at_exit",
+                                                answer_at_exit=True)}
     for name, cfg in apps.items():
         serve.run(build_app(cfg), name=cfg.name, route_prefix=cfg.route_prefix)
     endpoints = {name: f"http://127.0.0.1:{port}/{name}/v1/classify" for name in apps}
@@ -107,10 +107,10 @@ def main():
     with open(os.path.join(args.out, "serve.json"), "w") as f:
         json.dump({"args": vars(args), "results": results}, f, indent=1)
     print("\n| clients | exits texts/s | full texts/s | ratio | exits p50 / p99 ms | full p50 / p99 ms | "
-          "exits at batch end: texts/s, p50 / p99 ms | accuracy exits / full | mean exit layer |")
+          "exits answered at the exit: texts/s, p50 / p99 ms | accuracy exits / full | mean exit layer |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        a, b, e = r["exits"], r["full"], r["exits_at_batch_end"]
+        a, b, e = r["exits"], r["full"], r["exits_answer_at_exit"]
         print(f"| {r['concurrency']} | {a['texts_per_s']:.1f} | {b['texts_per_s']:.1f} | {r['throughput_ratio']:.2f}× | "
               f"{a['p50_ms']:.0f} / {a['p99_ms']:.0f} | {b['p50_ms']:.0f} / {b['p99_ms']:.0f} | "
               f"{e['texts_per_s']:.1f}, {e['p50_ms']:.0f} / {e['p99_ms']:.0f} | "
