@@ -16,6 +16,20 @@ from offramp.text.tokenize import load_tokenizer
 from tests.conftest import LABELS, MECHANISM_FIELDS, NUM_LAYERS, SENTENCES, TAGS, TEXTS, token_thresholds
 
 
+def streamed_run(tagger, rows, per_layer) -> tuple[list[dict], object, list[tuple]]:
+    """A streaming run that records, in order, ("layer", k) as module per_layer[k-1] is called and
+    ("answer", i, answer) as row i is answered -> (answers, stats, events)."""
+    events = []
+    hooks = [m.register_forward_pre_hook(lambda module, args, k=k: events.append(("layer", k)))
+             for k, m in enumerate(per_layer, 1)]
+    try:
+        answers, stats = tagger.run(rows, lambda i, a: events.append(("answer", i, a)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return answers, stats, events
+
+
 @pytest.fixture(scope="module")
 def tagger(model_dir):
     return OnlineTagger(ServingPlan(model_dir, "sequence", tuple(LABELS), StageSpec(0, 0, NUM_LAYERS), 64,
@@ -72,15 +86,8 @@ def test_a_token_model_answers_words_tags_and_each_word_layer(token_model_dir):
     texts = [" ".join(words) for words in SENTENCES] + [""]
     rows = tagger.tokenize(texts)
     plain, _ = tagger.run(rows)
-    events = []  # ("layer", k) as layer k's head reads it (a sparse layer is not the module's own call)
-    heads = tagger.runner.shard.heads
-    hooks = [heads[str(k)].register_forward_pre_hook(lambda module, args, k=k: events.append(("layer", k)))
-             for k in range(1, NUM_LAYERS + 1)]
-    try:
-        streamed, _ = tagger.run(rows, lambda i, a: events.append(("answer", i, a)))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    heads = tagger.runner.shard.heads  # layer k is seen as its head reads it (a sparse layer is no module call)
+    streamed, _, events = streamed_run(tagger, rows, [heads[str(k)] for k in range(1, NUM_LAYERS + 1)])
     answered = [e for e in events if e[0] == "answer"]
     assert streamed == plain and sorted(i for _, i, _ in answered) == list(range(len(rows)))
     assert answered[0][1] == len(texts) - 1, "the blank text first"
@@ -109,14 +116,7 @@ def test_replica_stats_add_up_the_batches(tagger):
 def test_a_streaming_run_answers_each_row_right_after_its_exit_layer_with_the_batch_runs_answer(tagger):
     rows = tagger.tokenize(list(TEXTS) + [""])
     plain, plain_stats = tagger.run(rows)
-    events = []  # ("layer", k) as layer k starts, ("answer", i, answer) as row i is answered
-    hooks = [layer.register_forward_pre_hook(lambda module, args, k=k: events.append(("layer", k)))
-             for k, layer in enumerate(tagger.runner.shard.layers, 1)]
-    try:
-        streamed, stats = tagger.run(rows, lambda i, a: events.append(("answer", i, a)))
-    finally:
-        for hook in hooks:
-            hook.remove()
+    streamed, stats, events = streamed_run(tagger, rows, tagger.runner.shard.layers)
     answered = [e for e in events if e[0] == "answer"]
     assert sorted(i for _, i, _ in answered) == list(range(len(rows))), "every row answered once"
     assert streamed == plain  # the very answers (label, confidence, exit layer, status) the batch run gives
