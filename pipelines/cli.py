@@ -50,7 +50,8 @@ def tag(cfg: TagConfig) -> int:
     from pipelines.output import write_manifest
     from pipelines.registry import link_run, local_model
     from pipelines.run import run_tagging, validate
-    from pipelines.tracking import check_tracking_uri, log_tag_run, start_run, tracking_uri
+    from pipelines.store import check_tracking_uri, tracking_uri
+    from pipelines.tracking import log_tag_run, start_run
 
     check_tracking_uri(cfg.mlflow)
     cfg, registered = local_model(cfg)  # models:/NAME@ALIAS -> the version's directory in the model cache
@@ -136,7 +137,8 @@ def audit_line(a: dict) -> str:
 def train(cfg) -> int:
     from offramp.training import save_trained, train_exits
     from pipelines.registry import certificate_tags, register_model_dir
-    from pipelines.tracking import check_tracking_uri, log_train_run, start_run
+    from pipelines.store import check_tracking_uri
+    from pipelines.tracking import log_train_run, start_run
 
     check_tracking_uri(cfg.mlflow)
     model, tokenizer, report = train_exits(cfg)
@@ -183,7 +185,8 @@ def calibrate(cfg: CalibrateConfig) -> int:
 
 def plan(cfg: PlanConfig) -> int:
     from offramp.planning.capacity import format_plan, plan_capacity
-    from pipelines.tracking import load_run_summary, log_plan, tracking_uri
+    from pipelines.store import tracking_uri
+    from pipelines.tracking import load_run_summary, log_plan
 
     cfg.require("run_id")
     uri = tracking_uri(MlflowConfig(tracking_uri=cfg.tracking_uri))

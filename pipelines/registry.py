@@ -34,7 +34,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from offramp.config import ConfigError, MlflowConfig
-from pipelines.tracking import tracking_uri
+from pipelines.store import tracking_uri
 
 logger = logging.getLogger(__name__)
 

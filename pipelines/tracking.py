@@ -20,31 +20,10 @@ from offramp.planning.capacity import PLAN_ARTIFACT, SUMMARY_ARTIFACT, CapacityP
 from offramp.quality.trend import early_exit_share
 from pipelines.figures import exit_histogram_figure
 from pipelines.report import render_report
+from pipelines.store import tracking_uri
 from pipelines.trend import run_trend
 
 logger = logging.getLogger(__name__)
-DEFAULT_URI = "sqlite:///mlflow.db"
-
-
-def tracking_uri(cfg: MlflowConfig) -> str:
-    return cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-
-
-JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray for the driver of a `ray job submit` job
-
-
-def check_tracking_uri(cfg: MlflowConfig) -> None:
-    """Fail at start where a run's MLflow record would be lost: under `ray job submit` the driver
-    runs in Ray's temporary copy of the working directory, so a relative sqlite store (the
-    default `sqlite:///mlflow.db`) would be written there and deleted with it."""
-    uri = tracking_uri(cfg)
-    if cfg.enabled and os.environ.get(JOB_ENV) and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        raise ConfigError(
-            f"MLflow store {uri} is relative to the job's temporary working directory and would be lost; "
-            "give an absolute one on storage that outlives the job (--set mlflow.tracking_uri=sqlite:////shared/mlflow.db, "
-            "or an MLflow server), or pass MLFLOW_TRACKING_URI to the job: "
-            "ray job submit --runtime-env-json '{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"...\"}}'"
-        )
 
 
 @contextlib.contextmanager

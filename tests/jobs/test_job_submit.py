@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from offramp.config import ConfigError, MlflowConfig
-from pipelines.tracking import JOB_ENV, check_tracking_uri
+from pipelines.store import JOB_ENV, check_tracking_uri
 
 from tests.conftest import TEXTS
 
