@@ -51,18 +51,24 @@ def file_format(name: str) -> str | None:
     return EXTENSIONS.get(ext)
 
 
-def detect_format(path: str, declared: str = "auto") -> str:
-    """parquet / jsonl / text from the declared format or the files' extensions."""
-    if declared != "auto":
-        return declared
+def input_files(path: str) -> list[str]:
+    """The files of an input, a file or a directory walked recursively, without the hidden and
+    `_`-prefixed ones that Ray's reader skips too."""
     fs, root = filesystem(path)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         raise ConfigError(f"input {path} does not exist; pass --input with a file or directory")
-    names = [root]
-    if info.type == pafs.FileType.Directory:
-        names = [f.path for f in fs.get_file_info(pafs.FileSelector(root, recursive=True)) if f.is_file]
-    kinds = {file_format(n) for n in names if not os.path.basename(n).startswith((".", "_"))}
+    if info.type != pafs.FileType.Directory:
+        return [root]
+    return [f.path for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+            if f.is_file and not os.path.basename(f.path).startswith((".", "_"))]
+
+
+def detect_format(path: str, declared: str = "auto") -> str:
+    """parquet / jsonl / text from the declared format or the files' extensions."""
+    if declared != "auto":
+        return declared
+    kinds = {file_format(n) for n in input_files(path)}
     kinds.discard(None)
     if len(kinds) != 1:
         raise ConfigError(
@@ -70,6 +76,32 @@ def detect_format(path: str, declared: str = "auto") -> str:
             "set --input-format parquet|jsonl|text"
         )
     return kinds.pop()
+
+
+def check_json_lines(path: str, peek_bytes: int = 2**20) -> None:
+    """A `.json` file is read as JSON Lines (what `datasets` and pandas write under that name),
+    so its first line must be one whole JSON object. A pretty-printed document or an array (a
+    manifest, a config) would otherwise become a run of `undecodable` rows: refuse it at start."""
+    fs, root = filesystem(path)
+    for name in input_files(path):
+        plain = name.lower()[: -len(ext)] if (ext := os.path.splitext(name.lower())[1]) in COMPRESSED else name.lower()
+        if not plain.endswith(".json"):
+            continue
+        compression = "detect" if plain != name.lower() else None
+        with fs.open_input_stream(name, compression=compression) as f:
+            head = f.read(peek_bytes)
+        head = head[len(BOM):] if head.startswith(BOM) else head
+        first = next((line for line in head.splitlines() if line.strip()), b"")
+        try:
+            whole = isinstance(json.loads(first), dict)
+        except ValueError:
+            whole = not first  # an empty file is an empty corpus file
+        if not whole:
+            raise ConfigError(
+                f"{name} is not JSON Lines (its first line is not one JSON object): a pretty-printed document or "
+                "an array. Move it out of the input directory, name it with a leading '_' (skipped), or convert it "
+                "to one object per line (jq -c '.[]' FILE > FILE.jsonl)"
+            )
 
 
 def extensions_of(fmt: str) -> list[str]:
@@ -292,9 +324,11 @@ def input_schema(cfg: TagConfig) -> pa.Schema | None:
 
 
 def check_format(cfg: TagConfig, fmt: str) -> None:
-    """Settings the input's format cannot serve."""
+    """Settings the input's format cannot serve, and `.json` files that are not JSON Lines."""
     if fmt == "text" and (cfg.passthrough_columns or cfg.label_column):
         raise ConfigError("plain-text input has no columns to pass through or label; use JSONL or Parquet")
+    if fmt == "jsonl":
+        check_json_lines(cfg.input)
 
 
 def kept_types(cfg: TagConfig, schema: pa.Schema | None) -> dict[str, pa.DataType]:
@@ -320,26 +354,22 @@ def check_columns(cfg: TagConfig, task: Task, names: list[str]) -> None:
         raise ConfigError(f"Parquet input needs an id column; columns are {names}; set --id-column")
 
 
-def corpus_source(cfg: TagConfig, task: Task, report: str | None = None) -> CorpusSource:
+def corpus_source(cfg: TagConfig, task: Task, report: str | None = None, fmt: str | None = None,
+                  found: pa.Schema | None = None) -> CorpusSource:
     """The datasource of cfg.input (the columns were checked by `check_columns` at start);
-    `report`: the name of the actor told each file's row count."""
-    fmt = detect_format(cfg.input, cfg.input_format)
+    `report`: the name of the actor told each file's row count; `fmt`, `found`: the input's
+    format and Parquet schema when the caller already has them (listing an object store's
+    directory and reading a footer cost a round trip each)."""
+    fmt = fmt or detect_format(cfg.input, cfg.input_format)
     source, _ = task.source_column(cfg)
     extra = tuple(dict.fromkeys([*cfg.passthrough_columns, *([cfg.label_column] if cfg.label_column else [])]))
-    check_format(cfg, fmt)
     fs, root = filesystem(cfg.input)
     types = {}
     if fmt == "parquet":
-        found = input_schema(cfg)
+        found = found if found is not None else input_schema(cfg)
         types = {c: found.field(c).type for c in [cfg.id_column or "id", source, *extra] if c in found.names}
     # auto-detected: only the files of that format (a README beside them is not a document)
     suffixes = extensions_of(fmt) if cfg.input_format == "auto" else None
     return CorpusSource(cfg.input, fmt=fmt, root=root if fs.get_file_info(root).type == pafs.FileType.Directory else "",
                         id_column=cfg.id_column or "id", source=source, extra=extra, lists=task.list_columns(cfg),
                         types=types, max_line_bytes=cfg.max_line_bytes, report=report, file_extensions=suffixes)
-
-
-def read_corpus(cfg: TagConfig, task: Task, report: str | None = None) -> ray.data.Dataset:
-    """One row per document with the id, the task's source column (text or words), the
-    passthrough and label columns, `_read_status` and `source_row`."""
-    return ray.data.read_datasource(corpus_source(cfg, task, report))

@@ -41,7 +41,7 @@ from offramp.quality.certificate import certificate_gaps
 from offramp.tasks.base import check_no_clash
 from pipelines.cluster import check_paths_on_nodes
 import pipelines.output as run_output
-from pipelines.read import check_columns, check_format, corpus_source, detect_format, input_schema, kept_types, read_corpus
+from pipelines.read import check_columns, check_format, corpus_source, detect_format, input_schema, kept_types
 from pipelines.storage import filesystem
 
 logger = logging.getLogger(__name__)
@@ -83,6 +83,8 @@ class Plan:
     stages: list[PlannedStage]
     keep_types: dict = field(default_factory=dict)  # the id and passthrough columns' Arrow types
     certificate: list[str] = field(default_factory=list)  # offramp.quality.certificate gaps (empty: covered)
+    input_format: str | None = None  # parquet / jsonl / text, as validate found it (None: not looked at)
+    input_schema: pa.Schema | None = None  # a Parquet input's schema, read once from its footer
 
     @property
     def exits(self) -> bool:
@@ -205,7 +207,8 @@ def validate(cfg: TagConfig) -> Plan:
     if schema is not None:
         check_columns(cfg, task, schema.names)
     check_output(cfg)
-    return make_plan(cfg, info, task, kept_types(cfg, schema))
+    plan = make_plan(cfg, info, task, kept_types(cfg, schema))
+    return dataclasses.replace(plan, input_format=fmt, input_schema=schema)
 
 
 # ---------------------------------------------------------------- Ray
@@ -328,10 +331,10 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor, plan: Plan | None = None) 
     # that dies would fail every stage and read that reports to it
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     collector = ray.remote(num_cpus=0)(MetricsCollector).options(name=name, scheduling_strategy=here).remote()
-    source = corpus_source(cfg, task, report=name)
+    source = corpus_source(cfg, task, report=name, fmt=plan.input_format, found=plan.input_schema)
     done_before = run_output.rows_checkpointed(cfg)
     t0 = time.perf_counter()
-    with checkpointed(cfg):
+    with data_context(cfg):
         ds = build_pipeline(ray.data.read_datasource(source), plan, collector, stage_cls)
         low, high = cfg.rows_per_file
         ds.write_parquet(cfg.output, min_rows_per_file=low, max_rows_per_file=high)
@@ -363,17 +366,22 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor, plan: Plan | None = None) 
 
 
 @contextlib.contextmanager
-def checkpointed(cfg: TagConfig):
-    """Ray Data checkpoints of the output (what --resume skips) and the run's budget of blocks
-    that may fail, for the datasets built inside: both are settings of the driver's DataContext,
-    which a Dataset copies when it is created. Restored afterwards."""
+def data_context(cfg: TagConfig):
+    """The run's Ray Data settings, for the datasets built inside: checkpoints of the output
+    (what --resume skips), the budget of blocks that may fail, and the share of the object
+    store the execution may fill. They are settings of the driver's DataContext, which a
+    Dataset copies when it is created; restored afterwards."""
     ctx = DataContext.get_current()
-    before = ctx.checkpoint_config, ctx.max_errored_blocks
-    ctx.checkpoint_config, ctx.max_errored_blocks = run_output.checkpoint_config(cfg), cfg.max_errored_blocks
+    names = ("checkpoint_config", "max_errored_blocks", "override_object_store_memory_limit_fraction")
+    before = [getattr(ctx, n) for n in names]
+    run = (run_output.checkpoint_config(cfg), cfg.max_errored_blocks, cfg.ray.object_store_fraction)
+    for name, value in zip(names, run):
+        setattr(ctx, name, value)
     try:
         yield
     finally:
-        ctx.checkpoint_config, ctx.max_errored_blocks = before
+        for name, value in zip(names, before):
+            setattr(ctx, name, value)
 
 
 OUTPUT_BATCH_ROWS = 65_536  # rows of the output the driver holds at a time while it computes the run's figures
@@ -438,7 +446,7 @@ def full_depth_eval(plan: Plan, output: pads.Dataset, stage_cls=StageActor) -> d
     cfg = plan.cfg
     full_cfg = dataclasses.replace(cfg, exit=dataclasses.replace(cfg.exit, disabled=True))
     full = make_plan(full_cfg, plan.info, plan.task, plan.keep_types)
-    ds = read_corpus(full_cfg, plan.task)
+    ds = ray.data.read_datasource(corpus_source(full_cfg, plan.task, fmt=plan.input_format, found=plan.input_schema))
     if cfg.full_depth_eval_rows > 0:
         ds = ds.limit(cfg.full_depth_eval_rows)
     id_column = cfg.id_column or "id"

@@ -115,6 +115,16 @@ class RayConfig:
     autoscaling: bool = False
     """The cluster adds nodes on demand (cluster.yaml's autoscaler): skip the start-time check
     that the stage actors fit the resources the cluster has now."""
+    object_store_fraction: float = 0.1
+    """Share of the cluster's object store a run's Ray Data execution may fill (its
+    backpressure budget; Ray's own default is 0.5). Tokenized rows otherwise queue ahead of a
+    slower stage until half the store is full: 525 bytes a row, 3 GiB on a 24 GiB machine
+    (BENCHMARKS.md, "Scale")."""
+
+    def __post_init__(self):
+        if not 0 < self.object_store_fraction <= 1:
+            raise ConfigError(f"ray.object_store_fraction={self.object_store_fraction}: use a share in (0, 1], "
+                              "e.g. 0.1")
 
 
 @dataclass(frozen=True)

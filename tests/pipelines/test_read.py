@@ -13,9 +13,9 @@ import pytest
 from ray.data import DataContext
 
 from offramp import schema
-from offramp.config import TagConfig
+from offramp.config import ConfigError, TagConfig
 from offramp.tasks import get_task
-from pipelines.read import BLOCK_ROWS, corpus_source, iter_lines
+from pipelines.read import BLOCK_ROWS, check_json_lines, corpus_source, iter_lines
 
 pytestmark = pytest.mark.ray
 
@@ -131,3 +131,20 @@ def test_a_large_file_is_read_in_bounded_memory(tmp_path):
     # a block. Both bounds are far below the file's 128 MB.
     buffer = DataContext.get_current().streaming_read_buffer_size
     assert python_peak < 24 * 2**20 and arrow_peak < buffer + 16 * 2**20, (python_peak, arrow_peak)
+
+
+def test_a_json_file_that_is_not_json_lines_is_refused_at_start_naming_it(tmp_path):
+    (tmp_path / "a.jsonl").write_text('{"id": "1", "text": "x"}\n')
+    (tmp_path / "part.json").write_text('{"id": "2", "text": "y"}\n{"id": "3", "text": "z"}\n')  # JSON Lines as `datasets` names it
+    with gzip.open(tmp_path / "more.json.gz", "wt") as f:
+        f.write('\n{"id": "4", "text": "w"}\n')
+    (tmp_path / "_manifest.json").write_text(json.dumps({"complete": True}, indent=2))  # skipped: a leading '_'
+    check_json_lines(str(tmp_path))
+    assert sorted(r["id"] for r in rows_of(tmp_path)) == ["1", "2", "3", "4"]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "manifest.json").write_text(json.dumps({"complete": True, "rows": 4}, indent=2))
+    with pytest.raises(ConfigError, match=r"sub/manifest.json is not JSON Lines.*jq -c"):
+        check_json_lines(str(tmp_path))
+    (tmp_path / "sub" / "manifest.json").write_text(json.dumps([{"id": "5", "text": "v"}]))  # an array
+    with pytest.raises(ConfigError, match="manifest.json is not JSON Lines"):
+        check_json_lines(str(tmp_path))

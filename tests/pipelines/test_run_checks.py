@@ -96,3 +96,21 @@ def test_the_runs_figures_stream_over_the_output_in_batches(tmp_path, model_dir,
     m, audit = task.metrics(run.output_counts(output, task, info, ranges, cfg, True), info, cfg)
     assert m == task.summarize(whole, info, ranges, cfg) and m["rows"] == whole.num_rows
     assert audit == task.audit(whole, info, cfg) and audit["rows"] > 0
+
+
+def test_a_runs_ray_data_settings_reach_its_datasets_and_are_restored(tmp_path, model_dir, corpus_parquet):
+    """The object store budget (Ray's default lets tokenized rows fill half the store ahead of a
+    slower stage) and the error budget are set on the datasets the run builds, and only those."""
+    from ray.data import DataContext
+
+    from offramp.config import RayConfig
+    from pipelines.run import data_context
+
+    cfg = config(tmp_path, corpus_parquet, model_dir, max_errored_blocks=3, ray=RayConfig(object_store_fraction=0.05))
+    ctx = DataContext.get_current()
+    before = ctx.override_object_store_memory_limit_fraction, ctx.max_errored_blocks
+    with data_context(cfg):
+        inside = DataContext.get_current()
+        assert (inside.override_object_store_memory_limit_fraction, inside.max_errored_blocks) == (0.05, 3)
+    assert (ctx.override_object_store_memory_limit_fraction, ctx.max_errored_blocks) == before
+    assert TagConfig().ray.object_store_fraction == 0.1
