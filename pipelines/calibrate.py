@@ -25,12 +25,14 @@ from transformers import AutoTokenizer
 
 from offramp.config import CalibrateConfig, ConfigError
 from offramp.exits.simulate import HeadPass
-from offramp.models.base import SEQUENCE
+from offramp.models.base import TOKEN
 from offramp.models.checkpoint import ModelInfo, load_model, read_config
 from offramp.models.profile import load_profile, save_profile
 from offramp.policies import get_policy
 from offramp.quality import calibration
 from offramp.quality.stats import rows_needed
+from offramp.quality.word_calibration import WordCalibration, WordTarget
+from offramp.text.words import encode_words
 from offramp.training.data import load_labeled
 from offramp.training.loop import full_pass
 from pipelines.figures import tradeoff_figure
@@ -65,8 +67,14 @@ def write_calibration(model_dir: str, result: calibration.Calibration, record: d
     thresholds that will actually run."""
     if not result.certified:
         raise ValueError("nothing certified: refusing to overwrite the model's thresholds")
+    write_record(model_dir, record)
+
+
+def write_record(model_dir: str, record: dict) -> None:
+    """The certificate `record` into the model: its thresholds into config.json, marked certified,
+    and the record (with the calibrated survival) into exit_profile.json."""
     cfg = read_config(model_dir)
-    cfg.exit_thresholds = [float(t) for t in result.thresholds]
+    cfg.exit_thresholds = [float(t) for t in record["thresholds"]]
     cfg.exit_certified = True
     cfg.save_pretrained(model_dir)
     profile = load_profile(model_dir)
@@ -104,9 +112,8 @@ def calibrate_dir(cfg: CalibrateConfig, source: RegisteredModel | None, register
     `source`: the registered version cfg.model is a copy of, if it is one."""
     target = _target(cfg)
     info = ModelInfo.read(cfg.model)
-    if info.task != SEQUENCE:
-        raise ConfigError(f"{cfg.model} is a {info.task} model: calibration certifies classifiers only so far "
-                          "(a token model's thresholds are its dev-chosen ones, marked uncertified)")
+    if info.task == TOKEN:
+        return calibrate_token_dir(cfg, info, target, source, register)
     texts, labels = load_labeled(cfg.data, cfg.text_column, cfg.label_column, cfg.max_rows, cfg.seed, flag="--data")
     if not texts:
         raise ConfigError(f"{cfg.data} has no usable rows (every row lacked text{' or label' if cfg.label_column else ''})")
@@ -142,6 +149,88 @@ def calibrate_dir(cfg: CalibrateConfig, source: RegisteredModel | None, register
                 registered = f"models:/{register}/{version.version}"
     summary = _summary(cfg, result, record, written, run_id, registered)
     return Outcome(result, summary, written, run_id, registered)
+
+
+def calibrate_token_dir(cfg: CalibrateConfig, info: ModelInfo, target: calibration.Target,
+                        source: RegisteredModel | None, register: str | None) -> Outcome:
+    """A token model: its sweep's thresholds certified on tagged sentences (accuracy) or on
+    sentences alone (agreement), one real pass per candidate (offramp.quality.word_calibration)."""
+    from offramp.training.token import certify_thresholds, load_tagged, load_words, token_conditions, word_labels
+
+    if cfg.path == "per-layer":
+        raise ConfigError("a token model has one threshold for every head: drop --path per-layer (or use global)")
+    if cfg.label_column:
+        sentences, tags = load_tagged(cfg.data, cfg.text_column, cfg.label_column, cfg.max_rows, cfg.seed, "--data")
+    else:
+        sentences, tags = load_words(cfg.data, cfg.text_column, cfg.max_rows, cfg.seed, "--data"), None
+    if not sentences:
+        raise ConfigError(f"{cfg.data} has no usable sentences (every row lacked words{' or matching tags' if tags else ''})")
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    t0 = time.perf_counter()
+    model = load_model(cfg.model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    encoded = encode_words(tokenizer, sentences, cfg.max_length)
+    gold = word_labels(tags, {name: i for i, name in enumerate(info.labels)}) if tags else None
+    word_target = WordTarget(target.mode, target.value, target.confidence)
+    mode = info.token_exit_mode or "token"
+    logger.info("calibration: %d sentences, target: %s at confidence %.2f", len(encoded), word_target.describe(),
+                cfg.confidence)
+    with torch.no_grad():
+        result = certify_thresholds(model, encoded, gold, mode, word_target, cfg.seed)
+    seconds = time.perf_counter() - t0
+    written = result.certified and not cfg.dry_run
+    record = None
+    if result.certified:
+        record = {**result.record(len(info.exit_layers)), "data": os.path.abspath(cfg.data),
+                  **calibration.conditions(info.policy, info.mechanism, cfg.max_length), **token_conditions(model.config)}
+    if written:
+        write_record(cfg.model, record)
+    run_id, registered = "", ""
+    if cfg.mlflow.enabled:
+        with start_run(cfg.mlflow, "offramp-calibrate") as run:
+            run_id = run.info.run_id
+            if source is not None:
+                link_run(source)
+            log_word_calibration(cfg, result, record, seconds, source)
+            if written and register:
+                tags_ = {**certificate_tags(record), "offramp.calibrated_from": source.uri if source else cfg.model}
+                version = register_model_dir(cfg.model, register, cfg.max_length, tags_)
+                registered = f"models:/{register}/{version.version}"
+    t, p = result.target, result.point
+    if not result.certified:
+        summary = (f"no exiting threshold could be certified for '{t.describe()}' at confidence {t.confidence:.2f} with "
+                   f"{result.sentences} sentences; the model is unchanged: add sentences, loosen the target or lower "
+                   "--confidence.")
+    else:
+        summary = (f"threshold {result.threshold:.4g} ({where_written(cfg, written, registered)}): on {result.sentences} "
+                   f"sentences, {100 * p['token_layer_saving']:.1f}% of token-layers saved (ideal {p['ideal_speedup']:.2f}x), "
+                   f"word agreement {p['agreement']:.4f} (per sentence, lower bound {result.agreement_lower:.4f})")
+        if "accuracy" in p:
+            summary += (f", word accuracy {p['accuracy']:.4f} vs {p['accuracy_full_depth']:.4f} at full depth (per-sentence "
+                        f"drop {100 * p['risk']:.2f} pt, bound {100 * result.risk_bound:.2f} pt)")
+        summary += f"; guarantee: {t.describe()} with probability >= {t.confidence:.2f}"
+        summary += f"; mlflow run {run_id}" if run_id else ""
+    return Outcome(result, summary, written, run_id, registered)
+
+
+def log_word_calibration(cfg: CalibrateConfig, result: WordCalibration, record: dict | None, seconds: float,
+                         source: RegisteredModel | None) -> None:
+    """A token model's calibration in the active MLflow run: its target, the chosen point, the
+    tested curve (one step per candidate) and the record."""
+    t = result.target
+    mlflow.log_params({"model": source.uri if source else cfg.model, "data": cfg.data, "mode": t.mode,
+                       "target": t.value, "confidence": t.confidence, "rows": result.sentences, "unit": "sentence",
+                       "path": "global", "dry_run": cfg.dry_run})
+    mlflow.set_tag("offramp.calibration", "certified" if result.certified else "not_certified")
+    metrics = {k: v for k, v in result.point.items() if isinstance(v, (int, float)) and np.isfinite(v)}
+    metrics.update(certified_candidates=sum(q["certified"] for q in result.curve) - 1, calibration_seconds=seconds)
+    if result.risk_bound is not None:
+        metrics["risk_bound"] = result.risk_bound
+    mlflow.log_metrics({f"chosen_{k}": float(v) for k, v in metrics.items()})
+    for i, q in enumerate(result.curve[1:], 1):
+        mlflow.log_metrics({f"curve_{k}": q[k] for k in ("mean_layers", "risk", "p_value", "token_layer_saving")}, step=i)
+    mlflow.log_dict({"target": t.__dict__, "chosen": record, "curve": result.curve}, "calibration.json")
 
 
 def describe_thresholds(result: calibration.Calibration) -> str:

@@ -177,6 +177,7 @@ def make_plan(cfg: TagConfig, info: ModelInfo, task: Task, keep_types: dict) -> 
     gaps = [] if cfg.exit.disabled else certificate_gaps(
         info.calibration, info.certified, policy=cfg.exit.policy or info.policy, mechanism=info.mechanism,
         max_length=cfg.max_length, dtypes={p.spec.dtype for p in stages}, thresholds=thresholds, stored=info.thresholds,
+        token=task.exit_conditions(cfg, info),
     )
     if gaps and cfg.strict:
         raise ConfigError("--strict: the model's certificate does not cover this run: " + "; ".join(gaps)

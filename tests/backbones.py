@@ -4,8 +4,10 @@ BPE and XLM-RoBERTa with a SentencePiece unigram model, both trained here on the
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import tempfile
 
 import torch
@@ -56,8 +58,9 @@ def _sentencepiece(directory: str) -> None:
 
 @functools.lru_cache(maxsize=None)
 def tokenizer_dir(model_type: str) -> str:
-    """A directory holding the backbone's kind of tokenizer (built once per session)."""
+    """A directory holding the backbone's kind of tokenizer (built once per session, removed at exit)."""
     directory = tempfile.mkdtemp(prefix=f"offramp-tok-{model_type}-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
     if model_type in ("roberta",):
         _bpe(directory)
     elif model_type == "xlm-roberta":

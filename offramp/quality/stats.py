@@ -136,3 +136,52 @@ def paired_drop_upper(n10: int, n01: int, n: int, delta: float, hi: float = 1.0,
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if mid > 0 and paired_drop_pvalue(n10, n01, n, mid) <= delta else (mid, hi)
     return hi
+
+
+# ---------------------------------------------------------------- a mean of bounded losses
+#
+# Word-level risk of a token model is a per-sentence quantity (the share of a sentence's words
+# the exits change, or get wrong that full depth gets right), and sentences are the unit that
+# is drawn independently: words of one sentence are not. Their per-sentence means are bounded
+# but not 0/1, so neither the binomial tail nor the paired test applies. The test is by betting
+# (Waudby-Smith & Ramdas, "Estimating means of bounded random variables by betting", JRSS-B
+# 2024): a gambler starts with capital 1 and bets against "the mean is at least m" on each
+# sentence in a fixed order; under that null the capital is a nonnegative supermartingale, so by
+# Ville's inequality it reaches 1/delta with probability at most delta, whatever the
+# distribution in [lo, hi]. The p-value is 1 / the largest capital reached.
+
+
+def betting_pvalue(x, m: float, lo: float, hi: float, delta: float, cap: float = 0.75) -> float:
+    """p-value of H0 "E[x] >= m" from x, drawn i.i.d. in [lo, hi] a priori, in the order given.
+
+    Bets are predictable (each from the sentences before it): the plug-in fraction
+    sqrt(2 log(1/delta) / (n var)) of Waudby-Smith & Ramdas tuned for a fixed n, with their
+    shrunk running mean and variance, capped at `cap` of the largest bet that cannot lose
+    everything (a loss of at most `cap` of the capital on any one value in [lo, hi])."""
+    x = np.asarray(x, dtype=np.float64)
+    if not lo < m < hi:
+        return 0.0 if m >= hi else 1.0
+    if len(x) == 0:
+        return 1.0
+    y, mu0 = (x - lo) / (hi - lo), (m - lo) / (hi - lo)  # in [0, 1], H0: E[y] >= mu0
+    n = len(y)
+    t = np.arange(1, n + 1)
+    mean = (0.5 + np.cumsum(y)) / (t + 1)  # shrunk running mean after each value
+    var = (0.25 + np.cumsum((y - mean) ** 2)) / (t + 1)  # shrunk running variance after each value
+    var_before = np.concatenate([[0.25], var[:-1]])  # what is known before each bet
+    lam = np.minimum(np.sqrt(2 * math.log(1 / delta) / (n * var_before)), cap / (1 - mu0))
+    log_capital = np.cumsum(np.log1p(lam * (mu0 - y)))
+    return float(min(1.0, math.exp(-max(0.0, float(log_capital.max())))))
+
+
+def betting_upper(x, lo: float, hi: float, delta: float, tol: float = 1e-5) -> float:
+    """Upper confidence bound on E[x] at level delta: the smallest m the betting test rejects
+    "E[x] >= m" for (bisection; the capital grows with m)."""
+    x = np.asarray(x, dtype=np.float64)
+    a, b = lo, hi
+    if betting_pvalue(x, b - tol, lo, hi, delta) > delta:
+        return hi
+    while b - a > tol:
+        mid = (a + b) / 2
+        a, b = (a, mid) if betting_pvalue(x, mid, lo, hi, delta) <= delta else (mid, b)
+    return b

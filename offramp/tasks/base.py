@@ -54,6 +54,10 @@ class Task:
     def describe_policy(self, cfg: TagConfig, info: ModelInfo) -> str:
         return cfg.exit.policy or info.policy
 
+    def exit_conditions(self, cfg: TagConfig, info: ModelInfo) -> dict | None:
+        """Task-specific settings a certificate holds under, as this run sets them (None: none)."""
+        return None
+
     def output_names(self) -> tuple[str, ...]:
         return COMMON_OUTPUT_COLUMNS + self.output_columns
 

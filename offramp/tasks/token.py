@@ -112,6 +112,13 @@ class TokenTask(Task):
         mode = cfg.exit.token.mode or info.token_exit_mode or "token"
         return f"{mode}-level exit ({cfg.exit.policy or info.policy})"
 
+    def exit_conditions(self, cfg, info) -> dict:
+        t = cfg.exit.token
+        mode = t.mode or info.token_exit_mode or "token"
+        if mode == "token":  # TOKEE: the window decides; SENTEE: the pooling
+            return {"token_exit_mode": mode, "exit_window": t.window if t.window is not None else info.exit_window}
+        return {"token_exit_mode": mode, "sentence_pool": t.sentence_pool or info.sentence_pool}
+
     def tokenize_kwargs(self, cfg) -> dict:
         return dict(words_column=cfg.words_column, text_column=cfg.text_column, gold=cfg.label_column)
 

@@ -26,6 +26,7 @@ from offramp.models.sequence import EarlyExitSequenceModel
 from offramp.models.base import SEQUENCE
 from offramp.models.checkpoint import checkpoint_config, default_base_model, read_config
 from offramp.models.heads import masked_mean
+from offramp.quality import calibration
 
 logger = logging.getLogger(__name__)
 
@@ -338,3 +339,10 @@ def save_trained(model, tokenizer, report: TrainReport, output: str) -> None:
     model.save_pretrained(output)
     tokenizer.save_pretrained(output)
     model.save_profile(output, report.profile())
+
+
+def held_out_slice(n: int, fraction: float, seed: int):
+    """(calibration rows, dev rows) of n eval rows: a seeded share `fraction` held out (none at 0)."""
+    if fraction <= 0:
+        return np.zeros(0, dtype=int), np.arange(n)
+    return calibration.family_split(n, fraction, seed)

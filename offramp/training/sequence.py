@@ -25,7 +25,7 @@ from offramp.policies import check_policy_fits, get_policy
 from offramp.quality import calibration
 from offramp.quality.stats import rows_needed
 from offramp.training.data import load_labeled
-from offramp.training.loop import TrainReport, TrainRun, begin, exit_config, full_pass, label_names
+from offramp.training.loop import TrainReport, TrainRun, begin, exit_config, full_pass, held_out_slice, label_names
 from offramp.training.mechanisms import get_mechanism
 
 logger = logging.getLogger(__name__)
@@ -95,13 +95,6 @@ def train_sequence_exits(cfg):
         SEQUENCE, len(texts), len(dev_idx), seconds, layer_acc, curve, chosen, surv, run.losses, skip_rate,
         calibration=record,
     )
-
-
-def held_out_slice(n: int, fraction: float, seed: int):
-    """(calibration rows, dev rows) of n eval rows: a seeded share `fraction` held out (none at 0)."""
-    if fraction <= 0:
-        return np.zeros(0, dtype=int), np.arange(n)
-    return calibration.family_split(n, fraction, seed)
 
 
 def certify_stored(hp_cal, gold_cal, dev, policy, model, mechanism: str, cfg) -> dict | None:

@@ -30,11 +30,14 @@ from offramp.training.data import _BUILDERS
 from offramp.models.base import TOKEN
 from offramp.models.checkpoint import model_class
 from offramp.exits.token_pass import pad, tag_pass
+from offramp.quality import calibration
 from offramp.quality.token_scores import score_pass
+from offramp.quality.word_calibration import WordCalibration, WordPass, WordTarget, certify_words
 from offramp.models.token import IGNORE, window_max, word_of_token
 from offramp.policies import check_word_policy, get_policy
-from offramp.training.loop import TrainReport, _optimize, begin, exit_config, freeze_all_but_exit_heads, label_names
-from offramp.text.words import EncodedWords, as_words, encode_words
+from offramp.training.loop import (TrainReport, _optimize, begin, exit_config, freeze_all_but_exit_heads,
+                                   held_out_slice, label_names)
+from offramp.text.words import EncodedWords, as_words, encode_words, split_words
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +106,18 @@ def load_tagged(path: str, words_column: str, tags_column: str, max_rows: int | 
     if dropped:
         logger.warning("%s: dropped %d rows without words or with tags not matching their words", path, dropped)
     return sentences, tags
+
+
+def load_words(path: str, words_column: str, max_rows: int | None, seed: int, flag: str) -> list[list[str]]:
+    """Sentences without tags (an agreement target needs none): a list of words per row, or a
+    text split into words as the tagging pipeline splits it; rows without words are dropped."""
+    ds = _dataset(path, flag)
+    if words_column not in ds.column_names:
+        raise ConfigError(f"column {words_column!r} not found in {path}; columns are {ds.column_names}; set --text-column")
+    if max_rows is not None and len(ds) > max_rows:
+        ds = ds.shuffle(seed=seed).select(range(max_rows))
+    sentences = [as_words(v) if not isinstance(v, str) else split_words(v) for v in ds[words_column]]
+    return [w for w in sentences if w]
 
 
 def word_labels(tags: list[list[str]], label2id: dict) -> list[np.ndarray]:
@@ -199,6 +214,45 @@ def sentence_survival(model, encoded, mode: str, threshold: float) -> list[float
     return [float((done >= layer).mean()) for layer in range(1, model.num_layers + 1)]
 
 
+def token_conditions(config) -> dict:
+    """How a token model's words leave: a run with another mode, window or pooling runs other
+    exits than the certified ones (offramp.quality.certificate compares)."""
+    return {"token_exit_mode": config.token_exit_mode, "exit_window": int(config.exit_window),
+            "sentence_pool": config.sentence_pool}
+
+
+def certify_thresholds(model, encoded, gold, mode: str, target: WordTarget, seed: int = 0) -> WordCalibration:
+    """Learn then Test of the sweep's thresholds in `mode` on labeled sentences (gold None:
+    an agreement target), one real pass per candidate (offramp.quality.word_calibration)."""
+    full = WordPass.of(tag_pass(model, encoded, mode, None))
+    return certify_words([t for t in SWEEP if t > 0], lambda t: WordPass.of(tag_pass(model, encoded, mode, t)),
+                         full, gold, target, model.num_layers, seed)
+
+
+def certify_stored(model, cal_enc, cal_gold, mode: str, cfg) -> WordCalibration | None:
+    """The held-out slice's certificate of a threshold to store, or None (with a warning that
+    names the fix) when there is no slice or no exiting threshold passes."""
+    if not cal_enc or cfg.max_accuracy_drop <= 0:
+        logger.warning("stored thresholds are UNCERTIFIED (calibration_fraction=%s, max_accuracy_drop=%s): "
+                       "retrain with calibration_fraction > 0 or certify with jobs/calibrate.py",
+                       cfg.calibration_fraction, cfg.max_accuracy_drop)
+        return None
+    target = WordTarget("accuracy", cfg.max_accuracy_drop, cfg.confidence)
+    result = certify_thresholds(model, cal_enc, cal_gold, mode, target, cfg.seed)
+    if not result.certified:
+        logger.warning("no exiting threshold could be certified for '%s' at confidence %.2f on %d held-out sentences: "
+                       "the stored thresholds are UNCERTIFIED (dev-chosen); add eval sentences, raise "
+                       "calibration_fraction, or run jobs/calibrate.py on more sentences",
+                       target.describe(), target.confidence, result.sentences)
+        return None
+    p = result.point
+    logger.info("certified on %d held-out sentences: %s at confidence %.2f; threshold %g saves %.1f%% of token-layers "
+                "(ideal %.2fx), word accuracy drop %.2f pt (per sentence %.2f pt, bound %.2f pt)", result.sentences,
+                target.describe(), target.confidence, result.threshold, 100 * p["token_layer_saving"], p["ideal_speedup"],
+                100 * p["accuracy_drop"], 100 * p["risk"], 100 * result.risk_bound)
+    return result
+
+
 def train_token_exits(cfg):
     """Fine-tune a token early-exit model (cfg: offramp.training.TrainConfig, its `token`
     section); return (model, tokenizer, TrainReport)."""
@@ -235,14 +289,21 @@ def train_token_exits(cfg):
     model.eval()
 
     dev_enc, dev_gold = encode_words(tokenizer, dev_sents, cfg.max_length), word_labels(dev_tags, label2id)
+    cal_idx, dev_idx = held_out_slice(len(dev_enc), cfg.calibration_fraction, cfg.seed)
+    cal_enc, cal_gold = [dev_enc[i] for i in cal_idx], [dev_gold[i] for i in cal_idx]
+    dev_enc, dev_gold = [dev_enc[i] for i in dev_idx], [dev_gold[i] for i in dev_idx]
     curves = {mode: sweep_thresholds(model, dev_enc, dev_gold, names, mode) for mode in ("token", "sentence")}
     chosen = {mode: choose(c, cfg.max_accuracy_drop) for mode, c in curves.items()}
     mode = opts.exit_mode
     stored = chosen[mode]["threshold"]
+    result = certify_stored(model, cal_enc, cal_gold, mode, cfg)
+    record = None
+    if result is not None:
+        stored = result.threshold
+        record = {**result.record(len(model.exit_layers)), "data": "held-out slice of --eval",
+                  **calibration.conditions(policy_name, "token", cfg.max_length), **token_conditions(model.config)}
     model.config.exit_thresholds = [float(stored if stored is not None else -1.0)] * len(model.exit_layers)
-    model.config.exit_certified = False  # no Learn-then-Test for word-level risk yet: said in every run
-    logger.warning("token models' stored thresholds are UNCERTIFIED (dev-chosen, within max_accuracy_drop on dev): "
-                   "certification covers classifiers only so far")
+    model.config.exit_certified = record is not None
     layer_acc = {}
     with torch.no_grad():
         for i in range(0, len(dev_enc), 64):
@@ -257,13 +318,13 @@ def train_token_exits(cfg):
                     layer_acc[l][0] += int(ok.sum())
                     layer_acc[l][1] += int((g >= 0).sum())
     layer_acc = {l: r / max(t, 1) for l, (r, t) in layer_acc.items()}
-    survival = sentence_survival(model, dev_enc, mode, stored if stored is not None else -1.0)
+    survival = record["survival"] if record else sentence_survival(model, dev_enc, mode, stored if stored is not None else -1.0)
     seconds = time.perf_counter() - t0
     c = chosen[mode]
     key = "f1" if "f1" in c else "accuracy"
     logger.info("dev (%s): full-depth %s %.4f; threshold %s gives %.4f saving %.1f%% of token-layers (ideal %.2fx)",
                 mode, key, curves[mode][0][key], stored, c[key], 100 * c["token_layer_saving"], c["ideal_speedup"])
-    report = TrainReport(TOKEN, len(sents), len(dev_sents), seconds, layer_acc, curves[mode], c, survival, losses,
-                         task_curves=curves, task_chosen=chosen)
+    report = TrainReport(TOKEN, len(sents), len(dev_enc), seconds, layer_acc, curves[mode], c, survival, losses,
+                         task_curves=curves, task_chosen=chosen, calibration=record)
     return model, tokenizer, report
 

@@ -16,7 +16,7 @@ from pipelines.calibrate import head_logits_for
 from offramp.models.profile import load_profile
 from offramp.policies import get_policy
 from pipelines.run import ModelInfo
-from tests.conftest import LABELS, TEXTS
+from tests.conftest import LABELS, SENTENCES, TAGS, TEXTS
 
 # each test runs a job in a subprocess (a torch import, seconds each): out of the quick loop
 pytestmark = pytest.mark.slow
@@ -77,10 +77,36 @@ def test_uncertifiable_target_leaves_the_model_unchanged_and_says_how_many_rows(
     assert (model / "config.json").read_text() == before and "calibration" not in load_profile(str(model))
 
 
-def test_a_token_model_is_refused_at_start(token_model_dir, setup, command):
-    _, data, _ = setup
-    status, _, err = command("calibrate", "--model", token_model_dir, "--data", str(data), "--min-agreement", "0.9")
-    assert status == 2 and "classifiers only" in err
+def test_a_token_model_is_certified_over_sentences(token_model_dir, tmp_path, command):
+    """Tagged sentences: a word-accuracy target; words alone: an agreement target. The certified
+    threshold is written with a record that says how words leave; a per-layer path is refused."""
+    model = tmp_path / "tagger"
+    shutil.copytree(token_model_dir, model)
+    sentences = SENTENCES * 10
+    tags = [[TAGS[(len(w) + i) % len(TAGS)] for i, w in enumerate(s)] for s in sentences]
+    data = tmp_path / "tagged.parquet"
+    pq.write_table(pa.table({"tokens": sentences, "pos": tags, "text": [" ".join(s) for s in sentences]}), data)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    status, out, err = command("calibrate", "--model", str(model), "--data", str(data), "--text-column", "tokens",
+                               "--label-column", "pos", "--max-accuracy-drop", "0.2", "--set", "max_length=64",
+                               "--set", f"mlflow.tracking_uri={uri}")
+    assert status == 0, err
+    info = ModelInfo.read(str(model))
+    rec = info.calibration
+    assert info.certified and rec["unit"] == "sentence" and rec["rows"] == 140 and rec["mode"] == "accuracy"
+    assert list(info.thresholds.values()) == rec["thresholds"] == [rec["threshold"]] * len(info.exit_layers)
+    assert (rec["token_exit_mode"], rec["exit_window"], rec["max_length"]) == ("token", 1, 64)
+    assert f"threshold {rec['threshold']:.4g} (written to {model})" in out and "per-sentence drop" in out
+    client = mlflow.MlflowClient(uri)
+    logged = client.search_runs([client.get_experiment_by_name("offramp-calibrate").experiment_id])[0]
+    assert logged.data.params["unit"] == "sentence" and logged.data.metrics["chosen_p_value"] <= 0.1
+    # untagged text, split into words as the pipeline splits it: an agreement target
+    status, out, err = command("calibrate", "--model", str(model), "--data", str(data), "--min-agreement", "0.8",
+                               "--set", "max_length=64", "--set", f"mlflow.tracking_uri={uri}")
+    assert status == 0 and ModelInfo.read(str(model)).calibration["mode"] == "agreement", err
+    status, _, err = command("calibrate", "--model", str(model), "--data", str(data), "--min-agreement", "0.8",
+                             "--path", "per-layer")
+    assert status == 2 and "one threshold for every head" in err
 
 
 def test_dry_run_and_bad_targets(setup, command):

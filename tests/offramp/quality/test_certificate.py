@@ -29,3 +29,24 @@ def test_each_difference_is_named():
 def test_records_from_before_conditions_were_stored_check_what_they_have():
     old = {"thresholds": [0.2, 0.3, 0.0]}
     assert gaps(record=old, max_length=512, dtypes={"float16"}) == []
+
+
+def test_a_token_models_certificate_holds_for_its_exit_mode_and_window():
+    """The run's token exit settings come from its config, else the model's (TokenTask.exit_conditions)."""
+    from offramp.config import ExitConfig, TagConfig, TokenExitConfig
+    from offramp.models.checkpoint import ModelInfo
+    from offramp.tasks import get_task
+
+    token = get_task("token")
+    info = ModelInfo(path="/m", num_layers=3, exit_layers=[1, 2, 3], thresholds=STORED, policy="entropy", labels=["O"], survival=None,
+                     task="token", token_exit_mode="token", exit_window=2, sentence_pool="max")
+    record = {**RECORD, "mechanism": "token", "token_exit_mode": "token", "exit_window": 2, "sentence_pool": "max"}
+
+    def run(**token_exit):
+        cfg = TagConfig(exit=ExitConfig(token=TokenExitConfig(**token_exit)))
+        return gaps(record=record, mechanism="token", token=token.exit_conditions(cfg, info))
+
+    assert run() == [] and run(window=2) == [] and run(sentence_pool="mean") == []  # pooling is SENTEE's
+    assert run(window=0) == ["exit_window is 0 but the certificate was made with 2"]
+    assert run(mode="sentence") == ["token_exit_mode is 'sentence' but the certificate was made with 'token'"]
+    assert run(mode="sentence", sentence_pool="mean")[1] == "sentence_pool is 'mean' but the certificate was made with 'max'"

@@ -129,3 +129,23 @@ def test_token_warm_start_keeps_the_models_tags_and_refuses_new_ones(token_data,
 def test_token_training_refuses_a_policy_that_cannot_decide_per_word(token_data, tmp_path, policy):
     with pytest.raises(ConfigError, match=rf"{policy}.*cannot decide per word.*\['entropy', 'max_prob'\]"):
         train_exits(token_config(token_data, tmp_path / "p", policy=policy))
+
+
+def test_token_training_certifies_its_stored_threshold_on_held_out_sentences(token_data, tmp_path):
+    """With enough held-out sentences the stored threshold is the certified one, and the
+    certificate records how words leave; with too few it is stored uncertified, as the model says."""
+    dev = tmp_path / "dev.parquet"
+    pq.write_table(pa.table({"tokens": SENTENCES * 10, "pos": gold_tags(SENTENCES) * 10}), dev)  # 42 held out
+    cfg = token_config(token_data, tmp_path / "m", eval=str(dev), max_accuracy_drop=0.2)
+    trained, tok, report = train_exits(cfg)
+    save_trained(trained, tok, report, cfg.output)
+    rec = json.loads((tmp_path / "m" / "exit_profile.json").read_text())["calibration"]
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert saved["exit_certified"] is True and saved["exit_thresholds"] == rec["thresholds"]
+    assert rec["threshold"] > 0 and rec["unit"] == "sentence" and rec["rows"] == 42 and rec["p_value"] <= 0.1
+    assert rec["risk_bound"] <= 0.2 and rec["mode"] == "accuracy" and report.eval_rows == 98
+    assert (rec["token_exit_mode"], rec["exit_window"], rec["max_length"], rec["mechanism"]) == ("token", 2, 32, "token")
+
+    small = token_config(token_data, tmp_path / "s")  # 8 dev sentences: 2 held out
+    trained, _, report = train_exits(small)
+    assert trained.config.exit_certified is False and report.calibration is None
