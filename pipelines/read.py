@@ -207,8 +207,8 @@ class CorpusSource(FileBasedDatasource):
             rows += block.num_rows
             yield block
         pa.default_memory_pool().release_unused()  # a worker that read a file keeps no idle heap (~30 MiB)
-        if self.report:
-            ray.get_actor(self.report).file_read.remote(path, rows)
+        if self.report:  # waited for (once a file): the driver reads the counts once the dataset is done
+            ray.get(ray.get_actor(self.report).file_read.remote(path, rows))
 
     # ---- Parquet
 
