@@ -1,0 +1,161 @@
+"""Where token-level exits lose their saving (issue 16): one trained token model, one sample.
+
+    .venv/bin/python benchmarks/token_breakdown.py --model MODEL_DIR --data ../shared/data/debian_pos/test.parquet \
+        --rows 3000 --out benchmarks/results/issue16/token_breakdown_6k.json
+
+From one full-depth pass (every head on every word) and real TOKEE passes over the same
+sentences, it reports, with word accuracy against the gold tags:
+- **heads**: each exit head's word accuracy, and the share of words whose head at layer l
+  already gives the full-depth tag;
+- **oracle**: if every word left at the first layer from which every later head agrees with
+  full depth, the share of word-layers saved at zero change (an upper bound for any exit rule
+  on these heads);
+- **confidence**: the same with each word leaving at the first layer where its own normalized
+  uncertainty is under the threshold (no window: the words' own heads decide), per threshold;
+- **window**: real TOKEE passes with windows 0, 1 and 2 over the training sweep's thresholds:
+  the saving within `--max-drop` of full depth for each window, so the cost of holding a word
+  beside an uncertain neighbour is measured, not guessed.
+Savings here are counted in word-layers for the oracle and confidence rows and in
+token-layers for the real passes (as everywhere else); both are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+
+from offramp.exits.token_pass import pad, tag_pass  # noqa: E402
+from offramp.models.checkpoint import ModelInfo, load_model  # noqa: E402
+from offramp.policies import get_policy  # noqa: E402
+from offramp.quality.token_scores import score_pass  # noqa: E402
+from offramp.text.words import encode_words  # noqa: E402
+from offramp.training.token import SWEEP, _word_logits, load_tagged, word_labels  # noqa: E402
+
+
+def head_passes(model, encoded, batch: int = 64):
+    """Per sentence (L, W) tags and (L, W) normalized uncertainties of every exit head."""
+    uncertainty = get_policy(model.config.exit_policy).word_uncertainty
+    tags, unc = [], []
+    order = np.argsort([len(e.ids) for e in encoded], kind="stable")
+    out = [None] * len(encoded)
+    with torch.no_grad():
+        for i in range(0, len(order), batch):
+            rows = order[i : i + batch]
+            ids, lengths, starts = pad([encoded[r] for r in rows])
+            mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
+            states = model.layer_states(ids, mask)
+            logits = torch.stack([_word_logits(model, l, states[l], starts) for l in model.exit_layers], 1)  # (B, L, W, C)
+            u = torch.stack([uncertainty(logits[:, k]) for k in range(logits.shape[1])], 1)  # (B, L, W)
+            for k, r in enumerate(rows):
+                w = len(encoded[r].starts)
+                out[r] = (logits[k, :, :w].argmax(-1).numpy(), u[k, :, :w].numpy())
+    for t, u in out:
+        tags.append(t)
+        unc.append(u)
+    return tags, unc
+
+
+def first_stable(tags: np.ndarray) -> np.ndarray:
+    """(W,) the first head index from which every later head gives the final tag."""
+    same = tags == tags[-1][None, :]  # (L, W)
+    stable = np.flip(np.cumprod(np.flip(same, 0), 0), 0).astype(bool)  # head k.. all agree
+    return np.argmax(stable, axis=0)
+
+
+def analyse(model, encoded, gold, layers: list[int], max_drop: float) -> dict:
+    L = model.num_layers
+    t0 = time.perf_counter()
+    tags, unc = head_passes(model, encoded)
+    words = sum(len(g) for g in gold)
+    on = [g >= 0 for g in gold]
+    n_gold = sum(int(o.sum()) for o in on)
+    right = lambda pick: sum(int((p[o] == g[o]).sum()) for p, g, o in zip(pick, gold, on)) / n_gold  # noqa: E731
+    heads = {}
+    for k, l in enumerate(layers):
+        heads[l] = {"accuracy": right([t[k] for t in tags]),
+                    "agrees_with_full": float(np.mean(np.concatenate([t[k] == t[-1] for t in tags])))}
+    full_acc = heads[layers[-1]]["accuracy"]
+    stable = [first_stable(t) for t in tags]
+    layer_of = np.array(layers)
+    oracle_layers = np.concatenate([layer_of[s] for s in stable])
+    oracle = {"word_layer_saving": 1 - float(oracle_layers.mean()) / L, "accuracy": full_acc}
+    confidence = []
+    for thr in [t for t in SWEEP if t > 0]:
+        pick, used = [], []
+        for t, u in zip(tags, unc):
+            below = u < thr
+            below[-1] = True  # the last head always answers
+            k = np.argmax(below, axis=0)
+            pick.append(t[k, np.arange(t.shape[1])])
+            used.append(layer_of[k])
+        confidence.append({"threshold": thr, "word_layer_saving": 1 - float(np.concatenate(used).mean()) / L,
+                           "accuracy": right(pick)})
+    windows = {}
+    for w in (0, 1, 2):
+        curve = []
+        for thr in [None, *[t for t in SWEEP if t > 0]]:
+            s = score_pass(tag_pass(model, encoded, "token", thr, window=w), gold, [], L)
+            curve.append({"threshold": thr, "accuracy": s["accuracy"], "token_layer_saving": s["token_layer_saving"]})
+        ok = [p for p in curve[1:] if p["accuracy"] >= curve[0]["accuracy"] - max_drop]
+        best = max(ok, key=lambda p: p["token_layer_saving"]) if ok else curve[0]
+        windows[w] = {"curve": curve, "best_within_drop": best}
+    conf_ok = [p for p in confidence if p["accuracy"] >= full_acc - max_drop]
+    return {
+        "sentences": len(encoded), "words": words, "full_depth_accuracy": full_acc, "heads": heads, "oracle": oracle,
+        "confidence_no_window": confidence,
+        "confidence_best_within_drop": max(conf_ok, key=lambda p: p["word_layer_saving"]) if conf_ok else None,
+        "windows": windows, "max_drop": max_drop, "seconds": time.perf_counter() - t0,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--words-column", default="tokens")
+    p.add_argument("--tags-column", default="pos")
+    p.add_argument("--rows", type=int, default=3000)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-drop", type=float, default=0.005)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    info = ModelInfo.read(args.model)
+    model = load_model(args.model).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    sentences, tags = load_tagged(args.data, args.words_column, args.tags_column, args.rows, args.seed, "--data")
+    encoded = encode_words(tokenizer, sentences, args.max_length)
+    gold = word_labels(tags, {n: i for i, n in enumerate(info.labels)})
+    result = {"model": os.path.abspath(args.model), "data": args.data, "command": " ".join(sys.argv),
+              **analyse(model, encoded, gold, info.exit_layers, args.max_drop)}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    r = result
+    print(f"{r['sentences']} sentences, {r['words']} words; full depth word accuracy {r['full_depth_accuracy']:.4f}")
+    print("heads (accuracy / agrees with full depth):",
+          ", ".join(f"L{l} {h['accuracy']:.3f}/{h['agrees_with_full']:.3f}" for l, h in r["heads"].items()))
+    print(f"oracle (first layer from which every head agrees with full depth): {100 * r['oracle']['word_layer_saving']:.1f}% "
+          "of word-layers saved at no change")
+    c = r["confidence_best_within_drop"]
+    if c:
+        print(f"own confidence, no window, within {100 * args.max_drop:.1f} pt: threshold {c['threshold']}: "
+              f"{100 * c['word_layer_saving']:.1f}% word-layers saved, accuracy {c['accuracy']:.4f}")
+    for w, d in r["windows"].items():
+        b = d["best_within_drop"]
+        print(f"TOKEE window {w}: best within {100 * args.max_drop:.1f} pt: threshold {b['threshold']}: "
+              f"{100 * b['token_layer_saving']:.1f}% token-layers saved, accuracy {b['accuracy']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
