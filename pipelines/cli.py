@@ -114,7 +114,9 @@ def run_line(task: str, cfg: TagConfig, m: dict) -> str:
         if key in m:
             line += f", {name} {m[key]:.4f}"
     if "accuracy_full_depth" in m:
-        line += f" (full depth {m['accuracy_full_depth']:.4f} on {m['full_depth_eval_rows']} {n['rows']})"
+        exits = m.get("accuracy_exit_on_eval_rows")
+        line += (f"; on {m['full_depth_eval_rows']} sampled {n['rows']}: full depth {m['accuracy_full_depth']:.4f}"
+                 + (f", exits {exits:.4f}" if exits is not None else ""))
     return line
 
 

@@ -359,7 +359,7 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor, plan: Plan | None = None) 
     hist = m.pop("exit_histogram")
     add_rates(m, wall, timings, task.work_unit, m["rows"] - done_before)
     if cfg.label_column and cfg.full_depth_eval_rows and plan.exits and m["rows"]:
-        m.update(full_depth_eval(plan, output, stage_cls))
+        m.update(full_depth_eval(plan, output, stage_cls, m["rows"]))
     missing = run_output.missing(files_in, source.file_paths(), m["rows"])
     return TagResult(cfg.output, task.name, m, hist, plan.stages, plan.thresholds, task.describe_policy(cfg, info),
                      timings, audit, info.calibration, sum(files_in.values()), len(files_in), missing, started,
@@ -441,16 +441,24 @@ def add_rates(m: dict, wall: float, timings: dict, work: str, rows_written: int 
         m[f"stage{k}_skipped_row_layers"] = t.get("skipped_row_layers", 0)
 
 
-def full_depth_eval(plan: Plan, output: pads.Dataset, stage_cls=StageActor) -> dict:
-    """Run (a prefix of) the corpus at full depth to measure what the exits cost. The early
-    answers of those rows are looked up in the written output, batch by batch."""
+def sample_rows(batch: pa.Table, column: str, fraction: float, seed: int) -> pa.Table:
+    """The rows of a batch whose hash of (seed, id) falls below `fraction`."""
+    return batch.filter(pa.array(schema.audit_mask(batch.column(column).to_pylist(), fraction, seed)))
+
+
+def full_depth_eval(plan: Plan, output: pads.Dataset, stage_cls=StageActor, rows: int = 0) -> dict:
+    """Run (a sample of) the corpus at full depth to measure what the exits cost. The early
+    answers of those rows are looked up in the written output, batch by batch. The sample is
+    about full_depth_eval_rows of the `rows` rows, picked by a hash of the id as the audit
+    picks (another seed): spread over the whole corpus, not its first files, which may differ."""
     cfg = plan.cfg
     full_cfg = dataclasses.replace(cfg, exit=dataclasses.replace(cfg.exit, disabled=True))
     full = make_plan(full_cfg, plan.info, plan.task, plan.keep_types)
     ds = ray.data.read_datasource(corpus_source(full_cfg, plan.task, fmt=plan.input_format, found=plan.input_schema))
-    if cfg.full_depth_eval_rows > 0:
-        ds = ds.limit(cfg.full_depth_eval_rows)
     id_column = cfg.id_column or "id"
+    if 0 < cfg.full_depth_eval_rows < rows:
+        ds = ds.map_batches(sample_rows, fn_kwargs=dict(column=id_column, fraction=cfg.full_depth_eval_rows / rows,
+                                                        seed=cfg.audit.seed + 1), batch_format="pyarrow", num_cpus=0.25)
     answer = plan.task.answer_column()
     rows = build_pipeline(ds, full, None, stage_cls).select_columns(
         [id_column, answer, "status", plan.task.gold_column]).take_all()

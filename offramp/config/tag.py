@@ -220,7 +220,8 @@ class TagConfig:
     carry_dtype: str = "float16"
     """Dtype of hidden states carried between stages."""
     full_depth_eval_rows: int = 0
-    """With labels: also run this many rows at full depth to log full-depth accuracy (-1 = all)."""
+    """With labels: also run about this many rows at full depth to log full-depth accuracy beside
+    the exits' on the same rows (-1 = all). Sampled across the corpus by a hash of the id."""
     trend_runs: int = 14
     """Earlier finished runs of the MLflow experiment the report's trend compares this run with
     (0 = no trend)."""

@@ -114,6 +114,18 @@ def test_two_stage_pipeline_one_row_per_input_with_exits_in_both_stages(tmp_path
     assert report.count("data:image/png;base64,") >= 4 and "Recommendation" in report
 
 
+def test_the_full_depth_comparison_samples_rows_across_the_corpus(tmp_path, model_dir, corpus_parquet):
+    """About full_depth_eval_rows rows, picked by a hash of the id (not the first files, which
+    may differ from the rest), and the exits' accuracy reported on the same rows."""
+    inp = pq.read_table(corpus_parquet).to_pandas()
+    cfg = config(tmp_path, corpus_parquet, model_dir, label_column="label", full_depth_eval_rows=len(inp) // 2,
+                 stages=(StageConfig(batch_size=8),))
+    m = run_tagging(cfg).metrics
+    picked = schema.audit_mask(inp["id"].tolist(), (len(inp) // 2) / len(inp), cfg.audit.seed + 1)
+    assert 0 < picked.sum() < len(inp) and m["full_depth_eval_rows"] == picked.sum()
+    out = read(cfg.output).set_index("id").loc[inp["id"][picked]]
+    assert m["accuracy_exit_on_eval_rows"] == pytest.approx((out["label"] == out["gold_label"]).mean())
+
 def test_predictions_match_the_model_and_exits_disabled_is_full_depth(tmp_path, model_dir, corpus_parquet, tokenizer):
     cfg = config(tmp_path, corpus_parquet, model_dir, exit=TagConfig().exit.__class__(disabled=True), carry_dtype="float32")
     run_tagging(cfg)
