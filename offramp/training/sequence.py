@@ -25,7 +25,8 @@ from offramp.policies import check_policy_fits, get_policy
 from offramp.quality import calibration
 from offramp.quality.stats import rows_needed
 from offramp.training.data import load_labeled
-from offramp.training.loop import TrainReport, TrainRun, begin, exit_config, full_pass, held_out_slice, label_names
+from offramp.training.loop import (TrainReport, TrainRun, begin, exit_config, full_pass, held_out_slice, label_names,
+                                   refit_final_head)
 from offramp.training.mechanisms import get_mechanism
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ def train_sequence_exits(cfg):
     t0 = time.perf_counter()
     run = TrainRun(model, tokenizer, texts, y, cfg, [])
     mechanism.train(run)
+    refit = refit_final_head(run, run.final_features)
+    run.final_features = None  # the cache is not kept with the model
     model.eval()
 
     hp_all = full_pass(model, tokenizer, dev_texts, cfg.max_length)
@@ -93,7 +96,7 @@ def train_sequence_exits(cfg):
     skip_rate = [float(r) for r in hp.skipped.mean(0)] if hp.skipped is not None else None
     return model, tokenizer, TrainReport(
         SEQUENCE, len(texts), len(dev_idx), seconds, layer_acc, curve, chosen, surv, run.losses, skip_rate,
-        calibration=record,
+        calibration=record, final_head_refit=refit,
     )
 
 

@@ -18,11 +18,13 @@ def stage1_final(run) -> None:
 
 
 def cached_features(run):
-    """(N, K-1, H) pooled states of the frozen model, or None when there are no internal heads."""
+    """(N, K-1, H) pooled states of the frozen model, or None when there are no internal heads.
+    The same pass pools the last layer for the final head's refit (`run.final_features`)."""
     model = run.model
     if len(model.exit_layers) < 2:
         return None
-    return pooled_features(model, run.tokenizer, run.texts, run.cfg.max_length)
+    feats, run.final_features = pooled_features(model, run.tokenizer, run.texts, run.cfg.max_length, final=True)
+    return feats
 
 
 def trained_backbone_features(run):

@@ -71,6 +71,8 @@ def test_each_mechanism_trains_and_is_stored_with_the_model(mechanism, tiny_data
     assert (model.exit_predictor is not None) == (mechanism == "berxit")
     assert np.isfinite(report.chosen["threshold"]) or report.chosen["threshold"] in (float("inf"), float("-inf"))
     assert all(np.isfinite(rec["loss"]) for rec in report.losses), "no NaN losses in any stage"
+    refit = json.loads((out / "exit_profile.json").read_text())["final_head_refit"]  # the final head's own stage 2
+    assert refit["kept"] == (refit["after"] > refit["before"]) and 4 in {r["stage"] for r in report.losses}
     LayerShard(model, 0, NUM_LAYERS)  # the stored policy fits the stored modules
     if mechanism == "de3":  # each prototype sits nearest to the mean of its own class's mapped rows
         feats = pooled_features(model, tokenizer, TEXTS, 32)  # (N, K-1, H)
@@ -81,7 +83,7 @@ def test_each_mechanism_trains_and_is_stored_with_the_model(mechanism, tiny_data
             assert torch.cdist(net.prototypes, means).argmin(1).tolist() == [0, 1, 2]
     if mechanism == "smartbert":
         assert report.skip_rate is not None and len(report.skip_rate) == NUM_LAYERS
-        assert {r["stage"] for r in report.losses} == {1, 2}
+        assert {r["stage"] for r in report.losses} == {1, 2, 4}
     if mechanism == "berxit":
         assert 3 in {r["stage"] for r in report.losses}, "the exit predictor trains in its own stage"
 
@@ -147,3 +149,26 @@ def test_a_mechanism_option_set_in_its_section_reaches_the_recipe(tiny_data, tmp
     assert report.task == "sequence"
     stage1 = [r["loss"] for r in report.losses if r["stage"] == 1]
     assert stage1 and min(stage1) >= (1 - 0.01) * 1000.0 / NUM_LAYERS  # 0.01: layer_contrastive_weight
+
+
+def test_the_final_head_refit_is_kept_only_when_it_is_right_more_often():
+    """On features the stage-1 head gets wrong, the refit learns them and is kept; on features it
+    already gets all right, the refit cannot do better and the stage-1 weights stay bit for bit."""
+    from offramp.config import TrainSettings
+    from offramp.training.loop import TrainRun, refit_final_head
+
+    model = make_model(seed=1)
+    n, hidden = 200, model.config.hidden_size
+    y = torch.arange(n) % len(LABELS)
+    feats = torch.randn(n, 1, hidden) * 0.1 + torch.nn.functional.one_hot(y, hidden).float()[:, None] * 3.0
+    run = TrainRun(model, None, [""] * n, y, TrainSettings(stage2_epochs=20, head_lr=1e-2, batch_size=16), [])
+    refit = refit_final_head(run, feats)
+    assert refit["kept"] and refit["after"] > refit["before"] and refit["after"] == 1.0 and refit["rows"] == 20
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    again = refit_final_head(run, feats)  # already right on every held-out row
+    assert again["before"] == 1.0 and not again["kept"]
+    for name, p in model.state_dict().items():
+        assert torch.equal(p, before[name]), f"{name} changed though the refit was not kept"
+    run.cfg = TrainSettings(stage2_epochs=0)  # no stage 2 (and --heads-only, which freezes the classifier): no refit
+    assert refit_final_head(run, feats) is None
