@@ -35,6 +35,7 @@ from offramp.quality.word_calibration import WordCalibration, WordTarget
 from offramp.text.words import encode_words
 from offramp.training.data import load_labeled
 from offramp.training.loop import full_pass
+from offramp.training.token import certify_thresholds, load_tagged, load_words, token_conditions, word_labels
 from pipelines.figures import tradeoff_figure
 from pipelines.registry import RegisteredModel, certificate_tags, is_registered, link_run, register_model_dir, resolve
 from pipelines.tracking import start_run
@@ -155,8 +156,6 @@ def calibrate_token_dir(cfg: CalibrateConfig, info: ModelInfo, target: calibrati
                         source: RegisteredModel | None, register: str | None) -> Outcome:
     """A token model: its sweep's thresholds certified on tagged sentences (accuracy) or on
     sentences alone (agreement), one real pass per candidate (offramp.quality.word_calibration)."""
-    from offramp.training.token import certify_thresholds, load_tagged, load_words, token_conditions, word_labels
-
     if cfg.path == "per-layer":
         raise ConfigError("a token model has one threshold for every head: drop --path per-layer (or use global)")
     if cfg.label_column:

@@ -63,9 +63,11 @@ def test_the_library_below_ray_imports_no_ray_mlflow_or_pipeline_code():
     assert not bad, bad
 
 
-@pytest.mark.parametrize("module", ["offramp.tasks", "offramp.text.tokenize", "offramp.text.words", "offramp.schema"])
+@pytest.mark.parametrize("module", ["offramp.tasks", "offramp.text.tokenize", "offramp.text.words", "offramp.schema",
+                                    "pipelines.read"])
 def test_light_steps_import_no_torch(module):
-    """Tokenize and finalize run in Ray tasks whose workers should start fast."""
+    """Read, tokenize and finalize run in Ray tasks whose workers should start fast and stay
+    small (a read worker that imported torch held 373 MiB before reading a byte; 152 without)."""
     code = f"import sys, {module}; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.split() == ["False", "False"], f"{module} pulls in torch/transformers"
@@ -74,12 +76,14 @@ def test_light_steps_import_no_torch(module):
 def test_no_function_level_imports_of_project_code():
     """Imports of the project's own modules stand at the top of each file (a function-level one
     would hide an import circle); only the task's stage runner is loaded by name, in the actor.
-    The one exception is the command line (pipelines/cli.py), whose commands import their
-    library when they run, so that --help and a configuration error answer without torch or Ray."""
+    The exceptions: the command line (pipelines/cli.py), whose commands import their library
+    when they run, so that --help and a configuration error answer without torch or Ray; and
+    the package's library face (pipelines/__init__.py), loaded on first use so that a Ray
+    worker unpickling the corpus reader does not import torch (test_light_steps_import_no_torch)."""
     bad = []
     for folder in ("offramp", "actors", "pipelines"):
         for path in (ROOT / folder).rglob("*.py"):
-            if path == ROOT / "pipelines" / "cli.py":
+            if path in (ROOT / "pipelines" / "cli.py", ROOT / "pipelines" / "__init__.py"):
                 continue
             tree = ast.parse(path.read_text())
             for fn in ast.walk(tree):
