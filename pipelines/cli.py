@@ -153,20 +153,27 @@ def train(cfg) -> int:
                 version = register_model_dir(cfg.output, cfg.register, cfg.max_length,
                                              certificate_tags(report.calibration))
                 print(f"registered {cfg.output} as models:/{cfg.register}/{version.version}")
-    c, full = report.chosen, report.curve[0]
+    c, full, cert = report.chosen, report.curve[0], report.calibration
+    stored = "stored thresholds UNCERTIFIED (see the warning above)"
+    if cert:
+        saved = (f"{100 * cert['token_layer_saving']:.1f}% of token-layers" if report.task == "token"
+                 else f"{cert['mean_layers']:.2f} mean layers")
+        stored = (f"stored thresholds certified on {cert['rows']} held-out {'sentences' if report.task == 'token' else 'rows'}: "
+                  f"{saved} ({cert['ideal_speedup']:.2f}x ideal), drop bound {100 * cert['risk_bound']:.2f} pt "
+                  f"at confidence {cert['confidence']:.2f}")
     if report.task == "token":
         what, key = ("entity F1", "f1") if "f1" in full else ("word accuracy", "accuracy")
         print(
             f"saved {cfg.output}: dev {what} {full[key]:.4f} at full depth, "
             f"{c[key]:.4f} with {model.config.token_exit_mode}-level exits saving "
             f"{100 * c['token_layer_saving']:.1f}% of token-layers ({c['ideal_speedup']:.2f}x ideal); "
-            f"mlflow run {run_id}"
+            f"{stored}; mlflow run {run_id}"
         )
         return 0
     print(
         f"saved {cfg.output}: dev accuracy {full['accuracy']:.4f} at full depth, "
         f"{c['accuracy']:.4f} with exits at {c['mean_layers']:.2f} mean layers "
-        f"({c['ideal_speedup']:.2f}x ideal); mlflow run {run_id}"
+        f"({c['ideal_speedup']:.2f}x ideal); {stored}; mlflow run {run_id}"
     )
     return 0
 

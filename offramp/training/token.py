@@ -323,7 +323,7 @@ def train_token_exits(cfg):
     c = chosen[mode]
     key = "f1" if "f1" in c else "accuracy"
     logger.info("dev (%s): full-depth %s %.4f; threshold %s gives %.4f saving %.1f%% of token-layers (ideal %.2fx)",
-                mode, key, curves[mode][0][key], stored, c[key], 100 * c["token_layer_saving"], c["ideal_speedup"])
+                mode, key, curves[mode][0][key], c["threshold"], c[key], 100 * c["token_layer_saving"], c["ideal_speedup"])
     report = TrainReport(TOKEN, len(sents), len(dev_enc), seconds, layer_acc, curves[mode], c, survival, losses,
                          task_curves=curves, task_chosen=chosen, calibration=record)
     return model, tokenizer, report

@@ -59,6 +59,7 @@ def test_train_job_saves_a_reloadable_model_and_logs_to_mlflow(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     model = load_model(str(tmp_path / "model"))
     assert model.labels == LABELS and len(model.config.exit_thresholds) == 4
+    assert "stored thresholds UNCERTIFIED" in r.stdout  # 4 held-out dev rows certify nothing: the line says so
     assert (tmp_path / "model" / "model.safetensors").exists() and (tmp_path / "model" / "tokenizer.json").exists()
     mlflow.set_tracking_uri(uri)
     run_ = mlflow.search_runs(experiment_names=["offramp-train"], output_format="list")[0]
