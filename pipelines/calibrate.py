@@ -137,19 +137,29 @@ def calibrate_dir(cfg: CalibrateConfig, source: RegisteredModel | None, register
     record = certificate_record(result, info, cfg.max_length, os.path.abspath(cfg.data)) if result.certified else None
     if written:
         write_calibration(cfg.model, result, record)
+    run_id, registered = log_and_register(cfg, record, written, source, register,
+                                          lambda: log_calibration(cfg, result, record, seconds, source))
+    summary = _summary(cfg, result, record, written, run_id, registered)
+    return Outcome(result, summary, written, run_id, registered)
+
+
+def log_and_register(cfg: CalibrateConfig, record: dict | None, written: bool, source: RegisteredModel | None,
+                     register: str | None, log) -> tuple[str, str]:
+    """The calibration's MLflow run (`log()` logs inside it) and, when the certificate was
+    written and `register` is given, the model's next version with this run as its run:
+    (run id, models:/NAME/VERSION), empty strings for what did not happen."""
     run_id, registered = "", ""
     if cfg.mlflow.enabled:
         with start_run(cfg.mlflow, "offramp-calibrate") as run:
             run_id = run.info.run_id
             if source is not None:
                 link_run(source)
-            log_calibration(cfg, result, record, seconds, source)
+            log()
             if written and register:  # the version's run is this calibration run
                 tags = {**certificate_tags(record), "offramp.calibrated_from": source.uri if source else cfg.model}
                 version = register_model_dir(cfg.model, register, cfg.max_length, tags)
                 registered = f"models:/{register}/{version.version}"
-    summary = _summary(cfg, result, record, written, run_id, registered)
-    return Outcome(result, summary, written, run_id, registered)
+    return run_id, registered
 
 
 def calibrate_token_dir(cfg: CalibrateConfig, info: ModelInfo, target: calibration.Target,
@@ -185,17 +195,8 @@ def calibrate_token_dir(cfg: CalibrateConfig, info: ModelInfo, target: calibrati
                   **calibration.conditions(info.policy, info.mechanism, cfg.max_length), **token_conditions(model.config)}
     if written:
         write_record(cfg.model, record)
-    run_id, registered = "", ""
-    if cfg.mlflow.enabled:
-        with start_run(cfg.mlflow, "offramp-calibrate") as run:
-            run_id = run.info.run_id
-            if source is not None:
-                link_run(source)
-            log_word_calibration(cfg, result, record, seconds, source)
-            if written and register:
-                tags_ = {**certificate_tags(record), "offramp.calibrated_from": source.uri if source else cfg.model}
-                version = register_model_dir(cfg.model, register, cfg.max_length, tags_)
-                registered = f"models:/{register}/{version.version}"
+    run_id, registered = log_and_register(cfg, record, written, source, register,
+                                          lambda: log_word_calibration(cfg, result, record, seconds, source))
     t, p = result.target, result.point
     if not result.certified:
         summary = (f"no exiting threshold could be certified for '{t.describe()}' at confidence {t.confidence:.2f} with "

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from offramp.quality.calibration import MODES, Target
 from offramp.quality.stats import betting_pvalue, betting_upper
-
-MODES = ("agreement", "accuracy")
 
 
 @dataclass(frozen=True)
@@ -66,22 +65,13 @@ def sentence_losses(run: WordPass, full: WordPass, gold: list[np.ndarray] | None
 
 
 @dataclass(frozen=True)
-class WordTarget:
-    mode: str  # agreement | accuracy
-    value: float  # agreement: min mean per-sentence word agreement (0.98); accuracy: max mean drop (0.005)
-    confidence: float
+class WordTarget(Target):
+    """A classifier's target (`offramp.quality.calibration.Target`), over sentences: the per-sentence
+    risk's a priori bounds and how it reads."""
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode {self.mode!r}: use one of {MODES}")
-
-    @property
-    def delta(self) -> float:
-        return 1 - self.confidence
-
-    @property
-    def max_risk(self) -> float:
-        return 1 - self.value if self.mode == "agreement" else self.value
 
     @property
     def bounds(self) -> tuple[float, float]:
