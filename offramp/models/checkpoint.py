@@ -121,6 +121,12 @@ def resolve_final_pooling(setting: str, base: str) -> str:
     return setting
 
 
+def exit_mechanism(config) -> str:
+    """The mechanism a model's config names (token models and older classifiers name none: deebert,
+    whose entropy heads they have)."""
+    return getattr(config, "exit_mechanism", None) or "deebert"
+
+
 @dataclass
 class ModelInfo:
     """What the driver needs to know about a model without loading its weights."""
@@ -165,7 +171,7 @@ class ModelInfo:
             labels=[cfg.id2label[i] for i in range(cfg.num_labels)],
             survival=(calibration or {}).get("survival") or profile.get("dev_survival"),
             calibration=calibration,
-            mechanism=getattr(cfg, "exit_mechanism", None) or "deebert",
+            mechanism=exit_mechanism(cfg),
             skip_gates=bool(getattr(cfg, "skip_gates", False)),
             signal_modules=frozenset(
                 n for n, on in (("prototypes", getattr(cfg, "prototype_dim", 0)), ("exit_predictor", getattr(cfg, "exit_predictor", False))) if on

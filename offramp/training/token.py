@@ -28,7 +28,7 @@ from datasets import LargeList, List, Sequence, load_dataset
 from offramp.config import ConfigError, check_token_exit
 from offramp.training.data import _BUILDERS
 from offramp.models.base import TOKEN
-from offramp.models.checkpoint import model_class
+from offramp.models.checkpoint import exit_mechanism, model_class
 from offramp.exits.token_pass import pad, tag_pass
 from offramp.quality import calibration
 from offramp.quality.token_scores import score_pass
@@ -301,7 +301,8 @@ def train_token_exits(cfg):
     if result is not None:
         stored = result.threshold
         record = {**result.record(len(model.exit_layers)), "data": "held-out slice of --eval",
-                  **calibration.conditions(policy_name, "token", cfg.max_length), **token_conditions(model.config)}
+                  **calibration.conditions(policy_name, exit_mechanism(model.config), cfg.max_length),
+                  **token_conditions(model.config)}
     model.config.exit_thresholds = [float(stored if stored is not None else -1.0)] * len(model.exit_layers)
     model.config.exit_certified = record is not None
     layer_acc = {}

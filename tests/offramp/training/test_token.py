@@ -12,9 +12,11 @@ import torch
 from torch.nn import functional as F
 from transformers import AutoModelForTokenClassification
 
-from offramp.config import ConfigError, load_config
+from offramp.config import ConfigError, ExitConfig, TagConfig, TokenExitConfig, load_config
+from offramp.quality.certificate import certificate_gaps
+from offramp.tasks import get_task
 from offramp.models.token import IGNORE
-from offramp.models.checkpoint import load_model
+from offramp.models.checkpoint import ModelInfo, load_model
 from offramp.training import TrainConfig, save_trained, train_exits
 from offramp.training.token import _batch, _word_logits, joint_loss, self_sampling_loss
 from offramp.text.words import encode_words
@@ -144,7 +146,16 @@ def test_token_training_certifies_its_stored_threshold_on_held_out_sentences(tok
     assert saved["exit_certified"] is True and saved["exit_thresholds"] == rec["thresholds"]
     assert rec["threshold"] > 0 and rec["unit"] == "sentence" and rec["rows"] == 42 and rec["p_value"] <= 0.1
     assert rec["risk_bound"] <= 0.2 and rec["mode"] == "accuracy" and report.eval_rows == 98
-    assert (rec["token_exit_mode"], rec["exit_window"], rec["max_length"], rec["mechanism"]) == ("token", 2, 32, "token")
+    assert (rec["token_exit_mode"], rec["exit_window"], rec["max_length"]) == ("token", 2, 32)
+    # the certificate covers a tagging run with the model's own settings, and not one with another window
+    info = ModelInfo.read(str(tmp_path / "m"))
+    run = {"policy": info.policy, "mechanism": info.mechanism, "max_length": 32, "dtypes": {"float32"},
+           "thresholds": info.thresholds, "stored": info.thresholds}
+    token = get_task("token")
+    assert certificate_gaps(rec, info.certified, **run, token=token.exit_conditions(TagConfig(), info)) == []
+    other = TagConfig(exit=ExitConfig(token=TokenExitConfig(window=0)))
+    assert certificate_gaps(rec, info.certified, **run, token=token.exit_conditions(other, info)) == [
+        "exit_window is 0 but the certificate was made with 2"]
 
     small = token_config(token_data, tmp_path / "s")  # 8 dev sentences: 2 held out
     trained, _, report = train_exits(small)
