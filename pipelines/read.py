@@ -42,13 +42,17 @@ BLOCK_ROWS = 8192  # rows per block the reader yields
 CHUNK_BYTES = 4 * 2**20  # bytes read from a JSONL/text stream at a time
 
 
+def uncompressed_name(name: str) -> tuple[str, bool]:
+    """(the lower-cased name without a compression extension, whether it had one)."""
+    base, ext = os.path.splitext(name.lower())
+    return (base, True) if ext in COMPRESSED else (name.lower(), False)
+
+
 def file_format(name: str) -> str | None:
     """parquet / jsonl / text from a file's extension (`.jsonl.gz` is jsonl), None if unknown."""
-    base, ext = os.path.splitext(name.lower())
-    if ext in COMPRESSED:
-        base, ext = os.path.splitext(base)
-        return EXTENSIONS.get(ext) if EXTENSIONS.get(ext) != "parquet" else None
-    return EXTENSIONS.get(ext)
+    base, compressed = uncompressed_name(name)
+    kind = EXTENSIONS.get(os.path.splitext(base)[1])
+    return None if compressed and kind == "parquet" else kind
 
 
 def input_files(path: str) -> list[str]:
@@ -64,11 +68,12 @@ def input_files(path: str) -> list[str]:
             if f.is_file and not os.path.basename(f.path).startswith((".", "_"))]
 
 
-def detect_format(path: str, declared: str = "auto") -> str:
-    """parquet / jsonl / text from the declared format or the files' extensions."""
+def detect_format(path: str, declared: str = "auto", files: list[str] | None = None) -> str:
+    """parquet / jsonl / text from the declared format or the files' extensions (`files`: the
+    input's, when the caller listed them already)."""
     if declared != "auto":
         return declared
-    kinds = {file_format(n) for n in input_files(path)}
+    kinds = {file_format(n) for n in (input_files(path) if files is None else files)}
     kinds.discard(None)
     if len(kinds) != 1:
         raise ConfigError(
@@ -78,17 +83,16 @@ def detect_format(path: str, declared: str = "auto") -> str:
     return kinds.pop()
 
 
-def check_json_lines(path: str, peek_bytes: int = 2**20) -> None:
+def check_json_lines(path: str, files: list[str] | None = None, peek_bytes: int = 2**20) -> None:
     """A `.json` file is read as JSON Lines (what `datasets` and pandas write under that name),
     so its first line must be one whole JSON object. A pretty-printed document or an array (a
     manifest, a config) would otherwise become a run of `undecodable` rows: refuse it at start."""
-    fs, root = filesystem(path)
-    for name in input_files(path):
-        plain = name.lower()[: -len(ext)] if (ext := os.path.splitext(name.lower())[1]) in COMPRESSED else name.lower()
+    fs, _ = filesystem(path)
+    for name in input_files(path) if files is None else files:
+        plain, compressed = uncompressed_name(name)
         if not plain.endswith(".json"):
             continue
-        compression = "detect" if plain != name.lower() else None
-        with fs.open_input_stream(name, compression=compression) as f:
+        with fs.open_input_stream(name, compression="detect" if compressed else None) as f:
             head = f.read(peek_bytes)
         head = head[len(BOM):] if head.startswith(BOM) else head
         first = next((line for line in head.splitlines() if line.strip()), b"")
@@ -311,10 +315,10 @@ def _decode(raw: bytes) -> str | None:
 # ---------------------------------------------------------------- before Ray starts
 
 
-def input_schema(cfg: TagConfig) -> pa.Schema | None:
+def input_schema(cfg: TagConfig, fmt: str | None = None) -> pa.Schema | None:
     """The Arrow schema of a Parquet input, read from its first footer before Ray starts (None
-    for JSONL and text, whose fields are only known row by row)."""
-    if detect_format(cfg.input, cfg.input_format) != "parquet":
+    for JSONL and text, whose fields are only known row by row); `fmt`: the format if known."""
+    if (fmt or detect_format(cfg.input, cfg.input_format)) != "parquet":
         return None
     fs, root = filesystem(cfg.input)
     try:
@@ -324,12 +328,13 @@ def input_schema(cfg: TagConfig) -> pa.Schema | None:
                           "(parquet, jsonl or text) or the files") from None
 
 
-def check_format(cfg: TagConfig, fmt: str) -> None:
-    """Settings the input's format cannot serve, and `.json` files that are not JSON Lines."""
+def check_format(cfg: TagConfig, fmt: str, files: list[str] | None = None) -> None:
+    """Settings the input's format cannot serve, and `.json` files that are not JSON Lines
+    (`files`: the input's, when the caller listed them already)."""
     if fmt == "text" and (cfg.passthrough_columns or cfg.label_column):
         raise ConfigError("plain-text input has no columns to pass through or label; use JSONL or Parquet")
     if fmt == "jsonl":
-        check_json_lines(cfg.input)
+        check_json_lines(cfg.input, files)
 
 
 def kept_types(cfg: TagConfig, schema: pa.Schema | None) -> dict[str, pa.DataType]:
@@ -367,7 +372,7 @@ def corpus_source(cfg: TagConfig, task: Task, report: str | None = None, fmt: st
     fs, root = filesystem(cfg.input)
     types = {}
     if fmt == "parquet":
-        found = found if found is not None else input_schema(cfg)
+        found = found if found is not None else input_schema(cfg, fmt)
         types = {c: found.field(c).type for c in [cfg.id_column or "id", source, *extra] if c in found.names}
     # auto-detected: only the files of that format (a README beside them is not a document)
     suffixes = extensions_of(fmt) if cfg.input_format == "auto" else None

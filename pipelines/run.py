@@ -41,7 +41,8 @@ from offramp.quality.certificate import certificate_gaps
 from offramp.tasks.base import check_no_clash
 from pipelines.cluster import check_paths_on_nodes
 import pipelines.output as run_output
-from pipelines.read import check_columns, check_format, corpus_source, detect_format, input_schema, kept_types
+from pipelines.read import (check_columns, check_format, corpus_source, detect_format, input_files, input_schema,
+                            kept_types)
 from pipelines.storage import filesystem
 
 logger = logging.getLogger(__name__)
@@ -201,10 +202,12 @@ def validate(cfg: TagConfig) -> Plan:
     """Everything that can be checked before Ray starts, and the plan that follows from it."""
     cfg.require("input", "model", "output")
     info, task = check_model(cfg, cfg.model)
-    fmt = detect_format(cfg.input, cfg.input_format)
-    check_format(cfg, fmt)
+    # listed once (a round trip per directory on an object store): to detect the format and check .json files
+    files = input_files(cfg.input) if cfg.input_format in ("auto", "jsonl") else None
+    fmt = detect_format(cfg.input, cfg.input_format, files)
+    check_format(cfg, fmt, files)
     task.check(cfg, info, fmt)
-    schema = input_schema(cfg)
+    schema = input_schema(cfg, fmt)
     if schema is not None:
         check_columns(cfg, task, schema.names)
     check_output(cfg)
