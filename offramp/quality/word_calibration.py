@@ -27,6 +27,7 @@ import numpy as np
 
 from offramp.quality.calibration import MODES, Target
 from offramp.quality.stats import betting_pvalue, betting_upper
+from offramp.quality.token_scores import pass_cost
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,10 @@ class WordPass:
         return cls(tag_pass.labels, np.asarray(tag_pass.token_layers), np.asarray(tag_pass.tokens), done)
 
 
-def sentence_losses(run: WordPass, full: WordPass, gold: list[np.ndarray] | None, mode: str) -> tuple[np.ndarray, np.ndarray]:
-    """(per-sentence loss, per-sentence word count) over the words that count: every word with
-    a full-depth tag (agreement), every word with a gold tag (accuracy)."""
-    losses, words = np.zeros(len(full.labels)), np.zeros(len(full.labels), dtype=np.int64)
+def sentence_losses(run: WordPass, full: WordPass, gold: list[np.ndarray] | None, mode: str) -> np.ndarray:
+    """Per-sentence loss over the words that count: every word with a full-depth tag
+    (agreement), every word with a gold tag (accuracy); 0 for a sentence without such words."""
+    losses = np.zeros(len(full.labels))
     for s, (pred, ref) in enumerate(zip(run.labels, full.labels)):
         if mode == "agreement":
             on = ref >= 0
@@ -60,8 +61,7 @@ def sentence_losses(run: WordPass, full: WordPass, gold: list[np.ndarray] | None
             on = g >= 0
             n = int(on.sum())
             losses[s] = float((ref[on] == g[on]).sum() - (pred[on] == g[on]).sum()) / n if n else 0.0
-        words[s] = n
-    return losses, words
+    return losses
 
 
 @dataclass(frozen=True)
@@ -85,17 +85,14 @@ class WordTarget(Target):
 
 def point(threshold, run: WordPass, full: WordPass, gold, target: WordTarget, counted: np.ndarray, num_layers: int) -> dict:
     """One candidate: its speed, its word-level figures (micro and per sentence), its p-value."""
-    losses, words = sentence_losses(run, full, gold, target.mode)
-    x = losses[counted]
+    x = sentence_losses(run, full, gold, target.mode)[counted]
     out = {
         "threshold": threshold,
         "risk": float(x.mean()) if len(x) else 0.0,
         "p_value": betting_pvalue(x, target.max_risk, *target.bounds, target.delta),
-        "token_layer_saving": 1 - float(run.token_layers.sum()) / max(float(run.tokens.sum()) * num_layers, 1.0),
-        "mean_layers": float(run.token_layers.sum()) / max(float(run.tokens.sum()), 1.0),
+        **pass_cost(run, num_layers),
     }
-    out["ideal_speedup"] = num_layers / out["mean_layers"] if out["mean_layers"] else float("inf")
-    agree, _ = sentence_losses(run, full, None, "agreement")
+    agree = sentence_losses(run, full, None, "agreement")
     on = [ref >= 0 for ref in full.labels]
     same = sum(int((p[o] == r[o]).sum()) for p, r, o in zip(run.labels, full.labels, on))
     out["agreement"] = same / max(sum(int(o.sum()) for o in on), 1)  # micro: every word weighs the same
@@ -171,9 +168,9 @@ def certify_words(candidates, run_pass, full: WordPass, gold, target: WordTarget
     survival = [float((chosen_pass.finished >= layer).mean()) for layer in range(1, num_layers + 1)]
     bound = lower = None
     if chosen is not None:
-        losses, _ = sentence_losses(chosen_pass, full, gold, target.mode)
+        losses = sentence_losses(chosen_pass, full, gold, target.mode)
         bound = betting_upper(losses[counted], *target.bounds, target.delta)
-        agree, _ = sentence_losses(chosen_pass, full, None, "agreement")
+        agree = sentence_losses(chosen_pass, full, None, "agreement")
         lower = 1 - betting_upper(agree[counted], 0.0, 1.0, target.delta)
     return WordCalibration(target, int(counted.sum()), None if chosen is None else chosen["threshold"], at, curve,
                            survival, bound, lower)

@@ -209,8 +209,7 @@ def choose(curve: list[dict], max_drop: float) -> dict:
 
 def sentence_survival(model, encoded, mode: str, threshold: float) -> list[float]:
     """Share of sentences still running entering each layer (for the pipeline's balanced layout)."""
-    p = tag_pass(model, encoded, mode, threshold)
-    done = np.array([int(l.max()) if len(l) and l.max() > 0 else 1 for l in p.exit_layers])  # (N,)
+    done = WordPass.of(tag_pass(model, encoded, mode, threshold)).finished  # (N,)
     return [float((done >= layer).mean()) for layer in range(1, model.num_layers + 1)]
 
 
