@@ -24,7 +24,6 @@ import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from offramp.models.checkpoint import load_model  # noqa: E402
-from offramp.training.loop import final_pooled  # noqa: E402
 
 
 def features(model, tokenizer, path, rows, max_length):
@@ -35,7 +34,7 @@ def features(model, tokenizer, path, rows, max_length):
             enc = tokenizer(list(t.text[i : i + 128]), truncation=True, max_length=max_length, padding=True,
                             return_tensors="pt")
             h = model.run_layers(model.embed(enc["input_ids"]), enc["attention_mask"]).states[-1]
-            out.append(final_pooled(model, h, enc["attention_mask"]))
+            out.append(model.final_head().pool(h, enc["attention_mask"]))
     return torch.cat(out), torch.tensor([model.config.label2id.get(l, -1) for l in t.label])
 
 

@@ -62,9 +62,12 @@ class FinalHead(nn.Module):
             raise ValueError(f"final_pooling {pooling!r}: use one of {FINAL_POOLINGS}")
         self.head, self.pooling = head, pooling
 
+    def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, H), (B, T) -> (B, 1, H)
+        """What the stock head reads: the [CLS] state or the mean of the row's tokens."""
+        return hidden[:, :1] if self.pooling == "cls" else masked_mean(hidden, mask)[:, None]
+
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # (B, T, H), (B, T) -> (B, C)
-        pooled = hidden[:, :1] if self.pooling == "cls" else masked_mean(hidden, mask)[:, None]  # (B, 1, H)
-        return self.head(pooled)
+        return self.head(self.pool(hidden, mask))
 
 
 @dataclass

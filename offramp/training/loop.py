@@ -204,17 +204,12 @@ def pooled_features(model, tokenizer, texts, max_length: int, batch_size: int = 
         states = model.run_layers(hidden, enc["attention_mask"]).states
         out.append(torch.stack([masked_mean(states[l], enc["attention_mask"]) for l in internal], dim=1))
         if final:
-            last.append(final_pooled(model, states[-1], enc["attention_mask"]))
+            last.append(model.final_head().pool(states[-1], enc["attention_mask"]))
         progress.step(b + 1, 0.0)
     return (torch.cat(out), torch.cat(last)) if final else torch.cat(out)
 
 
 FINAL_REFIT_STAGE = 4  # the final head's refit in the losses log (3: BERxiT's exit predictor)
-
-
-def final_pooled(model, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, H) last layer -> (B, 1, H): what the final head's stock modules read."""
-    return hidden[:, :1] if model.config.final_pooling == "cls" else masked_mean(hidden, mask)[:, None]
 
 
 def refit_final_head(run: "TrainRun", features: torch.Tensor, holdout: float = 0.1) -> dict | None:
