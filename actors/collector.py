@@ -25,7 +25,8 @@ class MetricsCollector:
         """One batch's `offramp.exits.stage.StageBatchStats`, as a dict."""
         t = self.totals[stats["stage"]]
         t["batches"] += 1
-        for key in ("rows_in", "rows_exited", "tokens_in", "row_layers", "seconds", "audit_row_layers", "skipped_row_layers"):
+        for key in ("rows_in", "rows_exited", "tokens_in", "row_layers", "seconds", "audit_row_layers", "skipped_row_layers",
+                    "rows_seen"):
             t[key] += stats[key]
 
     def summary(self) -> dict:

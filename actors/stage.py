@@ -16,16 +16,31 @@ import ray
 from offramp.exits.stage import StageSpec
 from offramp.tasks import get_task
 
+MAX_REPORTS_IN_FLIGHT = 16
+"""Reports a stage sends without waiting for the collector's answer. A batch never waits on a
+round trip to the collector (on a GPU a batch can take less than one); only a collector this far
+behind makes the stage wait for its oldest report."""
+
 
 class StageActor:
     def __init__(self, model_dir: str, spec: StageSpec, collector=None):
         self.spec = spec
         self.runner = get_task(spec.task).runner_cls()(model_dir, spec)
         self.collector = collector
+        self.in_flight: list = []  # refs of reports not yet answered, oldest first
 
     def __call__(self, batch: dict) -> dict:
         out, stats = self.runner(batch)
         if self.collector is not None:
-            # a plain dict: unpickling the dataclass would import torch into the collector (0.45 GiB)
-            ray.get(self.collector.record.remote(dataclasses.asdict(stats)))
+            self.report(dataclasses.asdict(stats))
         return out
+
+    def report(self, stats: dict) -> None:
+        """Send one batch's numbers without waiting. A caller's calls to one actor run in order, so
+        the answered reports are a prefix of `in_flight`; the driver waits until every stage's
+        reports cover the rows written (`pipelines.run.settled_timings`)."""
+        # a plain dict: unpickling the dataclass would import torch into the collector (0.45 GiB)
+        self.in_flight.append(self.collector.record.remote(stats))
+        _, self.in_flight = ray.wait(self.in_flight, num_returns=len(self.in_flight), timeout=0, fetch_local=False)
+        if len(self.in_flight) > MAX_REPORTS_IN_FLIGHT:
+            ray.get(self.in_flight.pop(0))

@@ -12,7 +12,7 @@ sentences, it reports, with word accuracy against the gold tags:
   on these heads);
 - **confidence**: the same with each word leaving at the first layer where its own normalized
   uncertainty is under the threshold (no window: the words' own heads decide), per threshold;
-- **window**: real TOKEE passes with windows 0, 1 and 2 over the training sweep's thresholds:
+- **window**: real TOKEE passes with each of `--windows` (0, 1 and 2 by default) over the training sweep's thresholds:
   the saving within `--max-drop` of full depth for each window, so the cost of holding a word
   beside an uncertain neighbour is measured, not guessed.
 Savings here are counted in word-layers for the oracle and confidence rows and in
@@ -42,10 +42,8 @@ from offramp.text.words import encode_words  # noqa: E402
 from offramp.training.token import SWEEP, _word_logits, load_tagged, word_labels  # noqa: E402
 
 
-def head_passes(model, encoded, batch: int = 64):
-    """Per sentence (L, W) tags and (L, W) normalized uncertainties of every exit head."""
-    uncertainty = get_policy(model.config.exit_policy).word_uncertainty
-    tags, unc = [], []
+def head_logits(model, encoded, batch: int = 64) -> list[np.ndarray]:
+    """Per sentence the (L, W, C) word logits of every exit head, from one full-depth pass."""
     order = np.argsort([len(e.ids) for e in encoded], kind="stable")
     out = [None] * len(encoded)
     with torch.no_grad():
@@ -54,15 +52,18 @@ def head_passes(model, encoded, batch: int = 64):
             ids, lengths, starts = pad([encoded[r] for r in rows])
             mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
             states = model.layer_states(ids, mask)
-            logits = torch.stack([_word_logits(model, l, states[l], starts) for l in model.exit_layers], 1)  # (B, L, W, C)
-            u = torch.stack([uncertainty(logits[:, k]) for k in range(logits.shape[1])], 1)  # (B, L, W)
+            # (B, L, W, C)
+            logits = torch.stack([_word_logits(model, layer, states[layer], starts) for layer in model.exit_layers], 1)
             for k, r in enumerate(rows):
-                w = len(encoded[r].starts)
-                out[r] = (logits[k, :, :w].argmax(-1).numpy(), u[k, :, :w].numpy())
-    for t, u in out:
-        tags.append(t)
-        unc.append(u)
-    return tags, unc
+                out[r] = logits[k, :, : len(encoded[r].starts)].float().numpy()
+    return out
+
+
+def head_passes(model, encoded, batch: int = 64):
+    """Per sentence (L, W) tags and (L, W) normalized uncertainties of every exit head."""
+    uncertainty = get_policy(model.config.exit_policy).word_uncertainty
+    logits = head_logits(model, encoded, batch)
+    return [lg.argmax(-1) for lg in logits], [uncertainty(torch.from_numpy(lg)).numpy() for lg in logits]
 
 
 def first_stable(tags: np.ndarray) -> np.ndarray:
@@ -72,7 +73,7 @@ def first_stable(tags: np.ndarray) -> np.ndarray:
     return np.argmax(stable, axis=0)
 
 
-def analyse(model, encoded, gold, layers: list[int], max_drop: float) -> dict:
+def analyse(model, encoded, gold, layers: list[int], max_drop: float, windows=(0, 1, 2)) -> dict:
     L = model.num_layers
     t0 = time.perf_counter()
     tags, unc = head_passes(model, encoded)
@@ -100,21 +101,22 @@ def analyse(model, encoded, gold, layers: list[int], max_drop: float) -> dict:
             used.append(layer_of[k])
         confidence.append({"threshold": thr, "word_layer_saving": 1 - float(np.concatenate(used).mean()) / L,
                            "accuracy": right(pick)})
-    windows = {}
-    for w in (0, 1, 2):
+    by_window = {}
+    for w in windows:
         curve = []
         for thr in [None, *[t for t in SWEEP if t > 0]]:
             s = score_pass(tag_pass(model, encoded, "token", thr, window=w), gold, [], L)
             curve.append({"threshold": thr, "accuracy": s["accuracy"], "token_layer_saving": s["token_layer_saving"]})
         ok = [p for p in curve[1:] if p["accuracy"] >= curve[0]["accuracy"] - max_drop]
         best = max(ok, key=lambda p: p["token_layer_saving"]) if ok else curve[0]
-        windows[w] = {"curve": curve, "best_within_drop": best}
+        by_window[w] = {"curve": curve, "best_within_drop": best}
     conf_ok = [p for p in confidence if p["accuracy"] >= full_acc - max_drop]
     return {
         "sentences": len(encoded), "words": words, "full_depth_accuracy": full_acc, "heads": heads, "oracle": oracle,
         "confidence_no_window": confidence,
         "confidence_best_within_drop": max(conf_ok, key=lambda p: p["word_layer_saving"]) if conf_ok else None,
-        "windows": windows, "max_drop": max_drop, "seconds": time.perf_counter() - t0,
+        "policy": model.config.exit_policy, "windows": by_window, "max_drop": max_drop,
+        "seconds": time.perf_counter() - t0,
     }
 
 
@@ -128,21 +130,26 @@ def main():
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--max-drop", type=float, default=0.005)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--policy", help="judge words by this per-word policy (entropy, max_prob) instead of the stored one")
+    p.add_argument("--windows", type=int, nargs="+", default=[0, 1, 2], help="TOKEE windows to run for real")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     info = ModelInfo.read(args.model)
     model = load_model(args.model).eval()
+    if args.policy:  # the heads are the policy's input either way; only the uncertainty read from them changes
+        model.config.exit_policy = args.policy
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     sentences, tags = load_tagged(args.data, args.words_column, args.tags_column, args.rows, args.seed, "--data")
     encoded = encode_words(tokenizer, sentences, args.max_length)
     gold = word_labels(tags, {n: i for i, n in enumerate(info.labels)})
     result = {"model": os.path.abspath(args.model), "data": args.data, "command": " ".join(sys.argv),
-              **analyse(model, encoded, gold, info.exit_layers, args.max_drop)}
+              **analyse(model, encoded, gold, info.exit_layers, args.max_drop, args.windows)}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     r = result
-    print(f"{r['sentences']} sentences, {r['words']} words; full depth word accuracy {r['full_depth_accuracy']:.4f}")
+    print(f"policy {r['policy']}; {r['sentences']} sentences, {r['words']} words; "
+          f"full depth word accuracy {r['full_depth_accuracy']:.4f}")
     print("heads (accuracy / agrees with full depth):",
           ", ".join(f"L{l} {h['accuracy']:.3f}/{h['agrees_with_full']:.3f}" for l, h in r["heads"].items()))
     print(f"oracle (first layer from which every head agrees with full depth): {100 * r['oracle']['word_layer_saving']:.1f}% "

@@ -344,9 +344,7 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor, plan: Plan | None = None) 
         ds.write_parquet(cfg.output, min_rows_per_file=low, max_rows_per_file=high)
     wall = time.perf_counter() - t0
     ray_stats = ds.stats()
-    timings = ray.get(collector.summary.remote())
     files_in = ray.get(collector.files_read.remote())
-    ray.kill(collector)
 
     fs, root = filesystem(cfg.output)
     if not run_output.output_files(cfg):  # an empty corpus: Ray wrote no file
@@ -360,6 +358,8 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor, plan: Plan | None = None) 
         audit.update(fraction=cfg.audit.fraction, seed=cfg.audit.seed)
         m.update(flat_metrics(audit))
     hist = m.pop("exit_histogram")
+    timings = settled_timings(collector, len(plan.stages), m["rows"] - done_before)
+    ray.kill(collector)
     add_rates(m, wall, timings, task.work_unit, m["rows"] - done_before)
     if cfg.label_column and cfg.full_depth_eval_rows and plan.exits and m["rows"]:
         m.update(full_depth_eval(plan, output, stage_cls, m["rows"]))
@@ -367,6 +367,25 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor, plan: Plan | None = None) 
     return TagResult(cfg.output, task.name, m, hist, plan.stages, plan.thresholds, task.describe_policy(cfg, info),
                      timings, audit, info.calibration, sum(files_in.values()), len(files_in), missing, started,
                      ray_stats, plan.certificate)
+
+
+def settled_timings(collector, stages: int, rows: int, wait_s: float = 30.0) -> dict:
+    """The stages' summed reports, once every stage has reported at least `rows` rows (the rows
+    this attempt wrote). Stages send reports without waiting for them (`actors.stage`), so the
+    last few may still be on their way when the dataset ends; after `wait_s` the run goes on
+    with what arrived and says which stage's figures fall short."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        timings = ray.get(collector.summary.remote())
+        short = {k: int(timings.get(k, {}).get("rows_seen", 0)) for k in range(stages)}
+        short = {k: seen for k, seen in short.items() if seen < rows}
+        if not short or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for k, seen in short.items():
+        logger.warning("stage %d reported %d of the %d rows written within %.0f s: its busy time and batch count "
+                       "undercount", k, seen, rows, wait_s)
+    return timings
 
 
 @contextlib.contextmanager

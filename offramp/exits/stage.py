@@ -61,6 +61,7 @@ class StageBatchStats:
     seconds: float  # wall time of the call
     audit_row_layers: int = 0  # of the work, what audited rows ran beyond their answer
     skipped_row_layers: int = 0  # row-layers skipped through gates (not in row_layers)
+    rows_seen: int = 0  # every row of the batch, answered earlier or not: the driver's check that all reports arrived
 
 
 RowsAnswered = Callable[[np.ndarray, dict], None]
@@ -239,6 +240,6 @@ class StageRunner:
         tokens = int(batch[schema.NUM_TOKENS][running].sum())
         stats = StageBatchStats(
             spec.index, len(running), work.exited, tokens, work.layers, time.perf_counter() - t0,
-            work.audit_layers, work.skipped,
+            work.audit_layers, work.skipped, n,
         )
         return out, stats

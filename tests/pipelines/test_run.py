@@ -83,6 +83,8 @@ def test_two_stage_pipeline_one_row_per_input_with_exits_in_both_stages(tmp_path
     assert 0 <= m["accuracy_full_depth"] <= 1 and m["accuracy_exit_on_eval_rows"] == pytest.approx(m["accuracy"])
     # stage 1 computed only what survived stage 0 (work metrics come from the actors themselves)
     assert result.stage_timings[1]["rows_in"] == m["stage1_rows_in"]
+    # every batch's report reached the driver (reports are sent without waiting; no actor crashed: no retry)
+    assert [result.stage_timings[k]["rows_seen"] for k in (0, 1)] == [len(out)] * 2
     # the audit: the hashed sample, a full-depth label for each, agreement as the output shows it
     audited = out["audited"].to_numpy()
     assert 0 < audited.sum() < len(out)

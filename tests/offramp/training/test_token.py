@@ -97,7 +97,7 @@ def test_token_training_end_to_end_stores_thresholds_and_profile(token_data, tmp
 
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
     chosen = report.task_chosen["token"]["threshold"]
-    assert report.task == "token" and saved["task"] == "token" and saved["exit_policy"] == "entropy"
+    assert report.task == "token" and saved["task"] == "token" and saved["exit_policy"] == "max_prob"
     assert saved["exit_thresholds"] == [chosen if chosen is not None else -1.0] * len(trained.exit_layers)
     profile = json.loads((tmp_path / "m" / "exit_profile.json").read_text())
     assert set(profile["token_curves"]) == {"token", "sentence"}
@@ -146,16 +146,16 @@ def test_token_training_certifies_its_stored_threshold_on_held_out_sentences(tok
     assert saved["exit_certified"] is True and saved["exit_thresholds"] == rec["thresholds"]
     assert rec["threshold"] > 0 and rec["unit"] == "sentence" and rec["rows"] == 42 and rec["p_value"] <= 0.1
     assert rec["risk_bound"] <= 0.2 and rec["mode"] == "accuracy" and report.eval_rows == 98
-    assert (rec["token_exit_mode"], rec["exit_window"], rec["max_length"]) == ("token", 2, 32)
+    assert (rec["token_exit_mode"], rec["exit_window"], rec["max_length"]) == ("token", 0, 32)
     # the certificate covers a tagging run with the model's own settings, and not one with another window
     info = ModelInfo.read(str(tmp_path / "m"))
     run = {"policy": info.policy, "mechanism": info.mechanism, "max_length": 32, "dtypes": {"float32"},
            "thresholds": info.thresholds, "stored": info.thresholds}
     token = get_task("token")
     assert certificate_gaps(rec, info.certified, **run, token=token.exit_conditions(TagConfig(), info)) == []
-    other = TagConfig(exit=ExitConfig(token=TokenExitConfig(window=0)))
+    other = TagConfig(exit=ExitConfig(token=TokenExitConfig(window=2)))
     assert certificate_gaps(rec, info.certified, **run, token=token.exit_conditions(other, info)) == [
-        "exit_window is 0 but the certificate was made with 2"]
+        "exit_window is 2 but the certificate was made with 0"]
 
     small = token_config(token_data, tmp_path / "s")  # 8 dev sentences: 2 held out
     trained, _, report = train_exits(small)
