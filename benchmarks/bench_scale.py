@@ -70,6 +70,8 @@ import pyarrow.compute as pc  # noqa: E402
 import pyarrow.dataset as pads  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+from offramp.config.tag import RayConfig  # noqa: E402
+
 DATA = os.path.join(REPO, "..", "shared", "data", "debian_sections")
 RESULTS = os.path.join(REPO, "benchmarks", "results")
 CONCAT_SHARE = 0.15  # rows that get a second description appended
@@ -593,7 +595,7 @@ def measure(rows: int, args, gz_every: int) -> dict:
         at_pss_peak=dict(t=pss_peak.get("t"), pss=pss_peak.get("pss"), rss=pss_peak.get("rss")),
         kind_peaks=sampler.kind_peaks(), group_peaks=sampler.group_peaks(), group_course=sampler.group_course(),
         processes=sampler.pids(), processes_at_rss_peak=peak.get("processes"),
-        samples=len(sampler.samples),
+        samples=len(sampler.samples), object_store_fraction=store_fraction(args.job_args),
     )
     with open(os.path.join(os.path.dirname(args.out), f"{os.path.basename(args.out)[:-5]}_timeseries_{rows}.json"), "w") as f:
         json.dump(dict(rows=rows, interval_s=args.interval, series=sampler.timeseries()), f)
@@ -603,6 +605,15 @@ def measure(rows: int, args, gz_every: int) -> dict:
 # ---------------------------------------------------------------- report
 
 
+def store_fraction(job_args: list[str]) -> float:
+    """The share of the object store the job's Ray Data may fill: its `ray.object_store_fraction`."""
+    fraction = RayConfig().object_store_fraction
+    for arg in job_args:
+        if arg.startswith("ray.object_store_fraction="):
+            fraction = float(arg.split("=", 1)[1])
+    return fraction
+
+
 def projection(results: list[dict], target: int = 10_000_000) -> dict | None:
     """What `target` rows would need, from the measured runs (estimates, said how):
     - time: the largest run's rate (its docs/s) plus its fixed cost (job wall minus pipeline wall);
@@ -610,8 +621,9 @@ def projection(results: list[dict], target: int = 10_000_000) -> dict | None:
     - memory, a straight line through the two largest runs (peak driver RSS, summed RSS, summed PSS,
       object store pages);
     - memory, capped: the part that grows is the tokenized backlog in the object store, and Ray Data
-      stops reading ahead once its object store budget (RAY_DATA_OBJECT_STORE_MEMORY_LIMIT_FRACTION of
-      the store, default 0.5) is full; past that many rows it stays there. The summed RSS counts
+      stops reading ahead once its object store budget (the run's `ray.object_store_fraction` of the
+      store, 0.1 by default; runs before that setting: Ray's RAY_DATA_OBJECT_STORE_MEMORY_LIMIT_FRACTION,
+      default 0.5) is full; past that many rows it stays there. The summed RSS counts
       each backlog page several times (shared memory / physical pages, measured at the peak)."""
     ok = sorted((r for r in results if r["job"]["status"] == 0 and r["docs_per_s"]), key=lambda r: r["rows"])
     if not ok:
@@ -627,7 +639,8 @@ def projection(results: list[dict], target: int = 10_000_000) -> dict | None:
             slope = (b[key] - a[key]) / (b["rows"] - a["rows"])
             out[key] = b[key] + slope * (target - b["rows"])
             out[key + "_per_million_rows"] = slope * 1e6
-    fraction = float(b["job"].get("env", {}).get("RAY_DATA_OBJECT_STORE_MEMORY_LIMIT_FRACTION", 0.5))
+    fraction = b.get("object_store_fraction") or float(  # runs before offramp set it: Ray's own knob and default
+        b["job"].get("env", {}).get("RAY_DATA_OBJECT_STORE_MEMORY_LIMIT_FRACTION", 0.5))
     if b.get("plasma_capacity") and b["peak_plasma_pages"]:
         budget = fraction * b["plasma_capacity"]
         per_row = b["peak_plasma_pages"] / b["rows"]
@@ -744,6 +757,9 @@ def main():
     if args.render_only:
         with open(args.out) as f:
             doc = json.load(f)
+        doc["projection_10m"] = projection(doc["results"])
+        with open(args.out, "w") as f:
+            json.dump(doc, f, indent=1)
         with open(args.out[:-5] + ".md", "w") as f:
             f.write(markdown(doc["results"], doc["projection_10m"], doc["command"]))
         return

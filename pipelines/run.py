@@ -410,12 +410,21 @@ def data_context(cfg: TagConfig):
 OUTPUT_BATCH_ROWS = 65_536  # rows of the output the driver holds at a time while it computes the run's figures
 
 
+def output_batches(output: pads.Dataset, columns: list[str]):
+    """The output's `columns`, one file after another. `Dataset.to_batches` reads ahead of its
+    consumer without a bound that holds (`batch_readahead`/`fragment_readahead` of 1 still let
+    it buffer 109 MiB of a 100-file output): over 5M rows the driver's RSS rose 240 MiB while it
+    counted. File by file it holds one batch (5 MiB) and took 2.1 s instead of 1.8 s."""
+    for fragment in output.get_fragments():
+        yield from fragment.to_batches(columns=columns, batch_size=OUTPUT_BATCH_ROWS, use_threads=False)
+
+
 def output_counts(output: pads.Dataset, task: Task, info: ModelInfo, ranges, cfg: TagConfig, audit: bool) -> dict:
     """The task's counts over the written output, streamed in batches: the driver's memory does
     not grow with the corpus."""
     columns = task.metric_columns(cfg)
     counts = None
-    for batch in output.to_batches(columns=columns, batch_size=OUTPUT_BATCH_ROWS):
+    for batch in output_batches(output, columns):
         part = task.counts(pa.Table.from_batches([batch]), info, ranges, cfg, audit)
         counts = part if counts is None else add_counts(counts, part)
     if counts is None:  # no batch at all: the counts of no rows
@@ -486,7 +495,7 @@ def full_depth_eval(plan: Plan, output: pads.Dataset, stage_cls=StageActor, rows
         [id_column, answer, "status", plan.task.gold_column]).take_all()
     rows = [r for r in rows if r["status"] in schema.RUNNABLE]
     wanted, early = {r[id_column] for r in rows}, {}
-    for batch in output.to_batches(columns=[id_column, answer], batch_size=OUTPUT_BATCH_ROWS):
+    for batch in output_batches(output, [id_column, answer]):
         ids, answers = batch.column(0).to_pylist(), batch.column(1)
         early.update((i, answers[k].as_py()) for k, i in enumerate(ids) if i in wanted)
     return plan.task.compare_full_depth(early, rows, plan.info, id_column)
