@@ -42,9 +42,9 @@ from offramp.training.token import load_tagged, word_labels  # noqa: E402
 GRID = np.round(np.arange(0.01, 0.9, 0.01), 3)
 
 
-def sentences(path, info, model, tokenizer, rows, max_length) -> list[dict]:
+def sentences(path, columns, info, model, tokenizer, rows, max_length) -> list[dict]:
     """Each sentence's gold tags, sub-words per word and length, and every head's signals."""
-    words, tags = load_tagged(path, "tokens", "pos", rows, 0, path)
+    words, tags = load_tagged(path, *columns, rows, 0, path)
     encoded = encode_words(tokenizer, words, max_length)
     gold = word_labels(tags, {n: i for i, n in enumerate(info.labels)})
     out = []
@@ -127,6 +127,8 @@ def main():
     p.add_argument("--model", required=True)
     p.add_argument("--dev", required=True, help="fits the learned signal and chooses every threshold")
     p.add_argument("--data", required=True, help="where the chosen thresholds are measured")
+    p.add_argument("--words-column", default="tokens")
+    p.add_argument("--tags-column", default="pos")
     p.add_argument("--dev-rows", type=int, default=2000)
     p.add_argument("--rows", type=int, default=1500)
     p.add_argument("--max-length", type=int, default=128)
@@ -136,8 +138,9 @@ def main():
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     info, model = ModelInfo.read(args.model), load_model(args.model).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    dev = sentences(args.dev, info, model, tokenizer, args.dev_rows, args.max_length)
-    test = sentences(args.data, info, model, tokenizer, args.rows, args.max_length)
+    columns = (args.words_column, args.tags_column)
+    dev = sentences(args.dev, columns, info, model, tokenizer, args.dev_rows, args.max_length)
+    test = sentences(args.data, columns, info, model, tokenizer, args.rows, args.max_length)
     weights = fit_learned(dev, len(info.exit_layers))
     full_dev, full_test = exits(dev, "entropy", weights, -1.0), exits(test, "entropy", weights, -1.0)
     result = {"command": " ".join(sys.argv), "full_depth_accuracy": {"dev": full_dev["accuracy"],
