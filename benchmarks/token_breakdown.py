@@ -42,6 +42,13 @@ from offramp.text.words import encode_words  # noqa: E402
 from offramp.training.token import SWEEP, _word_logits, load_tagged, word_labels  # noqa: E402
 
 
+def tagged_sample(path: str, columns: tuple[str, str], rows: int, seed: int, tokenizer, labels: list[str],
+                  max_length: int, flag: str = "--data"):
+    """A seeded sample of `rows` tagged sentences: (encoded words, gold label ids per word)."""
+    words, tags = load_tagged(path, *columns, rows, seed, flag)
+    return encode_words(tokenizer, words, max_length), word_labels(tags, {n: i for i, n in enumerate(labels)})
+
+
 def head_logits(model, encoded, batch: int = 64) -> list[np.ndarray]:
     """Per sentence the (L, W, C) word logits of every exit head, from one full-depth pass."""
     order = np.argsort([len(e.ids) for e in encoded], kind="stable")
@@ -139,9 +146,8 @@ def main():
     if args.policy:  # the heads are the policy's input either way; only the uncertainty read from them changes
         model.config.exit_policy = args.policy
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    sentences, tags = load_tagged(args.data, args.words_column, args.tags_column, args.rows, args.seed, "--data")
-    encoded = encode_words(tokenizer, sentences, args.max_length)
-    gold = word_labels(tags, {n: i for i, n in enumerate(info.labels)})
+    encoded, gold = tagged_sample(args.data, (args.words_column, args.tags_column), args.rows, args.seed, tokenizer,
+                                  info.labels, args.max_length)
     result = {"model": os.path.abspath(args.model), "data": args.data, "command": " ".join(sys.argv),
               **analyse(model, encoded, gold, info.exit_layers, args.max_drop, args.windows)}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

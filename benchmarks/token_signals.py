@@ -32,21 +32,17 @@ sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from token_breakdown import head_logits  # noqa: E402
+from token_breakdown import head_logits, tagged_sample  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from offramp.models.checkpoint import ModelInfo, load_model  # noqa: E402
-from offramp.text.words import encode_words  # noqa: E402
-from offramp.training.token import load_tagged, word_labels  # noqa: E402
 
 GRID = np.round(np.arange(0.01, 0.9, 0.01), 3)
 
 
 def sentences(path, columns, info, model, tokenizer, rows, max_length) -> list[dict]:
     """Each sentence's gold tags, sub-words per word and length, and every head's signals."""
-    words, tags = load_tagged(path, *columns, rows, 0, path)
-    encoded = encode_words(tokenizer, words, max_length)
-    gold = word_labels(tags, {n: i for i, n in enumerate(info.labels)})
+    encoded, gold = tagged_sample(path, columns, rows, 0, tokenizer, info.labels, max_length, path)
     out = []
     for e, g in zip(encoded, gold):
         ends = np.append(e.starts[1:], len(e.ids) - 1)
