@@ -37,6 +37,7 @@ from transformers import AutoTokenizer  # noqa: E402
 from offramp.exits.token_pass import pad, tag_pass  # noqa: E402
 from offramp.models.checkpoint import ModelInfo, load_model  # noqa: E402
 from offramp.policies import get_policy  # noqa: E402
+from offramp.quality.calibration import loosest_cuts  # noqa: E402
 from offramp.quality.token_scores import score_pass  # noqa: E402
 from offramp.text.words import encode_words  # noqa: E402
 from offramp.training.token import SWEEP, _word_logits, load_tagged, word_labels  # noqa: E402
@@ -127,6 +128,38 @@ def analyse(model, encoded, gold, layers: list[int], max_drop: float, windows=(0
     }
 
 
+PER_LAYER_ALPHAS = np.concatenate([[0.0], np.geomspace(0.002, 0.3, 19)])
+
+
+def per_layer_family(model, encoded, alphas: np.ndarray) -> np.ndarray:
+    """(M, K) per-head word thresholds along alpha, shaped on `encoded` (family sentences, not the
+    ones scored): head k's threshold is the loosest at which the words it would halt disagree with
+    full depth at most a fraction alpha of the time (the sequence calibration's per-layer path,
+    over words). Better heads get looser thresholds; -1 never halts; the last head always answers."""
+    tags, unc = head_passes(model, encoded)
+    T, U = np.concatenate(tags, axis=1), np.concatenate(unc, axis=1)  # (K, words)
+    out = np.full((len(alphas), T.shape[0]), -1.0)
+    for k in range(T.shape[0] - 1):
+        cut = loosest_cuts(U[k], T[k] != T[-1], alphas)
+        out[:, k] = np.where(np.isfinite(cut), cut, -1.0)
+    out[:, -1] = 1.0
+    return out
+
+
+def per_layer_curve(model, encoded, gold, family: np.ndarray, alphas: np.ndarray, max_drop: float, window: int) -> dict:
+    """Real TOKEE passes along the per-layer family: saving and accuracy per alpha."""
+    L = model.num_layers
+    full = score_pass(tag_pass(model, encoded, "token", None, window=window), gold, [], L)["accuracy"]
+    curve = []
+    for a, thr in zip(alphas[1:], family[1:]):
+        s = score_pass(tag_pass(model, encoded, "token", list(thr), window=window), gold, [], L)
+        curve.append({"alpha": float(a), "thresholds": [float(t) for t in thr], "accuracy": s["accuracy"],
+                      "token_layer_saving": s["token_layer_saving"]})
+    ok = [p for p in curve if p["accuracy"] >= full - max_drop]
+    return {"window": window, "full_depth_accuracy": full, "curve": curve,
+            "best_within_drop": max(ok, key=lambda p: p["token_layer_saving"]) if ok else None}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True)
@@ -139,6 +172,10 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--policy", help="judge words by this per-word policy (entropy, max_prob) instead of the stored one")
     p.add_argument("--windows", type=int, nargs="+", default=[0, 1, 2], help="TOKEE windows to run for real")
+    p.add_argument("--per-layer-dev", metavar="DEV.parquet",
+                   help="also run per-layer thresholds along one parameter alpha, shaped on this file's sentences "
+                        "(a seeded --per-layer-rows sample), with window 0")
+    p.add_argument("--per-layer-rows", type=int, default=2000)
     p.add_argument("--out", required=True)
     args = p.parse_args()
     info = ModelInfo.read(args.model)
@@ -150,6 +187,11 @@ def main():
                                   info.labels, args.max_length)
     result = {"model": os.path.abspath(args.model), "data": args.data, "command": " ".join(sys.argv),
               **analyse(model, encoded, gold, info.exit_layers, args.max_drop, args.windows)}
+    if args.per_layer_dev:
+        dev, _ = tagged_sample(args.per_layer_dev, (args.words_column, args.tags_column), args.per_layer_rows, args.seed,
+                               tokenizer, info.labels, args.max_length, flag="--per-layer-dev")
+        family = per_layer_family(model, dev, PER_LAYER_ALPHAS)
+        result["per_layer"] = per_layer_curve(model, encoded, gold, family, PER_LAYER_ALPHAS, args.max_drop, 0)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
@@ -168,6 +210,11 @@ def main():
         b = d["best_within_drop"]
         print(f"TOKEE window {w}: best within {100 * args.max_drop:.1f} pt: threshold {b['threshold']}: "
               f"{100 * b['token_layer_saving']:.1f}% token-layers saved, accuracy {b['accuracy']:.4f}")
+    b = r.get("per_layer", {}).get("best_within_drop")
+    if b:
+        print(f"TOKEE window 0, per-layer thresholds: best within {100 * args.max_drop:.1f} pt: alpha {b['alpha']:.4f} "
+              f"{[round(t, 3) for t in b['thresholds']]}: {100 * b['token_layer_saving']:.1f}% token-layers saved, "
+              f"accuracy {b['accuracy']:.4f}")
 
 
 if __name__ == "__main__":

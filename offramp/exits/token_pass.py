@@ -4,6 +4,7 @@ and the benchmark; `offramp.quality.token_scores` scores it)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,17 @@ class TagPass:
     tokens: np.ndarray  # (N,) tokens per sentence
 
 
+def layer_thresholds(exit_layers: list[int], threshold: float | Sequence[float] | None) -> dict[int, float]:
+    """{exit layer: threshold} from one threshold, one per exit layer, or None (never exit: -1)."""
+    if threshold is None:
+        return {l: -1.0 for l in exit_layers}
+    if isinstance(threshold, (int, float)):
+        return {l: float(threshold) for l in exit_layers}
+    if len(threshold) != len(exit_layers):
+        raise ValueError(f"{len(threshold)} thresholds for {len(exit_layers)} exit layers")
+    return {l: float(t) for l, t in zip(exit_layers, threshold)}
+
+
 def pad(encoded: list[EncodedWords]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sentences -> ids (B, T), lengths (B,), starts (B, W) padded with -1."""
     T = max(len(e.ids) for e in encoded)
@@ -36,12 +48,13 @@ def pad(encoded: list[EncodedWords]) -> tuple[torch.Tensor, torch.Tensor, torch.
     return torch.from_numpy(ids), torch.from_numpy(lengths), torch.from_numpy(starts)
 
 
-def tag_pass(model, encoded: list[EncodedWords], mode: str, threshold: float | None, window: int | None = None,
-             pool: str | None = None, max_tokens: int = 4096) -> TagPass:
+def tag_pass(model, encoded: list[EncodedWords], mode: str, threshold: float | Sequence[float] | None,
+             window: int | None = None, pool: str | None = None, max_tokens: int = 4096) -> TagPass:
     """Run the whole model as one shard over `encoded`, longest-similar sentences batched
-    together; threshold None = never exit early (full depth)."""
+    together; threshold: one for every head, one per exit head (in `exit_layers` order), or
+    None = never exit early (full depth)."""
     L = model.num_layers
-    thresholds = {l: (-1.0 if threshold is None else threshold) for l in model.exit_layers}
+    thresholds = layer_thresholds(model.exit_layers, threshold)
     shard = TokenShard(model, 0, L, mode=mode, thresholds=thresholds, window=window, pool=pool).eval()
     n = len(encoded)
     labels, layers = [None] * n, [None] * n

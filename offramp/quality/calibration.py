@@ -166,20 +166,27 @@ def per_layer_path(family: simulate.HeadPass, exit_layers: list[int], policy: Ex
     out = np.full((len(alphas), len(exit_layers)), never)
     for k in range(len(exit_layers) - 1):
         c = sign * scores[:, k]
-        ok = np.isfinite(c)
-        order = np.argsort(c[ok], kind="stable")
-        cs = c[ok][order]
-        if not len(cs):
-            continue
-        disagree = (preds[ok, k] != preds[ok, -1])[order]
-        running = np.cumsum(disagree) / np.arange(1, len(cs) + 1)  # disagreement of the j most confident rows
-        # j*(alpha): the most rows exiting whose running disagreement is <= alpha (non-decreasing in alpha)
-        best = np.maximum.accumulate(np.where(running <= alphas[:, None], np.arange(1, len(cs) + 1), 0), axis=1)[:, -1]
-        nxt = np.append(cs, cs[-1] + 1.0)
-        cut = np.where(best > 0, (nxt[np.maximum(best - 1, 0)] + nxt[best]) / 2, np.nan)  # between the last in and the first out
-        out[:, k] = np.where(best > 0, sign * cut, never)
+        cut = loosest_cuts(c, preds[:, k] != preds[:, -1], alphas)
+        out[:, k] = np.where(np.isfinite(cut), sign * cut, never)
     out[0] = never
     return ThresholdPath("per-layer", out, alphas)
+
+
+def loosest_cuts(c: np.ndarray, disagree: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+    """One head's cut per alpha: (M,) the loosest c-threshold (exit when c < cut; smaller c is
+    more confident) at which the units it lets exit disagree with full depth at most a fraction
+    alpha of the time; nan where not even the most confident unit qualifies. Units are rows
+    (`per_layer_path`) or words (token models); non-finite c never exits."""
+    ok = np.isfinite(c)
+    order = np.argsort(c[ok], kind="stable")
+    cs = c[ok][order]
+    if not len(cs):
+        return np.full(len(alphas), np.nan)
+    running = np.cumsum(disagree[ok][order]) / np.arange(1, len(cs) + 1)  # disagreement of the j most confident units
+    # j*(alpha): the most units exiting whose running disagreement is <= alpha (non-decreasing in alpha)
+    best = np.maximum.accumulate(np.where(running <= alphas[:, None], np.arange(1, len(cs) + 1), 0), axis=1)[:, -1]
+    nxt = np.append(cs, cs[-1] + 1.0)
+    return np.where(best > 0, (nxt[np.maximum(best - 1, 0)] + nxt[best]) / 2, np.nan)  # between the last in and the first out
 
 
 def evaluate(

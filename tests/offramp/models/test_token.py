@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformers.masking_utils import create_bidirectional_mask
@@ -175,3 +176,29 @@ def test_loss_reads_only_word_starts_and_save_load_keeps_the_exit_config(model, 
     with torch.no_grad():
         assert torch.equal(back(ids).logits, model(ids).logits)
     model.config.token_exit_mode = "token"
+
+
+def test_tag_pass_takes_one_threshold_per_exit_layer(model, tokenizer):
+    """Per-layer thresholds (the per-layer path over words): a list halts each word where the
+    shard with that {layer: threshold} does, one value equals the same value at every layer, and
+    a list of the wrong length is refused."""
+    from offramp.exits.token_pass import tag_pass
+
+    encoded = encode_words(tokenizer, SENTENCES + [LONG], 64)
+    per_layer = token_thresholds(model, tokenizer, SENTENCES)
+    got = tag_pass(model, encoded, "token", per_layer)
+    ids, lengths, starts = pad(encoded)
+    want = TokenShard(model, 0, NUM_LAYERS, mode="token", thresholds=dict(zip(model.exit_layers, per_layer)))(
+        lengths, starts, input_ids=ids)
+    for i, e in enumerate(encoded):
+        w = len(e.starts)
+        assert (got.exit_layers[i] == want.words.exit_layer[i, :w].numpy()).all()
+        assert (got.labels[i] == want.words.label[i, :w].numpy()).all()
+    layers = np.concatenate(got.exit_layers)
+    assert len(np.unique(layers[layers > 0])) > 1  # the thresholds halt words at several layers: a real check
+    one = tag_pass(model, encoded, "token", per_layer[1])
+    same = tag_pass(model, encoded, "token", [per_layer[1]] * len(model.exit_layers))
+    assert all((a == b).all() for a, b in zip(one.exit_layers, same.exit_layers))
+    assert (one.token_layers == same.token_layers).all()
+    with pytest.raises(ValueError, match="thresholds for"):
+        tag_pass(model, encoded, "token", per_layer[:-1])
