@@ -173,9 +173,9 @@ def main(argv=None) -> int:
         r = results[name]
         print(f"{name}: accuracy {r['accuracy']:.4f}, mean layers skipped {r['mean_layers_skipped']:.2f}, "
               f"{r['skip_patterns']['distinct']} distinct skip patterns", flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"data": args.data, "rows": args.rows, "max_length": args.max_length, "models": results}, f, indent=1)
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:  # after every model: a long run keeps what it has measured
+            json.dump({"data": args.data, "rows": args.rows, "max_length": args.max_length, "models": results}, f, indent=1)
     print(table(results))
     return 0
 
