@@ -25,9 +25,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
+from bench_mechanisms import rows, sample  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
@@ -40,15 +39,6 @@ from offramp.models.heads import masked_mean  # noqa: E402
 from offramp.training.loop import _encode  # noqa: E402
 
 BATCH = 64
-
-
-def sample_rows(path: str, rows: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """A seeded random sample of (text, label) rows; the files are ordered by package."""
-    t = pq.read_table(path, columns=["text", "label"])
-    t = t.filter(pc.is_valid(t["text"]))
-    if rows and rows < t.num_rows:
-        t = t.take(np.sort(np.random.default_rng(seed).choice(t.num_rows, rows, replace=False)))
-    return t["text"].to_pylist(), t["label"].to_pylist()
 
 
 @torch.inference_mode()
@@ -159,7 +149,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    texts, labels = sample_rows(args.data, args.rows)
+    table = sample(rows(args.data), args.rows)  # the seeded sample bench_mechanisms draws
+    texts, labels = table["text"].to_pylist(), table["label"].to_pylist()
     results = {}
     for spec in args.model:
         name, _, model_dir = spec.partition("=")
