@@ -127,12 +127,14 @@ def account(model, batches, order: np.ndarray, gold: np.ndarray) -> dict:
 
 
 def table(results: dict) -> str:
-    lines = ["| model | layer | skip rate | gate p mean ± std | can skip (oracle) | acc all skip / all run | gate AUC | probe AUC |",
+    lines = [("| model | layer | skip rate | gate p mean ± std | can skip (oracle) | acc all skip / all run "
+              "| gate AUC | probe AUC |"),
              "|---|---|---|---|---|---|---|---|"]
     f = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
     for name, r in results.items():
         for x in r["layers"]:
-            lines.append(f"| {name} | {x['layer']} | {x['skip_rate']:.2f} | {x['gate_prob_mean']:.2f} ± {x['gate_prob_std']:.2f} | "
+            lines.append(f"| {name} | {x['layer']} | {x['skip_rate']:.2f} | "
+                         f"{x['gate_prob_mean']:.2f} ± {x['gate_prob_std']:.2f} | "
                          f"{x['can_skip_rate']:.2f} | {x['accuracy_all_skip']:.4f} / {x['accuracy_all_run']:.4f} | "
                          f"{f(x['gate_auc'])} | {f(x['probe_auc'])} |")
     return "\n".join(lines)
@@ -159,14 +161,16 @@ def main(argv=None) -> int:
         tok = AutoTokenizer.from_pretrained(model_dir)
         lengths = [len(ids) for ids in tok(texts, truncation=True, max_length=args.max_length)["input_ids"]]
         order = np.argsort(lengths, kind="stable")  # length-sorted batches: little padding
-        batches = [_encode(tok, [texts[j] for j in order[i : i + BATCH]], args.max_length) for i in range(0, len(order), BATCH)]
+        batches = [_encode(tok, [texts[j] for j in order[i : i + BATCH]], args.max_length)
+                   for i in range(0, len(order), BATCH)]
         results[name] = {"model": model_dir, "rows": len(texts), **account(load_model(model_dir), batches, order, gold)}
         r = results[name]
         print(f"{name}: accuracy {r['accuracy']:.4f}, mean layers skipped {r['mean_layers_skipped']:.2f}, "
               f"{r['skip_patterns']['distinct']} distinct skip patterns", flush=True)
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:  # after every model: a long run keeps what it has measured
-            json.dump({"data": args.data, "rows": args.rows, "max_length": args.max_length, "models": results}, f, indent=1)
+            json.dump({"data": args.data, "rows": args.rows, "max_length": args.max_length, "models": results}, f,
+                      indent=1)
     print(table(results))
     return 0
 

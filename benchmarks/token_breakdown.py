@@ -146,10 +146,11 @@ def per_layer_family(model, encoded, alphas: np.ndarray) -> np.ndarray:
     return out
 
 
-def per_layer_curve(model, encoded, gold, family: np.ndarray, alphas: np.ndarray, max_drop: float, window: int) -> dict:
-    """Real TOKEE passes along the per-layer family: saving and accuracy per alpha."""
+def per_layer_curve(model, encoded, gold, family: np.ndarray, alphas: np.ndarray, full: float, max_drop: float,
+                    window: int) -> dict:
+    """Real TOKEE passes along the per-layer family: saving and accuracy per alpha, against `full`,
+    the full-depth word accuracy `analyse` measured on the same sentences."""
     L = model.num_layers
-    full = score_pass(tag_pass(model, encoded, "token", None, window=window), gold, [], L)["accuracy"]
     curve = []
     for a, thr in zip(alphas[1:], family[1:]):
         s = score_pass(tag_pass(model, encoded, "token", list(thr), window=window), gold, [], L)
@@ -191,7 +192,8 @@ def main():
         dev, _ = tagged_sample(args.per_layer_dev, (args.words_column, args.tags_column), args.per_layer_rows, args.seed,
                                tokenizer, info.labels, args.max_length, flag="--per-layer-dev")
         family = per_layer_family(model, dev, PER_LAYER_ALPHAS)
-        result["per_layer"] = per_layer_curve(model, encoded, gold, family, PER_LAYER_ALPHAS, args.max_drop, 0)
+        result["per_layer"] = per_layer_curve(model, encoded, gold, family, PER_LAYER_ALPHAS,
+                                              result["full_depth_accuracy"], args.max_drop, 0)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

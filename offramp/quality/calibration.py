@@ -186,7 +186,8 @@ def loosest_cuts(c: np.ndarray, disagree: np.ndarray, alphas: np.ndarray) -> np.
     # j*(alpha): the most units exiting whose running disagreement is <= alpha (non-decreasing in alpha)
     best = np.maximum.accumulate(np.where(running <= alphas[:, None], np.arange(1, len(cs) + 1), 0), axis=1)[:, -1]
     nxt = np.append(cs, cs[-1] + 1.0)
-    return np.where(best > 0, (nxt[np.maximum(best - 1, 0)] + nxt[best]) / 2, np.nan)  # between the last in and the first out
+    # the cut sits between the last unit in and the first one out
+    return np.where(best > 0, (nxt[np.maximum(best - 1, 0)] + nxt[best]) / 2, np.nan)
 
 
 def evaluate(
