@@ -31,16 +31,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from offramp.exits.token_pass import pad, tag_pass  # noqa: E402
+from offramp.exits.token_pass import tag_pass  # noqa: E402
 from offramp.models.checkpoint import ModelInfo, load_model  # noqa: E402
-from offramp.policies import get_policy  # noqa: E402
-from offramp.quality.calibration import loosest_cuts  # noqa: E402
 from offramp.quality.token_scores import score_pass  # noqa: E402
+from offramp.quality.word_calibration import per_layer_word_path  # noqa: E402
 from offramp.text.words import encode_words  # noqa: E402
-from offramp.training.token import SWEEP, _word_logits, load_tagged, word_labels  # noqa: E402
+from offramp.training.token import PER_LAYER_ALPHAS, SWEEP, head_tags, load_tagged, word_labels  # noqa: E402
 
 
 def tagged_sample(path: str, columns: tuple[str, str], rows: int, seed: int, tokenizer, labels: list[str],
@@ -48,30 +46,6 @@ def tagged_sample(path: str, columns: tuple[str, str], rows: int, seed: int, tok
     """A seeded sample of `rows` tagged sentences: (encoded words, gold label ids per word)."""
     words, tags = load_tagged(path, *columns, rows, seed, flag)
     return encode_words(tokenizer, words, max_length), word_labels(tags, {n: i for i, n in enumerate(labels)})
-
-
-def head_logits(model, encoded, batch: int = 64) -> list[np.ndarray]:
-    """Per sentence the (L, W, C) word logits of every exit head, from one full-depth pass."""
-    order = np.argsort([len(e.ids) for e in encoded], kind="stable")
-    out = [None] * len(encoded)
-    with torch.no_grad():
-        for i in range(0, len(order), batch):
-            rows = order[i : i + batch]
-            ids, lengths, starts = pad([encoded[r] for r in rows])
-            mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
-            states = model.layer_states(ids, mask)
-            # (B, L, W, C)
-            logits = torch.stack([_word_logits(model, layer, states[layer], starts) for layer in model.exit_layers], 1)
-            for k, r in enumerate(rows):
-                out[r] = logits[k, :, : len(encoded[r].starts)].float().numpy()
-    return out
-
-
-def head_passes(model, encoded, batch: int = 64):
-    """Per sentence (L, W) tags and (L, W) normalized uncertainties of every exit head."""
-    uncertainty = get_policy(model.config.exit_policy).word_uncertainty
-    logits = head_logits(model, encoded, batch)
-    return [lg.argmax(-1) for lg in logits], [uncertainty(torch.from_numpy(lg)).numpy() for lg in logits]
 
 
 def first_stable(tags: np.ndarray) -> np.ndarray:
@@ -84,7 +58,7 @@ def first_stable(tags: np.ndarray) -> np.ndarray:
 def analyse(model, encoded, gold, layers: list[int], max_drop: float, windows=(0, 1, 2)) -> dict:
     L = model.num_layers
     t0 = time.perf_counter()
-    tags, unc = head_passes(model, encoded)
+    tags, unc = head_tags(model, encoded)
     words = sum(len(g) for g in gold)
     on = [g >= 0 for g in gold]
     n_gold = sum(int(o.sum()) for o in on)
@@ -126,24 +100,6 @@ def analyse(model, encoded, gold, layers: list[int], max_drop: float, windows=(0
         "policy": model.config.exit_policy, "windows": by_window, "max_drop": max_drop,
         "seconds": time.perf_counter() - t0,
     }
-
-
-PER_LAYER_ALPHAS = np.concatenate([[0.0], np.geomspace(0.002, 0.3, 19)])
-
-
-def per_layer_family(model, encoded, alphas: np.ndarray) -> np.ndarray:
-    """(M, K) per-head word thresholds along alpha, shaped on `encoded` (family sentences, not the
-    ones scored): head k's threshold is the loosest at which the words it would halt disagree with
-    full depth at most a fraction alpha of the time (the sequence calibration's per-layer path,
-    over words). Better heads get looser thresholds; -1 never halts; the last head always answers."""
-    tags, unc = head_passes(model, encoded)
-    T, U = np.concatenate(tags, axis=1), np.concatenate(unc, axis=1)  # (K, words)
-    out = np.full((len(alphas), T.shape[0]), -1.0)
-    for k in range(T.shape[0] - 1):
-        cut = loosest_cuts(U[k], T[k] != T[-1], alphas)
-        out[:, k] = np.where(np.isfinite(cut), cut, -1.0)
-    out[:, -1] = 1.0
-    return out
 
 
 def per_layer_curve(model, encoded, gold, family: np.ndarray, alphas: np.ndarray, full: float, max_drop: float,
@@ -191,7 +147,7 @@ def main():
     if args.per_layer_dev:
         dev, _ = tagged_sample(args.per_layer_dev, (args.words_column, args.tags_column), args.per_layer_rows, args.seed,
                                tokenizer, info.labels, args.max_length, flag="--per-layer-dev")
-        family = per_layer_family(model, dev, PER_LAYER_ALPHAS)
+        family = per_layer_word_path(*head_tags(model, dev), PER_LAYER_ALPHAS).thresholds
         result["per_layer"] = per_layer_curve(model, encoded, gold, family, PER_LAYER_ALPHAS,
                                               result["full_depth_accuracy"], args.max_drop, 0)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

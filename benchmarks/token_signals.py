@@ -32,9 +32,10 @@ sys.path.insert(0, REPO)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from token_breakdown import head_logits, tagged_sample  # noqa: E402
+from token_breakdown import tagged_sample  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
+from offramp.exits.token_pass import word_head_logits  # noqa: E402
 from offramp.models.checkpoint import ModelInfo, load_model  # noqa: E402
 
 GRID = np.round(np.arange(0.01, 0.9, 0.01), 3)
@@ -47,7 +48,7 @@ def sentences(path, columns, info, model, tokenizer, rows, max_length) -> list[d
     for e, g in zip(encoded, gold):
         ends = np.append(e.starts[1:], len(e.ids) - 1)
         out.append({"gold": np.asarray(g), "tokens": np.clip(ends - e.starts, 1, None), "length": len(e.ids)})
-    add_signals(out, head_logits(model, encoded))
+    add_signals(out, word_head_logits(model, encoded))
     return out
 
 

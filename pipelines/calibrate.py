@@ -35,7 +35,15 @@ from offramp.quality.word_calibration import WordCalibration, WordTarget
 from offramp.text.words import encode_words
 from offramp.training.data import load_labeled
 from offramp.training.loop import full_pass
-from offramp.training.token import certify_thresholds, load_tagged, load_words, token_conditions, word_labels
+from offramp.training.token import (
+    certify_thresholds,
+    check_word_path,
+    load_tagged,
+    load_words,
+    token_conditions,
+    word_labels,
+    word_paths,
+)
 from pipelines.figures import tradeoff_figure
 from pipelines.registry import RegisteredModel, certificate_tags, is_registered, link_run, register_model_dir, resolve
 from pipelines.tracking import start_run
@@ -164,16 +172,18 @@ def log_and_register(cfg: CalibrateConfig, record: dict | None, written: bool, s
 
 def calibrate_token_dir(cfg: CalibrateConfig, info: ModelInfo, target: calibration.Target,
                         source: RegisteredModel | None, register: str | None) -> Outcome:
-    """A token model: its sweep's thresholds certified on tagged sentences (accuracy) or on
-    sentences alone (agreement), one real pass per candidate (offramp.quality.word_calibration)."""
-    if cfg.path == "per-layer":
-        raise ConfigError("a token model has one threshold for every head: drop --path per-layer (or use global)")
+    """A token model: its thresholds certified along a path on tagged sentences (accuracy) or
+    on sentences alone (agreement), one real pass per candidate (offramp.quality.word_calibration).
+    A per-layer path (or auto, which compares both) is shaped on a seeded family_fraction of the
+    sentences, kept apart from the certifying rest."""
     if cfg.label_column:
         sentences, tags = load_tagged(cfg.data, cfg.text_column, cfg.label_column, cfg.max_rows, cfg.seed, "--data")
     else:
         sentences, tags = load_words(cfg.data, cfg.text_column, cfg.max_rows, cfg.seed, "--data"), None
     if not sentences:
         raise ConfigError(f"{cfg.data} has no usable sentences (every row lacked words{' or matching tags' if tags else ''})")
+    mode = info.token_exit_mode or "token"
+    check_word_path(cfg.path, mode)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     t0 = time.perf_counter()
@@ -182,16 +192,24 @@ def calibrate_token_dir(cfg: CalibrateConfig, info: ModelInfo, target: calibrati
     encoded = encode_words(tokenizer, sentences, cfg.max_length)
     gold = word_labels(tags, {name: i for i, name in enumerate(info.labels)}) if tags else None
     word_target = WordTarget(target.mode, target.value, target.confidence)
-    mode = info.token_exit_mode or "token"
-    logger.info("calibration: %d sentences, target: %s at confidence %.2f", len(encoded), word_target.describe(),
-                cfg.confidence)
+    fam = []
+    if cfg.path != "global" and mode == "token":
+        fam, cert = calibration.family_split(len(encoded), cfg.family_fraction, cfg.seed)
+        family = [encoded[i] for i in fam], None if gold is None else [gold[i] for i in fam]
+        encoded, gold = [encoded[i] for i in cert], None if gold is None else [gold[i] for i in cert]
+    logger.info("calibration: %d sentences%s, target: %s at confidence %.2f", len(encoded),
+                f" (and {len(fam)} shaping the path)" if len(fam) else "", word_target.describe(), cfg.confidence)
     with torch.no_grad():
-        result = certify_thresholds(model, encoded, gold, mode, word_target, cfg.seed)
+        path = None
+        if len(fam):
+            path, _ = word_paths(model, family[0], family[1], info.labels, mode, word_target, cfg.path)
+        result = certify_thresholds(model, encoded, gold, mode, word_target, cfg.seed, path,
+                                    len(fam) if path is not None and path.name == "per-layer" else 0)
     seconds = time.perf_counter() - t0
     written = result.certified and not cfg.dry_run
     record = None
     if result.certified:
-        record = {**result.record(len(info.exit_layers)), "data": os.path.abspath(cfg.data),
+        record = {**result.record(), "data": os.path.abspath(cfg.data),
                   **calibration.conditions(info.policy, info.mechanism, cfg.max_length), **token_conditions(model.config)}
     if written:
         write_record(cfg.model, record)
@@ -203,7 +221,7 @@ def calibrate_token_dir(cfg: CalibrateConfig, info: ModelInfo, target: calibrati
                    f"{result.sentences} sentences; the model is unchanged: add sentences, loosen the target or lower "
                    "--confidence.")
     else:
-        summary = (f"threshold {result.threshold:.4g} ({where_written(cfg, written, registered)}): on {result.sentences} "
+        summary = (f"{result.describe_thresholds()} ({where_written(cfg, written, registered)}): on {result.sentences} "
                    f"sentences, {100 * p['token_layer_saving']:.1f}% of token-layers saved (ideal {p['ideal_speedup']:.2f}x), "
                    f"word agreement {p['agreement']:.4f} (per sentence, lower bound {result.agreement_lower:.4f})")
         if "accuracy" in p:
@@ -221,7 +239,7 @@ def log_word_calibration(cfg: CalibrateConfig, result: WordCalibration, record: 
     t = result.target
     mlflow.log_params({"model": source.uri if source else cfg.model, "data": cfg.data, "mode": t.mode,
                        "target": t.value, "confidence": t.confidence, "rows": result.sentences, "unit": "sentence",
-                       "path": "global", "dry_run": cfg.dry_run})
+                       "path": result.path, "family_rows": result.family_sentences, "dry_run": cfg.dry_run})
     mlflow.set_tag("offramp.calibration", "certified" if result.certified else "not_certified")
     metrics = {k: v for k, v in result.point.items() if isinstance(v, (int, float)) and np.isfinite(v)}
     metrics.update(certified_candidates=sum(q["certified"] for q in result.curve) - 1, calibration_seconds=seconds)

@@ -210,7 +210,7 @@ def log_train_run(cfg, report, model_dir: str) -> str:
                 "dev_accuracy_with_exits": report.chosen["accuracy"],
                 "dev_mean_layers": report.chosen["mean_layers"],
                 "dev_ideal_speedup": report.chosen["ideal_speedup"],
-                "exit_threshold": -1.0 if report.chosen["threshold"] is None else report.chosen["threshold"],
+                "exit_threshold": -1.0 if report.chosen.get("threshold") is None else report.chosen["threshold"],
                 "train_seconds": report.seconds,
             }
         )
@@ -218,7 +218,7 @@ def log_train_run(cfg, report, model_dir: str) -> str:
             for mode, c in report.task_chosen.items():
                 full = report.task_curves[mode][0]
                 mlflow.log_metrics({f"dev_{mode}_accuracy": c["accuracy"], f"dev_{mode}_token_layer_saving": c["token_layer_saving"],
-                                    f"dev_{mode}_threshold": -1.0 if c["threshold"] is None else c["threshold"]})
+                                    f"dev_{mode}_threshold": -1.0 if c.get("threshold") is None else c["threshold"]})
                 if "f1" in c:
                     mlflow.log_metrics({f"dev_{mode}_f1": c["f1"], "dev_f1_full_depth": full["f1"]})
             mlflow.log_dict({"curves": report.task_curves, "chosen": report.task_chosen}, "dev_token_curves.json")

@@ -1,6 +1,7 @@
 """An offline pass of a token model over encoded sentences through the real TokenShard:
 each word's tag and exit layer, and the token-layers computed (training's threshold sweep
-and the benchmark; `offramp.quality.token_scores` scores it)."""
+and the benchmark; `offramp.quality.token_scores` scores it); and every exit head's word
+logits from one full-depth pass (`word_head_logits`: per-layer thresholds are shaped on them)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,25 @@ def tag_pass(model, encoded: list[EncodedWords], mode: str, threshold: float | S
         i = j
     tokens = np.array([len(e.ids) for e in encoded], dtype=np.int64)
     return TagPass(labels, layers, token_layers, tokens)
+
+
+def word_logits(model, layer: int, h: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) -> (B, W, C) the head after `layer` at each word's first sub-word."""
+    idx = starts.clamp(min=0)[..., None].expand(-1, -1, h.shape[-1])
+    return model.head(layer, torch.gather(h, 1, idx))
+
+
+def word_head_logits(model, encoded: list[EncodedWords], batch: int = 64) -> list[np.ndarray]:
+    """Per sentence the (K, W, C) word logits of every exit head, from one full-depth pass."""
+    order = np.argsort([len(e.ids) for e in encoded], kind="stable")
+    out = [None] * len(encoded)
+    with torch.no_grad():
+        for i in range(0, len(order), batch):
+            rows = order[i : i + batch]
+            ids, lengths, starts = pad([encoded[r] for r in rows])
+            mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
+            states = model.layer_states(ids, mask)
+            logits = torch.stack([word_logits(model, layer, states[layer], starts) for layer in model.exit_layers], 1)
+            for k, r in enumerate(rows):
+                out[r] = logits[k, :, : len(encoded[r].starts)].float().numpy()
+    return out

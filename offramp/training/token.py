@@ -29,10 +29,11 @@ from offramp.config import ConfigError, check_token_exit
 from offramp.training.data import _BUILDERS
 from offramp.models.base import TOKEN
 from offramp.models.checkpoint import exit_mechanism, model_class
-from offramp.exits.token_pass import pad, tag_pass
+from offramp.exits.token_pass import pad, tag_pass, word_head_logits, word_logits
 from offramp.quality import calibration
 from offramp.quality.token_scores import score_pass
-from offramp.quality.word_calibration import WordCalibration, WordPass, WordTarget, certify_words
+from offramp.quality.word_calibration import (WordCalibration, WordPass, WordTarget, certify_words, global_word_path,
+                                             per_layer_word_path)
 from offramp.models.token import IGNORE, window_max, word_of_token
 from offramp.policies import check_word_policy, get_policy
 from offramp.training.loop import (TrainReport, _optimize, begin, exit_config, freeze_all_but_exit_heads,
@@ -142,18 +143,13 @@ def _batch(encoded: list[EncodedWords], gold: list[np.ndarray], idx):
     return ids, mask, lengths, starts, y
 
 
-def _word_logits(model, layer: int, h: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
-    """(B, T, H) -> (B, W, C) the head after `layer` at each word's first sub-word."""
-    idx = starts.clamp(min=0)[..., None].expand(-1, -1, h.shape[-1])
-    return model.head(layer, torch.gather(h, 1, idx))
-
-
 def joint_loss(model, batch) -> torch.Tensor:
     """Stage 1: every head on every word, CE averaged with weight l for layer l."""
     ids, mask, _, starts, y = batch
     states = model.layer_states(ids, mask)
     C, w = model.config.num_labels, [float(l) for l in model.exit_layers]
-    losses = [F.cross_entropy(_word_logits(model, l, states[l], starts).reshape(-1, C), y.reshape(-1), ignore_index=IGNORE)
+    losses = [F.cross_entropy(word_logits(model, l, states[l], starts).reshape(-1, C), y.reshape(-1),
+                              ignore_index=IGNORE)
               for l in model.exit_layers]
     return sum(a * b for a, b in zip(w, losses)) / sum(w)
 
@@ -181,7 +177,7 @@ def self_sampling_loss(model, batch, rng: random.Random, max_window: int, max_th
         hidden = torch.where(tok[..., None], layer(hidden, ext), hidden)
         if number not in model.exit_layers:
             continue
-        logits = _word_logits(model, number, hidden, starts)  # (B, W, C)
+        logits = word_logits(model, number, hidden, starts)  # (B, W, C)
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.clamp(min=0).reshape(-1), reduction="none")
         on = active.reshape(-1).float()
         num, den = num + number * (ce * on).sum(), den + number * on.sum()
@@ -214,7 +210,18 @@ def choose(curve: list[dict], max_drop: float) -> dict:
     return min(ok, key=lambda p: p["token_layers"]) if ok else curve[0]
 
 
-def sentence_survival(model, encoded, mode: str, threshold: float) -> list[float]:
+def head_accuracy(exit_layers: list[int], tags: list[np.ndarray], gold: list[np.ndarray]) -> dict[int, float]:
+    """{exit layer: word accuracy of its head} from every head's tags per sentence ((K, W): a word
+    cut by max_length has no tag, and counts as wrong)."""
+    right, total = np.zeros(len(exit_layers)), 0
+    for t, g in zip(tags, gold):
+        w = min(t.shape[1], len(g))
+        right += ((t[:, :w] == g[None, :w]) & (g[None, :w] >= 0)).sum(1)
+        total += int((g >= 0).sum())
+    return {l: float(r) / max(total, 1) for l, r in zip(exit_layers, right)}
+
+
+def sentence_survival(model, encoded, mode: str, threshold) -> list[float]:
     """Share of sentences still running entering each layer (for the pipeline's balanced layout)."""
     done = WordPass.of(tag_pass(model, encoded, mode, threshold)).finished  # (N,)
     return [float((done >= layer).mean()) for layer in range(1, model.num_layers + 1)]
@@ -227,24 +234,95 @@ def token_conditions(config) -> dict:
             "sentence_pool": config.sentence_pool}
 
 
-def certify_thresholds(model, encoded, gold, mode: str, target: WordTarget, seed: int = 0) -> WordCalibration:
-    """Learn then Test of the sweep's thresholds in `mode` on labeled sentences (gold None:
-    an agreement target), one real pass per candidate (offramp.quality.word_calibration)."""
+PER_LAYER_ALPHAS = np.concatenate([[0.0], np.geomspace(0.002, 0.3, 19)])
+"""The per-layer path's alpha grid (the share of a head's halted words allowed to disagree with
+full depth on the family sentences), fixed in advance; row 0 never exits."""
+WORD_PATHS = ("auto", "per-layer", "global")
+
+
+def head_tags(model, encoded) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per sentence (K, W) tags and (K, W) normalized uncertainties of every exit head, from
+    one full-depth pass."""
+    uncertainty = get_policy(model.config.exit_policy).word_uncertainty
+    logits = word_head_logits(model, encoded)
+    return [lg.argmax(-1) for lg in logits], [uncertainty(torch.from_numpy(lg)).numpy() for lg in logits]
+
+
+def path_curve(model, encoded, gold, names, mode: str, path: calibration.ThresholdPath) -> list[dict]:
+    """Dev curve along a threshold path: full depth first, then each candidate (score_pass figures)."""
+    L, key = model.num_layers, "threshold" if path.name == "global" else "alpha"
+    points = [{key: None, **score_pass(tag_pass(model, encoded, mode, None), gold, names, L)}]
+    for row, param in zip(path.thresholds[1:], path.params[1:]):
+        points.append({key: float(param), "thresholds": [float(t) for t in row],
+                       **score_pass(tag_pass(model, encoded, mode, [float(t) for t in row]), gold, names, L)})
+    for q in points:
+        q.pop("entity", None)
+    return points
+
+
+def check_word_path(path: str, mode: str) -> None:
+    """A token model's threshold path exists for its exit mode (ConfigError naming the fix)."""
+    if path not in WORD_PATHS:
+        raise ConfigError(f"path {path!r}: use one of {WORD_PATHS}")
+    if path == "per-layer" and mode != "token":
+        raise ConfigError(f"the per-layer path halts words by their own heads: it needs token exit mode, not {mode!r}; "
+                          "use --path global (or auto)")
+
+
+def word_paths(model, family_enc, family_gold, names, mode: str, target: WordTarget, path: str = "auto",
+               global_curve: list[dict] | None = None,
+               heads=None) -> tuple[calibration.ThresholdPath, dict[str, list[dict]]]:
+    """The path to certify along, chosen on the family sentences alone (never the certifying
+    ones), and the family curves run to choose it. per-layer is shaped on the family's heads
+    (token mode only: a sentence-mode exit pools the words' uncertainty); auto runs both paths on
+    the family and takes the one that saves more token-layers within the target (word accuracy
+    against gold, or against the full-depth tags for an agreement target). global_curve: the
+    global path's family curve and heads = head_tags(model, family_enc), when the caller has them."""
+    check_word_path(path, mode)
+    glob = global_word_path(SWEEP, len(model.exit_layers))
+    if path == "global" or mode != "token" or not family_enc:
+        if path == "per-layer":
+            raise ConfigError("the per-layer path needs family sentences (a training run's dev slice, or a share of "
+                              "the calibration set): raise the family fraction or use --path global")
+        return glob, {}
+    tags, unc = heads or head_tags(model, family_enc)
+    per = per_layer_word_path(tags, unc, PER_LAYER_ALPHAS)
+    if path == "per-layer":
+        return per, {}
+    if target.mode == "agreement":  # agreement with full depth is accuracy against the full-depth tags
+        family_gold = [t[-1].astype(np.int64) for t in tags]
+        names = []
+    max_drop = target.value if target.mode == "accuracy" else 1 - target.value
+    curves = {"global": global_curve or path_curve(model, family_enc, family_gold, names, mode, glob),
+              "per-layer": path_curve(model, family_enc, family_gold, names, mode, per)}
+    saving = {name: choose(c, max_drop)["token_layer_saving"] for name, c in curves.items()}
+    logger.info("threshold path: %d family sentences, within the target the global path saves %.1f%% of token-layers, "
+                "the per-layer path %.1f%%", len(family_enc), 100 * saving["global"], 100 * saving["per-layer"])
+    return (per if saving["per-layer"] > saving["global"] else glob), curves
+
+
+def certify_thresholds(model, encoded, gold, mode: str, target: WordTarget, seed: int = 0,
+                       path: calibration.ThresholdPath | None = None, family_sentences: int = 0) -> WordCalibration:
+    """Learn then Test along `path` (default: the sweep's global thresholds) in `mode` on labeled
+    sentences (gold None: an agreement target), one real pass per candidate
+    (offramp.quality.word_calibration)."""
     full = WordPass.of(tag_pass(model, encoded, mode, None))
-    return certify_words([t for t in SWEEP if t > 0], lambda t: WordPass.of(tag_pass(model, encoded, mode, t)),
-                         full, gold, target, model.num_layers, seed)
+    path = global_word_path(SWEEP, len(model.exit_layers)) if path is None else path
+    return certify_words(path, lambda t: WordPass.of(tag_pass(model, encoded, mode, t)), full, gold, target,
+                         model.num_layers, seed, family_sentences)
 
 
-def certify_stored(model, cal_enc, cal_gold, mode: str, cfg) -> WordCalibration | None:
-    """The held-out slice's certificate of a threshold to store, or None (with a warning that
-    names the fix) when there is no slice or no exiting threshold passes."""
+def certify_stored(model, cal_enc, cal_gold, mode: str, cfg, path: calibration.ThresholdPath,
+                   family_sentences: int) -> WordCalibration | None:
+    """The held-out slice's certificate of the thresholds to store, along `path`, or None (with a
+    warning that names the fix) when there is no slice or no exiting candidate passes."""
     if not cal_enc or cfg.max_accuracy_drop <= 0:
         logger.warning("stored thresholds are UNCERTIFIED (calibration_fraction=%s, max_accuracy_drop=%s): "
                        "retrain with calibration_fraction > 0 or certify with jobs/calibrate.py",
                        cfg.calibration_fraction, cfg.max_accuracy_drop)
         return None
     target = WordTarget("accuracy", cfg.max_accuracy_drop, cfg.confidence)
-    result = certify_thresholds(model, cal_enc, cal_gold, mode, target, cfg.seed)
+    result = certify_thresholds(model, cal_enc, cal_gold, mode, target, cfg.seed, path, family_sentences)
     if not result.certified:
         logger.warning("no exiting threshold could be certified for '%s' at confidence %.2f on %d held-out sentences: "
                        "the stored thresholds are UNCERTIFIED (dev-chosen); add eval sentences, raise "
@@ -252,10 +330,10 @@ def certify_stored(model, cal_enc, cal_gold, mode: str, cfg) -> WordCalibration 
                        target.describe(), target.confidence, result.sentences)
         return None
     p = result.point
-    logger.info("certified on %d held-out sentences: %s at confidence %.2f; threshold %g saves %.1f%% of token-layers "
+    logger.info("certified on %d held-out sentences: %s at confidence %.2f; %s saves %.1f%% of token-layers "
                 "(ideal %.2fx), word accuracy drop %.2f pt (per sentence %.2f pt, bound %.2f pt)", result.sentences,
-                target.describe(), target.confidence, result.threshold, 100 * p["token_layer_saving"], p["ideal_speedup"],
-                100 * p["accuracy_drop"], 100 * p["risk"], 100 * result.risk_bound)
+                target.describe(), target.confidence, result.describe_thresholds(), 100 * p["token_layer_saving"],
+                p["ideal_speedup"], 100 * p["accuracy_drop"], 100 * p["risk"], 100 * result.risk_bound)
     return result
 
 
@@ -299,39 +377,34 @@ def train_token_exits(cfg):
     cal_enc, cal_gold = [dev_enc[i] for i in cal_idx], [dev_gold[i] for i in cal_idx]
     dev_enc, dev_gold = [dev_enc[i] for i in dev_idx], [dev_gold[i] for i in dev_idx]
     curves = {mode: sweep_thresholds(model, dev_enc, dev_gold, names, mode) for mode in ("token", "sentence")}
-    chosen = {mode: choose(c, cfg.max_accuracy_drop) for mode, c in curves.items()}
     mode = opts.exit_mode
-    stored = chosen[mode]["threshold"]
-    result = certify_stored(model, cal_enc, cal_gold, mode, cfg)
+    heads = head_tags(model, dev_enc)  # every head on the dev words: per-layer accuracy, the per-layer path's shape
+    target = WordTarget("accuracy", cfg.max_accuracy_drop, cfg.confidence)
+    path, family_curves = word_paths(model, dev_enc, dev_gold, names, mode, target, "auto", curves[mode], heads)
+    if "per-layer" in family_curves:
+        curves["token_per_layer"] = family_curves["per-layer"]
+    chosen = {m: choose(c, cfg.max_accuracy_drop) for m, c in curves.items()}
+    dev_key, K = mode if path.name == "global" else "token_per_layer", len(model.exit_layers)
+    c = chosen[dev_key]  # the dev-chosen point on the path certified: stored when nothing can be certified
+    stored = c["thresholds"] if "thresholds" in c else [-1.0 if c.get("threshold") is None else c["threshold"]] * K
+    result = certify_stored(model, cal_enc, cal_gold, mode, cfg, path, len(dev_enc) if path.name == "per-layer" else 0)
     record = None
     if result is not None:
-        stored = result.threshold
-        record = {**result.record(len(model.exit_layers)), "data": "held-out slice of --eval",
+        stored = result.thresholds
+        record = {**result.record(), "data": "held-out slice of --eval",
                   **calibration.conditions(policy_name, exit_mechanism(model.config), cfg.max_length),
                   **token_conditions(model.config)}
-    model.config.exit_thresholds = [float(stored if stored is not None else -1.0)] * len(model.exit_layers)
+    model.config.exit_thresholds = [float(t) for t in stored]
     model.config.exit_certified = record is not None
-    layer_acc = {}
-    with torch.no_grad():
-        for i in range(0, len(dev_enc), 64):
-            ids, lengths, starts = pad(dev_enc[i : i + 64])
-            mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
-            states = model.layer_states(ids, mask)
-            for l in model.exit_layers:
-                pred = _word_logits(model, l, states[l], starts).argmax(-1)
-                for k, g in enumerate(dev_gold[i : i + 64]):
-                    ok = (pred[k, : len(g)].numpy() == g) & (g >= 0) & (starts[k, : len(g)].numpy() >= 0)
-                    layer_acc.setdefault(l, [0, 0])
-                    layer_acc[l][0] += int(ok.sum())
-                    layer_acc[l][1] += int((g >= 0).sum())
-    layer_acc = {l: r / max(t, 1) for l, (r, t) in layer_acc.items()}
-    survival = record["survival"] if record else sentence_survival(model, dev_enc, mode, stored if stored is not None else -1.0)
+    layer_acc = head_accuracy(model.exit_layers, heads[0], dev_gold)
+    survival = record["survival"] if record else sentence_survival(model, dev_enc, mode, stored)
     seconds = time.perf_counter() - t0
-    c = chosen[mode]
     key = "f1" if "f1" in c else "accuracy"
-    logger.info("dev (%s): full-depth %s %.4f; threshold %s gives %.4f saving %.1f%% of token-layers (ideal %.2fx)",
-                mode, key, curves[mode][0][key], c["threshold"], c[key], 100 * c["token_layer_saving"], c["ideal_speedup"])
-    report = TrainReport(TOKEN, len(sents), len(dev_enc), seconds, layer_acc, curves[mode], c, survival, losses,
+    logger.info("dev (%s, %s path): full-depth %s %.4f; %s gives %.4f saving %.1f%% of token-layers (ideal %.2fx)",
+                mode, path.name, key, curves[dev_key][0][key],
+                f"threshold {c['threshold']}" if "alpha" not in c else f"alpha {c['alpha']}", c[key],
+                100 * c["token_layer_saving"], c["ideal_speedup"])
+    report = TrainReport(TOKEN, len(sents), len(dev_enc), seconds, layer_acc, curves[dev_key], c, survival, losses,
                          task_curves=curves, task_chosen=chosen, calibration=record)
     return model, tokenizer, report
 

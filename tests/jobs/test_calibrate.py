@@ -1,5 +1,6 @@
 """jobs/calibrate.py as a user runs it: certify, write into the model, log to MLflow; refuse what it can't."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -79,7 +80,8 @@ def test_uncertifiable_target_leaves_the_model_unchanged_and_says_how_many_rows(
 
 def test_a_token_model_is_certified_over_sentences(token_model_dir, tmp_path, command):
     """Tagged sentences: a word-accuracy target; words alone: an agreement target. The certified
-    threshold is written with a record that says how words leave; a per-layer path is refused."""
+    threshold is written with a record that says how words leave. A per-layer path is shaped on
+    a seeded share of the sentences and certified on the rest; a sentence-mode model refuses it."""
     model = tmp_path / "tagger"
     shutil.copytree(token_model_dir, model)
     sentences = SENTENCES * 10
@@ -89,7 +91,7 @@ def test_a_token_model_is_certified_over_sentences(token_model_dir, tmp_path, co
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     status, out, err = command("calibrate", "--model", str(model), "--data", str(data), "--text-column", "tokens",
                                "--label-column", "pos", "--max-accuracy-drop", "0.2", "--set", "max_length=64",
-                               "--set", f"mlflow.tracking_uri={uri}")
+                               "--set", f"mlflow.tracking_uri={uri}", "--path", "global")
     assert status == 0, err
     info = ModelInfo.read(str(model))
     rec = info.calibration
@@ -104,9 +106,26 @@ def test_a_token_model_is_certified_over_sentences(token_model_dir, tmp_path, co
     status, out, err = command("calibrate", "--model", str(model), "--data", str(data), "--min-agreement", "0.8",
                                "--set", "max_length=64", "--set", f"mlflow.tracking_uri={uri}")
     assert status == 0 and ModelInfo.read(str(model)).calibration["mode"] == "agreement", err
-    status, _, err = command("calibrate", "--model", str(model), "--data", str(data), "--min-agreement", "0.8",
+    # per-layer: 30% of the 140 sentences shape one threshold per head, the other 98 certify
+    status, out, err = command("calibrate", "--model", str(model), "--data", str(data), "--text-column", "tokens",
+                               "--label-column", "pos", "--max-accuracy-drop", "0.2", "--set", "max_length=64",
+                               "--set", f"mlflow.tracking_uri={uri}", "--path", "per-layer")
+    assert status == 0, err
+    info = ModelInfo.read(str(model))
+    rec = info.calibration
+    assert (rec["path"], rec["rows"], rec["family_rows"], rec["threshold"]) == ("per-layer", 98, 42, None)
+    assert list(info.thresholds.values()) == rec["thresholds"] and rec["thresholds"][-1] == 1.0 and rec["alpha"] > 0
+    assert "per-layer thresholds [" in out and f"(alpha {rec['alpha']:.4g}) (written to {model})" in out
+    logged = client.search_runs([client.get_experiment_by_name("offramp-calibrate").experiment_id],
+                                order_by=["attributes.start_time DESC"])[0]
+    assert (logged.data.params["path"], logged.data.params["family_rows"]) == ("per-layer", "42")
+    sentence_mode = tmp_path / "sentee"
+    shutil.copytree(token_model_dir, sentence_mode)
+    config = json.loads((sentence_mode / "config.json").read_text())
+    (sentence_mode / "config.json").write_text(json.dumps({**config, "token_exit_mode": "sentence"}))
+    status, _, err = command("calibrate", "--model", str(sentence_mode), "--data", str(data), "--min-agreement", "0.8",
                              "--path", "per-layer")
-    assert status == 2 and "one threshold for every head" in err
+    assert status == 2 and "needs token exit mode, not 'sentence'" in err
 
 
 def test_dry_run_and_bad_targets(setup, command):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from offramp.quality.stats import betting_pvalue, betting_upper
-from offramp.quality.word_calibration import WordPass, WordTarget, certify_words
+from offramp.quality.calibration import ThresholdPath
+from offramp.quality.word_calibration import WordPass, WordTarget, certify_words, per_layer_word_path
 
 DELTA = 0.1
 
@@ -51,12 +52,19 @@ def synthetic_passes(rng, sentences: int, flips: list[float]):
     gold = [np.zeros(n, dtype=np.int64) for n in lengths]
     gold[0] = np.full(lengths[0], -1)  # a sentence without gold tags: left out of the test
 
-    def run(k):
+    def run(thresholds):
+        k = int(thresholds[0])  # candidate k of `candidates(n)`
         labels = [(rng.random(n) < flips[k]).astype(np.int64) for n in lengths]
         layers = lengths * (6 - k)  # more aggressive: fewer token-layers
         return WordPass(labels, layers, lengths, np.full(sentences, 6 - k))
 
     return full, gold, run
+
+
+def candidates(n: int, name: str = "global") -> ThresholdPath:
+    """Never-exit, then candidates 0..n-1 (the same value at every one of 6 heads)."""
+    t = np.concatenate([[-1.0], np.arange(n, dtype=float)])
+    return ThresholdPath(name, np.repeat(t[:, None], 6, axis=1), t)
 
 
 def test_the_certified_threshold_keeps_its_promise_over_repeated_draws():
@@ -66,7 +74,7 @@ def test_the_certified_threshold_keeps_its_promise_over_repeated_draws():
     rng, violations, chosen = np.random.default_rng(3), 0, []
     for _ in range(300):
         full, gold, run = synthetic_passes(rng, 600, flips)
-        result = certify_words(range(len(flips)), run, full, gold, target, num_layers=6)
+        result = certify_words(candidates(len(flips)), run, full, gold, target, num_layers=6)
         k = -1 if result.threshold is None else int(result.threshold)
         chosen.append(k)
         violations += k >= 0 and flips[k] > target.value
@@ -79,17 +87,47 @@ def test_certification_stops_at_the_first_failure_and_records_what_it_certified(
     flips = [0.0, 0.0, 0.5, 0.0]  # the third fails; the fourth is never tried, though it would pass
     full, gold, run = synthetic_passes(rng, 400, flips)
     tried = []
-    result = certify_words(range(4), lambda k: tried.append(k) or run(k), full, gold,
+    result = certify_words(candidates(4), lambda t: tried.append(int(t[0])) or run(t), full, gold,
                            WordTarget("accuracy", 0.02, 0.9), num_layers=6)
     assert tried == [0, 1, 2] and result.threshold == 1.0 and result.certified
     assert [p["certified"] for p in result.curve] == [True, True, True, False]
     assert result.sentences == 399  # the sentence without gold tags is left out
-    rec = result.record(num_heads=6)
-    assert rec["thresholds"] == [1.0] * 6 and rec["unit"] == "sentence" and rec["risk_bound"] <= 0.02
+    rec = result.record()
+    assert rec["thresholds"] == [1.0] * 6 and rec["threshold"] == 1.0 and rec["path"] == "global"
+    assert rec["unit"] == "sentence" and rec["risk_bound"] <= 0.02
     assert rec["agreement_lower"] >= 0.98 - 1e-9 and rec["token_layer_saving"] == pytest.approx(1 / 6)
     assert rec["survival"] == [1.0] * 5 + [0.0]  # every sentence finished after layer 5
     # no gold: an agreement target certifies the same way, without labels
-    agree = certify_words(range(4), run, full, None, WordTarget("agreement", 0.98, 0.9), num_layers=6)
+    agree = certify_words(candidates(4), run, full, None, WordTarget("agreement", 0.98, 0.9), num_layers=6)
     assert agree.threshold == 1.0 and agree.sentences == 400
     with pytest.raises(ValueError, match="needs gold tags"):
-        certify_words(range(4), run, full, None, WordTarget("accuracy", 0.02, 0.9), num_layers=6)
+        certify_words(candidates(4), run, full, None, WordTarget("accuracy", 0.02, 0.9), num_layers=6)
+
+
+def test_a_per_layer_path_records_its_alpha_and_the_thresholds_of_every_head():
+    rng = np.random.default_rng(5)
+    full, gold, run = synthetic_passes(rng, 400, [0.0, 0.0, 0.5])
+    result = certify_words(candidates(3, "per-layer"), run, full, gold, WordTarget("accuracy", 0.02, 0.9),
+                           num_layers=6, family_sentences=120)
+    rec = result.record()
+    assert rec["path"] == "per-layer" and rec["threshold"] is None and rec["alpha"] == 1.0
+    assert rec["thresholds"] == [1.0] * 6 and rec["family_rows"] == 120
+    assert "alpha 1" in result.describe_thresholds()
+
+
+def test_the_per_layer_word_path_loosens_each_head_as_alpha_grows_and_better_heads_get_looser_thresholds():
+    """Two sentences, 3 heads: head 0 is wrong on its two least confident words, head 1 on none;
+    row 0 never exits, the last head always answers."""
+    final = np.array([0, 1, 2, 0, 1])
+    tags = [np.stack([np.array([0, 1, 2, 9, 9]), final, final])]
+    unc = [np.stack([np.array([0.1, 0.2, 0.3, 0.6, 0.7]), np.array([0.1, 0.2, 0.3, 0.6, 0.7]), np.zeros(5)])]
+    path = per_layer_word_path(tags, unc, np.array([0.0, 0.0, 0.25, 1.0]))
+    assert path.name == "per-layer" and path.thresholds.shape == (4, 3)
+    assert path.thresholds[0].tolist() == [-1.0, -1.0, -1.0]  # never exits
+    # alpha 0: head 0 halts its 3 right words, the cut between 0.3 and 0.6
+    assert path.thresholds[1, 0] == pytest.approx(0.45)
+    assert path.thresholds[1, 1] > 0.7  # head 1 is never wrong: it halts every word
+    assert path.thresholds[2, 0] == pytest.approx(0.65)  # alpha 0.25: 1 wrong word in 4 is allowed
+    assert path.thresholds[3, 0] > 0.7  # alpha 1: every word
+    assert (path.thresholds[1:, 2] == 1.0).all()  # the last head always answers
+    assert (np.diff(path.thresholds[1:, :2], axis=0) >= 0).all()

@@ -13,13 +13,14 @@ from torch.nn import functional as F
 from transformers import AutoModelForTokenClassification
 
 from offramp.config import ConfigError, ExitConfig, TagConfig, TokenExitConfig, load_config
+from offramp.exits.token_pass import word_logits
+from offramp.models.checkpoint import ModelInfo, load_model
+from offramp.models.token import IGNORE
 from offramp.quality.certificate import certificate_gaps
 from offramp.tasks import get_task
-from offramp.models.token import IGNORE
-from offramp.models.checkpoint import ModelInfo, load_model
-from offramp.training import TrainConfig, save_trained, train_exits
-from offramp.training.token import _batch, _word_logits, joint_loss, self_sampling_loss
 from offramp.text.words import encode_words
+from offramp.training import TrainConfig, save_trained, train_exits
+from offramp.training.token import _batch, joint_loss, self_sampling_loss
 from tests.conftest import SENTENCES, TAGS, make_model, make_token_model
 
 
@@ -58,7 +59,7 @@ def test_self_sampling_loss_covers_only_words_still_active(batch):
     first = model.exit_layers[0]
     with torch.no_grad():
         h = model.layer_states(ids, mask)[first]
-        want = F.cross_entropy(_word_logits(model, first, h, starts).reshape(-1, len(TAGS)), y.reshape(-1),
+        want = F.cross_entropy(word_logits(model, first, h, starts).reshape(-1, len(TAGS)), y.reshape(-1),
                                ignore_index=IGNORE)
     loss = self_sampling_loss(model, batch, FixedDraws(), 0, 1.5)
     torch.testing.assert_close(loss, want)
@@ -96,11 +97,19 @@ def test_token_training_end_to_end_stores_thresholds_and_profile(token_data, tmp
     save_trained(trained, tok, report, cfg.output)
 
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
-    chosen = report.task_chosen["token"]["threshold"]
     assert report.task == "token" and saved["task"] == "token" and saved["exit_policy"] == "max_prob"
-    assert saved["exit_thresholds"] == [chosen if chosen is not None else -1.0] * len(trained.exit_layers)
+    # too few held-out sentences to certify: the dev-chosen point of the path the dev curves chose is stored
+    assert report.calibration is None and saved["exit_certified"] is False
+    chosen = report.chosen
+    K = len(trained.exit_layers)
+    want = chosen.get("thresholds") or [chosen["threshold"] if chosen["threshold"] is not None else -1.0] * K
+    assert saved["exit_thresholds"] == want
+    assert chosen in (report.task_chosen["token"], report.task_chosen["token_per_layer"])
     profile = json.loads((tmp_path / "m" / "exit_profile.json").read_text())
-    assert set(profile["token_curves"]) == {"token", "sentence"}
+    assert set(profile["token_curves"]) == {"token", "sentence", "token_per_layer"}
+    per_layer = profile["token_curves"]["token_per_layer"]
+    assert per_layer[0]["alpha"] is None
+    assert all(len(p["thresholds"]) == K and p["thresholds"][-1] == 1.0 for p in per_layer[1:])
     assert len(profile["dev_survival"]) == trained.num_layers and profile["dev_survival"][0] == 1.0
     # stage 1 then self-sampling both ran: losses logged for both stages
     assert {l["stage"] for l in report.losses} == {1, 2}
@@ -144,7 +153,13 @@ def test_token_training_certifies_its_stored_threshold_on_held_out_sentences(tok
     rec = json.loads((tmp_path / "m" / "exit_profile.json").read_text())["calibration"]
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
     assert saved["exit_certified"] is True and saved["exit_thresholds"] == rec["thresholds"]
-    assert rec["threshold"] > 0 and rec["unit"] == "sentence" and rec["rows"] == 42 and rec["p_value"] <= 0.1
+    assert rec["unit"] == "sentence" and rec["rows"] == 42 and rec["p_value"] <= 0.1
+    # the path was chosen on the 98 dev sentences, which shape a per-layer path, and certified on the 42
+    if rec["path"] == "per-layer":
+        assert rec["alpha"] > 0 and rec["family_rows"] == 98 and rec["thresholds"][-1] == 1.0
+    else:
+        assert rec["threshold"] > 0 and rec["family_rows"] == 0
+        assert rec["thresholds"] == [rec["threshold"]] * len(trained.exit_layers)
     assert rec["risk_bound"] <= 0.2 and rec["mode"] == "accuracy" and report.eval_rows == 98
     assert (rec["token_exit_mode"], rec["exit_window"], rec["max_length"]) == ("token", 0, 32)
     # the certificate covers a tagging run with the model's own settings, and not one with another window
