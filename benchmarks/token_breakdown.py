@@ -128,7 +128,10 @@ def main():
     p.add_argument("--max-drop", type=float, default=0.005)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--policy", help="judge words by this per-word policy (entropy, max_prob) instead of the stored one")
-    p.add_argument("--windows", type=int, nargs="+", default=[0, 1, 2], help="TOKEE windows to run for real")
+    p.add_argument("--windows", type=int, nargs="*", default=[0, 1, 2],
+                   help="TOKEE windows to run for real (none: no window sweep)")
+    p.add_argument("--stored", action="store_true",
+                   help="also score the model's stored (certified) thresholds, in its stored exit mode and window")
     p.add_argument("--per-layer-dev", metavar="DEV.parquet",
                    help="also run per-layer thresholds along one parameter alpha, shaped on this file's sentences "
                         "(a seeded --per-layer-rows sample), with window 0")
@@ -150,6 +153,13 @@ def main():
         family = per_layer_word_path(*head_tags(model, dev), PER_LAYER_ALPHAS).thresholds
         result["per_layer"] = per_layer_curve(model, encoded, gold, family, PER_LAYER_ALPHAS,
                                               result["full_depth_accuracy"], args.max_drop, 0)
+    if args.stored:
+        c = model.config
+        s = score_pass(tag_pass(model, encoded, c.token_exit_mode, list(c.exit_thresholds), window=c.exit_window),
+                       gold, [], model.num_layers)
+        result["stored"] = {"thresholds": list(c.exit_thresholds), "certified": bool(getattr(c, "exit_certified", False)),
+                            "calibration": info.calibration, "accuracy": s["accuracy"],
+                            "token_layer_saving": s["token_layer_saving"], "ideal_speedup": s["ideal_speedup"]}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
@@ -168,6 +178,12 @@ def main():
         b = d["best_within_drop"]
         print(f"TOKEE window {w}: best within {100 * args.max_drop:.1f} pt: threshold {b['threshold']}: "
               f"{100 * b['token_layer_saving']:.1f}% token-layers saved, accuracy {b['accuracy']:.4f}")
+    if "stored" in r:
+        st = r["stored"]
+        print(f"stored thresholds ({'certified' if st['certified'] else 'UNCERTIFIED'}) "
+              f"{[round(t, 3) for t in st['thresholds']]}: {100 * st['token_layer_saving']:.1f}% token-layers saved "
+              f"(ideal {st['ideal_speedup']:.2f}x), accuracy {st['accuracy']:.4f} "
+              f"(drop {100 * (r['full_depth_accuracy'] - st['accuracy']):.2f} pt)")
     b = r.get("per_layer", {}).get("best_within_drop")
     if b:
         print(f"TOKEE window 0, per-layer thresholds: best within {100 * args.max_drop:.1f} pt: alpha {b['alpha']:.4f} "

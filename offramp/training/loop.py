@@ -129,7 +129,10 @@ def _schedule(optim, total: int, warmup_ratio: float):
 def _optimize(params, n: int, cfg: TrainSettings, epochs: float, lr: float, stage: int, loss_of, losses, clip=None, lengths=None):
     """AdamW with linear warmup/decay over `epochs` passes of n rows; loss_of(row indices) -> loss.
     `params`: tensors, or AdamW parameter groups (dicts with their own "lr"). `lengths`: each
-    row's length, to batch rows of similar length together (`_batches`)."""
+    row's length, to batch rows of similar length together (`_batches`). epochs 0: no step at all
+    (a warm start with 0 epochs re-measures and re-certifies the model it loaded, unchanged)."""
+    if epochs <= 0 or n == 0:
+        return
     total = max(1, int(round(math.ceil(n / cfg.batch_size) * epochs)))
     optim = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     params = [p for g in optim.param_groups for p in g["params"]]  # flat, for clipping

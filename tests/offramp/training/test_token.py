@@ -129,6 +129,10 @@ def test_token_warm_start_keeps_the_models_tags_and_refuses_new_ones(token_data,
         stage1_epochs=0, **{"token.self_sampling_epochs": 0}))
     assert report.task == "token" and trained.labels == TAGS != sorted(TAGS)
     assert trained.config.exit_policy == "max_prob"
+    # 0 epochs of both stages: not one step; the loaded weights are re-measured and re-certified as they are
+    assert report.losses == []
+    for name, p in load_model(token_model_dir).state_dict().items():
+        torch.testing.assert_close(trained.state_dict()[name], p, msg=f"{name} changed in a 0-epoch warm start")
     other = tmp_path / "other.parquet"
     pq.write_table(pa.table({"tokens": SENTENCES[:4], "pos": [["B-LOC"] * len(s) for s in SENTENCES[:4]]}), other)
     with pytest.raises(ConfigError, match=r"--init-from .* has no class for training labels \['B-LOC'\].*--base-model"):
