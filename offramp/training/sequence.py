@@ -73,7 +73,7 @@ def train_sequence_exits(cfg):
 
     hp_all = full_pass(model, tokenizer, dev_texts, cfg.max_length)
     gold_all = np.array([label2id.get(v, -1) for v in dev_labels])  # unseen dev labels count as errors
-    cal_idx, dev_idx = held_out_slice(len(dev_texts), cfg.calibration_fraction, cfg.seed)
+    cal_idx, dev_idx = held_out_slice(len(dev_texts), cfg.held_out_fraction(SEQUENCE), cfg.seed)
     hp, gold = hp_all[dev_idx], gold_all[dev_idx]
     layer_acc = {l: float((hp.logits[:, k].argmax(-1) == gold).mean()) for k, l in enumerate(model.exit_layers)}
     curve = simulate.sweep(hp, gold, model.exit_layers, policy)
@@ -105,7 +105,7 @@ def certify_stored(hp_cal, gold_cal, dev, policy, model, mechanism: str, cfg) ->
     path): the certificate record, or None (with a warning naming the fix) when there is none."""
     if len(hp_cal) == 0 or cfg.max_accuracy_drop <= 0:
         logger.warning("stored thresholds are UNCERTIFIED (calibration_fraction=%s, max_accuracy_drop=%s): "
-                       "certify them with jobs/calibrate.py", cfg.calibration_fraction, cfg.max_accuracy_drop)
+                       "certify them with jobs/calibrate.py", cfg.held_out_fraction(SEQUENCE), cfg.max_accuracy_drop)
         return None
     target = calibration.Target("accuracy", cfg.max_accuracy_drop, cfg.confidence)
     result = calibration.certify(hp_cal, gold_cal, policy, model.exit_layers, target, "auto", family=dev)

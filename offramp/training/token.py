@@ -319,7 +319,7 @@ def certify_stored(model, cal_enc, cal_gold, mode: str, cfg, path: calibration.T
     if not cal_enc or cfg.max_accuracy_drop <= 0:
         logger.warning("stored thresholds are UNCERTIFIED (calibration_fraction=%s, max_accuracy_drop=%s): "
                        "retrain with calibration_fraction > 0 or certify with jobs/calibrate.py",
-                       cfg.calibration_fraction, cfg.max_accuracy_drop)
+                       cfg.held_out_fraction(TOKEN), cfg.max_accuracy_drop)
         return None
     target = WordTarget("accuracy", cfg.max_accuracy_drop, cfg.confidence)
     result = certify_thresholds(model, cal_enc, cal_gold, mode, target, cfg.seed, path, family_sentences)
@@ -373,7 +373,7 @@ def train_token_exits(cfg):
     model.eval()
 
     dev_enc, dev_gold = encode_words(tokenizer, dev_sents, cfg.max_length), word_labels(dev_tags, label2id)
-    cal_idx, dev_idx = held_out_slice(len(dev_enc), cfg.calibration_fraction, cfg.seed)
+    cal_idx, dev_idx = held_out_slice(len(dev_enc), cfg.held_out_fraction(TOKEN), cfg.seed)
     cal_enc, cal_gold = [dev_enc[i] for i in cal_idx], [dev_gold[i] for i in cal_idx]
     dev_enc, dev_gold = [dev_enc[i] for i in dev_idx], [dev_gold[i] for i in dev_idx]
     curves = {mode: sweep_thresholds(model, dev_enc, dev_gold, names, mode) for mode in ("token", "sentence")}
