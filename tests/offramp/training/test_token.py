@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import mlflow
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -21,6 +22,7 @@ from offramp.tasks import get_task
 from offramp.text.words import encode_words
 from offramp.training import TrainConfig, save_trained, train_exits
 from offramp.training.token import _batch, joint_loss, self_sampling_loss
+from pipelines.tracking import log_train_run
 from tests.conftest import SENTENCES, TAGS, make_model, make_token_model
 
 
@@ -92,9 +94,15 @@ def token_config(root, out, **kw) -> TrainConfig:
 
 
 def test_token_training_end_to_end_stores_thresholds_and_profile(token_data, tmp_path):
-    cfg = token_config(token_data, tmp_path / "m")
+    cfg = token_config(token_data, tmp_path / "m", **{"mlflow.tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"})
     trained, tok, report = train_exits(cfg)
     save_trained(trained, tok, report, cfg.output)
+    # the training run in MLflow: the stored policy, and the dev-chosen point by alpha on a per-layer path
+    logged = mlflow.MlflowClient(cfg.mlflow.tracking_uri).get_run(log_train_run(cfg, report, cfg.output)).data
+    assert logged.params["policy"] == "max_prob"
+    per_layer_point = report.chosen.get("alpha") is not None
+    assert ("exit_alpha" in logged.metrics) == per_layer_point == ("exit_threshold" not in logged.metrics)
+    assert {"dev_token_per_layer_alpha", "dev_token_per_layer_threshold"} & set(logged.metrics)
 
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
     assert report.task == "token" and saved["task"] == "token" and saved["exit_policy"] == "max_prob"
