@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from offramp.config import ConfigError, MlflowConfig
 from offramp.planning.capacity import PLAN_ARTIFACT, SUMMARY_ARTIFACT, CapacityPlan, plan_capacity
 from offramp.quality.trend import early_exit_share
+from offramp.training.token import DEFAULT_WORD_POLICY
 from pipelines.figures import exit_histogram_figure
 from pipelines.report import render_report
 from pipelines.store import tracking_uri
@@ -173,8 +174,6 @@ def report_policy(cfg, token: bool) -> str:
     """The exit policy the trained model stores: the configured one, else the task's default."""
     if cfg.policy:
         return cfg.policy
-    from offramp.training.token import DEFAULT_WORD_POLICY
-
     return DEFAULT_WORD_POLICY if token else "(mechanism default)"
 
 
