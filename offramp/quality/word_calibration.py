@@ -46,6 +46,10 @@ class WordPass:
     tokens: np.ndarray  # (N,)
     finished: np.ndarray  # (N,) the deepest layer any of its words ran to
 
+    def take(self, idx: np.ndarray) -> "WordPass":
+        """The sentences at `idx`, in that order."""
+        return WordPass([self.labels[i] for i in idx], self.token_layers[idx], self.tokens[idx], self.finished[idx])
+
     @classmethod
     def of(cls, tag_pass) -> "WordPass":
         """From an `offramp.exits.token_pass.TagPass`."""
@@ -194,7 +198,7 @@ def certify_words(path: ThresholdPath, run_pass, full: WordPass, gold, target: W
              zip(gold if gold is not None else full.labels, full.labels)]
     counted = np.array([bool(w.any()) for w in words])
     order = np.random.default_rng(seed).permutation(len(full.labels))
-    full, gold = _reorder(full, order), None if gold is None else [gold[i] for i in order]
+    full, gold = full.take(order), None if gold is None else [gold[i] for i in order]
     counted = counted[order]
     key = "threshold" if path.name == "global" else "alpha"
     never = point(path.thresholds[0].tolist(), full, full, gold, target, counted, num_layers)
@@ -202,7 +206,7 @@ def certify_words(path: ThresholdPath, run_pass, full: WordPass, gold, target: W
     curve, chosen, chosen_pass = [never], None, full
     for row, param in zip(path.thresholds[1:], path.params[1:]):
         thresholds = [float(t) for t in row]
-        run = _reorder(run_pass(thresholds), order)
+        run = run_pass(thresholds).take(order)
         p = point(thresholds, run, full, gold, target, counted, num_layers)
         p[key] = float(param)
         p["certified"] = p["p_value"] <= target.delta
@@ -220,7 +224,3 @@ def certify_words(path: ThresholdPath, run_pass, full: WordPass, gold, target: W
         lower = 1 - betting_upper(agree[counted], 0.0, 1.0, target.delta)
     return WordCalibration(target, int(counted.sum()), None if chosen is None else chosen["thresholds"], at, curve,
                            survival, bound, lower, path.name, family_sentences)
-
-
-def _reorder(p: WordPass, order: np.ndarray) -> WordPass:
-    return WordPass([p.labels[i] for i in order], p.token_layers[order], p.tokens[order], p.finished[order])
