@@ -129,9 +129,9 @@ def main():
           "other half: mean (median) | best on the pool within the target | mean pool risk |")
     print("|---|---|---|---|---|---|---|")
     for name, r in out["paths"].items():
-        print(f"| {name} | {r['violations_pool']:.3f} | {r['violations_other_half']:.3f} | {r['certified_share']:.2f} | "
-              f"{100 * r['saving_mean']:.1f}% ({100 * r['saving_median']:.1f}%) | {100 * r['best_on_pool']:.1f}% | "
-              f"{100 * r['pool_risk_mean']:.2f} pt |")
+        print(f"| {name} | {r['violations_pool']:.3f} | {r['violations_other_half']:.3f} | "
+              f"{r['certified_share']:.2f} | {100 * r['saving_mean']:.1f}% ({100 * r['saving_median']:.1f}%) | "
+              f"{100 * r['best_on_pool']:.1f}% | {100 * r['pool_risk_mean']:.2f} pt |")
 
 
 if __name__ == "__main__":
