@@ -35,10 +35,18 @@ from transformers import AutoTokenizer  # noqa: E402
 
 from offramp.exits.token_pass import tag_pass  # noqa: E402
 from offramp.models.checkpoint import ModelInfo, load_model  # noqa: E402
+from offramp.quality.calibration import ThresholdPath  # noqa: E402
 from offramp.quality.token_scores import score_pass  # noqa: E402
 from offramp.quality.word_calibration import per_layer_word_path  # noqa: E402
 from offramp.text.words import encode_words  # noqa: E402
-from offramp.training.token import PER_LAYER_ALPHAS, SWEEP, head_tags, load_tagged, word_labels  # noqa: E402
+from offramp.training.token import (  # noqa: E402
+    PER_LAYER_ALPHAS,
+    SWEEP,
+    candidate_points,
+    head_tags,
+    load_tagged,
+    word_labels,
+)
 
 
 def tagged_sample(path: str, columns: tuple[str, str], rows: int, seed: int, tokenizer, labels: list[str],
@@ -102,16 +110,10 @@ def analyse(model, encoded, gold, layers: list[int], max_drop: float, windows=(0
     }
 
 
-def per_layer_curve(model, encoded, gold, family: np.ndarray, alphas: np.ndarray, full: float, max_drop: float,
-                    window: int) -> dict:
+def per_layer_curve(model, encoded, gold, family: ThresholdPath, full: float, max_drop: float, window: int) -> dict:
     """Real TOKEE passes along the per-layer family: saving and accuracy per alpha, against `full`,
     the full-depth word accuracy `analyse` measured on the same sentences."""
-    L = model.num_layers
-    curve = []
-    for a, thr in zip(alphas[1:], family[1:]):
-        s = score_pass(tag_pass(model, encoded, "token", list(thr), window=window), gold, [], L)
-        curve.append({"alpha": float(a), "thresholds": [float(t) for t in thr], "accuracy": s["accuracy"],
-                      "token_layer_saving": s["token_layer_saving"]})
+    curve = candidate_points(model, encoded, gold, [], "token", family, window=window)
     ok = [p for p in curve if p["accuracy"] >= full - max_drop]
     return {"window": window, "full_depth_accuracy": full, "curve": curve,
             "best_within_drop": max(ok, key=lambda p: p["token_layer_saving"]) if ok else None}
@@ -150,9 +152,9 @@ def main():
     if args.per_layer_dev:
         dev, _ = tagged_sample(args.per_layer_dev, (args.words_column, args.tags_column), args.per_layer_rows, args.seed,
                                tokenizer, info.labels, args.max_length, flag="--per-layer-dev")
-        family = per_layer_word_path(*head_tags(model, dev), PER_LAYER_ALPHAS).thresholds
-        result["per_layer"] = per_layer_curve(model, encoded, gold, family, PER_LAYER_ALPHAS,
-                                              result["full_depth_accuracy"], args.max_drop, 0)
+        family = per_layer_word_path(*head_tags(model, dev), PER_LAYER_ALPHAS)
+        result["per_layer"] = per_layer_curve(model, encoded, gold, family, result["full_depth_accuracy"],
+                                              args.max_drop, 0)
     if args.stored:
         c = model.config
         s = score_pass(tag_pass(model, encoded, c.token_exit_mode, list(c.exit_thresholds), window=c.exit_window),

@@ -19,26 +19,38 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from datasets import LargeList, List, Sequence, load_dataset
 from torch.nn import functional as F
 from transformers import AutoTokenizer
 from transformers.masking_utils import create_bidirectional_mask
 
-from datasets import LargeList, List, Sequence, load_dataset
-
 from offramp.config import ConfigError, check_token_exit
-from offramp.training.data import _BUILDERS
+from offramp.exits.token_pass import pad, tag_pass, word_head_logits, word_logits
 from offramp.models.base import TOKEN
 from offramp.models.checkpoint import exit_mechanism, model_class
-from offramp.exits.token_pass import pad, tag_pass, word_head_logits, word_logits
-from offramp.quality import calibration
-from offramp.quality.token_scores import score_pass
-from offramp.quality.word_calibration import (WordCalibration, WordPass, WordTarget, certify_words, global_word_path,
-                                             per_layer_word_path)
 from offramp.models.token import IGNORE, window_max, word_of_token
 from offramp.policies import check_word_policy, get_policy
-from offramp.training.loop import (TrainReport, _optimize, begin, exit_config, freeze_all_but_exit_heads,
-                                   held_out_slice, label_names)
+from offramp.quality import calibration
+from offramp.quality.token_scores import score_pass
+from offramp.quality.word_calibration import (
+    WordCalibration,
+    WordPass,
+    WordTarget,
+    certify_words,
+    global_word_path,
+    per_layer_word_path,
+)
 from offramp.text.words import EncodedWords, as_words, encode_words, split_words
+from offramp.training.data import _BUILDERS
+from offramp.training.loop import (
+    TrainReport,
+    _optimize,
+    begin,
+    exit_config,
+    freeze_all_but_exit_heads,
+    held_out_slice,
+    label_names,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -242,16 +254,26 @@ def head_tags(model, encoded) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return [lg.argmax(-1) for lg in logits], [uncertainty(torch.from_numpy(lg)).numpy() for lg in logits]
 
 
+def candidate_points(model, encoded, gold, names, mode: str, path: calibration.ThresholdPath,
+                     window: int | None = None) -> list[dict]:
+    """One real pass per candidate of `path` (row 0, never-exit, left out), scored by score_pass;
+    window None: the model's stored window."""
+    key = "threshold" if path.name == "global" else "alpha"
+    points = []
+    for row, param in zip(path.thresholds[1:], path.params[1:]):
+        thresholds = [float(t) for t in row]
+        s = score_pass(tag_pass(model, encoded, mode, thresholds, window=window), gold, names, model.num_layers)
+        s.pop("entity", None)
+        points.append({key: float(param), "thresholds": thresholds, **s})
+    return points
+
+
 def path_curve(model, encoded, gold, names, mode: str, path: calibration.ThresholdPath) -> list[dict]:
     """Dev curve along a threshold path: full depth first, then each candidate (score_pass figures)."""
-    L, key = model.num_layers, "threshold" if path.name == "global" else "alpha"
-    points = [{key: None, **score_pass(tag_pass(model, encoded, mode, None), gold, names, L)}]
-    for row, param in zip(path.thresholds[1:], path.params[1:]):
-        points.append({key: float(param), "thresholds": [float(t) for t in row],
-                       **score_pass(tag_pass(model, encoded, mode, [float(t) for t in row]), gold, names, L)})
-    for q in points:
-        q.pop("entity", None)
-    return points
+    full = score_pass(tag_pass(model, encoded, mode, None), gold, names, model.num_layers)
+    full.pop("entity", None)
+    return [{"threshold" if path.name == "global" else "alpha": None, **full},
+            *candidate_points(model, encoded, gold, names, mode, path)]
 
 
 def check_word_path(path: str, mode: str) -> None:
@@ -306,16 +328,16 @@ def certify_thresholds(model, encoded, gold, mode: str, target: WordTarget, seed
                          model.num_layers, seed, family_sentences)
 
 
-def certify_stored(model, cal_enc, cal_gold, mode: str, cfg, path: calibration.ThresholdPath,
+def certify_stored(model, cal_enc, cal_gold, mode: str, cfg, target: WordTarget, path: calibration.ThresholdPath,
                    family_sentences: int) -> WordCalibration | None:
-    """The held-out slice's certificate of the thresholds to store, along `path`, or None (with a
-    warning that names the fix) when there is no slice or no exiting candidate passes."""
+    """The held-out slice's certificate of the thresholds to store (for `target`, training's
+    max_accuracy_drop at its confidence), along `path`, or None (with a warning that names the
+    fix) when there is no slice or no exiting candidate passes."""
     if not cal_enc or cfg.max_accuracy_drop <= 0:
         logger.warning("stored thresholds are UNCERTIFIED (calibration_fraction=%s, max_accuracy_drop=%s): "
                        "retrain with calibration_fraction > 0 or certify with jobs/calibrate.py",
                        cfg.held_out_fraction(TOKEN), cfg.max_accuracy_drop)
         return None
-    target = WordTarget("accuracy", cfg.max_accuracy_drop, cfg.confidence)
     result = certify_thresholds(model, cal_enc, cal_gold, mode, target, cfg.seed, path, family_sentences)
     if not result.certified:
         logger.warning("no exiting threshold could be certified for '%s' at confidence %.2f on %d held-out sentences: "
@@ -381,7 +403,8 @@ def train_token_exits(cfg):
     dev_key, K = mode if path.name == "global" else "token_per_layer", len(model.exit_layers)
     c = chosen[dev_key]  # the dev-chosen point on the path certified: stored when nothing can be certified
     stored = c["thresholds"] if "thresholds" in c else [-1.0 if c.get("threshold") is None else c["threshold"]] * K
-    result = certify_stored(model, cal_enc, cal_gold, mode, cfg, path, len(dev_enc) if path.name == "per-layer" else 0)
+    result = certify_stored(model, cal_enc, cal_gold, mode, cfg, target, path,
+                            len(dev_enc) if path.name == "per-layer" else 0)
     record = None
     if result is not None:
         stored = result.thresholds
