@@ -24,7 +24,7 @@ class MetricsCollector:
     def record(self, stats: dict) -> None:
         """One batch's `offramp.exits.stage.StageBatchStats`, as a dict."""
         t = self.totals[stats["stage"]]
-        t["batches"] += 1
+        t["batches"] += stats.get("passes", 1)
         for key in ("rows_in", "rows_exited", "tokens_in", "row_layers", "seconds", "audit_row_layers", "skipped_row_layers",
                     "rows_seen"):
             t[key] += stats[key]

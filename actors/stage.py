@@ -13,7 +13,7 @@ import dataclasses
 
 import ray
 
-from offramp.exits.stage import StageSpec
+from offramp.exits.stage import StageBatchStats, StageSpec
 from offramp.tasks import get_task
 
 MAX_REPORTS_IN_FLIGHT = 16
@@ -22,25 +22,33 @@ round trip to the collector (on a GPU a batch can take less than one); only a co
 behind makes the stage wait for its oldest report."""
 
 
+class Reports:
+    """A stage's reports to the run's collector, sent without waiting for its answer."""
+
+    def __init__(self, collector=None):
+        self.collector = collector
+        self.in_flight: list = []  # refs of reports not yet answered, oldest first
+
+    def send(self, stats: StageBatchStats) -> None:
+        """Send one call's numbers. One sender's reports are answered in order, so the answered
+        ones are a prefix of `in_flight`; the driver waits until every stage's reports cover the
+        rows written (`pipelines.run.settled_timings`)."""
+        if self.collector is None:
+            return
+        # a plain dict: unpickling the dataclass would import torch into the collector (0.45 GiB)
+        self.in_flight.append(self.collector.record.remote(dataclasses.asdict(stats)))
+        _, self.in_flight = ray.wait(self.in_flight, num_returns=len(self.in_flight), timeout=0, fetch_local=False)
+        if len(self.in_flight) > MAX_REPORTS_IN_FLIGHT:
+            ray.get(self.in_flight.pop(0))
+
+
 class StageActor:
     def __init__(self, model_dir: str, spec: StageSpec, collector=None):
         self.spec = spec
         self.runner = get_task(spec.task).runner_cls()(model_dir, spec)
-        self.collector = collector
-        self.in_flight: list = []  # refs of reports not yet answered, oldest first
+        self.reports = Reports(collector)
 
     def __call__(self, batch: dict) -> dict:
         out, stats = self.runner(batch)
-        if self.collector is not None:
-            self.report(dataclasses.asdict(stats))
+        self.reports.send(stats)
         return out
-
-    def report(self, stats: dict) -> None:
-        """Send one batch's numbers without waiting. A caller's calls to one actor run in order, so
-        the answered reports are a prefix of `in_flight`; the driver waits until every stage's
-        reports cover the rows written (`pipelines.run.settled_timings`)."""
-        # a plain dict: unpickling the dataclass would import torch into the collector (0.45 GiB)
-        self.in_flight.append(self.collector.record.remote(stats))
-        _, self.in_flight = ray.wait(self.in_flight, num_returns=len(self.in_flight), timeout=0, fetch_local=False)
-        if len(self.in_flight) > MAX_REPORTS_IN_FLIGHT:
-            ray.get(self.in_flight.pop(0))

@@ -28,11 +28,12 @@ from ray.data import ActorPoolStrategy, DataContext
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.collector import MetricsCollector
+from actors.rebatch import RebatchingStageActor
 from actors.stage import StageActor
 from offramp import schema
 from offramp.config import ConfigError, RayConfig, TagConfig
 from offramp.models.checkpoint import ModelInfo
-from offramp.planning.layout import PlannedStage, plan_layout
+from offramp.planning.layout import PlannedStage, actor_pools, plan_layout
 from offramp.policies import check_policy, get_policy
 from offramp.quality.audit import flat_metrics
 from offramp.quality.metrics import add_counts
@@ -124,7 +125,7 @@ def resolve_thresholds(cfg: TagConfig, info: ModelInfo) -> dict[int, float]:
     return dict(info.thresholds)
 
 
-def local_torch_threads(planned: list[PlannedStage]) -> list[PlannedStage]:
+def local_torch_threads(planned: list[PlannedStage], rebatch: int = 0) -> list[PlannedStage]:
     """On this machine, share its cores among the CPU stage actors.
 
     Ray sets OMP_NUM_THREADS to an actor's logical CPUs (1 by default), and the embedded
@@ -132,7 +133,7 @@ def local_torch_threads(planned: list[PlannedStage]) -> list[PlannedStage]:
     a lone stage actor would use one core of many: measured 0.56x of a bare PyTorch loop on
     2 cores. On a cluster Ray's rule stands (set num_cpus / torch_threads per stage).
     """
-    cpu_actors = sum(p.max_actors for p in planned if p.num_gpus == 0)
+    cpu_actors = sum(p.max_actors for p in actor_pools(planned, rebatch) if p.num_gpus == 0)
     threads = max(1, (os.cpu_count() or 1) // max(1, cpu_actors))
     out = []
     for p in planned:
@@ -146,7 +147,7 @@ def stage_plan(cfg: TagConfig, info: ModelInfo, thresholds: dict, local: bool) -
     """The layout with its thresholds; on a local run the machine's cores shared among stages."""
     planned = plan_layout(cfg, info.num_layers, info.survival, exits_enabled=not cfg.exit.disabled, task=info.task)
     planned = [dataclasses.replace(p, spec=dataclasses.replace(p.spec, thresholds=thresholds)) for p in planned]
-    return local_torch_threads(planned) if local else planned
+    return local_torch_threads(planned, cfg.rebatch) if local else planned
 
 
 def check_output(cfg: TagConfig) -> None:
@@ -228,7 +229,7 @@ def init_ray(cfg: RayConfig) -> None:
         ray.init(address=cfg.address or os.environ["RAY_ADDRESS"], log_to_driver=True)
 
 
-def check_cluster_fits(planned: list[PlannedStage], cfg: RayConfig, resume: bool = False) -> None:
+def check_cluster_fits(planned: list[PlannedStage], cfg: RayConfig, resume: bool = False, rebatch: int = 0) -> None:
     """Fail at start when the stage actors' minimum reservations leave no CPU for the read,
     tokenize and write tasks (1 CPU at a time) or ask for more GPUs than the cluster has: Ray
     Data would otherwise wait forever with every actor up and no input reaching it. A resumed
@@ -236,8 +237,9 @@ def check_cluster_fits(planned: list[PlannedStage], cfg: RayConfig, resume: bool
     if cfg.autoscaling:
         return
     have = ray.cluster_resources()
-    cpus = sum(p.min_actors * p.num_cpus for p in planned)
-    gpus = sum(p.min_actors * p.num_gpus for p in planned)
+    pools = actor_pools(planned, rebatch)
+    cpus = sum(p.min_actors * p.num_cpus for p in pools)
+    gpus = sum(p.min_actors * p.num_gpus for p in pools)
     extra = 2 if resume else 1
     if cpus + extra > have.get("CPU", 0) or gpus > have.get("GPU", 0):
         raise ConfigError(
@@ -260,8 +262,9 @@ def log_stage_plan(planned: list[PlannedStage]) -> None:
         )
 
 
-def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=StageActor) -> ray.data.Dataset:
-    """The Ray Data plan after reading: tokenize, one actor pool per stage, finalize."""
+def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=None) -> ray.data.Dataset:
+    """The Ray Data plan after reading: tokenize, one actor pool per stage (or one rebatching
+    pool holding every stage), finalize. `stage_cls`: the actor class (tests pass one that crashes)."""
     cfg, info, task = plan.cfg, plan.info, plan.task
     id_column = cfg.id_column or "id"
     source, _ = task.source_column(cfg)  # the raw text: tokenized, then dropped unless the output keeps it
@@ -283,16 +286,32 @@ def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=S
         # must not share its core with two tokenizing tasks
         num_cpus=1.0 if any(p.num_gpus for p in plan.stages) else 0.5,
     )
-    for stage in plan.stages:
+    if cfg.rebatch and len(plan.stages) > 1:
+        (pool,) = actor_pools(plan.stages, cfg.rebatch)
         ds = ds.map_batches(
-            stage_cls,
-            fn_constructor_kwargs=dict(model_dir=info.path, spec=stage.spec, collector=collector),
-            batch_size=stage.batch_size,
+            stage_cls or RebatchingStageActor,
+            fn_constructor_kwargs=dict(model_dir=info.path, specs=[p.spec for p in plan.stages],
+                                       pass_rows=pool.batch_size, collector=collector),
+            batch_size=pool.batch_size,
             batch_format="numpy",
-            compute=ActorPoolStrategy(min_size=stage.min_actors, max_size=stage.max_actors),
-            num_cpus=stage.num_cpus,
-            num_gpus=stage.num_gpus,
+            # an async actor takes this many batches at once: the survivors merged at each boundary
+            compute=ActorPoolStrategy(min_size=pool.min_actors, max_size=pool.max_actors,
+                                      max_tasks_in_flight_per_actor=cfg.rebatch,
+                                      max_concurrent_calls_per_actor=cfg.rebatch),
+            num_cpus=pool.num_cpus,
+            num_gpus=pool.num_gpus,
         )
+    else:
+        for stage in plan.stages:
+            ds = ds.map_batches(
+                stage_cls or StageActor,
+                fn_constructor_kwargs=dict(model_dir=info.path, spec=stage.spec, collector=collector),
+                batch_size=stage.batch_size,
+                batch_format="numpy",
+                compute=ActorPoolStrategy(min_size=stage.min_actors, max_size=stage.max_actors),
+                num_cpus=stage.num_cpus,
+                num_gpus=stage.num_gpus,
+            )
     return ds.map_batches(
         finalize_step,
         fn_kwargs=dict(task=task.name, labels=info.labels, id_column=id_column, keep=list(cfg.passthrough_columns),
@@ -319,7 +338,7 @@ def tag_dataset(ds: ray.data.Dataset, model_dir: str, config: TagConfig | None =
 # ---------------------------------------------------------------- one run
 
 
-def run_tagging(cfg: TagConfig, stage_cls=StageActor, plan: Plan | None = None) -> TagResult:
+def run_tagging(cfg: TagConfig, stage_cls=None, plan: Plan | None = None) -> TagResult:
     """Tag every document of cfg.input into cfg.output; return the run's metrics.
     `stage_cls`: the stage actor class (tests pass one that crashes); `plan`: `validate(cfg)`,
     when the caller validated before it opened its MLflow run."""
@@ -327,7 +346,7 @@ def run_tagging(cfg: TagConfig, stage_cls=StageActor, plan: Plan | None = None) 
     info, task = plan.info, plan.task
     init_ray(cfg.ray)
     check_paths_on_nodes(cfg)  # a multi-node cluster: every node sees the model, input and output
-    check_cluster_fits(plan.stages, cfg.ray, cfg.resume)
+    check_cluster_fits(plan.stages, cfg.ray, cfg.resume, cfg.rebatch)
     started = run_output.start(cfg, run_output.model_digest(info.path))
     log_stage_plan(plan.stages)
     name = f"offramp-collector-{uuid.uuid4().hex[:12]}"  # the reader finds it by name
@@ -477,7 +496,7 @@ def sample_rows(batch: pa.Table, column: str, fraction: float, seed: int) -> pa.
     return batch.filter(pa.array(schema.audit_mask(batch.column(column).to_pylist(), fraction, seed)))
 
 
-def full_depth_eval(plan: Plan, output: pads.Dataset, stage_cls=StageActor, rows: int = 0) -> dict:
+def full_depth_eval(plan: Plan, output: pads.Dataset, stage_cls=None, rows: int = 0) -> dict:
     """Run (a sample of) the corpus at full depth to measure what the exits cost. The early
     answers of those rows are looked up in the written output, batch by batch. The sample is
     about full_depth_eval_rows of the `rows` rows, picked by a hash of the id as the audit

@@ -106,6 +106,7 @@ def log_tag_run(cfg, result, num_layers: int) -> str:
             "thresholds": json.dumps({str(k): round(v, 6) for k, v in result.thresholds.items()}),
             "num_layers": num_layers,
             "num_stages": len(result.layout),
+            "rebatch": cfg.rebatch,
             "max_length": cfg.max_length,
             "carry_dtype": cfg.carry_dtype,
         }

@@ -217,6 +217,10 @@ class TagConfig:
     work per stage from the model's measured survival; even when none was measured)."""
     stages: tuple[StageConfig, ...] = ()
     """Explicit per-stage layout; overrides num_stages."""
+    rebatch: int = 0
+    """0: one actor pool per stage. N >= 1: one pool whose actors hold every stage and take up to
+    N input batches at once; at each stage boundary the survivors of those batches are merged, so
+    a deeper stage runs passes of `batch_size` running rows (E3). Stage 0's actors and resources."""
     carry_dtype: str = "float16"
     """Dtype of hidden states carried between stages."""
     full_depth_eval_rows: int = 0
@@ -249,6 +253,9 @@ class TagConfig:
             raise ConfigError(f"trend_runs={self.trend_runs} must be >= 0 (0 = no trend)")
         if self.num_stages < 1:
             raise ConfigError(f"num_stages={self.num_stages} must be >= 1")
+        if self.rebatch < 0:
+            raise ConfigError(f"rebatch={self.rebatch}: use 0 (a pool per stage) or the input batches an actor "
+                              "merges survivors across (e.g. 4)")
         if self.max_errored_blocks < -1:
             raise ConfigError(f"max_errored_blocks={self.max_errored_blocks}: use -1 (no limit), 0 (fail at the first) or more")
         if not 1 <= self.rows_per_file[0] <= self.max_rows_per_file:

@@ -62,6 +62,7 @@ class StageBatchStats:
     audit_row_layers: int = 0  # of the work, what audited rows ran beyond their answer
     skipped_row_layers: int = 0  # row-layers skipped through gates (not in row_layers)
     rows_seen: int = 0  # every row of the batch, answered earlier or not: the driver's check that all reports arrived
+    passes: int = 1  # stage calls this report stands for (0: rows a rebatching actor finished before this stage)
 
 
 RowsAnswered = Callable[[np.ndarray, dict], None]

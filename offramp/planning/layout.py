@@ -9,6 +9,7 @@ layers_k * s_k of the actors.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -105,3 +106,13 @@ def plan_layout(
         )
         planned.append(PlannedStage(spec, batch, scfg.min_actors, max_actors, scfg.num_cpus, scfg.num_gpus, s_k, work))
     return planned
+
+
+def actor_pools(planned: list[PlannedStage], rebatch: int) -> list[PlannedStage]:
+    """The actor pools a run starts: one per stage, or with `rebatch` one pool of actors that hold
+    every stage (stage 0's actor counts, each stage's largest CPU and GPU share)."""
+    if not rebatch or len(planned) == 1:
+        return planned
+    first = planned[0]
+    return [dataclasses.replace(first, num_cpus=max(p.num_cpus for p in planned),
+                                num_gpus=max(p.num_gpus for p in planned))]

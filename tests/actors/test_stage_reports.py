@@ -53,7 +53,7 @@ def test_a_batch_does_not_wait_for_its_report_and_a_lagging_collector_is_bounded
     first = call_in_thread(lambda: stage(rows), MAX_REPORTS_IN_FLIGHT)
     first.join(timeout=120)
     assert not first.is_alive(), "a stage waited for the collector's answer to a report"
-    assert len(stage.in_flight) == MAX_REPORTS_IN_FLIGHT
+    assert len(stage.reports.in_flight) == MAX_REPORTS_IN_FLIGHT
     # one more batch would leave more than the bound unanswered: that call waits for the oldest
     over = call_in_thread(lambda: stage(rows), 1)
     over.join(timeout=2)  # a bounded wait for something that must NOT happen: the call stays blocked

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import mlflow
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import ray
 import torch
 
+from actors.rebatch import RebatchingStageActor
 from actors.stage import StageActor
 from offramp import schema
 from offramp.exits.stage import StageSpec
@@ -192,6 +194,45 @@ def test_crashed_actor_loses_and_duplicates_no_rows(tmp_path, model_dir, corpus_
 
     cfg = config(tmp_path, corpus_parquet, model_dir)
     run_tagging(cfg, stage_cls=crash_once(StageActor, marker))
+    assert marker.exists(), "the fault was injected"
+    out = read(cfg.output)
+    assert len(out) == len(TEXTS) and out["id"].is_unique
+
+
+def test_the_rebatching_actor_writes_what_the_stage_pools_write(tmp_path, model_dir, corpus_parquet):
+    """rebatch: one pool holding both stages, survivors of several batches merged per pass. Per
+    row the same answer and audit as a pool per stage; every stage accounts for every row."""
+    kw = dict(label_column="label", full_depth_eval_rows=-1, audit=AuditConfig(fraction=0.3, seed=1), batch_size=4,
+              stages=(StageConfig(layers=(0, 2), batch_size=4), StageConfig(layers=(2, NUM_LAYERS), batch_size=4)))
+    pools = run_tagging(config(tmp_path / "pools", corpus_parquet, model_dir, **kw))
+    cfg = config(tmp_path / "merged", corpus_parquet, model_dir, rebatch=4, **kw)
+    merged = run_tagging(cfg)
+    a = read(pools.output).set_index("id").sort_index()
+    b = read(cfg.output).set_index("id").sort_index()
+    assert len(b) == len(TEXTS) and b.index.is_unique
+    for column in ("exit_layer", "label", "audited", "full_depth_label", "status"):
+        assert a[column].equals(b[column]), column
+    assert np.allclose(a["confidence"], b["confidence"], atol=1e-3)  # fp16 carry, rows padded in other passes
+    for key in ("mean_layers", "stage1_rows_in", "audit_agreement", "accuracy", "accuracy_full_depth"):
+        assert merged.metrics[key] == pytest.approx(pools.metrics[key]), key
+    assert [merged.stage_timings[k]["rows_seen"] for k in (0, 1)] == [len(TEXTS)] * 2
+    assert merged.stage_timings[1]["rows_in"] == merged.metrics["stage1_rows_in"]
+    assert merged.stage_timings[1]["batches"] < pools.stage_timings[1]["batches"], "stage 1 ran merged passes"
+
+
+def test_a_crashed_rebatching_actor_loses_and_duplicates_no_rows(tmp_path, model_dir, corpus_parquet):
+    marker = tmp_path / "crashed"
+
+    class CrashOnce(RebatchingStageActor):
+        def run_pass(self, k, parts):
+            if k == 1 and not marker.exists():
+                marker.write_text("x")
+                os._exit(1)  # the actor process dies mid-pass, with several batches in it
+            super().run_pass(k, parts)
+
+    cfg = config(tmp_path, corpus_parquet, model_dir, rebatch=4, batch_size=4,
+                 stages=(StageConfig(layers=(0, 2), batch_size=4), StageConfig(layers=(2, NUM_LAYERS), batch_size=4)))
+    run_tagging(cfg, stage_cls=CrashOnce)
     assert marker.exists(), "the fault was injected"
     out = read(cfg.output)
     assert len(out) == len(TEXTS) and out["id"].is_unique

@@ -1,0 +1,155 @@
+"""Survivors of several input batches merged into one pass at each stage boundary (E3).
+
+A stage actor runs the rows of one input batch through its layers, and after an exit the
+survivors of that batch alone make the next pass: on a GPU, deep layers then run passes far
+smaller than the device takes. A `Rebatcher` holds every stage's runner in one process and a
+queue per stage. An input batch enters stage 0's queue; after each pass the rows still running
+join the next stage's queue, beside the survivors of other input batches, and a stage runs
+when its queue holds a full pass (`pass_rows` running rows). When none does, stage 0 runs
+(it feeds the others); when no input waits there, the deepest non-empty queue runs, so every
+batch finishes without more input arriving.
+
+Each input batch comes back whole, in its own row order, once its last row is answered.
+Exit decisions are per row (batch invariance is tested), so how rows are merged into passes
+changes no answer. The caller feeds batches and drives the passes (`actors.rebatch`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from offramp import schema
+from offramp.exits.stage import StageBatchStats, StageRunner
+
+
+@dataclass
+class Ticket:
+    """One input batch: its rows as they finish, until none is left."""
+
+    rows: int  # rows of the input batch
+    parts: list = field(default_factory=list)  # (positions, finished rows) as they finish
+    left: int = -1  # rows not yet finished
+
+    def __post_init__(self):
+        self.left = self.rows
+
+    @property
+    def done(self) -> bool:
+        return self.left == 0
+
+    def finish(self, positions: np.ndarray, rows: dict) -> None:
+        self.parts.append((positions, rows))
+        self.left -= len(positions)
+
+    def result(self) -> dict:
+        """The finished batch: every row of the input, in the input's order."""
+        assert self.done, "a batch is returned only once every row finished"
+        if len(self.parts) == 1:
+            positions, rows = self.parts[0]
+            order = np.argsort(positions, kind="stable")
+            return {c: v[order] for c, v in rows.items()}
+        positions = np.concatenate([p for p, _ in self.parts])
+        order = np.argsort(positions, kind="stable")
+        return {c: np.concatenate([r[c] for _, r in self.parts])[order] for c in self.parts[0][1]}
+
+
+@dataclass
+class Part:
+    """Rows of one input batch waiting at one stage."""
+
+    ticket: Ticket
+    positions: np.ndarray  # (R,) their positions in the input batch
+    rows: dict  # the rows, in the row contract (`offramp.schema`)
+    running: int  # of them, rows the stage computes (the rest pass through it)
+
+
+def take_rows(rows: dict, keep: np.ndarray) -> dict:
+    return {c: v[keep] for c, v in rows.items()}
+
+
+def join_parts(parts: list[Part]) -> dict:
+    if len(parts) == 1:
+        return parts[0].rows
+    return {c: np.concatenate([p.rows[c] for p in parts]) for c in parts[0].rows}
+
+
+class Rebatcher:
+    """Every stage's runner in one process, with a queue of waiting rows per stage."""
+
+    def __init__(self, runners: list[StageRunner], pass_rows: int):
+        if pass_rows < 1:
+            raise ValueError(f"pass_rows={pass_rows}: a pass needs at least one row")
+        self.runners = runners
+        self.pass_rows = pass_rows
+        self.queues: list[deque[Part]] = [deque() for _ in runners]
+
+    def add(self, batch: dict) -> Ticket:
+        """An input batch into stage 0's queue; its ticket is done when all its rows finished."""
+        n = schema.batch_rows(batch)
+        ticket = Ticket(n)
+        if n == 0:
+            ticket.finish(np.arange(0), batch)
+            return ticket
+        running = len(self.runners[0].running(batch))
+        self.queues[0].append(Part(ticket, np.arange(n), batch, running))
+        return ticket
+
+    def waiting(self, k: int) -> int:
+        """Rows stage k would compute from its queue."""
+        return sum(p.running for p in self.queues[k])
+
+    def next_stage(self) -> int | None:
+        """The stage to run next: the deepest whose queue holds a full pass; else stage 0, whose
+        passes feed the others; else the deepest with rows waiting; None when nothing waits."""
+        for k in range(len(self.queues) - 1, 0, -1):
+            if self.waiting(k) >= self.pass_rows:
+                return k
+        if self.queues[0]:
+            return 0
+        return next((k for k in range(len(self.queues) - 1, 0, -1) if self.queues[k]), None)
+
+    def take(self, k: int) -> list[Part]:
+        """Whole parts from stage k's queue, oldest first, up to a full pass (at least one part)."""
+        queue, parts, running = self.queues[k], [], 0
+        while queue and (not parts or running + queue[0].running <= self.pass_rows):
+            parts.append(queue.popleft())
+            running += parts[-1].running
+        return parts
+
+    def drop(self, ticket: Ticket) -> None:
+        """A failed batch's rows leave every queue (the caller retries the batch whole)."""
+        for k, queue in enumerate(self.queues):
+            self.queues[k] = deque(p for p in queue if p.ticket is not ticket)
+
+    def run(self, k: int, parts: list[Part]) -> list[StageBatchStats]:
+        """One pass of stage k over `parts`: finished rows go back to their tickets, running ones
+        join stage k+1's queue. Returns what the pass did, and for each deeper stage the rows it
+        will never see (finished here: `rows_seen`, so every stage accounts for every row)."""
+        out, stats = self.runners[k](join_parts(parts))
+        last = k == len(self.runners) - 1
+        still = np.zeros(schema.batch_rows(out), dtype=bool)
+        if not last:
+            still[self.runners[k + 1].running(out)] = True
+        start, finished = 0, 0
+        for part in parts:
+            n = len(part.positions)
+            here = slice(start, start + n)
+            start += n
+            moving = still[here]
+            done = np.flatnonzero(~moving)
+            if len(done):
+                rows = {c: v[here] for c, v in out.items()}
+                part.ticket.finish(part.positions[done], rows if len(done) == n else take_rows(rows, done))
+                finished += len(done)
+            if moving.any():
+                keep = np.flatnonzero(moving)
+                rows = take_rows({c: v[here] for c, v in out.items()}, keep)
+                self.queues[k + 1].append(Part(part.ticket, part.positions[keep], rows, len(keep)))
+        passed = [
+            StageBatchStats(j, 0, 0, 0, 0, 0.0, rows_seen=finished, passes=0)
+            for j in range(k + 1, len(self.runners)) if finished
+        ]
+        return [stats, *passed]

@@ -1,0 +1,120 @@
+"""The rebatching actor (E3): survivors of several input batches merged into one pass per stage
+boundary give every batch exactly the rows a plain stage gives, in its own order."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from actors.rebatch import RebatchingStageActor
+from actors.stage import StageActor
+from offramp import schema
+from offramp.exits.rebatch import Rebatcher
+from offramp.exits.stage import StageSpec
+from offramp.tasks.sequence import tokenize_batch
+from offramp.text.tokenize import load_tokenizer
+from tests.conftest import NUM_LAYERS, TEXTS
+
+
+def batches(model_dir, count: int, size: int) -> list[dict]:
+    """`count` batches of `size` rows cut from TEXTS (twice over) plus a null and an empty text."""
+    texts = (TEXTS * 2)[: count * size]
+    out = []
+    for b in range(count):
+        cells = np.array(texts[b * size:(b + 1) * size] + [None, ""], dtype=object)
+        ids = np.arange(len(cells)) + 1000 * b
+        out.append(tokenize_batch({"id": ids, "text": cells}, load_tokenizer(model_dir), "text", 64))
+    return out
+
+
+def specs(split: int, **kw) -> list[StageSpec]:
+    return [StageSpec(0, 0, split, carry_dtype="float32", **kw), StageSpec(1, split, NUM_LAYERS, carry_dtype="float32", **kw)]
+
+
+class Spy(RebatchingStageActor):
+    """Records each pass: its stage and how many input batches its rows came from."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.passes, self.stats = [], []
+
+    def run_pass(self, k, parts):
+        self.passes.append((k, len({id(p.ticket) for p in parts})))
+        self.stats.extend(self.rebatcher.run(k, parts))
+
+
+async def call_all(actor, inputs):
+    return await asyncio.gather(*(actor(b) for b in inputs))
+
+
+@pytest.mark.parametrize("split", [1, 2])
+def test_merged_passes_give_each_batch_the_rows_of_a_whole_model_stage(model_dir, split):
+    inputs = batches(model_dir, count=4, size=10)
+    actor = Spy(model_dir, specs(split), pass_rows=1000)  # a pass takes every survivor waiting
+    outputs = asyncio.run(call_all(actor, inputs))
+    whole = StageActor(model_dir, StageSpec(0, 0, NUM_LAYERS, carry_dtype="float32"))
+    for batch, out in zip(inputs, outputs):
+        one = whole(batch)
+        assert set(out) == set(one)
+        np.testing.assert_array_equal(out["id"], batch["id"])  # every row, once, in the batch's order
+        np.testing.assert_array_equal(out[schema.EXIT_LAYER], one[schema.EXIT_LAYER])
+        np.testing.assert_array_equal(out[schema.LABEL_ID], one[schema.LABEL_ID])
+        # tolerance: per-row float32 results of passes padded to other lengths (as a plain stage's groups)
+        np.testing.assert_allclose(out[schema.CONFIDENCE], one[schema.CONFIDENCE], atol=1e-5)
+        assert list(out[schema.STATUS][-2:]) == ["null", "empty"] and list(out[schema.LABEL_ID][-2:]) == [-1, -1]
+        assert all(b == b"" for b in out[schema.HIDDEN])  # no state leaves the actor
+    survivors = [e > split for e in np.concatenate([o[schema.EXIT_LAYER] for o in outputs])]
+    assert any(survivors) and not all(survivors), "rows must exit in both stages"
+    deep = [n for k, n in actor.passes if k == 1]
+    assert deep and max(deep) > 1, "a stage-1 pass must hold survivors of several input batches"
+    assert len(deep) < len(inputs)
+    # every stage accounts for every row, run there or finished before it
+    total = sum(len(b["id"]) for b in inputs)
+    for k in (0, 1):
+        assert sum(s.rows_seen for s in actor.stats if s.stage == k) == total
+    assert sum(s.rows_in for s in actor.stats if s.stage == 1) == int(np.sum(survivors))
+    assert sum(s.passes for s in actor.stats if s.stage == 1) == len(deep)
+
+
+def test_a_pass_is_capped_at_pass_rows_and_deep_full_queues_run_first(model_dir):
+    """With passes of 8 running rows, no pass merges more batches than it needs."""
+    inputs = batches(model_dir, count=3, size=12)
+    actor = Spy(model_dir, specs(1, exits_enabled=False), pass_rows=8)  # every row survives into stage 1
+    outputs = asyncio.run(call_all(actor, inputs))
+    assert [len(o["id"]) for o in outputs] == [14, 14, 14]
+    assert all((o[schema.EXIT_LAYER][:-2] == NUM_LAYERS).all() for o in outputs)
+    # each batch has 12 running rows, more than a pass: passes take one batch's rows at a time
+    assert all(n == 1 for _, n in actor.passes)
+    assert [k for k, _ in actor.passes][:2] == [0, 1], "a full stage-1 queue runs before the next input"
+
+
+def test_a_failed_pass_fails_its_batches_and_leaves_the_others(model_dir):
+    inputs = batches(model_dir, count=3, size=6)
+
+    class FailsStage1Once(RebatchingStageActor):
+        failed = False
+
+        def run_pass(self, k, parts):
+            if k == 1 and not self.failed:
+                self.failed = True
+                raise RuntimeError("stage 1 failed")
+            super().run_pass(k, parts)
+
+    actor = FailsStage1Once(model_dir, specs(1), pass_rows=4)
+
+    async def each():
+        return await asyncio.gather(*(actor(b) for b in inputs), return_exceptions=True)
+
+    results = asyncio.run(each())
+    failed = [r for r in results if isinstance(r, RuntimeError)]
+    assert failed, "the batch in the failed pass gets the error (Ray Data retries it)"
+    for batch, r in zip(inputs, results):
+        if not isinstance(r, Exception):
+            np.testing.assert_array_equal(r["id"], batch["id"])
+    assert not any(actor.rebatcher.queues), "no row of a failed batch stays queued"
+    assert actor.driver is None and not actor.waiting
+
+
+def test_pass_rows_must_be_positive():
+    with pytest.raises(ValueError, match="pass_rows"):
+        Rebatcher([], 0)
