@@ -50,7 +50,7 @@ class RebatchingStageActor:
                 parts = self.rebatcher.take(k)
                 try:
                     await loop.run_in_executor(self.compute, self.run_pass, k, parts)
-                except Exception as e:  # the batches in this pass fail (Ray Data retries or counts them)
+                except Exception as e:  # noqa: BLE001 - the batches in this pass fail (Ray Data retries or counts them)
                     self.fail({id(p.ticket) for p in parts}, e)
                 self.settle()
         finally:

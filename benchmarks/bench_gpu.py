@@ -218,8 +218,10 @@ def set_thresholds(model_dir: str, thresholds: list[float]) -> None:
 
 
 def offramp_variant(name, model_dir, data, out, args, max_length, batch, exits: bool, stages: int = 1,
-                    actors: int = 1):
-    gpus = (1.0 / (stages * actors)) if args.device == "cuda" else 0.0
+                    actors: int = 1, rebatch: int = 0):
+    """offramp on `data`; `rebatch` > 0: one pool of actors holding all `stages`, merging survivors."""
+    share = actors if rebatch else stages * actors  # actors that split the GPU
+    gpus = (1.0 / share) if args.device == "cuda" else 0.0
     split = np.linspace(0, args._layers[model_dir], stages + 1).astype(int)
     cfg = TagConfig(
         input=data, model=model_dir, output=os.path.join(out, name), overwrite=True, label_column="label",
@@ -230,6 +232,7 @@ def offramp_variant(name, model_dir, data, out, args, max_length, batch, exits: 
             for k in range(stages)
         ),
         carry_dtype=args.dtype,
+        rebatch=rebatch,
         exit=ExitConfig(disabled=not exits),
         audit=AuditConfig(fraction=0.0),  # (c) and (d) audit nothing either
         mlflow=MlflowConfig(enabled=False),
@@ -333,7 +336,10 @@ def main():
     p.add_argument("--batch-size", type=int, default=4096, help="rows per batch at --max-length (long: /4)")
     p.add_argument("--tokenize-batch-size", type=int, default=1024)
     p.add_argument("--variants", default="a,b,c,d")
-    p.add_argument("--layouts", action="store_true", help="also: 2 actors x 0.5 GPU, and 2 stages x 0.5 GPU")
+    p.add_argument("--layouts", action="store_true",
+                   help="also: 2 actors x 0.5 GPU, 2 stages x 0.5 GPU, and one actor holding 2 (3) stages that "
+                        "merges survivors of --rebatch input batches at each boundary (E3)")
+    p.add_argument("--rebatch", type=int, default=8, help="input batches a rebatching actor merges survivors across")
     p.add_argument("--profile", default="benchmarks/results/model_exit_profile.json")
     p.add_argument("--cudnn-sdp", action="store_true",
                    help="keep cuDNN's SDPA on in every variant (offramp turns it off on GPUs): the A/B of that choice")
@@ -385,6 +391,10 @@ def main():
                                                           batch, True, actors=2)),
                     ("a_2stages", lambda: offramp_variant("a_2stages_half_gpu", mdir, data, out, args, max_length,
                                                           batch, True, stages=2)),
+                    ("a_2rebatch", lambda: offramp_variant("a_rebatch_2stages", mdir, data, out, args, max_length,
+                                                           batch, True, stages=2, rebatch=args.rebatch)),
+                    ("a_2rebatch3", lambda: offramp_variant("a_rebatch_3stages", mdir, data, out, args, max_length,
+                                                            batch, True, stages=3, rebatch=args.rebatch)),
                 ]
             for key, fn in plan:
                 if key not in wanted and not key.startswith("a_2"):

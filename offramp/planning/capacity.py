@@ -148,6 +148,20 @@ def _checked_stages(summary: dict) -> list[dict]:
     return stages
 
 
+def actor_pools(summary: dict) -> list[dict]:
+    """The measured run's actor pools, as stage dicts: its stages, or, for a run whose actors held
+    every stage (`rebatch`), one pool over all layers whose busy time is the stages' sum."""
+    stages = _checked_stages(summary)
+    if not int((summary.get("run") or {}).get("rebatch") or 0) or len(stages) == 1:
+        return stages
+    pool = dict(stages[0], end=stages[-1]["end"], busy_seconds=sum(_busy(st) for st in stages))
+    for key in ("num_cpus", "num_gpus", "torch_threads"):
+        pool[key] = max(float(st.get(key) or 0) for st in stages)
+    for key in ("row_layers", "batches"):
+        pool[key] = sum(st.get(key) or 0 for st in stages)
+    return [pool]
+
+
 # ---------------------------------------------------------------- the arithmetic
 
 
@@ -234,7 +248,7 @@ def plan_capacity(
     mode = _mode(target_docs_per_hour, budget_gpus, budget_cpus)
     if not headroom >= 1.0:
         raise ConfigError(f"headroom={headroom} would plan actors busier than measured; use >= 1, e.g. 1.25")
-    stages = _checked_stages(summary)
+    stages = actor_pools(summary)
     rows0 = int(stages[0]["rows_in"])
     # s_k / r_k = (rows_in_k / rows_in_0) / (rows_in_k / busy_k) = busy_k / rows_in_0
     cost_per_doc = [_busy(st) / rows0 if int(st.get("rows_in") or 0) > 0 else 0.0 for st in stages]
@@ -270,7 +284,7 @@ def plan_capacity(
         budget_cpus=budget_cpus,
         based_on=_based_on(summary),
     )
-    return dataclasses.replace(plan, assumptions=_assumptions(summary, plan))
+    return dataclasses.replace(plan, assumptions=_assumptions(summary, stages, plan))
 
 
 def _stage_plan(st: dict, rows0: int, actors: int, cost: float, T: float, headroom: float) -> StagePlan:
@@ -301,7 +315,7 @@ def _based_on(summary: dict) -> dict:
     return {"run_id": run.get("run_id"), "num_layers": num_layers(summary), **{k: m.get(k) for k in keys}}
 
 
-def _assumptions(summary: dict, plan: CapacityPlan) -> list[str]:
+def _assumptions(summary: dict, pools: list[dict], plan: CapacityPlan) -> list[str]:
     run_id = plan.based_on.get("run_id") or "the measured run"
     out = [
         f"The share of documents that exit early stays as measured in {run_id}: a new corpus that exits "
@@ -328,7 +342,11 @@ def _assumptions(summary: dict, plan: CapacityPlan) -> list[str]:
     if b.get("wall_seconds"):
         measured += f" in {b['wall_seconds']:.1f} s ({b.get('docs_per_second') or 0:.1f} docs/s end to end)"
     out.append(measured + ".")
-    for st, p in zip(summary["stages"], plan.stages):
+    if len(pools) < len(summary["stages"]):
+        out.append(f"One actor pool held all {len(summary['stages'])} stages, merging survivors of up to "
+                   f"{summary['run']['rebatch']} input batches at each boundary (rebatch): it is planned as one "
+                   "pool whose actors cost the stages' busy time summed.")
+    for st, p in zip(pools, plan.stages):
         line = f"Stage {p.index} (layers {p.start + 1}-{p.end}): {p.rows_in} rows in"
         if p.docs_per_actor_second is not None:
             line += f", {_busy(st):.1f} busy actor-seconds = {p.docs_per_actor_second:.1f} docs/s per actor"

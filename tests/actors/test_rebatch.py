@@ -28,7 +28,8 @@ def batches(model_dir, count: int, size: int) -> list[dict]:
 
 
 def specs(split: int, **kw) -> list[StageSpec]:
-    return [StageSpec(0, 0, split, carry_dtype="float32", **kw), StageSpec(1, split, NUM_LAYERS, carry_dtype="float32", **kw)]
+    return [StageSpec(0, 0, split, carry_dtype="float32", **kw),
+            StageSpec(1, split, NUM_LAYERS, carry_dtype="float32", **kw)]
 
 
 class Spy(RebatchingStageActor):

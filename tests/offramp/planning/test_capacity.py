@@ -166,3 +166,17 @@ def test_an_actor_costs_its_torch_threads_when_they_exceed_its_reservation():
     assert [s.actors for s in plan.stages] == [2] and plan.cpus == 4
     assert plan.cpu_hours_per_million_docs == pytest.approx(4 * 1e6 / 720_000)
     assert plan_capacity(cpu_run, budget_cpus=8, headroom=1.0).stages[0].actors == 4
+
+
+def test_a_rebatching_run_is_planned_as_one_pool_holding_every_stage():
+    """Stage 0 took 10 s and stage 1 16 s in the same actors (1 GPU each): 1000 docs per 26
+    actor-seconds. 200 docs/s needs ceil(200 * 26 / 1000) = 6 such actors, 6 GPUs."""
+    summary = make_summary(stages=[stage(0, 0, 3, 1000, 10.0, num_gpus=1.0), stage(1, 3, 6, 400, 16.0, num_gpus=1.0)])
+    summary["run"]["rebatch"] = 8
+    plan = plan_capacity(summary, target_docs_per_hour=720_000, headroom=1.0)
+    (pool,) = plan.stages
+    assert (pool.start, pool.end, pool.actors, plan.gpus) == (0, 6, 6, 6.0)
+    assert pool.docs_per_actor_second == pytest.approx(1000 / 26)
+    assert "One actor pool held all 2 stages" in " ".join(plan.assumptions)
+    summary["run"]["rebatch"] = 0  # the same figures from a pool per stage: 2 + 4 actors
+    assert [s.actors for s in plan_capacity(summary, target_docs_per_hour=720_000, headroom=1.0).stages] == [2, 4]
