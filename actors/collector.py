@@ -25,6 +25,10 @@ class MetricsCollector:
         """One batch's `offramp.exits.stage.StageBatchStats`, as a dict."""
         t = self.totals[stats["stage"]]
         t["batches"] += stats.get("passes", 1)
+        if stats.get("ended"):  # the span from the stage's first call's start to its last call's end
+            start = stats["ended"] - stats["seconds"]
+            t["first_start"] = min(t.get("first_start") or start, start)
+            t["last_end"] = max(t.get("last_end") or 0.0, stats["ended"])
         for key in ("rows_in", "rows_exited", "tokens_in", "row_layers", "seconds", "audit_row_layers", "skipped_row_layers",
                     "rows_seen"):
             t[key] += stats[key]

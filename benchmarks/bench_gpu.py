@@ -236,7 +236,7 @@ def offramp_variant(name, model_dir, data, out, args, max_length, batch, exits: 
         exit=ExitConfig(disabled=not exits),
         audit=AuditConfig(fraction=0.0),  # (c) and (d) audit nothing either
         mlflow=MlflowConfig(enabled=False),
-        ray=RayConfig(num_cpus=os.cpu_count()),
+        ray=RayConfig(num_cpus=args.ray_cpus),
     )
     with PeakRSS() as mem, GpuSampler(args.device) as gpu:
         t0 = time.perf_counter()
@@ -339,6 +339,10 @@ def main():
     p.add_argument("--layouts", action="store_true",
                    help="also: 2 actors x 0.5 GPU, 2 stages x 0.5 GPU, and one actor holding 2 (3) stages that "
                         "merges survivors of --rebatch input batches at each boundary (E3)")
+    p.add_argument("--ray-cpus", type=int, default=os.cpu_count(),
+                   help="logical CPUs of the local Ray (on a 2-core CPU machine: 8, as the embedded default, "
+                        "so that 2 actors and the tasks fit)")
+    p.add_argument("--repeat", type=int, default=1, help="run the variants this many times, interleaved")
     p.add_argument("--rebatch", type=int, default=8, help="input batches a rebatching actor merges survivors across")
     p.add_argument("--profile", default="benchmarks/results/model_exit_profile.json")
     p.add_argument("--cudnn-sdp", action="store_true",
@@ -353,7 +357,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=1 if args.device == "cuda" else 0,
+    ray.init(address="local", num_cpus=args.ray_cpus, num_gpus=1 if args.device == "cuda" else 0,
              include_dashboard=False)
     models = [] if args.only_bert_base else [("minilm_l6", args.model)]
     if args.bert_base or args.only_bert_base:
@@ -396,16 +400,19 @@ def main():
                     ("a_2rebatch3", lambda: offramp_variant("a_rebatch_3stages", mdir, data, out, args, max_length,
                                                             batch, True, stages=3, rebatch=args.rebatch)),
                 ]
-            for key, fn in plan:
-                if key not in wanted and not key.startswith("a_2"):
-                    continue
-                print(f"== {mname} {iname} ({rows} rows, max_length {max_length}): {key}", flush=True)
-                try:
-                    res[key] = fn()
-                    print(json.dumps(res[key]), flush=True)
-                except Exception:  # noqa: BLE001 - one variant's failure is reported, the rest still run
-                    res[key] = {"error": traceback.format_exc()[-3000:]}
-                    print(res[key]["error"], flush=True)
+            # --layouts runs every layout, unless --variants names some (e.g. a,a_2stages,a_2rebatch)
+            named = any(w.startswith("a_2") for w in wanted)
+            plan = [(k, fn) for k, fn in plan if k in wanted or (k.startswith("a_2") and not named)]
+            for rep in range(args.repeat):  # repeats interleave the variants: the machine's drift hits each alike
+                for key, fn in plan:
+                    name = key if rep == 0 else f"{key}#{rep}"
+                    print(f"== {mname} {iname} ({rows} rows, max_length {max_length}): {name}", flush=True)
+                    try:
+                        res[name] = fn()
+                        print(json.dumps(res[name]), flush=True)
+                    except Exception:  # noqa: BLE001 - one variant's failure is reported, the rest still run
+                        res[name] = {"error": traceback.format_exc()[-3000:]}
+                        print(res[name]["error"], flush=True)
             ok = {k: v for k, v in res.items() if "error" not in v}
             report["runs"].append({"model": mname, "input": iname, "rows": rows, "max_length": max_length,
                                    "batch_size": batch, "results": res, "summary": summarize(ok, out)})

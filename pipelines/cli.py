@@ -109,7 +109,10 @@ def run_line(task: str, cfg: TagConfig, m: dict) -> str:
              f"status, {m['rows_status_truncated']} truncated")
     line += f" ({m['words_untagged']} words untagged)" if token else ""
     saved = f"{100 * m['token_layer_saving']:.1f}% of token-layers saved" if token else f"mean layers {m['mean_layers']:.2f}"
-    line += f"; {m['docs_per_second']:.1f} {n['rate']}/s, {saved} (ideal {m['ideal_speedup']:.2f}x)"
+    line += f"; {m['docs_per_second']:.1f} {n['rate']}/s"
+    if "startup_seconds" in m:  # before the first batch reached the model: a short run pays it in full
+        line += f" ({m['startup_seconds']:.1f} s of {m['wall_seconds']:.1f} s to the first batch)"
+    line += f", {saved} (ideal {m['ideal_speedup']:.2f}x)"
     for key, name in (("accuracy", "word accuracy" if token else "accuracy"), ("entity_f1", "entity F1")):
         if key in m:
             line += f", {name} {m[key]:.4f}"

@@ -356,7 +356,7 @@ def run_tagging(cfg: TagConfig, stage_cls=None, plan: Plan | None = None) -> Tag
     collector = ray.remote(num_cpus=0)(MetricsCollector).options(name=name, scheduling_strategy=here).remote()
     source = corpus_source(cfg, task, report=name, fmt=plan.input_format, found=plan.input_schema)
     done_before = run_output.rows_checkpointed(cfg)
-    t0 = time.perf_counter()
+    started_at, t0 = time.time(), time.perf_counter()
     with data_context(cfg):
         ds = build_pipeline(ray.data.read_datasource(source), plan, collector, stage_cls)
         low, high = cfg.rows_per_file
@@ -379,7 +379,7 @@ def run_tagging(cfg: TagConfig, stage_cls=None, plan: Plan | None = None) -> Tag
     hist = m.pop("exit_histogram")
     timings = settled_timings(collector, len(plan.stages), m["rows"] - done_before)
     ray.kill(collector)
-    add_rates(m, wall, timings, task.work_unit, m["rows"] - done_before)
+    add_rates(m, wall, timings, task.work_unit, m["rows"] - done_before, started_at)
     if cfg.label_column and cfg.full_depth_eval_rows and plan.exits and m["rows"]:
         m.update(full_depth_eval(plan, output, stage_cls, m["rows"]))
     missing = run_output.missing(files_in, source.file_paths(), m["rows"])
@@ -466,11 +466,14 @@ def write_empty_output(plan: Plan, fs, root: str) -> None:
     pq.write_table(table, f"{root}/empty.parquet", filesystem=fs)
 
 
-def add_rates(m: dict, wall: float, timings: dict, work: str, rows_written: int | None = None) -> None:
+def add_rates(m: dict, wall: float, timings: dict, work: str, rows_written: int | None = None,
+              started_at: float | None = None) -> None:
     """Wall time, overall rates, and each stage's busy time, work (`work`: what its
     row_layers count, row-layers or token-layers) and rates from the stages' reports.
     `rows_written`: the rows this attempt wrote (a resumed run's output holds earlier ones);
-    the token and word rates scale with it."""
+    the token and word rates scale with it. `started_at`: time.time() when the pipeline started;
+    with it, `startup_seconds` is the time until stage 0's first call began (actors started,
+    the first rows read and tokenized): a fixed cost that a short run pays in full."""
     written = m["rows"] if rows_written is None else rows_written
     share = written / m["rows"] if m["rows"] else 0.0
     m["wall_seconds"] = wall
@@ -489,6 +492,10 @@ def add_rates(m: dict, wall: float, timings: dict, work: str, rows_written: int 
         m[f"stage{k}_docs_per_second"] = m.get(f"stage{k}_rows_in", 0) / wall
         m[f"stage{k}_audit_{work}"] = t.get("audit_row_layers", 0)
         m[f"stage{k}_skipped_row_layers"] = t.get("skipped_row_layers", 0)
+        if t.get("last_end"):  # from its first call's start to its last call's end (clocks of the actors' nodes)
+            m[f"stage{k}_active_seconds"] = t["last_end"] - t["first_start"]
+    if started_at is not None and timings.get(0, {}).get("first_start"):
+        m["startup_seconds"] = max(0.0, timings[0]["first_start"] - started_at)
 
 
 def sample_rows(batch: pa.Table, column: str, fraction: float, seed: int) -> pa.Table:

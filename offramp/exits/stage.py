@@ -63,6 +63,7 @@ class StageBatchStats:
     skipped_row_layers: int = 0  # row-layers skipped through gates (not in row_layers)
     rows_seen: int = 0  # every row of the batch, answered earlier or not: the driver's check that all reports arrived
     passes: int = 1  # stage calls this report stands for (0: rows a rebatching actor finished before this stage)
+    ended: float = 0.0  # time.time() at the call's end (0: no call); the driver's start-up and active-span figures
 
 
 RowsAnswered = Callable[[np.ndarray, dict], None]
@@ -241,6 +242,6 @@ class StageRunner:
         tokens = int(batch[schema.NUM_TOKENS][running].sum())
         stats = StageBatchStats(
             spec.index, len(running), work.exited, tokens, work.layers, time.perf_counter() - t0,
-            work.audit_layers, work.skipped, n,
+            work.audit_layers, work.skipped, n, ended=time.time(),
         )
         return out, stats

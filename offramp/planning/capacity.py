@@ -335,6 +335,11 @@ def _assumptions(summary: dict, pools: list[dict], plan: CapacityPlan) -> list[s
         ),
         "Start-up time (cluster, model loading, first batches) is excluded: the rates hold for a long run.",
     ]
+    metrics = summary.get("metrics") or {}
+    startup, wall = metrics.get("startup_seconds"), metrics.get("wall_seconds")
+    if startup is not None and wall:
+        out[-1] += (f" In the measured run it took {startup:.1f} s of the {wall:.1f} s wall before the first batch "
+                    "reached the model.")
     if plan.mode == "budget_gpus" and any(p.num_gpus_per_actor == 0 for p in plan.stages):
         out.append(f"CPU-only stages do not count against the GPU budget; the plan also needs {plan.cpus:g} CPUs.")
     b = plan.based_on

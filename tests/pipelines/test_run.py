@@ -87,6 +87,11 @@ def test_two_stage_pipeline_one_row_per_input_with_exits_in_both_stages(tmp_path
     assert result.stage_timings[1]["rows_in"] == m["stage1_rows_in"]
     # every batch's report reached the driver (reports are sent without waiting; no actor crashed: no retry)
     assert [result.stage_timings[k]["rows_seen"] for k in (0, 1)] == [len(out)] * 2
+    # start-up (until stage 0's first call) and each stage's active span lie within the wall; one
+    # actor per stage runs its calls one after another, so its busy time fits in its span
+    assert 0 < m["startup_seconds"] < m["wall_seconds"]
+    for k in (0, 1):
+        assert m[f"stage{k}_busy_seconds"] <= m[f"stage{k}_active_seconds"] < m["wall_seconds"]
     # the audit: the hashed sample, a full-depth label for each, agreement as the output shows it
     audited = out["audited"].to_numpy()
     assert 0 < audited.sum() < len(out)

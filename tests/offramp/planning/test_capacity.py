@@ -148,6 +148,10 @@ def test_plan_states_its_assumptions_and_serializes():
     d = json.loads(json.dumps(plan.to_dict()))
     assert [s["actors"] for s in d["stages"]] == [3, 4] and d["mode"] == "target"
     assert d["based_on"]["run_id"] == "run42"
+    timed = make_summary()
+    timed["metrics"]["startup_seconds"] = 4.0
+    text = " ".join(plan_capacity(timed, target_docs_per_hour=720_000).assumptions)
+    assert "it took 4.0 s of the 20.0 s wall before the first batch" in text
 
 
 def test_survival_and_measured_utilization_helpers():
