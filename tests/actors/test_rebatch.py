@@ -12,8 +12,9 @@ from offramp import schema
 from offramp.exits.rebatch import Rebatcher
 from offramp.exits.stage import StageSpec
 from offramp.tasks.sequence import tokenize_batch
+from offramp.tasks.token import tokenize_batch as tokenize_words
 from offramp.text.tokenize import load_tokenizer
-from tests.conftest import NUM_LAYERS, TEXTS
+from tests.conftest import NUM_LAYERS, SENTENCES, TEXTS
 
 
 def batches(model_dir, count: int, size: int) -> list[dict]:
@@ -114,6 +115,31 @@ def test_a_failed_pass_fails_its_batches_and_leaves_the_others(model_dir):
             np.testing.assert_array_equal(r["id"], batch["id"])
     assert not any(actor.rebatcher.queues), "no row of a failed batch stays queued"
     assert actor.driver is None and not actor.waiting
+
+
+@pytest.mark.parametrize("mode", ["token", "sentence"])
+def test_a_tagger_gets_the_same_tags_and_word_exits_through_merged_passes(token_model_dir, mode):
+    """Sequence labeling through the same actor: per word, the tag and exit layer one stage gives."""
+    words = list(SENTENCES) + [[], None]
+    inputs = []
+    for b in range(3):
+        part = words[b::3]
+        cells = np.empty(len(part), dtype=object)
+        cells[:] = part
+        batch = {"id": np.arange(len(part)) + 100 * b, "tokens": cells}
+        inputs.append(tokenize_words(batch, load_tokenizer(token_model_dir), "tokens", "text", 64, None))
+    spec = dict(task="token", carry_dtype="float32", exit_mode=mode)
+    actor = Spy(token_model_dir, [StageSpec(0, 0, 2, **spec), StageSpec(1, 2, NUM_LAYERS, **spec)], pass_rows=1000)
+    outputs = asyncio.run(call_all(actor, inputs))
+    whole = StageActor(token_model_dir, StageSpec(0, 0, NUM_LAYERS, **spec))
+    for batch, out in zip(inputs, outputs):
+        one = whole(batch)
+        np.testing.assert_array_equal(out["id"], batch["id"])
+        for column in (schema.WORD_LABEL, schema.WORD_EXIT, schema.STATUS):
+            assert list(out[column]) == list(one[column]), column
+        np.testing.assert_array_equal(out[schema.TOKEN_LAYERS], one[schema.TOKEN_LAYERS])
+        np.testing.assert_array_equal(out[schema.EXIT_LAYER], one[schema.EXIT_LAYER])
+    assert max(n for k, n in actor.passes if k == 1) > 1, "stage 1 merged survivors of several batches"
 
 
 def test_pass_rows_must_be_positive():
