@@ -253,7 +253,9 @@ def check_cluster_fits(planned: list[PlannedStage], cfg: RayConfig, resume: bool
         )
 
 
-def log_stage_plan(planned: list[PlannedStage]) -> None:
+def log_stage_plan(planned: list[PlannedStage], rebatch: int = 0) -> None:
+    if rebatch and len(planned) > 1:
+        logger.info("rebatch %d: one actor pool holds all %d stages (stage 0's actors below)", rebatch, len(planned))
     for p in planned:
         logger.info(
             "stage %d: layers [%d, %d) batch %d actors %d..%d threads %s (expected survival in %.2f)",
@@ -348,7 +350,7 @@ def run_tagging(cfg: TagConfig, stage_cls=None, plan: Plan | None = None) -> Tag
     check_paths_on_nodes(cfg)  # a multi-node cluster: every node sees the model, input and output
     check_cluster_fits(plan.stages, cfg.ray, cfg.resume, cfg.rebatch)
     started = run_output.start(cfg, run_output.model_digest(info.path))
-    log_stage_plan(plan.stages)
+    log_stage_plan(plan.stages, cfg.rebatch)
     name = f"offramp-collector-{uuid.uuid4().hex[:12]}"  # the reader finds it by name
     # on the driver's node: the run cannot outlive that node, and a collector on a worker node
     # that dies would fail every stage and read that reports to it
