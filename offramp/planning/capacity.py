@@ -79,6 +79,8 @@ class CapacityPlan:
     based_on: dict = field(default_factory=dict)
     """The measured run's numbers the plan starts from."""
     assumptions: list[str] = field(default_factory=list)
+    layout_advice: list[str] = field(default_factory=list)
+    """A layout measured to do better than the run's (none when the run used it, or none is measured)."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -284,7 +286,19 @@ def plan_capacity(
         budget_cpus=budget_cpus,
         based_on=_based_on(summary),
     )
-    return dataclasses.replace(plan, assumptions=_assumptions(summary, stages, plan))
+    return dataclasses.replace(plan, assumptions=_assumptions(summary, stages, plan),
+                               layout_advice=layout_advice(summary, stages))
+
+
+def layout_advice(summary: dict, pools: list[dict]) -> list[str]:
+    """A run with a CPU actor pool per stage: on one machine, one actor holding every stage
+    (`rebatch`) measured faster with the same labels (BENCHMARKS.md, "Layouts on this CPU").
+    GPU stages get no advice: that layout is not yet measured on a GPU."""
+    if len(pools) < 2 or any(float(p.get("num_gpus") or 0) > 0 for p in pools):
+        return []
+    return [f"Layout: this run used a pool per stage ({len(pools)} pools). On one machine, one actor holding every "
+            "stage (`rebatch: 8`) measured faster than a pool per stage, with the same labels (BENCHMARKS.md, "
+            "\"Layouts on this CPU\"); measure this corpus with --rebatch 8 before adding pools."]
 
 
 def _stage_plan(st: dict, rows0: int, actors: int, cost: float, T: float, headroom: float) -> StagePlan:
@@ -399,6 +413,7 @@ def projection_lines(plan: CapacityPlan) -> list[str]:
         "per million documents.",
     ]
     lines += [f"Stage {p.index}: {p.note}." for p in plan.stages if p.note]
+    lines += plan.layout_advice
     return lines
 
 

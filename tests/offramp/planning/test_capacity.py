@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from offramp.planning.capacity import plan_capacity, stage_utilization, survival_by_layer
+from offramp.planning.capacity import plan_capacity, projection_lines, stage_utilization, survival_by_layer
 from offramp.config import ConfigError
 from tests.conftest import make_summary, stage
 
@@ -184,3 +184,14 @@ def test_a_rebatching_run_is_planned_as_one_pool_holding_every_stage():
     assert "One actor pool held all 2 stages" in " ".join(plan.assumptions)
     summary["run"]["rebatch"] = 0  # the same figures from a pool per stage: 2 + 4 actors
     assert [s.actors for s in plan_capacity(summary, target_docs_per_hour=720_000, headroom=1.0).stages] == [2, 4]
+
+
+def test_a_cpu_run_with_a_pool_per_stage_is_advised_the_rebatching_layout():
+    cpu = make_summary(stages=[stage(0, 0, 3, 1000, 10.0), stage(1, 3, 6, 400, 16.0)])
+    plan = plan_capacity(cpu, target_docs_per_hour=720_000)
+    assert len(plan.layout_advice) == 1 and "rebatch: 8" in plan.layout_advice[0]
+    assert plan.layout_advice[0] in projection_lines(plan)  # shown in the report and the CLI
+    cpu["run"]["rebatch"] = 8  # the run used it: nothing to advise
+    assert plan_capacity(cpu, target_docs_per_hour=720_000).layout_advice == []
+    # GPU stages: the layout is not measured on a GPU, so no advice
+    assert plan_capacity(make_summary(), target_docs_per_hour=720_000).layout_advice == []
