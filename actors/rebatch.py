@@ -24,7 +24,6 @@ from offramp.tasks import get_task
 class RebatchingStageActor:
     def __init__(self, model_dir: str, specs: list[StageSpec], pass_rows: int, collector=None):
         runner_cls = get_task(specs[0].task).runner_cls()
-        self.specs = specs
         self.rebatcher = Rebatcher([runner_cls(model_dir, spec) for spec in specs], pass_rows)
         self.reports = Reports(collector)
         self.compute = ThreadPoolExecutor(1, thread_name_prefix="offramp-rebatch")  # passes run one at a time

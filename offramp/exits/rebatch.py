@@ -31,7 +31,7 @@ class Ticket:
 
     rows: int  # rows of the input batch
     parts: list = field(default_factory=list)  # (positions, finished rows) as they finish
-    left: int = -1  # rows not yet finished
+    left: int = field(init=False)  # rows not yet finished
 
     def __post_init__(self):
         self.left = self.rows
@@ -136,18 +136,16 @@ class Rebatcher:
         start, finished = 0, 0
         for part in parts:
             n = len(part.positions)
-            here = slice(start, start + n)
+            rows = {c: v[start:start + n] for c, v in out.items()}  # views: this part's rows of the pass
+            moving = still[start:start + n]
             start += n
-            moving = still[here]
             done = np.flatnonzero(~moving)
             if len(done):
-                rows = {c: v[here] for c, v in out.items()}
                 part.ticket.finish(part.positions[done], rows if len(done) == n else take_rows(rows, done))
                 finished += len(done)
-            if moving.any():
+            if len(done) < n:
                 keep = np.flatnonzero(moving)
-                rows = take_rows({c: v[here] for c, v in out.items()}, keep)
-                self.queues[k + 1].append(Part(part.ticket, part.positions[keep], rows, len(keep)))
+                self.queues[k + 1].append(Part(part.ticket, part.positions[keep], take_rows(rows, keep), len(keep)))
         passed = [
             StageBatchStats(j, 0, 0, 0, 0, 0.0, rows_seen=finished, passes=0)
             for j in range(k + 1, len(self.runners)) if finished
