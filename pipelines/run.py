@@ -101,6 +101,15 @@ def runs_locally(cfg: RayConfig) -> bool:
     return not (cfg.address or os.environ.get("RAY_ADDRESS"))
 
 
+def tokenize_concurrency(cfg: TagConfig) -> int | None:
+    """Tokenize tasks at once: as configured; on an embedded local Ray the machine's cores (the
+    logical CPUs Ray is given exceed them, and each extra task process's imports at start-up
+    compete with the stage actors' own); None (Ray's CPUs decide) on a cluster."""
+    if cfg.tokenize_concurrency is not None:
+        return cfg.tokenize_concurrency
+    return (os.cpu_count() or 1) if runs_locally(cfg.ray) else None
+
+
 def resolve_thresholds(cfg: TagConfig, info: ModelInfo) -> dict[int, float]:
     """The threshold of every exit head: given in the config, else stored with the model."""
     given = cfg.exit.threshold is not None or cfg.exit.thresholds is not None
@@ -287,6 +296,7 @@ def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=N
         # beside GPU stages a task takes a whole core: a GPU actor's thread that launches kernels
         # must not share its core with two tokenizing tasks
         num_cpus=1.0 if any(p.num_gpus for p in plan.stages) else 0.5,
+        concurrency=tokenize_concurrency(cfg),
     )
     if cfg.rebatch and len(plan.stages) > 1:
         (pool,) = actor_pools(plan.stages, cfg.rebatch)

@@ -210,6 +210,10 @@ class TagConfig:
     (status truncated, counted), a JSONL line gets status too_long."""
     tokenize_batch_size: int = 256
     """Rows per tokenization task batch."""
+    tokenize_concurrency: int | None = None
+    """Tokenize tasks at once; None: the machine's cores on an embedded local Ray (every new task
+    process imports the tokenizer stack: a dozen at start-up delayed the stage actors by 4-5 s on
+    2 cores, BENCHMARKS.md), and no limit but Ray's CPUs on a cluster."""
     num_stages: int = 1
     """Number of stages when `stages` is empty or gives no layer ranges."""
     layout: str = "balanced"
@@ -253,6 +257,9 @@ class TagConfig:
             raise ConfigError(f"trend_runs={self.trend_runs} must be >= 0 (0 = no trend)")
         if self.num_stages < 1:
             raise ConfigError(f"num_stages={self.num_stages} must be >= 1")
+        if self.tokenize_concurrency is not None and self.tokenize_concurrency < 1:
+            raise ConfigError(f"tokenize_concurrency={self.tokenize_concurrency}: use 1 or more, or leave it unset "
+                              "(the machine's cores on a local Ray)")
         if self.rebatch < 0:
             raise ConfigError(f"rebatch={self.rebatch}: use 0 (a pool per stage) or the input batches an actor "
                               "merges survivors across (e.g. 4)")

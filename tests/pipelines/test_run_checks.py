@@ -1,9 +1,11 @@
 """What pipelines/run.py refuses before Ray starts: each mistake fails at once, naming the fix."""
 
+import os
+
 import pytest
 
-from offramp.config import AuditConfig, ConfigError, ExitConfig, TagConfig
-from pipelines.run import validate
+from offramp.config import AuditConfig, ConfigError, ExitConfig, RayConfig, TagConfig
+from pipelines.run import tokenize_concurrency, validate
 
 
 def config(tmp_path, corpus, model_dir, **kw) -> TagConfig:
@@ -114,3 +116,15 @@ def test_a_runs_ray_data_settings_reach_its_datasets_and_are_restored(tmp_path, 
         assert (inside.override_object_store_memory_limit_fraction, inside.max_errored_blocks) == (0.05, 3)
     assert (ctx.override_object_store_memory_limit_fraction, ctx.max_errored_blocks) == before
     assert TagConfig().ray.object_store_fraction == 0.1
+
+
+def test_tokenize_tasks_at_once_are_the_cores_locally_unlimited_on_a_cluster(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert tokenize_concurrency(TagConfig()) == 2  # embedded Ray: one task per core, whatever its logical CPUs
+    assert tokenize_concurrency(TagConfig(ray=RayConfig(address="ray://head:10001"))) is None
+    monkeypatch.setenv("RAY_ADDRESS", "http://head:8265")  # a job on a cluster
+    assert tokenize_concurrency(TagConfig()) is None
+    assert tokenize_concurrency(TagConfig(tokenize_concurrency=6)) == 6  # as configured, anywhere
+    with pytest.raises(ConfigError, match="tokenize_concurrency=0"):
+        TagConfig(tokenize_concurrency=0)
