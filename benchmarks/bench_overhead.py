@@ -79,8 +79,8 @@ def main():
     model = tiny_model(args.out)
     data, rows = make_corpus(args.data_dir, args.out, args.rows, False)
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
-    opts = SimpleNamespace(device="cpu", dtype="float32", tokenize_batch_size=args.tokenize_batch_size, out=args.out,
-                           _layers={model: 6})
+    opts = SimpleNamespace(device="cpu", dtype="float32", ray_cpus=args.num_cpus,
+                           tokenize_batch_size=args.tokenize_batch_size, out=args.out, _layers={model: 6})
     runs = os.path.join(args.out, "runs")
     open(os.path.join(args.out, "ray_stats.txt"), "w").close()
     results = [offramp_variant("offramp_full_depth", model, data, runs, opts, args.max_length, args.batch_size, False)]
