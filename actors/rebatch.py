@@ -22,9 +22,10 @@ from offramp.tasks import get_task
 
 
 class RebatchingStageActor:
-    def __init__(self, model_dir: str, specs: list[StageSpec], pass_rows: int, collector=None):
+    def __init__(self, model_dir: str, specs: list[StageSpec], pass_rows: int, collector=None,
+                 keep_states: bool | None = None):
         runner_cls = get_task(specs[0].task).runner_cls()
-        self.rebatcher = Rebatcher([runner_cls(model_dir, spec) for spec in specs], pass_rows)
+        self.rebatcher = Rebatcher([runner_cls(model_dir, spec) for spec in specs], pass_rows, keep_states)
         self.reports = Reports(collector)
         self.compute = ThreadPoolExecutor(1, thread_name_prefix="offramp-rebatch")  # passes run one at a time
         self.waiting: dict[int, tuple[Ticket, asyncio.Future]] = {}  # id(ticket) -> (ticket, the call's answer)
@@ -47,9 +48,11 @@ class RebatchingStageActor:
         try:
             while (k := self.rebatcher.next_stage()) is not None:
                 parts = self.rebatcher.take(k)
+                since = self.rebatcher.carry.next_source
                 try:
                     await loop.run_in_executor(self.compute, self.run_pass, k, parts)
                 except Exception as e:  # noqa: BLE001 - the batches in this pass fail (Ray Data retries or counts them)
+                    self.rebatcher.abandon(parts, since)
                     self.fail({id(p.ticket) for p in parts}, e)
                 self.settle()
         finally:

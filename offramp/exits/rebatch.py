@@ -12,6 +12,12 @@ batch finishes without more input arriving.
 Each input batch comes back whole, in its own row order, once its last row is answered.
 Exit decisions are per row (batch invariance is tested), so how rows are merged into passes
 changes no answer. The caller feeds batches and drives the passes (`actors.rebatch`).
+
+Between the stages of one process the survivors' states never leave the device: a pass keeps
+its survivors' states as one tensor (`DeviceCarry`), rounded to the carry dtype as the blobs
+between actors are, so a rebatching actor's answers are the pool-per-stage layout's. The state
+column holds a handle per row (which pass, which row of it); the next pass gathers its rows
+from the tensors they are in, one gather per source pass, not per row.
 """
 
 from __future__ import annotations
@@ -20,9 +26,77 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from offramp import schema
-from offramp.exits.stage import StageBatchStats, StageRunner
+from offramp.exits.stage import TORCH_DTYPES, StageBatchStats, StageRunner
+
+STATE_COLUMNS = (schema.HIDDEN, schema.FULL_HIDDEN)  # columns a runner's carry writes (the token audit lane's too)
+_ROW_BITS = 32  # a handle is (source pass << _ROW_BITS) | row of that pass
+
+
+class DeviceCarry:
+    """Survivors' states kept on the device they were computed on, between stages of one process.
+
+    `put` stores a pass's survivors' (S, T, H) states as one tensor in the carry dtype, padding
+    zeroed, and returns a handle per row; `get` gathers the rows of the next pass from their
+    source tensors, cut or zero-padded to the longest row as `BlobCarry` pads, and frees a source once every row of it
+    was read or released. Rows of a failed batch are released (`release`), and tensors stored by
+    a failed pass are discarded (`discard_since`), so nothing is held after the last batch."""
+
+    def __init__(self, carry_dtype: str):
+        self.dtype = TORCH_DTYPES[carry_dtype]
+        self.sources: dict[int, tuple[torch.Tensor, np.ndarray]] = {}  # pass -> (states, rows not yet read)
+        self.next_source = 0
+
+    def put(self, hidden: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
+        source = self.next_source
+        self.next_source += 1
+        real = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths.to(hidden.device)[:, None]
+        states = torch.where(real[..., None], hidden, 0).to(self.dtype)  # padding zeroed once, as blobs pad it
+        self.sources[source] = (states, np.ones(len(hidden), dtype=bool))
+        return ((source << _ROW_BITS) | np.arange(len(hidden), dtype=np.int64)).astype(object)
+
+    def get(self, values: np.ndarray, lengths: np.ndarray, device: torch.device) -> torch.Tensor:
+        handles = values.astype(np.int64)
+        sources, rows = handles >> _ROW_BITS, handles & ((1 << _ROW_BITS) - 1)
+        longest = int(lengths.max())
+        pieces, order = [], []
+        for source in np.unique(sources):  # one gather per source pass
+            at = np.flatnonzero(sources == source)
+            states = self.sources[int(source)][0]
+            piece = states.index_select(0, torch.from_numpy(rows[at]).to(states.device))[:, :longest]
+            if piece.shape[1] < longest:  # that pass's rows were all shorter than this pass's longest
+                piece = torch.nn.functional.pad(piece, (0, 0, 0, longest - piece.shape[1]))
+            pieces.append(piece)
+            order.append(at)
+            self._read(int(source), rows[at])
+        if len(pieces) == 1 and (order[0] == np.arange(len(handles))).all():
+            return pieces[0]
+        joined = torch.cat(pieces)  # rows grouped by source: put back in the order asked for
+        inverse = np.empty(len(handles), dtype=np.int64)
+        inverse[np.concatenate(order)] = np.arange(len(handles))
+        return joined.index_select(0, torch.from_numpy(inverse).to(joined.device))
+
+    def release(self, values: np.ndarray) -> None:
+        handles = np.array([v for v in values if isinstance(v, int)], dtype=np.int64)  # a failed batch: rare
+        for source in np.unique(handles >> _ROW_BITS):
+            if int(source) in self.sources:
+                self._read(int(source), handles[(handles >> _ROW_BITS) == source] & ((1 << _ROW_BITS) - 1))
+
+    def discard_since(self, source: int) -> None:
+        """Drop the tensors stored from pass `source` on: a failed pass's survivors are never read."""
+        for s in [s for s in self.sources if s >= source]:
+            del self.sources[s]
+
+    def rows_held(self) -> int:
+        return int(sum(unread.sum() for _, unread in self.sources.values()))
+
+    def _read(self, source: int, rows: np.ndarray) -> None:
+        unread = self.sources[source][1]
+        unread[rows] = False
+        if not unread.any():
+            del self.sources[source]
 
 
 @dataclass
@@ -79,12 +153,20 @@ def join_parts(parts: list[Part]) -> dict:
 class Rebatcher:
     """Every stage's runner in one process, with a queue of waiting rows per stage."""
 
-    def __init__(self, runners: list[StageRunner], pass_rows: int):
+    def __init__(self, runners: list[StageRunner], pass_rows: int, keep_states: bool | None = None):
+        """`keep_states`: survivors' states stay on the device between stages (`DeviceCarry`);
+        None keeps them there on an accelerator, and on a CPU carries them as the blobs between
+        actors (measured cheaper there: no device copy to save, and blobs hold no padding)."""
         if pass_rows < 1:
             raise ValueError(f"pass_rows={pass_rows}: a pass needs at least one row")
         self.runners = runners
         self.pass_rows = pass_rows
         self.queues: list[deque[Part]] = [deque() for _ in runners]
+        if keep_states is None:
+            keep_states = runners[0].device.type != "cpu"
+        self.carry = DeviceCarry(runners[0].spec.carry_dtype) if keep_states else runners[0].carry
+        for runner in runners:
+            runner.carry = self.carry
 
     def add(self, batch: dict) -> Ticket:
         """An input batch into stage 0's queue; its ticket is done when all its rows finished."""
@@ -120,9 +202,25 @@ class Rebatcher:
         return parts
 
     def drop(self, ticket: Ticket) -> None:
-        """A failed batch's rows leave every queue (the caller retries the batch whole)."""
+        """A failed batch's rows leave every queue, and their states the carry (the caller
+        retries the batch whole)."""
         for k, queue in enumerate(self.queues):
+            for part in queue:
+                if part.ticket is ticket:
+                    self.release(part.rows)
             self.queues[k] = deque(p for p in queue if p.ticket is not ticket)
+
+    def abandon(self, parts: list[Part], since: int) -> None:
+        """A pass over `parts` failed: the states its rows held, and those it stored (carry sources
+        from `since` on, `DeviceCarry.next_source` before the pass), will never be read."""
+        for part in parts:
+            self.release(part.rows)
+        self.carry.discard_since(since)
+
+    def release(self, rows: dict) -> None:
+        for column in STATE_COLUMNS:
+            if column in rows:
+                self.carry.release(rows[column])
 
     def run(self, k: int, parts: list[Part]) -> list[StageBatchStats]:
         """One pass of stage k over `parts`: finished rows go back to their tickets, running ones

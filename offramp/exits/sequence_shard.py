@@ -16,7 +16,7 @@ from torch import nn
 
 from offramp import schema
 from offramp.exits.shard import ShardBase, keep_rows, trim
-from offramp.exits.stage import PassWork, RowsAnswered, StageRunner, StageSpec, hidden_to_blobs
+from offramp.exits.stage import PassWork, RowsAnswered, StageRunner, StageSpec
 from offramp.models.heads import HeadOutput, exit_signal, masked_mean
 from offramp.models.sequence import EarlyExitSequenceModel
 from offramp.policies import ExitPolicy, check_policy_fits, get_policy
@@ -313,7 +313,7 @@ class SequenceStageRunner(StageRunner):
         skipped = 0 if per_row is None else int(per_row.sum())
         if len(survivor_pos):
             carried = rows[survivor_pos]
-            cols[schema.HIDDEN][carried] = hidden_to_blobs(result.hidden, result.lengths, self.spec.carry_dtype)
+            cols[schema.HIDDEN][carried] = self.carry.put(result.hidden, result.lengths)
             if result.state is not None:
                 states = result.state.float().cpu().numpy()  # (S, state_size): one row per blob
                 cols[schema.STATE][carried] = schema.flat_to_blobs(states, np.ones(len(states), dtype=np.int64))

@@ -109,6 +109,33 @@ def blobs_to_hidden(blobs, lengths: np.ndarray, hidden_size: int, carry_dtype: s
     return t.view(torch.bfloat16) if carry_dtype == "bfloat16" else t
 
 
+class BlobCarry:
+    """Survivors' states as per-row blobs on the host, in the carry dtype: what crosses between
+    stage actors (through Ray's object store). A stage's runner writes its survivors' states with
+    `put` and reads its input states with `get`; `offramp.exits.rebatch.DeviceCarry` is the same
+    interface for stages that share one process."""
+
+    def __init__(self, hidden_size: int, carry_dtype: str):
+        self.hidden_size = hidden_size
+        self.carry_dtype = carry_dtype
+
+    def put(self, hidden: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
+        """(S, T, H) states of S rows with `lengths` real tokens -> (S,) column values."""
+        return hidden_to_blobs(hidden, lengths, self.carry_dtype)
+
+    def get(self, values: np.ndarray, lengths: np.ndarray, device: torch.device) -> torch.Tensor:
+        """(S,) column values -> (S, T, H) states on `device`, zero-padded to the longest row."""
+        return to_device(blobs_to_hidden(values, lengths, self.hidden_size, self.carry_dtype), device)
+
+    def release(self, values: np.ndarray) -> None:
+        """Values that will never be read (their rows' batch failed): blobs need no clean-up."""
+
+    def discard_since(self, source: int) -> None:
+        """States a failed pass stored: blobs went with its batch."""
+
+    next_source = 0  # `DeviceCarry` numbers what passes store; blobs are not stored
+
+
 def forward_groups(lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
     """Positions into `lengths`, sorted by length and cut so rows x longest <= max_tokens.
 
@@ -168,7 +195,7 @@ def configure_device(device: torch.device) -> None:
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host tensor onto `device`: through pinned memory and a non-blocking copy on a GPU, so
     the copy overlaps the work already queued there and the host does not wait for it."""
-    if device.type != "cuda":
+    if device.type != "cuda" or t.device.type == "cuda":
         return t
     return t.pin_memory().to(device, non_blocking=True)
 
@@ -193,6 +220,7 @@ class StageRunner:
             spec = dataclasses.replace(spec, max_tokens=budget)
         self.spec = spec
         self.hidden_size = model.config.hidden_size
+        self.carry = BlobCarry(self.hidden_size, spec.carry_dtype)  # how survivors' states leave and arrive
         self.shard = self.build_shard(model, spec)
         del model  # layers outside [start, end) are freed with it
         self.shard.to(device=self.device, dtype=dtype).eval()
@@ -214,8 +242,7 @@ class StageRunner:
         if self.spec.start == 0:
             ids = schema.pad_blobs(batch[schema.TOKENS][rows], lengths, np.int32)[..., 0]  # (S, T)
             return dict(input_ids=to_device(torch.from_numpy(ids), self.device).long())
-        hidden = blobs_to_hidden(batch[hidden_column][rows], lengths, self.hidden_size, self.spec.carry_dtype)
-        return dict(hidden=to_device(hidden, self.device))
+        return dict(hidden=self.carry.get(batch[hidden_column][rows], lengths, self.device))
 
     def __call__(self, batch: dict, on_exit: RowsAnswered | None = None) -> tuple[dict, StageBatchStats]:
         """Run the rows that need this stage -> (the batch with its result columns, what it did).

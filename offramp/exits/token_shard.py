@@ -18,7 +18,7 @@ from torch import nn
 from offramp import schema
 from offramp.config import check_token_exit
 from offramp.exits.shard import ShardBase, keep_rows, trim
-from offramp.exits.stage import PassWork, RowsAnswered, StageRunner, StageSpec, hidden_to_blobs
+from offramp.exits.stage import PassWork, RowsAnswered, StageRunner, StageSpec
 from offramp.models.token import EarlyExitTokenModel, sparse_layer, window_max, word_of_token
 from offramp.policies import ExitPolicy, check_word_policy, get_policy
 
@@ -287,5 +287,5 @@ class TokenStageRunner(StageRunner):
         cols[column][rows[finished]] = b""  # a finished sentence drops its states at once
         survivors = result.survivors.cpu().numpy()
         if len(survivors):
-            cols[column][rows[survivors]] = hidden_to_blobs(result.hidden, result.lengths, self.spec.carry_dtype)
+            cols[column][rows[survivors]] = self.carry.put(result.hidden, result.lengths)
         return finished

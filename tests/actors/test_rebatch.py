@@ -5,12 +5,13 @@ import asyncio
 
 import numpy as np
 import pytest
+import torch
 
 from actors.rebatch import RebatchingStageActor
 from actors.stage import StageActor
 from offramp import schema
-from offramp.exits.rebatch import Rebatcher
-from offramp.exits.stage import StageSpec
+from offramp.exits.rebatch import DeviceCarry, Rebatcher
+from offramp.exits.stage import BlobCarry, StageSpec
 from offramp.tasks.sequence import tokenize_batch
 from offramp.tasks.token import tokenize_batch as tokenize_words
 from offramp.text.tokenize import load_tokenizer
@@ -50,9 +51,11 @@ async def call_all(actor, inputs):
 
 
 @pytest.mark.parametrize("split", [1, 2])
-def test_merged_passes_give_each_batch_the_rows_of_a_whole_model_stage(model_dir, split):
+@pytest.mark.parametrize("keep_states", [True, False], ids=["states-on-device", "states-as-blobs"])
+def test_merged_passes_give_each_batch_the_rows_of_a_whole_model_stage(model_dir, split, keep_states):
+    """States kept on the device (what a GPU actor does) or carried as blobs (a CPU actor)."""
     inputs = batches(model_dir, count=4, size=10)
-    actor = Spy(model_dir, specs(split), pass_rows=1000)  # a pass takes every survivor waiting
+    actor = Spy(model_dir, specs(split), pass_rows=1000, keep_states=keep_states)  # a pass takes every survivor
     outputs = asyncio.run(call_all(actor, inputs))
     whole = StageActor(model_dir, StageSpec(0, 0, NUM_LAYERS, carry_dtype="float32"))
     for batch, out in zip(inputs, outputs):
@@ -65,6 +68,8 @@ def test_merged_passes_give_each_batch_the_rows_of_a_whole_model_stage(model_dir
         np.testing.assert_allclose(out[schema.CONFIDENCE], one[schema.CONFIDENCE], atol=1e-5)
         assert list(out[schema.STATUS][-2:]) == ["null", "empty"] and list(out[schema.LABEL_ID][-2:]) == [-1, -1]
         assert all(b == b"" for b in out[schema.HIDDEN])  # no state leaves the actor
+    if keep_states:
+        assert actor.rebatcher.carry.rows_held() == 0 and not actor.rebatcher.carry.sources, "no state stays in it"
     survivors = [e > split for e in np.concatenate([o[schema.EXIT_LAYER] for o in outputs])]
     assert any(survivors) and not all(survivors), "rows must exit in both stages"
     deep = [n for k, n in actor.passes if k == 1]
@@ -99,10 +104,11 @@ def test_a_failed_pass_fails_its_batches_and_leaves_the_others(model_dir):
         def run_pass(self, k, parts):
             if k == 1 and not self.failed:
                 self.failed = True
+                self.rebatcher.carry.put(torch.zeros(2, 3, 4), torch.tensor([3, 1]))  # stored before it failed
                 raise RuntimeError("stage 1 failed")
             super().run_pass(k, parts)
 
-    actor = FailsStage1Once(model_dir, specs(1), pass_rows=4)
+    actor = FailsStage1Once(model_dir, specs(1), pass_rows=4, keep_states=True)
 
     async def each():
         return await asyncio.gather(*(actor(b) for b in inputs), return_exceptions=True)
@@ -114,6 +120,7 @@ def test_a_failed_pass_fails_its_batches_and_leaves_the_others(model_dir):
         if not isinstance(r, Exception):
             np.testing.assert_array_equal(r["id"], batch["id"])
     assert not any(actor.rebatcher.queues), "no row of a failed batch stays queued"
+    assert not actor.rebatcher.carry.sources, "nor its states on the device"
     assert actor.driver is None and not actor.waiting
 
 
@@ -129,7 +136,8 @@ def test_a_tagger_gets_the_same_tags_and_word_exits_through_merged_passes(token_
         batch = {"id": np.arange(len(part)) + 100 * b, "tokens": cells}
         inputs.append(tokenize_words(batch, load_tokenizer(token_model_dir), "tokens", "text", 64, None))
     spec = dict(task="token", carry_dtype="float32", exit_mode=mode)
-    actor = Spy(token_model_dir, [StageSpec(0, 0, 2, **spec), StageSpec(1, 2, NUM_LAYERS, **spec)], pass_rows=1000)
+    actor = Spy(token_model_dir, [StageSpec(0, 0, 2, **spec), StageSpec(1, 2, NUM_LAYERS, **spec)], pass_rows=1000,
+                keep_states=True)
     outputs = asyncio.run(call_all(actor, inputs))
     whole = StageActor(token_model_dir, StageSpec(0, 0, NUM_LAYERS, **spec))
     for batch, out in zip(inputs, outputs):
@@ -140,6 +148,34 @@ def test_a_tagger_gets_the_same_tags_and_word_exits_through_merged_passes(token_
         np.testing.assert_array_equal(out[schema.TOKEN_LAYERS], one[schema.TOKEN_LAYERS])
         np.testing.assert_array_equal(out[schema.EXIT_LAYER], one[schema.EXIT_LAYER])
     assert max(n for k, n in actor.passes if k == 1) > 1, "stage 1 merged survivors of several batches"
+    assert not actor.rebatcher.carry.sources
+
+
+@pytest.mark.parametrize("carry_dtype", ["float16", "bfloat16", "float32"])
+def test_states_kept_on_the_device_read_back_as_blobs_between_actors_do(carry_dtype):
+    """Rows gathered from several passes' states equal, bit for bit, what the blobs between stage
+    actors give: the same rounding, zero-padded to the new pass's longest row."""
+    g = torch.Generator().manual_seed(0)
+    blobs, device = BlobCarry(8, carry_dtype), DeviceCarry(carry_dtype)
+    passes = [(torch.randn(5, 7, 8, generator=g), torch.tensor([7, 3, 5, 1, 6])),
+              (torch.randn(3, 4, 8, generator=g), torch.tensor([4, 2, 4]))]
+    handles = np.concatenate([device.put(h, n) for h, n in passes])
+    carried = np.concatenate([blobs.put(h, n) for h, n in passes])
+    lengths = np.concatenate([n.numpy() for _, n in passes])
+    assert device.rows_held() == 8
+    pick = np.array([6, 0, 3, 7])  # rows of both passes, out of order, one longer than the other pass's padding
+    got = device.get(handles[pick], lengths[pick], torch.device("cpu"))
+    want = blobs.get(carried[pick], lengths[pick], torch.device("cpu"))
+    assert got.dtype == want.dtype and got.shape == want.shape == (4, 7, 8)
+    assert torch.equal(got, want)
+    assert device.rows_held() == 4 and set(device.sources) == {0, 1}
+    device.get(handles[[1, 2, 4]], lengths[[1, 2, 4]], torch.device("cpu"))
+    assert set(device.sources) == {1}, "a pass's states are freed once every row of it was read"
+    device.release(np.array([handles[5], b""], dtype=object))  # a failed batch's row (and a finished one)
+    assert not device.sources and device.rows_held() == 0
+    device.put(*passes[1])
+    device.discard_since(2)
+    assert not device.sources
 
 
 def test_pass_rows_must_be_positive():
