@@ -60,10 +60,14 @@ class Outcome:
     registered: str = ""  # the version registered from the calibrated model, models:/NAME/VERSION
 
 
+def calibration_device() -> str:
+    """Calibration's passes run on a GPU when the machine has one, in float32 either way."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def head_logits_for(model_dir: str, texts: list[str], max_length: int, batch_size: int = 64) -> HeadPass:
-    """Every exit head's output at full depth, from one pass of the saved model: on a GPU when
-    the machine has one, in float32 either way."""
-    model = load_model(model_dir).to("cuda" if torch.cuda.is_available() else "cpu")
+    """Every exit head's output at full depth, from one pass of the saved model (`calibration_device`)."""
+    model = load_model(model_dir).to(calibration_device())
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return full_pass(model, tokenizer, texts, max_length, batch_size)
 
@@ -187,7 +191,7 @@ def calibrate_token_dir(cfg: CalibrateConfig, info: ModelInfo, target: calibrati
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     t0 = time.perf_counter()
-    model = load_model(cfg.model).eval()
+    model = load_model(cfg.model).to(calibration_device()).eval()  # each candidate's real pass runs there
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     encoded = encode_words(tokenizer, sentences, cfg.max_length)
     gold = word_labels(tags, {name: i for i, name in enumerate(info.labels)}) if tags else None

@@ -57,6 +57,7 @@ def tag_pass(model, encoded: list[EncodedWords], mode: str, threshold: float | S
     L = model.num_layers
     thresholds = layer_thresholds(model.exit_layers, threshold)
     shard = TokenShard(model, 0, L, mode=mode, thresholds=thresholds, window=window, pool=pool).eval()
+    device = next(model.parameters()).device  # a GPU when the model is on one
     n = len(encoded)
     labels, layers = [None] * n, [None] * n
     token_layers = np.zeros(n, dtype=np.int64)
@@ -68,12 +69,12 @@ def tag_pass(model, encoded: list[EncodedWords], mode: str, threshold: float | S
             j += 1
         rows = order[i:j]
         ids, lengths, starts = pad([encoded[r] for r in rows])
-        out = shard(lengths, starts, input_ids=ids)
+        out = shard(lengths, starts, input_ids=ids.to(device))
+        label, layer = out.words.label.cpu().numpy(), out.words.exit_layer.cpu().numpy()
         for k, r in enumerate(rows):
             w = len(encoded[r].starts)
-            labels[r] = out.words.label[k, :w].numpy()
-            layers[r] = out.words.exit_layer[k, :w].numpy()
-        token_layers[rows] = out.token_layers.numpy()
+            labels[r], layers[r] = label[k, :w], layer[k, :w]
+        token_layers[rows] = out.token_layers.cpu().numpy()
         i = j
     tokens = np.array([len(e.ids) for e in encoded], dtype=np.int64)
     return TagPass(labels, layers, token_layers, tokens)
@@ -89,13 +90,15 @@ def word_head_logits(model, encoded: list[EncodedWords], batch: int = 64) -> lis
     """Per sentence the (K, W, C) word logits of every exit head, from one full-depth pass."""
     order = np.argsort([len(e.ids) for e in encoded], kind="stable")
     out = [None] * len(encoded)
+    device = next(model.parameters()).device
     with torch.no_grad():
         for i in range(0, len(order), batch):
             rows = order[i : i + batch]
-            ids, lengths, starts = pad([encoded[r] for r in rows])
-            mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
+            ids, lengths, starts = (t.to(device) for t in pad([encoded[r] for r in rows]))
+            mask = (torch.arange(ids.shape[1], device=device)[None, :] < lengths[:, None]).long()
             states = model.layer_states(ids, mask)
             logits = torch.stack([word_logits(model, layer, states[layer], starts) for layer in model.exit_layers], 1)
+            logits = logits.float().cpu().numpy()
             for k, r in enumerate(rows):
-                out[r] = logits[k, :, : len(encoded[r].starts)].float().numpy()
+                out[r] = logits[k, :, : len(encoded[r].starts)]
     return out

@@ -145,14 +145,15 @@ def word_labels(tags: list[list[str]], label2id: dict) -> list[np.ndarray]:
     return [np.array([label2id.get(t, -1) for t in s], dtype=np.int64) for s in tags]
 
 
-def _batch(encoded: list[EncodedWords], gold: list[np.ndarray], idx):
+def _batch(encoded: list[EncodedWords], gold: list[np.ndarray], idx, device=None):
+    """Sentences `idx` -> (ids, mask, lengths, starts, gold word labels), on `device` (the model's)."""
     ids, lengths, starts = pad([encoded[i] for i in idx])
     y = torch.full(starts.shape, IGNORE, dtype=torch.long)  # (B, W)
     for k, i in enumerate(idx):
         g = torch.from_numpy(gold[i])
         y[k, : len(g)] = torch.where((g >= 0) & (starts[k, : len(g)] >= 0), g, IGNORE)
     mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
-    return ids, mask, lengths, starts, y
+    return tuple(t.to(device, non_blocking=True) for t in (ids, mask, lengths, starts, y))
 
 
 def joint_loss(model, batch) -> torch.Tensor:
@@ -173,8 +174,8 @@ def self_sampling_loss(model, batch, rng: random.Random, max_window: int, max_th
     uncertainty = get_policy(model.config.exit_policy).word_uncertainty
     ids, mask, lengths, starts, y = batch
     B, T = ids.shape
-    windows = torch.tensor([rng.randint(0, max_window) for _ in range(B)])  # (B,)
-    thresh = torch.tensor([rng.uniform(0.0, max_threshold) for _ in range(B)])  # (B,)
+    windows = torch.tensor([rng.randint(0, max_window) for _ in range(B)], device=ids.device)  # (B,)
+    thresh = torch.tensor([rng.uniform(0.0, max_threshold) for _ in range(B)], device=ids.device)  # (B,)
     valid = (starts >= 0) & (y != IGNORE)  # (B, W) words that have a label
     owner = word_of_token(starts, lengths, T)  # (B, T)
     real = mask.bool()
@@ -198,9 +199,9 @@ def self_sampling_loss(model, batch, rng: random.Random, max_window: int, max_th
         with torch.no_grad():
             u = uncertainty(logits)  # (B, W)
             wm = torch.stack([window_max(u, valid, int(k)) for k in range(max_window + 1)])  # (K+1, B, W)
-            wm = wm[windows, torch.arange(B)]  # (B, W) each sentence with its own window
+            wm = wm[windows, torch.arange(B, device=ids.device)]  # (B, W) each sentence with its own window
             active = active & ~(wm < thresh[:, None])
-    return num / max(float(den), 1.0)
+    return num / torch.clamp(torch.as_tensor(den), min=1.0)  # a tensor: no wait for the device per step
 
 
 def sweep_thresholds(model, encoded, gold, names, mode: str) -> list[dict]:
@@ -370,7 +371,8 @@ def train_token_exits(cfg):
         base, names, cfg, exit_policy=policy_name, token_exit_mode=opts.exit_mode,
         sentence_pool=opts.sentence_pool, exit_window=opts.exit_window,
     )
-    model = model_class(TOKEN, config).from_pretrained(base, config=config, use_safetensors=True)
+    device = cfg.torch_device()
+    model = model_class(TOKEN, config).from_pretrained(base, config=config, use_safetensors=True).to(device)
     tokenizer = AutoTokenizer.from_pretrained(base)
     logger.info("training token model on %d sentences (%d tags), dev %d, base %s", len(sents), len(names), len(dev_sents), base)
     encoded, gold = encode_words(tokenizer, sents, cfg.max_length), word_labels(tags, label2id)
@@ -381,10 +383,10 @@ def train_token_exits(cfg):
     # --heads-only: the tagger's backbone and classifier stay as they are; both stages train the exit heads
     params = freeze_all_but_exit_heads(model) if cfg.heads_only else list(model.parameters())
     _optimize(params, n, cfg, cfg.stage1_epochs, cfg.head_lr if cfg.heads_only else cfg.lr, 1,
-              lambda idx: joint_loss(model, _batch(encoded, gold, idx)), losses, clip=1.0)
+              lambda idx: joint_loss(model, _batch(encoded, gold, idx, device)), losses, clip=1.0)
     rng = random.Random(cfg.seed)
     _optimize(params, n, cfg, opts.self_sampling_epochs, cfg.head_lr if cfg.heads_only else cfg.lr, 2,
-              lambda idx: self_sampling_loss(model, _batch(encoded, gold, idx), rng, opts.sample_max_window,
+              lambda idx: self_sampling_loss(model, _batch(encoded, gold, idx, device), rng, opts.sample_max_window,
                                              opts.sample_max_threshold), losses, clip=1.0)
     model.eval()
 

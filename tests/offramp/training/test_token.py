@@ -48,6 +48,14 @@ def batch(tokenizer):
     return _batch(encoded, gold, list(range(len(encoded))))
 
 
+def test_a_training_batch_is_built_on_the_models_device(tokenizer):
+    """Token training on a GPU feeds the model batches built there. (No GPU here: the meta device
+    stands in, and a tensor left behind on the CPU would show as such.)"""
+    encoded = encode_words(tokenizer, SENTENCES[:3], 64)
+    gold = [torch.zeros(len(s), dtype=torch.long).numpy() for s in SENTENCES[:3]]
+    assert {t.device.type for t in _batch(encoded, gold, [0, 1, 2], torch.device("meta"))} == {"meta"}
+
+
 def test_self_sampling_with_nothing_halted_is_the_joint_loss(batch):
     model = make_token_model(seed=1)
     torch.testing.assert_close(self_sampling_loss(model, batch, FixedDraws(), 0, 0.0), joint_loss(model, batch))
