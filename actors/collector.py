@@ -21,6 +21,14 @@ class MetricsCollector:
     def files_read(self) -> dict[str, int]:
         return dict(self.files)
 
+    def ready(self, stages: list[int], began: float, ended: float) -> None:
+        """An actor holding `stages` was constructed from `began` to `ended` (time.time() on its
+        node): the first actor ready per stage, and when its constructor began."""
+        for stage in stages:
+            t = self.totals[stage]
+            if ended < (t.get("ready") or float("inf")):
+                t["ready"], t["init_began"] = ended, began
+
     def record(self, stats: dict) -> None:
         """One batch's `offramp.exits.stage.StageBatchStats`, as a dict."""
         t = self.totals[stats["stage"]]

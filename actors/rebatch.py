@@ -13,6 +13,7 @@ after the last call returns.
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from actors.stage import Reports
@@ -24,9 +25,11 @@ from offramp.tasks import get_task
 class RebatchingStageActor:
     def __init__(self, model_dir: str, specs: list[StageSpec], pass_rows: int, collector=None,
                  keep_states: bool | None = None):
+        began = time.time()
         runner_cls = get_task(specs[0].task).runner_cls()
         self.rebatcher = Rebatcher([runner_cls(model_dir, spec) for spec in specs], pass_rows, keep_states)
         self.reports = Reports(collector)
+        self.reports.ready([spec.index for spec in specs], began)
         self.compute = ThreadPoolExecutor(1, thread_name_prefix="offramp-rebatch")  # passes run one at a time
         self.waiting: dict[int, tuple[Ticket, asyncio.Future]] = {}  # id(ticket) -> (ticket, the call's answer)
         self.driver: asyncio.Task | None = None  # the loop running passes, while there is work

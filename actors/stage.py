@@ -10,6 +10,7 @@ collector. Unit-test it by calling it; the pipeline runs it under
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import ray
 
@@ -41,12 +42,20 @@ class Reports:
         if len(self.in_flight) > MAX_REPORTS_IN_FLIGHT:
             ray.get(self.in_flight.pop(0))
 
+    def ready(self, stages: list[int], began: float) -> None:
+        """The actor's constructor ran from `began` (time.time()) until now: the driver splits a
+        run's start-up into starting the actor's process (imports) and loading its model."""
+        if self.collector is not None:
+            self.in_flight.append(self.collector.ready.remote(stages, began, time.time()))
+
 
 class StageActor:
     def __init__(self, model_dir: str, spec: StageSpec, collector=None):
+        began = time.time()
         self.spec = spec
         self.runner = get_task(spec.task).runner_cls()(model_dir, spec)
         self.reports = Reports(collector)
+        self.reports.ready([spec.index], began)
 
     def __call__(self, batch: dict) -> dict:
         out, stats = self.runner(batch)

@@ -111,7 +111,11 @@ def run_line(task: str, cfg: TagConfig, m: dict) -> str:
     saved = f"{100 * m['token_layer_saving']:.1f}% of token-layers saved" if token else f"mean layers {m['mean_layers']:.2f}"
     line += f"; {m['docs_per_second']:.1f} {n['rate']}/s"
     if "startup_seconds" in m:  # before the first batch reached the model: a short run pays it in full
-        line += f" ({m['startup_seconds']:.1f} s of {m['wall_seconds']:.1f} s to the first batch)"
+        line += f" ({m['startup_seconds']:.1f} s of {m['wall_seconds']:.1f} s to the first batch"
+        if "startup_model_load_seconds" in m:
+            line += (f": stage actor's process {m['startup_actor_process_seconds']:.1f} s, model "
+                     f"{m['startup_model_load_seconds']:.1f} s, waiting for input {m['startup_input_wait_seconds']:.1f} s")
+        line += ")"
     line += f", {saved} (ideal {m['ideal_speedup']:.2f}x)"
     for key, name in (("accuracy", "word accuracy" if token else "accuracy"), ("entity_f1", "entity F1")):
         if key in m:

@@ -485,7 +485,9 @@ def add_rates(m: dict, wall: float, timings: dict, work: str, rows_written: int 
     `rows_written`: the rows this attempt wrote (a resumed run's output holds earlier ones);
     the token and word rates scale with it. `started_at`: time.time() when the pipeline started;
     with it, `startup_seconds` is the time until stage 0's first call began (actors started,
-    the first rows read and tokenized): a fixed cost that a short run pays in full."""
+    the first rows read and tokenized): a fixed cost that a short run pays in full. It is split
+    into the first stage-0 actor's process start (with its imports), its constructor (the model
+    loaded) and the wait from then until its first batch (input not yet read and tokenized)."""
     written = m["rows"] if rows_written is None else rows_written
     share = written / m["rows"] if m["rows"] else 0.0
     m["wall_seconds"] = wall
@@ -508,6 +510,10 @@ def add_rates(m: dict, wall: float, timings: dict, work: str, rows_written: int 
             m[f"stage{k}_active_seconds"] = t["last_end"] - t["first_start"]
     if started_at is not None and timings.get(0, {}).get("first_start"):
         m["startup_seconds"] = max(0.0, timings[0]["first_start"] - started_at)
+        if timings[0].get("ready"):  # start-up, split: the actor's process and imports, its model, its input
+            m["startup_actor_process_seconds"] = max(0.0, timings[0]["init_began"] - started_at)
+            m["startup_model_load_seconds"] = timings[0]["ready"] - timings[0]["init_began"]
+            m["startup_input_wait_seconds"] = max(0.0, timings[0]["first_start"] - timings[0]["ready"])
 
 
 def sample_rows(batch: pa.Table, column: str, fraction: float, seed: int) -> pa.Table:

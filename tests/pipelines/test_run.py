@@ -90,6 +90,11 @@ def test_two_stage_pipeline_one_row_per_input_with_exits_in_both_stages(tmp_path
     # start-up (until stage 0's first call) and each stage's active span lie within the wall; one
     # actor per stage runs its calls one after another, so its busy time fits in its span
     assert 0 < m["startup_seconds"] < m["wall_seconds"]
+    # split into the actor's process start, its model load and its wait for input; the three add up
+    # (tolerance: clocks read in two processes on one machine)
+    parts = ("actor_process", "model_load", "input_wait")
+    assert all(m[f"startup_{p}_seconds"] >= 0 for p in parts) and m["startup_model_load_seconds"] > 0
+    assert sum(m[f"startup_{p}_seconds"] for p in parts) == pytest.approx(m["startup_seconds"], abs=0.05)
     for k in (0, 1):
         assert m[f"stage{k}_busy_seconds"] <= m[f"stage{k}_active_seconds"] < m["wall_seconds"]
     # the audit: the hashed sample, a full-depth label for each, agreement as the output shows it

@@ -151,7 +151,12 @@ def test_plan_states_its_assumptions_and_serializes():
     timed = make_summary()
     timed["metrics"]["startup_seconds"] = 4.0
     text = " ".join(plan_capacity(timed, target_docs_per_hour=720_000).assumptions)
-    assert "it took 4.0 s of the 20.0 s wall before the first batch" in text
+    assert "it took 4.0 s of the 20.0 s wall before the first batch reached the model." in text
+    timed["metrics"].update(startup_actor_process_seconds=2.5, startup_model_load_seconds=0.5,
+                            startup_input_wait_seconds=1.0)
+    text = " ".join(plan_capacity(timed, target_docs_per_hour=720_000).assumptions)
+    assert ("4.0 s of the 20.0 s wall before the first batch reached the model: 2.5 s to start the stage actor's "
+            "process (its imports), 0.5 s to load its model, 1.0 s waiting for the first rows.") in text
 
 
 def test_survival_and_measured_utilization_helpers():
