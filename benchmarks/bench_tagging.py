@@ -121,6 +121,7 @@ def offramp_variant(name, args, data, out, exits: bool, threshold: float | None 
         batch_size=args.batch_size,
         num_stages=args.num_stages,
         stages=tuple(StageConfig(batch_size=args.batch_size) for _ in range(args.num_stages)) if not exits else (),
+        rebatch=args.rebatch,
         exit=ExitConfig(disabled=not exits, threshold=threshold),
         mlflow=MlflowConfig(enabled=False),
     )
@@ -141,6 +142,8 @@ def offramp_variant(name, args, data, out, exits: bool, threshold: float | None 
         "stage_batch_sizes": [p.batch_size for p in result.layout],
         # time the stage actors spent inside __call__ (the rest of the wall is start-up and pipeline fill)
         "stage_busy_s": sum(v for k, v in m.items() if k.endswith("_busy_seconds")),
+        "startup_s": m.get("startup_seconds"),  # until stage 0's first call: a fixed cost in both (a) and (b)
+        "startup_parts_s": {p: m.get(f"startup_{p}_seconds") for p in ("actor_process", "model_load", "input_wait")},
     }
 
 
@@ -214,6 +217,8 @@ def main():
     p.add_argument("--max-length", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-stages", type=int, default=1)
+    p.add_argument("--rebatch", type=int, default=0,
+                   help="N > 0: one actor holds every stage and merges the survivors of up to N batches (TagConfig.rebatch)")
     p.add_argument("--variants", default="abcd",
                    help="which variants to run (default all four; 'ab' re-measures exits against full depth alone)")
     p.add_argument("--extra-threshold", type=float, help="also run exits at this global threshold (variant a2)")
