@@ -22,11 +22,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-from transformers import AutoModel  # noqa: E402
-from transformers.masking_utils import create_bidirectional_mask  # noqa: E402
+import torch
+from transformers import AutoModel
+from transformers.masking_utils import create_bidirectional_mask
 
-from offramp.models.checkpoint import default_base_model  # noqa: E402
+from offramp.models.checkpoint import default_base_model
 
 SHAPES = [(64, 48), (40, 48), (64, 96), (17, 33), (64, 40), (9, 120)]  # (rows, tokens) as a stage's passes vary
 
