@@ -80,7 +80,8 @@ def main():
             fast = sum(timed(compiled, case, args.reps, device) for case in cases)
             rounds.append({"eager_s": eager, "compiled_s": fast, "speedup": eager / fast})
     speedups = sorted(r["speedup"] for r in rounds)
-    saved_per_pass = (sum(r["eager_s"] for r in rounds) - sum(r["compiled_s"] for r in rounds)) / len(rounds) / len(SHAPES)
+    saved = sum(r["eager_s"] for r in rounds) - sum(r["compiled_s"] for r in rounds)
+    saved_per_pass = saved / len(rounds) / len(SHAPES)
     result = {
         "args": vars(args), "shapes": SHAPES, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "compile_seconds": compile_s, "rounds": rounds, "median_speedup": speedups[len(speedups) // 2],

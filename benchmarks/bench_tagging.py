@@ -220,7 +220,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-stages", type=int, default=1)
     p.add_argument("--rebatch", type=int, default=0,
-                   help="N > 0: one actor holds every stage and merges the survivors of up to N batches (TagConfig.rebatch)")
+                   help="N > 0: one actor holds every stage and merges the survivors of up to N batches "
+                        "(TagConfig.rebatch)")
     p.add_argument("--variants", default="abcd",
                    help="which variants to run (default all four; 'ab' re-measures exits against full depth alone)")
     p.add_argument("--extra-threshold", type=float, help="also run exits at this global threshold (variant a2)")

@@ -113,8 +113,9 @@ def run_line(task: str, cfg: TagConfig, m: dict) -> str:
     if "startup_seconds" in m:  # before the first batch reached the model: a short run pays it in full
         line += f" ({m['startup_seconds']:.1f} s of {m['wall_seconds']:.1f} s to the first batch"
         if "startup_model_load_seconds" in m:
-            line += (f": stage actor's process {m['startup_actor_process_seconds']:.1f} s, model "
-                     f"{m['startup_model_load_seconds']:.1f} s, waiting for input {m['startup_input_wait_seconds']:.1f} s")
+            line += (f": stage actor's process {m['startup_actor_process_seconds']:.1f} s, "
+                     f"model {m['startup_model_load_seconds']:.1f} s, "
+                     f"waiting for input {m['startup_input_wait_seconds']:.1f} s")
         line += ")"
     line += f", {saved} (ideal {m['ideal_speedup']:.2f}x)"
     for key, name in (("accuracy", "word accuracy" if token else "accuracy"), ("entity_f1", "entity F1")):

@@ -354,9 +354,9 @@ def _assumptions(summary: dict, pools: list[dict], plan: CapacityPlan) -> list[s
     if startup is not None and wall:
         out[-1] += f" In the measured run it took {startup:.1f} s of the {wall:.1f} s wall before the first batch "
         if metrics.get("startup_model_load_seconds") is not None:
-            out[-1] += (f"reached the model: {metrics['startup_actor_process_seconds']:.1f} s to start the stage actor's "
-                        f"process (its imports), {metrics['startup_model_load_seconds']:.1f} s to load its model, "
-                        f"{metrics['startup_input_wait_seconds']:.1f} s waiting for the first rows.")
+            out[-1] += (f"reached the model: {metrics['startup_actor_process_seconds']:.1f} s to start the stage "
+                        f"actor's process (its imports), {metrics['startup_model_load_seconds']:.1f} s to load its "
+                        f"model, {metrics['startup_input_wait_seconds']:.1f} s waiting for the first rows.")
         else:
             out[-1] += "reached the model."
     if plan.mode == "budget_gpus" and any(p.num_gpus_per_actor == 0 for p in plan.stages):

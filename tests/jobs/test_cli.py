@@ -9,7 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from offramp.config import TagConfig
 from offramp.models.checkpoint import load_model
+from pipelines import cli
 from tests.conftest import LABELS, TEXTS, make_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,3 +90,15 @@ def test_audit_below_target_exits_4_and_tags_the_run(tmp_path, model_dir, corpus
     assert run_.data.tags["offramp.audit"] == "below_target"
     agree = (out["label"] == out["full_depth_label"]).mean()
     assert agree < 1.0 and run_.data.metrics["audit_agreement"] == pytest.approx(agree)
+
+
+def test_the_run_line_says_where_the_start_up_went():
+    """A short run's line says how much of its wall went before the first batch, and on what."""
+    m = {"rows": 10, "rows_labeled": 9, "rows_status_truncated": 1, "mean_layers": 2.5, "docs_per_second": 5.0,
+         "ideal_speedup": 2.4, "startup_seconds": 3.0, "wall_seconds": 7.0}
+    line = cli.run_line("sequence", TagConfig(output="out"), m)
+    assert "5.0 docs/s (3.0 s of 7.0 s to the first batch)," in line
+    m.update(startup_actor_process_seconds=2.5, startup_model_load_seconds=0.4, startup_input_wait_seconds=0.1)
+    line = cli.run_line("sequence", TagConfig(output="out"), m)
+    assert ("(3.0 s of 7.0 s to the first batch: stage actor's process 2.5 s, model 0.4 s, "
+            "waiting for input 0.1 s), mean layers 2.50 (ideal 2.40x)") in line
