@@ -35,6 +35,11 @@ STATE_COLUMNS = (schema.HIDDEN, schema.FULL_HIDDEN)  # columns a runner's carry 
 _ROW_BITS = 32  # a handle is (source pass << _ROW_BITS) | row of that pass
 
 
+def split_handles(handles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) int64 handles -> (source pass, row of that pass) for each."""
+    return handles >> _ROW_BITS, handles & ((1 << _ROW_BITS) - 1)
+
+
 class DeviceCarry:
     """Survivors' states kept on the device they were computed on, between stages of one process.
 
@@ -58,8 +63,7 @@ class DeviceCarry:
         return ((source << _ROW_BITS) | np.arange(len(hidden), dtype=np.int64)).astype(object)
 
     def get(self, values: np.ndarray, lengths: np.ndarray, device: torch.device) -> torch.Tensor:
-        handles = values.astype(np.int64)
-        sources, rows = handles >> _ROW_BITS, handles & ((1 << _ROW_BITS) - 1)
+        sources, rows = split_handles(values.astype(np.int64))
         longest = int(lengths.max())
         pieces, order = [], []
         for source in np.unique(sources):  # one gather per source pass
@@ -71,18 +75,18 @@ class DeviceCarry:
             pieces.append(piece)
             order.append(at)
             self._read(int(source), rows[at])
-        if len(pieces) == 1 and (order[0] == np.arange(len(handles))).all():
+        if len(pieces) == 1 and (order[0] == np.arange(len(values))).all():
             return pieces[0]
         joined = torch.cat(pieces)  # rows grouped by source: put back in the order asked for
-        inverse = np.empty(len(handles), dtype=np.int64)
-        inverse[np.concatenate(order)] = np.arange(len(handles))
+        inverse = np.empty(len(values), dtype=np.int64)
+        inverse[np.concatenate(order)] = np.arange(len(values))
         return joined.index_select(0, torch.from_numpy(inverse).to(joined.device))
 
     def release(self, values: np.ndarray) -> None:
-        handles = np.array([v for v in values if isinstance(v, int)], dtype=np.int64)  # a failed batch: rare
-        for source in np.unique(handles >> _ROW_BITS):
+        sources, rows = split_handles(np.array([v for v in values if isinstance(v, int)], dtype=np.int64))  # rare
+        for source in np.unique(sources):
             if int(source) in self.sources:
-                self._read(int(source), handles[(handles >> _ROW_BITS) == source] & ((1 << _ROW_BITS) - 1))
+                self._read(int(source), rows[sources == source])
 
     def discard_since(self, source: int) -> None:
         """Drop the tensors stored from pass `source` on: a failed pass's survivors are never read."""
