@@ -53,7 +53,7 @@ class TrainSettings:
     stage2_epochs: float = 20.0
     """DeeBERT stage 2: internal exit heads only, on cached features of the frozen backbone (cheap)."""
     lr: float = 5e-5
-    """Learning rate of the backbone (stage 1; token task: both stages)."""
+    """Learning rate of the backbone (stage 1; token task: both stages, every head at head_lr)."""
     head_lr: float = 1e-3
     """Learning rate of exit heads and the modules a mechanism adds (gates, prototypes, predictor)."""
     weight_decay: float = 0.01

@@ -186,10 +186,21 @@ def final_loss(run: TrainRun, idx) -> torch.Tensor:
     return nn.functional.cross_entropy(model.head_logits(model.num_layers, h, enc["attention_mask"]), run.y[idx])
 
 
+NEW_MODULES = ("exit_heads.", "prototypes.", "exit_predictor.", "gates.")  # what offramp adds to a backbone
+
+
 def backbone_params(model) -> list:
     """Backbone and final classifier: what stage 1 trains (exit heads and signal modules excluded)."""
-    skip = ("exit_heads.", "prototypes.", "exit_predictor.", "gates.")
-    return [p for n, p in model.named_parameters() if not n.startswith(skip)]
+    return [p for n, p in model.named_parameters() if not n.startswith(NEW_MODULES)]
+
+
+def head_groups(model, cfg: TrainSettings, heads: tuple[str, ...] = NEW_MODULES) -> list[dict]:
+    """AdamW groups for training the whole model at once: the parameters named under `heads`
+    (by default the modules offramp adds: exit heads, signal modules) at `head_lr`, the rest at
+    `lr`. At the backbone's rate a fresh head barely moves in a few hundred steps."""
+    named = list(model.named_parameters())
+    return [{"params": [p for n, p in named if n.startswith(heads)], "lr": cfg.head_lr},
+            {"params": [p for n, p in named if not n.startswith(heads)], "lr": cfg.lr}]
 
 
 @torch.no_grad()  # not inference_mode: the cache feeds autograd as an input later

@@ -48,6 +48,7 @@ from offramp.training.loop import (
     begin,
     exit_config,
     freeze_all_but_exit_heads,
+    head_groups,
     held_out_slice,
     label_names,
 )
@@ -154,6 +155,9 @@ def _batch(encoded: list[EncodedWords], gold: list[np.ndarray], idx, device=None
         y[k, : len(g)] = torch.where((g >= 0) & (starts[k, : len(g)] >= 0), g, IGNORE)
     mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
     return tuple(t.to(device, non_blocking=True) for t in (ids, mask, lengths, starts, y))
+
+
+TOKEN_HEADS = ("exit_heads.", "classifier.")  # the heads a token model puts on its backbone
 
 
 def joint_loss(model, batch) -> torch.Tensor:
@@ -381,11 +385,12 @@ def train_token_exits(cfg):
     model.train()
     n = len(encoded)
     # --heads-only: the tagger's backbone and classifier stay as they are; both stages train the exit heads
-    params = freeze_all_but_exit_heads(model) if cfg.heads_only else list(model.parameters())
-    _optimize(params, n, cfg, cfg.stage1_epochs, cfg.head_lr if cfg.heads_only else cfg.lr, 1,
+    # otherwise every head (exit heads and the final classifier, all fresh from a sentence encoder) at head_lr
+    params = freeze_all_but_exit_heads(model) if cfg.heads_only else head_groups(model, cfg, TOKEN_HEADS)
+    _optimize(params, n, cfg, cfg.stage1_epochs, cfg.head_lr, 1,
               lambda idx: joint_loss(model, _batch(encoded, gold, idx, device)), losses, clip=1.0)
     rng = random.Random(cfg.seed)
-    _optimize(params, n, cfg, opts.self_sampling_epochs, cfg.head_lr if cfg.heads_only else cfg.lr, 2,
+    _optimize(params, n, cfg, opts.self_sampling_epochs, cfg.head_lr, 2,
               lambda idx: self_sampling_loss(model, _batch(encoded, gold, idx, device), rng, opts.sample_max_window,
                                              opts.sample_max_threshold), losses, clip=1.0)
     model.eval()

@@ -1,7 +1,8 @@
 """PABEE (Zhou et al., 2020): patience-based early exit.
 
 Training as the paper: backbone and every head together on the weighted average of the
-heads' losses, head j weighted by its layer number j (deeper heads matter more). With
+heads' losses, head j weighted by its layer number j (deeper heads matter more); the heads
+learn at head_lr, the backbone at lr. With
 stage1_epochs=0 (a warm start) the backbone stays frozen and the heads train on cached
 features with the same weights. Inference: the patience policy."""
 
@@ -12,7 +13,7 @@ from torch import nn
 
 from offramp.training.mechanisms.base import Mechanism
 from offramp.training.mechanisms.deebert import cached_features
-from offramp.training.loop import head_losses, train_heads
+from offramp.training.loop import head_groups, head_losses, train_heads
 
 
 def weighted(losses: list[torch.Tensor], layers: list[int]) -> torch.Tensor:
@@ -34,7 +35,7 @@ class PabeeMechanism(Mechanism):
                 return weighted([nn.functional.cross_entropy(lg, run.y[idx]) for lg in out.exit_logits], layers)
 
             model.train()
-            run.optimize(list(model.parameters()), cfg.stage1_epochs, cfg.lr, 1, joint, clip=1.0)
+            run.optimize(head_groups(model, cfg), cfg.stage1_epochs, cfg.lr, 1, joint, clip=1.0)
             model.eval()
         feats = cached_features(run)
         if feats is not None and cfg.stage2_epochs > 0:

@@ -21,7 +21,8 @@ from offramp.quality.certificate import certificate_gaps
 from offramp.tasks import get_task
 from offramp.text.words import encode_words
 from offramp.training import TrainConfig, save_trained, train_exits
-from offramp.training.token import _batch, joint_loss, self_sampling_loss
+from offramp.training.loop import head_groups
+from offramp.training.token import TOKEN_HEADS, _batch, joint_loss, self_sampling_loss
 from pipelines.tracking import log_train_run
 from tests.conftest import SENTENCES, TAGS, make_model, make_token_model
 
@@ -54,6 +55,29 @@ def test_a_training_batch_is_built_on_the_models_device(tokenizer):
     encoded = encode_words(tokenizer, SENTENCES[:3], 64)
     gold = [torch.zeros(len(s), dtype=torch.long).numpy() for s in SENTENCES[:3]]
     assert {t.device.type for t in _batch(encoded, gold, [0, 1, 2], torch.device("meta"))} == {"meta"}
+
+
+def test_joint_training_moves_heads_at_head_lr_and_the_backbone_at_lr(batch):
+    """Token training trains its heads (exit heads and the final classifier) at head_lr: at the
+    backbone's lr the 6,000-sentence POS model's first head tagged 60% of words right.
+    Adam's first step moves every parameter with a gradient by about its group's lr (|m / sqrt(v)|
+    is 1 on step one; weight decay adds lr * 0.01 * |w|, hence the 10% margins)."""
+    model = make_token_model(seed=1).train()
+    cfg = TrainConfig(lr=1e-5, head_lr=1e-3)
+    groups = head_groups(model, cfg, TOKEN_HEADS)
+    named = {id(p): n for n, p in model.named_parameters()}
+    heads, rest = ({named[id(p)] for p in g["params"]} for g in groups)
+    assert heads and rest and not heads & rest and heads | rest == set(named.values())  # each parameter once
+    assert all(n.startswith(("exit_heads.", "classifier.")) for n in heads) and "classifier.weight" in heads
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optim = torch.optim.AdamW(groups, weight_decay=0.01)
+    joint_loss(model, batch).backward()
+    optim.step()
+    moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters()}
+    first = f"exit_heads.{model.exit_layers[0]}.weight"
+    assert 0.9e-3 < moved[first] < 1.1e-3
+    assert 0.9e-3 < moved["classifier.weight"] < 1.1e-3
+    assert 0.9e-5 < moved["bert.encoder.layer.0.attention.self.query.weight"] < 1.1e-5
 
 
 def test_self_sampling_with_nothing_halted_is_the_joint_loss(batch):
