@@ -12,7 +12,9 @@ One full-depth pass gives every head's logits for every row (cached in OUT/logit
    point's risk on the test rows. The guarantee promises a violation (test risk over the target)
    in at most about 1 - confidence of the splits, up to the test split's own sampling noise.
    Methods: global-union (one global threshold, the union bound of the first release),
-   global (one threshold, exact tests), per-layer, auto. For contrast, hand-sweeping: the
+   global (one threshold, exact tests), per-layer, auto, auto-policy (auto, with the policy
+   also chosen on the family rows among every one the model can run, as `jobs/calibrate.py`
+   does by default). For contrast, hand-sweeping: the
    fastest global threshold whose observed calibration risk meets the target.
 2. Deployment (with --dev): certify on all of --dev, as `jobs/calibrate.py --data dev` does,
    and measure on all of --data: full-depth accuracy, the test drop and the ideal speed-up.
@@ -39,12 +41,13 @@ import pyarrow.parquet as pq  # noqa: E402
 from transformers import BertConfig  # noqa: E402
 
 from offramp.exits.simulate import HeadPass  # noqa: E402
-from offramp.policies import get_policy  # noqa: E402
+from offramp.models.checkpoint import ModelInfo  # noqa: E402
+from offramp.policies import candidate_policies, get_policy  # noqa: E402
 from offramp.quality import calibration  # noqa: E402
 from offramp.quality.stats import binomial_lower, binomial_upper  # noqa: E402
 from pipelines.calibrate import head_logits_for  # noqa: E402
 
-METHODS = ("global-union", "global", "per-layer", "auto")
+METHODS = ("global-union", "global", "per-layer", "auto", "auto-policy")
 
 
 def load_logits(model: str, data: str, text_column: str, label_column: str, max_length: int, cache: str):
@@ -80,12 +83,16 @@ def union_bound_choice(cal: calibration.Calibration, target: calibration.Target)
     return chosen
 
 
-def certify(method, hp, gold, policy, layers, target, seed):
+def certify(method, hp, gold, policy, layers, target, seed, candidates):
+    """(chosen point, Calibration, the policy it was certified for)."""
     if method == "global-union":
         cal = calibration.calibrate(hp, layers, policy, target, gold)
-        return union_bound_choice(cal, target) if target.mode == "accuracy" else cal.point, cal
+        return union_bound_choice(cal, target) if target.mode == "accuracy" else cal.point, cal, policy
+    if method == "auto-policy":
+        choice = calibration.certify_policies(hp, gold, candidates, layers, target, seed=seed)
+        return choice.calibration.point, choice.calibration, candidates[choice.policy]
     cal = calibration.certify(hp, gold, policy, layers, target, method, seed=seed)
-    return cal.point, cal
+    return cal.point, cal, policy
 
 
 def main():
@@ -108,6 +115,7 @@ def main():
                            os.path.join(args.out, f"logits_{os.path.basename(args.data)}.npz"))
     cfg = BertConfig.from_pretrained(args.model)
     policy, layers = get_policy(cfg.exit_policy), list(cfg.exit_layers)
+    candidates = candidate_policies(cfg.exit_policy, ModelInfo.read(args.model).signal_modules)
     methods = args.methods.split(",")
     meta = {"model": args.model, "data": args.data, "rows": int(len(gold)), "calib_rows": args.calib_rows,
             "splits": args.splits, "max_length": args.max_length, "policy": policy.name,
@@ -122,17 +130,18 @@ def main():
         for spec in args.targets.split(","):
             target = parse_target(spec, args.confidence)
             for method in methods:
-                point, cal = certify(method, dev_hp, dev_gold, policy, layers, target, seed=0)
-                ev = calibration.evaluate(hp, layers, policy, point["thresholds"], target, gold)
+                point, cal, used = certify(method, dev_hp, dev_gold, policy, layers, target, 0, candidates)
+                ev = calibration.evaluate(hp, layers, used, point["thresholds"], target, gold)
                 deployment.append({
-                    "target": spec, "method": method, "path": cal.path, "certified": point is not cal.curve[0],
+                    "target": spec, "method": method, "path": cal.path, "policy": used.name,
+                    "certified": point is not cal.curve[0],
                     "dev_ideal_speedup": point["ideal_speedup"], "test_ideal_speedup": ev["ideal_speedup"],
                     "test_mean_layers": ev["mean_layers"], "test_risk": ev["risk"],
                     "test_accuracy": ev["accuracy"], "test_accuracy_full_depth": ev["accuracy_full_depth"],
                     "test_agreement": ev["agreement"], "thresholds": point["thresholds"],
                 })
                 d = deployment[-1]
-                print(f"deploy {spec} {method} ({cal.path}): test {d['test_ideal_speedup']:.2f}x ideal, "
+                print(f"deploy {spec} {method} ({used.name}, {cal.path}): test {d['test_ideal_speedup']:.2f}x ideal, "
                       f"accuracy {d['test_accuracy']:.4f} vs {d['test_accuracy_full_depth']:.4f} full depth "
                       f"(drop {100 * (d['test_accuracy_full_depth'] - d['test_accuracy']):.2f} pt), "
                       f"agreement {d['test_agreement']:.4f}", flush=True)
@@ -146,20 +155,23 @@ def main():
             if method == "global-union" and target.mode != "accuracy":
                 continue
             risk, whole, speed, uncertified, t0 = [], [], [], 0, time.perf_counter()
+            chosen = {}
             for s, idx in enumerate(splits):
                 cal_i, test_i = idx[: args.calib_rows], idx[args.calib_rows :]
+                used = policy
                 if method == "hand-sweeping":
                     cal = calibration.calibrate(hp[cal_i], layers, policy, target, gold[cal_i])
                     point = calibration.naive_choice(cal.curve, target)
                 else:
-                    point, cal = certify(method, hp[cal_i], gold[cal_i], policy, layers, target, seed=s)
+                    point, cal, used = certify(method, hp[cal_i], gold[cal_i], policy, layers, target, s, candidates)
                     uncertified += point is cal.curve[0]
-                ev = calibration.evaluate(hp[test_i], layers, policy, point["thresholds"], target, gold[test_i])
+                chosen[used.name] = chosen.get(used.name, 0) + 1
+                ev = calibration.evaluate(hp[test_i], layers, used, point["thresholds"], target, gold[test_i])
                 risk.append(ev["risk"])
                 speed.append(ev["ideal_speedup"])
                 # the same point's risk on every row: the dataset as the population (less noise than the
                 # test split alone; its calibration rows lean it a little in the point's favour)
-                whole.append(calibration.evaluate(hp, layers, policy, point["thresholds"], target, gold)["risk"])
+                whole.append(calibration.evaluate(hp, layers, used, point["thresholds"], target, gold)["risk"])
             risk, whole = np.array(risk), np.array(whole)
             rec = {
                 "target": spec, "method": method, "describe": target.describe(), "confidence": args.confidence,
@@ -167,6 +179,7 @@ def main():
                 "violation_rate": float((risk > target.max_risk).mean()),
                 "violation_rate_all_rows": float((whole > target.max_risk).mean()),
                 "uncertified_splits": uncertified,
+                "policies_chosen": chosen,
                 "mean_test_risk": float(risk.mean()),
                 "mean_ideal_speedup_test": float(np.mean(speed)),
                 "test_risk": risk.tolist(),

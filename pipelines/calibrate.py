@@ -28,7 +28,7 @@ from offramp.exits.simulate import HeadPass
 from offramp.models.base import TOKEN
 from offramp.models.checkpoint import ModelInfo, load_model, read_config
 from offramp.models.profile import load_profile, save_profile
-from offramp.policies import get_policy
+from offramp.policies import ExitPolicy, candidate_policies, check_policy_fits, get_policy
 from offramp.quality import calibration
 from offramp.quality.stats import rows_needed
 from offramp.quality.word_calibration import WordCalibration, WordTarget
@@ -87,6 +87,7 @@ def write_record(model_dir: str, record: dict) -> None:
     """The certificate `record` into the model: its thresholds into config.json, marked certified,
     and the record (with the calibrated survival) into exit_profile.json."""
     cfg = read_config(model_dir)
+    cfg.exit_policy = record.get("policy", cfg.exit_policy)
     cfg.exit_thresholds = [float(t) for t in record["thresholds"]]
     cfg.exit_certified = True
     cfg.save_pretrained(model_dir)
@@ -103,9 +104,20 @@ def _target(cfg: CalibrateConfig) -> calibration.Target:
     return calibration.Target("agreement", cfg.min_agreement, cfg.confidence)
 
 
-def certificate_record(result: calibration.Calibration, info: ModelInfo, max_length: int, source: str) -> dict:
+def certificate_record(result: calibration.Calibration, info: ModelInfo, max_length: int, source: str,
+                       policy: str) -> dict:
     """The certificate, with the conditions it holds under (offramp.quality.certificate)."""
-    return {**result.record(), "data": source, **calibration.conditions(info.policy, info.mechanism, max_length)}
+    return {**result.record(), "data": source, **calibration.conditions(policy, info.mechanism, max_length)}
+
+
+def calibration_policies(name: str, info: ModelInfo) -> dict[str, ExitPolicy]:
+    """The candidates `--policy` names: every policy the model can run (auto), its own (stored),
+    or one named policy, which must fit the model."""
+    if name == "auto":
+        return candidate_policies(info.policy, info.signal_modules)
+    policy = get_policy(info.policy if name == "stored" else name)
+    check_policy_fits(policy, info.mechanism, set(info.signal_modules))
+    return {policy.name: policy}
 
 
 def run_calibration(cfg: CalibrateConfig) -> Outcome:
@@ -127,6 +139,10 @@ def calibrate_dir(cfg: CalibrateConfig, source: RegisteredModel | None, register
     info = ModelInfo.read(cfg.model)
     if info.task == TOKEN:
         return calibrate_token_dir(cfg, info, target, source, register)
+    policies = calibration_policies(cfg.policy, info)
+    if cfg.path == "per-layer" and len(policies) == 1 and next(iter(policies.values())).state_size:
+        raise ConfigError(f"exit policy {next(iter(policies))!r} carries state across layers: "
+                          "use --path global (or auto)")
     texts, labels = load_labeled(cfg.data, cfg.text_column, cfg.label_column, cfg.max_rows, cfg.seed, flag="--data")
     if not texts:
         raise ConfigError(f"{cfg.data} has no usable rows (every row lacked text{' or label' if cfg.label_column else ''})")
@@ -139,19 +155,20 @@ def calibrate_dir(cfg: CalibrateConfig, source: RegisteredModel | None, register
     if labels is not None:
         label2id = {name: i for i, name in enumerate(info.labels)}
         gold = np.array([label2id.get(v, -1) for v in labels])  # unseen labels count as errors
-    if cfg.path == "per-layer" and get_policy(info.policy).state_size:
-        raise ConfigError(f"exit policy {info.policy!r} carries state across layers: use --path global (or auto)")
-    result = calibration.certify(
-        logits, gold, get_policy(info.policy), info.exit_layers, target, cfg.path, cfg.family_fraction, cfg.seed, cfg.points
+    choice = calibration.certify_policies(
+        logits, gold, policies, info.exit_layers, target, cfg.path, cfg.family_fraction, cfg.seed, cfg.points
     )
+    result = choice.calibration
     seconds = time.perf_counter() - t0
     written = result.certified and not cfg.dry_run
-    record = certificate_record(result, info, cfg.max_length, os.path.abspath(cfg.data)) if result.certified else None
+    record = None
+    if result.certified:
+        record = certificate_record(result, info, cfg.max_length, os.path.abspath(cfg.data), choice.policy)
     if written:
         write_calibration(cfg.model, result, record)
     run_id, registered = log_and_register(cfg, record, written, source, register,
-                                          lambda: log_calibration(cfg, result, record, seconds, source))
-    summary = _summary(cfg, result, record, written, run_id, registered)
+                                          lambda: log_calibration(cfg, result, record, seconds, source, choice))
+    summary = _summary(cfg, result, record, written, run_id, registered, describe_choice(choice, info.policy))
     return Outcome(result, summary, written, run_id, registered)
 
 
@@ -186,6 +203,9 @@ def calibrate_token_dir(cfg: CalibrateConfig, info: ModelInfo, target: calibrati
         sentences, tags = load_words(cfg.data, cfg.text_column, cfg.max_rows, cfg.seed, "--data"), None
     if not sentences:
         raise ConfigError(f"{cfg.data} has no usable sentences (every row lacked words{' or matching tags' if tags else ''})")
+    if cfg.policy not in ("auto", "stored", info.policy):
+        raise ConfigError(f"a token model is certified for the policy it was trained with ({info.policy}): drop "
+                          f"--policy {cfg.policy}, or retrain with --set policy={cfg.policy}")
     mode = info.token_exit_mode or "token"
     check_word_path(cfg.path, mode)
     if cfg.torch_threads:
@@ -261,8 +281,18 @@ def describe_thresholds(result: calibration.Calibration) -> str:
     return f"per-layer thresholds [{', '.join(f'{t:.4g}' for t in result.thresholds[:-1])}] (alpha {result.point['alpha']:.4g})"
 
 
+def describe_choice(choice: calibration.PolicyChoice, info_policy: str) -> str:
+    """Which policy was certified and why: '' for a single candidate."""
+    if not choice.family_speeds:
+        return ""
+    others = ", ".join(f"{n} {v:.2f}x" for n, v in choice.family_speeds.items() if n != choice.policy)
+    own = "" if choice.policy == info_policy else f", replacing the stored {info_policy}"
+    return (f"policy {choice.policy} (fastest certified in a trial on the {choice.calibration.family_rows} path rows: "
+            f"{choice.family_speeds[choice.policy]:.2f}x; {others}{own}); ")
+
+
 def _summary(cfg: CalibrateConfig, result: calibration.Calibration, record: dict | None, written: bool, run_id: str,
-             registered: str = "") -> str:
+             registered: str = "", chosen: str = "") -> str:
     t, p = result.target, result.point
     if not result.certified:
         need = rows_needed(t.max_risk, t.delta, t.mode)
@@ -275,7 +305,7 @@ def _summary(cfg: CalibrateConfig, result: calibration.Calibration, record: dict
             + ": add calibration rows, loosen the target or lower --confidence."
         )
     line = (
-        f"{describe_thresholds(result)} ({where_written(cfg, written, registered)}): "
+        f"{chosen}{describe_thresholds(result)} ({where_written(cfg, written, registered)}): "
         f"on {result.rows} certifying rows, mean layers {p['mean_layers']:.2f} (ideal {p['ideal_speedup']:.2f}x), "
         f"agreement {p['agreement']:.4f} (lower bound {p['agreement_lower']:.4f})"
     )
@@ -296,7 +326,7 @@ def where_written(cfg: CalibrateConfig, written: bool, registered: str) -> str:
 
 
 def log_calibration(cfg: CalibrateConfig, result: calibration.Calibration, record: dict | None, seconds: float,
-                    source: RegisteredModel | None = None) -> str:
+                    source: RegisteredModel | None = None, choice: calibration.PolicyChoice | None = None) -> str:
     t, p = result.target, result.point
     with start_run(cfg.mlflow, "offramp-calibrate") as run:
         mlflow.log_params(
@@ -311,8 +341,11 @@ def log_calibration(cfg: CalibrateConfig, result: calibration.Calibration, recor
                 "path": result.path,
                 "family_rows": result.family_rows,
                 "dry_run": cfg.dry_run,
+                "policy": choice.policy if choice else "",
             }
         )
+        if choice and choice.family_speeds:  # what each candidate policy reached on the path rows
+            mlflow.log_metrics({f"family_speedup_{n}": v for n, v in choice.family_speeds.items()})
         mlflow.set_tag("offramp.calibration", "certified" if result.certified else "not_certified")
         metrics = {k: v for k, v in p.items() if isinstance(v, (int, float)) and np.isfinite(v)}
         if record and record.get("risk_bound") is not None:

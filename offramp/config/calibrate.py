@@ -39,6 +39,11 @@ class CalibrateConfig:
     """Rows per forward pass of the full-depth head pass."""
     points: int = 200
     """Candidates tested along the path (fixed in advance, dense near the confident end)."""
+    policy: str = "auto"
+    """Exit policy the thresholds are certified for, and written into the model with them: a name
+    (`offramp.policies.POLICIES`), stored (the model's own), or auto (every policy the model can
+    run is certified in a trial on the rows that shape the path, and the fastest is certified on
+    the rest; a token model keeps its own)."""
     path: str = "auto"
     """Threshold path certified: per-layer (one threshold per head, moved together by one
     parameter shaped on a held-out share of the rows), global (one threshold for every head), or

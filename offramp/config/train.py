@@ -64,7 +64,9 @@ class TrainSettings:
     """1-based layers with an exit head; None = every layer. The last layer always has one."""
     policy: str | None = None
     """Exit policy stored with the model; None = the mechanism's own (deebert/smartbert entropy,
-    pabee patience, berxit learned, de3 hybrid; token task max_prob)."""
+    pabee patience, berxit learned, de3 hybrid; token task max_prob); auto (classifiers) = every
+    policy the model can run is certified in a trial on the dev rows, and the fastest is stored
+    with the thresholds certified for it."""
     task: str = "auto"
     """sequence (one label per row), token (a tag per word: sequence labeling) or auto (token when
     the label column holds lists). Token mode: text_column names the words column (list of str)."""

@@ -5,12 +5,14 @@ from offramp.policies.base import ExitDecision, ExitPolicy
 from offramp.policies.entropy import EntropyPolicy
 from offramp.policies.hybrid import HybridPolicy
 from offramp.policies.learned import LearnedExitPolicy
+from offramp.policies.margin import MarginPolicy
 from offramp.policies.max_prob import MaxProbPolicy
 from offramp.policies.patience import PatiencePolicy
 
 POLICIES: dict[str, type[ExitPolicy]] = {
     "entropy": EntropyPolicy,
     "max_prob": MaxProbPolicy,
+    "margin": MarginPolicy,
     "patience": PatiencePolicy,
     "learned": LearnedExitPolicy,
     "hybrid": HybridPolicy,
@@ -38,6 +40,13 @@ def check_policy_fits(policy: ExitPolicy, mechanism: str, modules: set[str]) -> 
         )
 
 
+def candidate_policies(stored: str, modules: set[str] | frozenset) -> dict[str, ExitPolicy]:
+    """The policies a model can run, by name: `stored` (its own) first, then every other one that
+    reads logits only or a module in `modules`. Calibration may choose among them."""
+    names = [stored] + [n for n, p in POLICIES.items() if n != stored and (p.needs is None or p.needs in modules)]
+    return {n: get_policy(n) for n in names}
+
+
 def check_policy(policy: ExitPolicy, mechanism: str, modules: set[str], per_word: bool = False) -> None:
     """The policy can run on this model: per word for a sequence-labeling model, and with the
     modules it reads."""
@@ -56,4 +65,7 @@ def check_word_policy(policy: ExitPolicy) -> None:
         )
 
 
-__all__ = ["POLICIES", "ExitDecision", "ExitPolicy", "check_policy", "check_policy_fits", "check_word_policy", "get_policy"]
+__all__ = [
+    "POLICIES", "ExitDecision", "ExitPolicy", "candidate_policies", "check_policy", "check_policy_fits",
+    "check_word_policy", "get_policy",
+]

@@ -21,7 +21,7 @@ from offramp.config import ConfigError
 from offramp.exits import simulate
 from offramp.models.base import SEQUENCE
 from offramp.models.checkpoint import model_class, resolve_final_pooling
-from offramp.policies import check_policy_fits, get_policy
+from offramp.policies import candidate_policies, check_policy_fits, get_policy
 from offramp.quality import calibration
 from offramp.quality.stats import rows_needed
 from offramp.training.data import load_labeled
@@ -37,9 +37,13 @@ def train_sequence_exits(cfg):
     return (model, tokenizer, TrainReport)."""
     base = begin(cfg)
     mechanism = get_mechanism(cfg.mechanism)
-    policy_name = cfg.policy or mechanism.policy
+    policy_name = mechanism.policy if cfg.policy in (None, "auto") else cfg.policy
     policy = get_policy(policy_name)
     check_policy_fits(policy, mechanism.name, set(mechanism.signal_modules))
+    # auto: every policy the model can run is tried on the dev rows, the fastest certified
+    candidates = {policy_name: policy}
+    if cfg.policy == "auto":
+        candidates = candidate_policies(policy_name, set(mechanism.signal_modules))
     texts, labels = load_labeled(cfg.train, cfg.text_column, cfg.label_column, cfg.max_train_rows, cfg.seed)
     dev_texts, dev_labels = load_labeled(cfg.eval, cfg.text_column, cfg.label_column, cfg.max_eval_rows, cfg.seed)
     if len(texts) == 0 or len(dev_texts) == 0:
@@ -79,9 +83,10 @@ def train_sequence_exits(cfg):
     curve = simulate.sweep(hp, gold, model.exit_layers, policy)
     chosen = simulate.choose(curve, cfg.max_accuracy_drop)
     stored = [chosen["threshold"]] * len(model.exit_layers)
-    record = certify_stored(hp_all[cal_idx], gold_all[cal_idx], (hp, gold), policy, model, mechanism.name, cfg)
+    record = certify_stored(hp_all[cal_idx], gold_all[cal_idx], (hp, gold), candidates, model, mechanism.name, cfg)
     if record is not None:
         stored, surv = record["thresholds"], record["survival"]
+        model.config.exit_policy = record["policy"]
     else:
         scores = simulate.head_scores(policy, hp, model.exit_layers)
         surv = simulate.survival(scores, hp.preds, model.exit_layers, policy, chosen["threshold"], model.num_layers)
@@ -100,15 +105,17 @@ def train_sequence_exits(cfg):
     )
 
 
-def certify_stored(hp_cal, gold_cal, dev, policy, model, mechanism: str, cfg) -> dict | None:
+def certify_stored(hp_cal, gold_cal, dev, policies: dict, model, mechanism: str, cfg) -> dict | None:
     """Certify the thresholds to store on the held-out slice (the dev rows shape the per-layer
-    path): the certificate record, or None (with a warning naming the fix) when there is none."""
+    path, and choose among `policies` when there are several): the certificate record, or None
+    (with a warning naming the fix) when there is none."""
     if len(hp_cal) == 0 or cfg.max_accuracy_drop <= 0:
         logger.warning("stored thresholds are UNCERTIFIED (calibration_fraction=%s, max_accuracy_drop=%s): "
                        "certify them with jobs/calibrate.py", cfg.held_out_fraction(SEQUENCE), cfg.max_accuracy_drop)
         return None
     target = calibration.Target("accuracy", cfg.max_accuracy_drop, cfg.confidence)
-    result = calibration.certify(hp_cal, gold_cal, policy, model.exit_layers, target, "auto", family=dev)
+    choice = calibration.certify_policies(hp_cal, gold_cal, policies, model.exit_layers, target, "auto", family=dev)
+    result = choice.calibration
     if not result.certified:
         need = rows_needed(target.max_risk, target.delta, target.mode)
         logger.warning(
@@ -118,10 +125,11 @@ def certify_stored(hp_cal, gold_cal, dev, policy, model, mechanism: str, cfg) ->
         )
         return None
     record = {**result.record(), "data": "held-out slice of --eval",
-              **calibration.conditions(policy.name, mechanism, cfg.max_length)}
+              **calibration.conditions(choice.policy, mechanism, cfg.max_length)}
     logger.info(
-        "certified on %d held-out rows (%s path): %s at confidence %.2f; %.2f mean layers (ideal %.2fx), drop %.2f pt "
-        "(bound %.2f pt)", result.rows, result.path, target.describe(), target.confidence, record["mean_layers"],
+        "certified on %d held-out rows (%s, %s path): %s at confidence %.2f; %.2f mean layers (ideal %.2fx), "
+        "drop %.2f pt (bound %.2f pt)", result.rows, choice.policy, result.path, target.describe(), target.confidence,
+        record["mean_layers"],
         record["ideal_speedup"], 100 * (record["accuracy_full_depth"] - record["accuracy"]), 100 * record["risk_bound"],
     )
     return record

@@ -363,6 +363,9 @@ def train_token_exits(cfg):
     section); return (model, tokenizer, TrainReport)."""
     base = begin(cfg)
     opts = cfg.token
+    if cfg.policy == "auto":
+        raise ConfigError("policy=auto is for classifiers; a token model stores one per-word policy: "
+                          f"drop --set policy=auto (default {DEFAULT_WORD_POLICY}) or name one")
     policy_name = cfg.policy or DEFAULT_WORD_POLICY  # stored with the model: it decides per word at inference
     check_word_policy(get_policy(policy_name))
     sents, tags = load_tagged(cfg.train, cfg.text_column, cfg.label_column, cfg.max_train_rows, cfg.seed, "--train")

@@ -143,3 +143,30 @@ def test_dry_run_and_bad_targets(setup, command):
     status, _, err = command("calibrate", "--model", str(model), "--data", str(data) + ".missing",
                              "--min-agreement", "0.9")
     assert status == 2 and "not found" in err
+
+
+def test_the_policy_is_certified_with_the_thresholds_and_written_with_them(setup, command):
+    """By default every policy the model can run competes on the rows that shape the path, and the
+    winner is written with its thresholds; --policy names one, or keeps the stored one."""
+    model, data, uri = setup
+    common = ["--data", str(data), "--min-agreement", "0.6", "--confidence", "0.8", "--set", "max_length=64",
+              "--set", f"mlflow.tracking_uri={uri}"]
+    r = run("jobs/calibrate.py", "--model", str(model), *common)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cfg, rec = BertConfig.from_pretrained(model), load_profile(str(model))["calibration"]
+    assert rec["policy"] == cfg.exit_policy and f"policy {cfg.exit_policy} (fastest certified in a trial" in r.stdout
+    mlflow.set_tracking_uri(uri)
+    logged = mlflow.search_runs(experiment_names=["offramp-calibrate"], output_format="list")[0].data
+    assert logged.params["policy"] == cfg.exit_policy
+    assert {"family_speedup_entropy", "family_speedup_max_prob", "family_speedup_margin"} <= set(logged.metrics)
+    r = run("jobs/calibrate.py", "--model", str(model), "--policy", "margin", *common)
+    assert r.returncode == 0, r.stderr[-2000:]
+    written = BertConfig.from_pretrained(model).exit_policy
+    assert written == load_profile(str(model))["calibration"]["policy"] == "margin"
+    assert "fastest certified" not in r.stdout  # one candidate: nothing was compared
+    r = run("jobs/calibrate.py", "--model", str(model), "--policy", "stored", *common)
+    assert r.returncode == 0 and BertConfig.from_pretrained(model).exit_policy == "margin"
+    status, _, err = command("calibrate", "--model", str(model), "--policy", "bogus", *common)
+    assert status == 2 and "valid policies" in err
+    status, _, err = command("calibrate", "--model", str(model), "--policy", "hybrid", *common)
+    assert status == 2 and "--mechanism de3" in err

@@ -1,6 +1,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from offramp.exits import simulate
@@ -41,3 +42,19 @@ def test_sweep_and_choose_on_a_toy_problem():
     assert best["mean_layers"] == 1.5 and best["accuracy"] == 1.0  # rows 0-1 exit at layer 1
     scores = simulate.head_scores(policy, logits)
     assert simulate.survival(scores, logits.argmax(-1), [1, 2], policy, best["threshold"], 2) == [0.5, 0.0]
+
+
+def test_margin_reads_the_top_two_classes_only():
+    pol = get_policy("margin")
+    sure = torch.tensor([[5.0, 0.0, 0.0, 0.0]])
+    spread = torch.tensor([[5.0, 0.0, 3.0, 3.0]])  # entropy rises with the tail; the lead over the runner-up counts
+    p = torch.softmax(spread, -1)[0]
+    assert pol.score(spread).item() == pytest.approx((p[0] - p[2]).item())
+    assert pol.score(sure).item() > pol.score(spread).item()
+    assert pol.score(torch.tensor([[1.0, 1.0, -9.0]])).item() == pytest.approx(0.0, abs=1e-6)  # a tie: no lead
+    d, _ = pol.decide(torch.cat([sure, spread]), threshold=0.8)
+    assert d.exited.tolist() == [True, False]
+    words = torch.tensor([[[5.0, 0.0], [0.0, 0.0]]])  # (sentences, words, classes)
+    lead = torch.softmax(words[0, 0], -1)
+    # float32 softmax: agreement to 1e-6
+    assert pol.word_uncertainty(words)[0].tolist() == pytest.approx([1 - (lead[0] - lead[1]).item(), 1.0], abs=1e-6)

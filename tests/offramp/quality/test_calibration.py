@@ -167,3 +167,61 @@ def test_paired_drop_bound_is_tighter_than_the_union_bound_it_replaced():
     exact = paired_drop_upper(n10, n01, n, 0.1)
     assert 0.005 < exact < 0.01 < union  # certifies a 1-point target the union bound could not
     assert paired_drop_pvalue(n10, n01, n, exact) <= 0.1 < paired_drop_pvalue(n10, n01, n, exact - 2e-4)
+
+
+def margin_population(n: int, seed: int = 0, classes: int = 10):
+    """2 heads over `classes` classes. The first head is right more often the further its top
+    class leads the runner-up; the other classes get a random level of their own, which moves its
+    entropy and says nothing about being right. The margin ranks its rows, entropy blurs them."""
+    rng = np.random.default_rng(seed)
+    final = rng.integers(0, classes, n)
+    gold = np.where(rng.random(n) < 0.8, final, (final + 1) % classes)
+    logits = np.zeros((n, 2, classes), dtype=np.float32)
+    logits[np.arange(n), 1, final] = 8.0
+    lead = rng.exponential(1.5, n)
+    right = rng.random(n) < 1 / (1 + np.exp(-(3 * lead - 2)))
+    pred = np.where(right, final, (final + rng.integers(1, classes, n)) % classes)
+    runner = (pred + rng.integers(1, classes, n)) % classes
+    logits[:, 0] = rng.uniform(-6, 3, n)[:, None] + rng.normal(0, 0.3, (n, classes))  # the rest: a random level
+    logits[np.arange(n), 0, runner] = 4.0
+    logits[np.arange(n), 0, pred] = 4.0 + lead
+    return logits, gold
+
+
+POLICIES = {"entropy": ENTROPY, "margin": get_policy("margin"), "patience": get_policy("patience")}
+
+
+def test_the_policy_is_chosen_on_family_rows_and_the_faster_one_is_certified():
+    """Entropy (stored, first) against margin and patience: the family rows pick margin, which
+    then certifies more speed than entropy on the same certifying rows."""
+    logits, gold = margin_population(6000, seed=7)
+    target = calibration.Target("accuracy", 0.02, 0.9)
+    choice = calibration.certify_policies(logits, gold, POLICIES, [1, 2], target, seed=3)
+    assert choice.policy == "margin" and set(choice.family_speeds) == set(POLICIES)
+    assert choice.family_speeds["margin"] > choice.family_speeds["entropy"]
+    fam, cert = calibration.family_split(len(gold), seed=3)
+    assert choice.calibration.rows == len(cert) and choice.calibration.family_rows == len(fam)
+    alone = calibration.certify(logits, gold, ENTROPY, [1, 2], target, seed=3)
+    assert choice.calibration.point["ideal_speedup"] > alone.point["ideal_speedup"] > 1
+    # one candidate is certify itself; a tie goes to the earlier candidate (the stored policy)
+    one = calibration.certify_policies(logits, gold, {"entropy": ENTROPY}, [1, 2], target, seed=3)
+    assert one.policy == "entropy" and one.family_speeds == {} and one.calibration.thresholds == alone.thresholds
+    same = calibration.certify_policies(logits, gold, {"a": ENTROPY, "b": ENTROPY}, [1, 2], target, seed=3)
+    assert same.policy == "a"
+
+
+def test_choosing_the_policy_keeps_the_guarantee():
+    """Draw many calibration sets; each picks its policy on its family rows and certifies on the
+    rest. The population drop of what it certifies exceeds the target in at most about delta of them."""
+    pop_logits, pop_gold = margin_population(60000, seed=8)
+    target = calibration.Target("accuracy", 0.02, 0.9)
+    rng = np.random.default_rng(9)
+    reps, n, violations = 120, 800, 0
+    for _ in range(reps):
+        idx = rng.integers(0, len(pop_gold), n)
+        choice = calibration.certify_policies(pop_logits[idx], pop_gold[idx], POLICIES, [1, 2], target,
+                                              seed=int(rng.integers(1 << 30)), points=80)
+        risk = calibration.evaluate(pop_logits, [1, 2], POLICIES[choice.policy], choice.calibration.point["thresholds"],
+                                    target, pop_gold)["risk"]
+        violations += risk > target.max_risk
+    assert violations / reps <= 0.1 + 3 * math.sqrt(0.1 * 0.9 / reps)

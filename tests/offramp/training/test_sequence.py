@@ -101,6 +101,27 @@ def test_without_a_certificate_the_model_says_so(tiny_data, tmp_path, caplog):
         caplog.clear()
 
 
+def test_policy_auto_stores_the_policy_its_thresholds_were_certified_for(tiny_data, tmp_path):
+    out = tmp_path / "auto"
+    train(tiny_data, "deebert", out, eval=str(tiny_data / "dev_big.parquet"), max_accuracy_drop=0.3, policy="auto")
+    saved, info = json.loads((out / "config.json").read_text()), ModelInfo.read(str(out))
+    assert info.certified and saved["exit_policy"] == info.calibration["policy"] == info.policy
+    assert info.policy in {"entropy", "max_prob", "margin", "patience"}
+    assert saved["exit_thresholds"] == info.calibration["thresholds"]
+    LayerShard(load_model(str(out)), 0, NUM_LAYERS)  # the chosen policy runs on the stored model
+    with pytest.raises(ConfigError, match="policy=auto is for classifiers"):
+        load_and_train_token(tiny_data, tmp_path)
+
+
+def load_and_train_token(root, tmp_path):
+    words = pa.table({"tokens": [t.split() for t in TEXTS], "pos": [["X"] * len(t.split()) for t in TEXTS]})
+    pq.write_table(words, tmp_path / "words.parquet")
+    train_exits(load_config(TrainConfig, None, {
+        "train": str(tmp_path / "words.parquet"), "eval": str(tmp_path / "words.parquet"),
+        "output": str(tmp_path / "tok"), "base_model": str(root / "base"), "task": "token", "text_column": "tokens",
+        "label_column": "pos", "policy": "auto"}))
+
+
 def test_final_pooling_follows_the_backbone_and_is_stored(tiny_data, tmp_path):
     """auto: a checkpoint whose sentence-transformers Pooling config says mean gets a mean-pooled
     final head; a plain BERT checkpoint [CLS]; an explicit setting wins."""
