@@ -182,7 +182,7 @@ def test_token_warm_start_keeps_the_models_tags_and_refuses_new_ones(token_data,
 
 @pytest.mark.parametrize("policy", ["patience", "learned", "hybrid"])
 def test_token_training_refuses_a_policy_that_cannot_decide_per_word(token_data, tmp_path, policy):
-    with pytest.raises(ConfigError, match=rf"{policy}.*cannot decide per word.*\['entropy', 'max_prob'\]"):
+    with pytest.raises(ConfigError, match=rf"{policy}.*cannot decide per word.*\['entropy', 'margin', 'max_prob'\]"):
         train_exits(token_config(token_data, tmp_path / "p", policy=policy))
 
 
