@@ -129,7 +129,7 @@ def certify_stored(hp_cal, gold_cal, dev, policies: dict, model, mechanism: str,
     logger.info(
         "certified on %d held-out rows (%s, %s path): %s at confidence %.2f; %.2f mean layers (ideal %.2fx), "
         "drop %.2f pt (bound %.2f pt)", result.rows, choice.policy, result.path, target.describe(), target.confidence,
-        record["mean_layers"],
-        record["ideal_speedup"], 100 * (record["accuracy_full_depth"] - record["accuracy"]), 100 * record["risk_bound"],
+        record["mean_layers"], record["ideal_speedup"], 100 * (record["accuracy_full_depth"] - record["accuracy"]),
+        100 * record["risk_bound"],
     )
     return record
