@@ -17,6 +17,7 @@ import datetime
 import hashlib
 import json
 import os
+import time
 
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
@@ -133,6 +134,30 @@ def rows_checkpointed(cfg: TagConfig) -> int:
     files = [f.path for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
              if f.is_file and f.path.endswith(".parquet") and not f.path.endswith(".pending.parquet")]
     return pads.dataset(files, format="parquet", filesystem=fs).count_rows() if files else 0
+
+
+def settle(cfg: TagConfig, quiet_s: float = 1.0, limit_s: float = 20.0) -> bool:
+    """After a failed run, wait until its output stops changing; False when it still changed
+    after `limit_s`. Ray Data cancels a failed run's tasks without waiting for them, so a write
+    task already running may land a file, and commit its checkpoint, after the error reached the
+    driver (seen in tests: 13 rows appeared 0.5 s later). A --resume in the same process would
+    race it: its checkpoint filter could miss rows that then land twice."""
+    fs, root = filesystem(cfg.output)
+
+    def listing():
+        found = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+        return sorted((f.path, f.size, f.mtime_ns) for f in found if f.is_file)
+
+    deadline = time.monotonic() + limit_s
+    last, since = listing(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s / 5)
+        now_ = listing()
+        if now_ != last:
+            last, since = now_, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return True
+    return False
 
 
 def output_files(cfg: TagConfig) -> list[dict]:

@@ -372,7 +372,13 @@ def run_tagging(cfg: TagConfig, stage_cls=None, plan: Plan | None = None) -> Tag
     with data_context(cfg):
         ds = build_pipeline(ray.data.read_datasource(source), plan, collector, stage_cls)
         low, high = cfg.rows_per_file
-        ds.write_parquet(cfg.output, min_rows_per_file=low, max_rows_per_file=high)
+        try:
+            ds.write_parquet(cfg.output, min_rows_per_file=low, max_rows_per_file=high)
+        except Exception:
+            ray.kill(collector)
+            if not run_output.settle(cfg):  # the failed run's last writes land before --resume may start
+                logger.warning("the output in %s still changed 20 s after the run failed", cfg.output)
+            raise
     wall = time.perf_counter() - t0
     ray_stats = ds.stats()
     files_in = ray.get(collector.files_read.remote())

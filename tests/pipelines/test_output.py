@@ -4,6 +4,8 @@ run, the error budget, and the rows-per-file bounds. Real local Ray, real MLflow
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import mlflow
 import numpy as np
@@ -15,6 +17,7 @@ from actors.stage import StageActor
 from offramp import schema
 from offramp.config import MlflowConfig, StageConfig, TagConfig
 from offramp.tasks import mark_rows_that_raise
+from pipelines import output as run_output
 from pipelines import run as run_module
 from pipelines.output import CHECKPOINT, MANIFEST, STARTED
 from pipelines.run import run_tagging
@@ -98,17 +101,42 @@ def test_resume_after_a_failed_run_writes_each_missing_row_once(tmp_path, corpus
     cfg = config(tmp_path, corpus, model_dir)
     with pytest.raises(Exception, match="poisoned batch"):
         run_tagging(cfg, stage_cls=fail_on({"d5_39"}))  # the last file's last row: earlier blocks are written
-    out = tmp_path / "out"
-    before = output_ids(out) if list(out.glob("*.parquet")) else []
-    assert not (out / MANIFEST).exists() and (out / STARTED).exists() and len(before) < N_FILES * ROWS_PER_FILE
+    out = tmp_path / "out"  # settled: the failed run's last write tasks have landed (run_output.settle)
+    before = {p.name for p in out.glob("*.parquet")}
+    assert not (out / MANIFEST).exists() and (out / STARTED).exists()
+    assert sum(pq.read_metadata(out / name).num_rows for name in before) < N_FILES * ROWS_PER_FILE
     with pytest.raises(Exception, match="other settings.*max_length"):  # the same run or none
         run_tagging(config(tmp_path, corpus, model_dir, resume=True, max_length=32))
     result = run_tagging(config(tmp_path, corpus, model_dir, resume=True, batch_size=4))  # how it runs may change
     ids = output_ids(out)
     assert sorted(ids) == sorted(all_ids()) and len(ids) == len(set(ids))  # every row, once
-    assert result.complete and result.metrics["rows_written"] == len(ids) - len(before)
+    # the rows this attempt wrote are those of its new files (a file whose checkpoint the failed
+    # run never committed is deleted by the resume and its rows written again)
+    new = [p for p in out.glob("*.parquet") if p.name not in before]
+    assert result.complete and result.metrics["rows_written"] == sum(pq.read_metadata(p).num_rows for p in new)
     keys = pq.read_table(out, columns=[schema.SOURCE_ROW]).column(0).to_pylist()
     assert len(set(keys)) == len(keys) and "part5.jsonl:40" in keys
+
+
+def test_settle_waits_for_the_last_write_and_says_when_the_output_keeps_changing(tmp_path, corpus, model_dir):
+    cfg = config(tmp_path, corpus, model_dir)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def writer(n, every_s):
+        for i in range(n):
+            time.sleep(every_s)
+            (out / f"late{i}.parquet").write_bytes(b"x")
+
+    thread = threading.Thread(target=writer, args=(5, 0.3))  # the last file lands 1.5 s in
+    thread.start()
+    assert run_output.settle(cfg, quiet_s=1.0, limit_s=20.0)
+    assert len(list(out.glob("late*.parquet"))) == 5  # it returned after the last one, not before
+    thread.join()
+    thread = threading.Thread(target=writer, args=(12, 0.25))  # never quiet for 1 s within 2 s
+    thread.start()
+    assert not run_output.settle(cfg, quiet_s=1.0, limit_s=2.0)
+    thread.join()
 
 
 def test_blocks_that_fail_within_the_budget_leave_an_incomplete_run_that_resume_completes(
