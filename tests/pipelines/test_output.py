@@ -9,7 +9,6 @@ import time
 
 import mlflow
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
