@@ -289,6 +289,7 @@ def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=N
             audit_fraction=cfg.audit.fraction if plan.exits else 0.0,
             audit_seed=cfg.audit.seed,
             drop=() if source in (id_column, cfg.label_column, *cfg.passthrough_columns) else (source,),
+            by_length=True,  # fuller passes; the output never kept the input's order (preserve_order is off)
             **task.tokenize_kwargs(cfg),
         ),
         batch_size=cfg.tokenize_batch_size,

@@ -32,9 +32,12 @@ def get_task(name: str) -> Task:
 
 
 def tokenize_step(batch: dict, task: str, model_dir: str, max_length: int, id_column: str = "id",
-                  audit_fraction: float = 0.0, audit_seed: int = 0, drop: tuple = (), **kwargs) -> dict:
+                  audit_fraction: float = 0.0, audit_seed: int = 0, drop: tuple = (), by_length: bool = False,
+                  **kwargs) -> dict:
     """Ray Data task: statuses, token ids, the audit sample and the task's state columns. The
-    input columns in `drop` (the raw text, once tokenized) do not ride through the stages."""
+    input columns in `drop` (the raw text, once tokenized) do not ride through the stages.
+    `by_length`: the rows leave sorted by their token count (stable), so that the stage batches
+    Ray Data slices from this block in order hold rows of like length and pad less."""
     # One thread per task: Ray runs a task per CPU it has, and the Rust tokenizer's own pool of a
     # thread per core in every task oversubscribed a 16-core GPU node 16-fold (measured: 1.3 s of
     # CPU per second of each task, and the GPU stage actor starved of CPU; BENCHMARKS.md).
@@ -44,6 +47,9 @@ def tokenize_step(batch: dict, task: str, model_dir: str, max_length: int, id_co
     out = mark_rows_that_raise(lambda b, a: kind.tokenize(b, tokenizer, max_length, a, **kwargs), batch, audit, id_column)
     for column in drop:
         out.pop(column, None)
+    if by_length:
+        order = np.argsort(out[schema.NUM_TOKENS], kind="stable")
+        out = {column: values[order] for column, values in out.items()}
     return out
 
 

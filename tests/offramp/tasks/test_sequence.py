@@ -56,3 +56,24 @@ def test_passthrough_columns_keep_their_input_type_in_a_batch_of_nulls(model_dir
     b = finalize_step(empty, "sequence", LABELS, "id", ["year"], None, types)
     assert a.schema == b.schema and b.schema.field("year").type == pa.int64()
     assert b.column("year").to_pylist() == [None, None]
+
+
+def test_tokenize_by_length_sorts_whole_rows_by_token_count(model_dir):
+    """The pipeline's tokenize sorts a block's rows by length, so that the stage batches sliced
+    from it pad less: every column moves with its row, equal lengths keep their order."""
+    texts = [TEXTS[i % len(TEXTS)] * (1 + i % 3) for i in range(30)] + [None, ""]
+    b = {"id": np.array([f"d{i}" for i in range(len(texts))], dtype=object), "text": np.array(texts, dtype=object)}
+    plain = tokenize_step(dict(b), "sequence", model_dir, 64, audit_fraction=0.3, audit_seed=1, text_column="text")
+    out = tokenize_step(dict(b), "sequence", model_dir, 64, audit_fraction=0.3, audit_seed=1, text_column="text",
+                        by_length=True)
+    lengths = out[schema.NUM_TOKENS]
+    assert (np.diff(lengths) >= 0).all() and len(set(lengths.tolist())) > 3  # sorted, and there was sorting to do
+    assert sorted(out) == sorted(plain) and all(len(v) == len(texts) for v in out.values())
+    row = {d: i for i, d in enumerate(plain["id"])}
+    for j, d in enumerate(out["id"]):  # each row is the unsorted run's row, all columns together
+        i = row[d]
+        for column in (schema.TOKENS, schema.STATUS, schema.AUDIT, "text"):
+            assert out[column][j] == plain[column][i], (d, column)
+    for n in set(lengths.tolist()):  # stable: rows of one length keep the input's order
+        same = [row[d] for d in out["id"][lengths == n]]
+        assert same == sorted(same)
