@@ -141,7 +141,8 @@ def settle(cfg: TagConfig, quiet_s: float = 1.0, limit_s: float = 20.0) -> bool:
     after `limit_s`. Ray Data cancels a failed run's tasks without waiting for them, so a write
     task already running may land a file, and commit its checkpoint, after the error reached the
     driver (seen in tests: 13 rows appeared 0.5 s later). A --resume in the same process would
-    race it: its checkpoint filter could miss rows that then land twice."""
+    race it: its checkpoint filter could miss rows that then land twice. A store that cannot be
+    listed (it may be why the run failed) gives False at once, so the run's own error is raised."""
     fs, root = filesystem(cfg.output)
 
     def listing():
@@ -149,14 +150,17 @@ def settle(cfg: TagConfig, quiet_s: float = 1.0, limit_s: float = 20.0) -> bool:
         return sorted((f.path, f.size, f.mtime_ns) for f in found if f.is_file)
 
     deadline = time.monotonic() + limit_s
-    last, since = listing(), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(quiet_s / 5)
-        now_ = listing()
-        if now_ != last:
-            last, since = now_, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            return True
+    try:
+        last, since = listing(), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(quiet_s / 5)
+            now_ = listing()
+            if now_ != last:
+                last, since = now_, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                return True
+    except OSError:
+        return False
     return False
 
 

@@ -138,6 +138,19 @@ def test_settle_waits_for_the_last_write_and_says_when_the_output_keeps_changing
     thread.join()
 
 
+def test_settle_gives_up_at_once_on_a_store_it_cannot_list(tmp_path, corpus, model_dir, monkeypatch):
+    """The store may be why the run failed: settling must not replace the run's error with its own."""
+
+    class Down:
+        def get_file_info(self, selector):
+            raise OSError("connection refused")
+
+    monkeypatch.setattr(run_output, "filesystem", lambda uri: (Down(), "out"))
+    t0 = time.monotonic()
+    assert not run_output.settle(config(tmp_path, corpus, model_dir), quiet_s=1.0, limit_s=20.0)
+    assert time.monotonic() - t0 < 5.0  # it returns on the first failed listing; waiting would take the 20 s limit
+
+
 def test_blocks_that_fail_within_the_budget_leave_an_incomplete_run_that_resume_completes(
         tmp_path, corpus, model_dir, command, monkeypatch):
     marker = tmp_path / "fixed"
