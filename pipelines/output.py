@@ -29,6 +29,7 @@ from pipelines.storage import filesystem
 
 MANIFEST, STARTED, CHECKPOINT = "_manifest.json", "_started.json", "_checkpoint"
 MANIFEST_FORMAT = "offramp-manifest/1"
+SETTLE_LIMIT_S = 20.0  # how long a failed run waits for its last writes to land (settle)
 
 # Settings that change how a run goes, not which rows it writes: a resumed run may change them.
 HOW_NOT_WHAT = {"resume", "overwrite", "ray", "mlflow", "max_errored_blocks", "fail_on_error_rows",
@@ -136,7 +137,7 @@ def rows_checkpointed(cfg: TagConfig) -> int:
     return pads.dataset(files, format="parquet", filesystem=fs).count_rows() if files else 0
 
 
-def settle(cfg: TagConfig, quiet_s: float = 1.0, limit_s: float = 20.0) -> bool:
+def settle(cfg: TagConfig, quiet_s: float = 1.0, limit_s: float = SETTLE_LIMIT_S) -> bool:
     """After a failed run, wait until its output stops changing; False when it still changed
     after `limit_s`. Ray Data cancels a failed run's tasks without waiting for them, so a write
     task already running may land a file, and commit its checkpoint, after the error reached the

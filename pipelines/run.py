@@ -378,8 +378,9 @@ def run_tagging(cfg: TagConfig, stage_cls=None, plan: Plan | None = None) -> Tag
         except Exception:
             ray.kill(collector)
             if not run_output.settle(cfg):  # the failed run's last writes land before --resume may start
-                logger.warning("could not see the output in %s stop changing within 20 s of the failure: a --resume "
-                               "in this process may race the failed run's last writes", cfg.output)
+                logger.warning("could not see the output in %s stop changing within %.0f s of the failure: a --resume "
+                               "in this process may race the failed run's last writes", cfg.output,
+                               run_output.SETTLE_LIMIT_S)
             raise
     wall = time.perf_counter() - t0
     ray_stats = ds.stats()
