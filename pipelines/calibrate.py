@@ -25,6 +25,7 @@ from transformers import AutoTokenizer
 
 from offramp.config import CalibrateConfig, ConfigError
 from offramp.exits.simulate import HeadPass
+from offramp.exits.stage import TORCH_DTYPES
 from offramp.models.base import TOKEN
 from offramp.models.checkpoint import ModelInfo, load_model, read_config
 from offramp.models.profile import load_profile, save_profile
@@ -61,13 +62,20 @@ class Outcome:
 
 
 def calibration_device() -> str:
-    """Calibration's passes run on a GPU when the machine has one, in float32 either way."""
+    """Calibration's passes run on a GPU when the machine has one, in the dtype asked for."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def head_logits_for(model_dir: str, texts: list[str], max_length: int, batch_size: int = 64) -> HeadPass:
-    """Every exit head's output at full depth, from one pass of the saved model (`calibration_device`)."""
-    model = load_model(model_dir).to(calibration_device())
+def calibration_model(model_dir: str, dtype: str):
+    """The saved model on `calibration_device`, computing in `dtype`, as a tagging stage in that
+    dtype computes (the certificate covers runs in it)."""
+    return load_model(model_dir).to(calibration_device(), dtype=TORCH_DTYPES[dtype]).eval()
+
+
+def head_logits_for(model_dir: str, texts: list[str], max_length: int, batch_size: int = 64,
+                    dtype: str = "float32") -> HeadPass:
+    """Every exit head's output at full depth, from one pass of the saved model (`calibration_model`)."""
+    model = calibration_model(model_dir, dtype)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return full_pass(model, tokenizer, texts, max_length, batch_size)
 
@@ -105,9 +113,9 @@ def _target(cfg: CalibrateConfig) -> calibration.Target:
 
 
 def certificate_record(result: calibration.Calibration, info: ModelInfo, max_length: int, source: str,
-                       policy: str) -> dict:
+                       policy: str, dtype: str) -> dict:
     """The certificate, with the conditions it holds under (offramp.quality.certificate)."""
-    return {**result.record(), "data": source, **calibration.conditions(policy, info.mechanism, max_length)}
+    return {**result.record(), "data": source, **calibration.conditions(policy, info.mechanism, max_length, dtype)}
 
 
 def calibration_policies(name: str, info: ModelInfo) -> dict[str, ExitPolicy]:
@@ -150,7 +158,7 @@ def calibrate_dir(cfg: CalibrateConfig, source: RegisteredModel | None, register
         torch.set_num_threads(cfg.torch_threads)
     t0 = time.perf_counter()
     logger.info("calibration: %d rows, target: %s at confidence %.2f", len(texts), target.describe(), cfg.confidence)
-    logits = head_logits_for(cfg.model, texts, cfg.max_length, cfg.batch_size)
+    logits = head_logits_for(cfg.model, texts, cfg.max_length, cfg.batch_size, cfg.dtype)
     gold = None
     if labels is not None:
         label2id = {name: i for i, name in enumerate(info.labels)}
@@ -163,7 +171,7 @@ def calibrate_dir(cfg: CalibrateConfig, source: RegisteredModel | None, register
     written = result.certified and not cfg.dry_run
     record = None
     if result.certified:
-        record = certificate_record(result, info, cfg.max_length, os.path.abspath(cfg.data), choice.policy)
+        record = certificate_record(result, info, cfg.max_length, os.path.abspath(cfg.data), choice.policy, cfg.dtype)
     if written:
         write_calibration(cfg.model, result, record)
     run_id, registered = log_and_register(cfg, record, written, source, register,
@@ -211,7 +219,7 @@ def calibrate_token_dir(cfg: CalibrateConfig, info: ModelInfo, target: calibrati
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     t0 = time.perf_counter()
-    model = load_model(cfg.model).to(calibration_device()).eval()  # each candidate's real pass runs there
+    model = calibration_model(cfg.model, cfg.dtype)  # each candidate's real pass runs there
     tokenizer = AutoTokenizer.from_pretrained(cfg.model)
     encoded = encode_words(tokenizer, sentences, cfg.max_length)
     gold = word_labels(tags, {name: i for i, name in enumerate(info.labels)}) if tags else None
@@ -234,7 +242,8 @@ def calibrate_token_dir(cfg: CalibrateConfig, info: ModelInfo, target: calibrati
     record = None
     if result.certified:
         record = {**result.record(), "data": os.path.abspath(cfg.data),
-                  **calibration.conditions(info.policy, info.mechanism, cfg.max_length), **token_conditions(model.config)}
+                  **calibration.conditions(info.policy, info.mechanism, cfg.max_length, cfg.dtype),
+                  **token_conditions(model.config)}
     if written:
         write_record(cfg.model, record)
     run_id, registered = log_and_register(cfg, record, written, source, register,
@@ -251,7 +260,8 @@ def calibrate_token_dir(cfg: CalibrateConfig, info: ModelInfo, target: calibrati
         if "accuracy" in p:
             summary += (f", word accuracy {p['accuracy']:.4f} vs {p['accuracy_full_depth']:.4f} at full depth (per-sentence "
                         f"drop {100 * p['risk']:.2f} pt, bound {100 * result.risk_bound:.2f} pt)")
-        summary += f"; guarantee: {t.describe()} with probability >= {t.confidence:.2f}"
+        summary += (f"; guarantee: {t.describe()} with probability >= {t.confidence:.2f}, for runs at max_length "
+                    f"{cfg.max_length} in {cfg.dtype}")
         summary += f"; mlflow run {run_id}" if run_id else ""
     return Outcome(result, summary, written, run_id, registered)
 
@@ -315,7 +325,8 @@ def _summary(cfg: CalibrateConfig, result: calibration.Calibration, record: dict
             f", accuracy {p['accuracy']:.4f} vs {p['accuracy_full_depth']:.4f} at full depth "
             f"(drop {100 * p['accuracy_drop']:.2f} pt" + (f", bound {100 * bound:.2f} pt)" if bound is not None else ")")
         )
-    line += f"; guarantee: {t.describe()} with probability >= {t.confidence:.2f}"
+    line += (f"; guarantee: {t.describe()} with probability >= {t.confidence:.2f}, for runs at max_length "
+             f"{cfg.max_length} in {cfg.dtype}")
     return line + (f"; mlflow run {run_id}" if run_id else "")
 
 

@@ -32,6 +32,7 @@ from actors.rebatch import RebatchingStageActor
 from actors.stage import StageActor
 from offramp import schema
 from offramp.config import ConfigError, RayConfig, TagConfig
+from offramp.exits.stage import cpu_dtype_advice, cpu_flags
 from offramp.models.checkpoint import ModelInfo
 from offramp.planning.layout import PlannedStage, actor_pools, plan_layout
 from offramp.policies import check_policy, get_policy
@@ -184,7 +185,11 @@ def make_plan(cfg: TagConfig, info: ModelInfo, task: Task, keep_types: dict) -> 
     """Thresholds and the stage layout for `cfg` (layout errors surface here, before Ray starts),
     and whether the model's certificate covers the run (refused under --strict when not)."""
     thresholds = resolve_thresholds(cfg, info)
-    stages = stage_plan(cfg, info, thresholds, runs_locally(cfg.ray))
+    local = runs_locally(cfg.ray)
+    stages = stage_plan(cfg, info, thresholds, local)
+    for level, message in cpu_dtype_advice({p.spec.dtype for p in stages if p.spec.device == "cpu"},
+                                           cpu_flags() if local else None):
+        logger.log(level, message)
     gaps = [] if cfg.exit.disabled else certificate_gaps(
         info.calibration, info.certified, policy=cfg.exit.policy or info.policy, mechanism=info.mechanism,
         max_length=cfg.max_length, dtypes={p.spec.dtype for p in stages}, thresholds=thresholds, stored=info.thresholds,

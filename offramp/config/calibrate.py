@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from offramp.config.base import ConfigError, MlflowConfig, require
+from offramp.config.base import DTYPES, ConfigError, MlflowConfig, require
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,9 @@ class CalibrateConfig:
     """Tokens per row, as in tagging."""
     batch_size: int = 64
     """Rows per forward pass of the full-depth head pass."""
+    dtype: str = "float32"
+    """Compute dtype of the full-depth pass: the certificate covers tagging runs in this dtype
+    only, so calibrate with the --dtype the runs will use (float32, bfloat16 or float16)."""
     points: int = 200
     """Candidates tested along the path (fixed in advance, dense near the confident end)."""
     policy: str = "auto"
@@ -72,6 +75,8 @@ class CalibrateConfig:
             raise ConfigError(f"path {self.path!r}: use auto, per-layer or global")
         if not 0 < self.family_fraction < 1:
             raise ConfigError(f"family_fraction={self.family_fraction} must be in (0, 1), e.g. 0.3")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype {self.dtype!r} is not one of {list(DTYPES)}")
         if self.points < 2:
             raise ConfigError(f"points={self.points} must be >= 2")
         registers = self.register or (self.model or "").startswith("models:/")

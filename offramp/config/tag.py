@@ -76,8 +76,8 @@ class StageConfig:
     """Logical CPUs each actor reserves (fractional allowed)."""
     num_gpus: float = 0.0
     """GPUs each actor reserves (fractional allowed; 0 on CPU)."""
-    dtype: str = "float32"
-    """Compute dtype of this stage's layers: float32, float16 or bfloat16."""
+    dtype: str | None = None
+    """Compute dtype of this stage's layers: float32, float16 or bfloat16; None = the run's `dtype`."""
     torch_threads: int = 0
     """Intra-op threads per actor; 0 = Ray's rule on a cluster, the machine's cores shared on a local run."""
     max_tokens: int | None = None
@@ -100,7 +100,7 @@ class StageConfig:
             raise ConfigError(f"stage batch_size={self.batch_size} must be >= 1")
         if self.num_gpus < 0 or self.num_cpus < 0:
             raise ConfigError("stage num_cpus/num_gpus must be >= 0")
-        if self.dtype not in DTYPES:
+        if self.dtype is not None and self.dtype not in DTYPES:
             raise ConfigError(f"stage dtype {self.dtype!r} is not one of {list(DTYPES)}")
 
 
@@ -225,6 +225,11 @@ class TagConfig:
     """0: one actor pool per stage. N >= 1: one pool whose actors hold every stage and take up to
     N input batches at once; at each stage boundary the survivors of those batches are merged, so
     a deeper stage runs passes of `batch_size` running rows (E3). Stage 0's actors and resources."""
+    dtype: str = "float32"
+    """Compute dtype of every stage that sets none: float32; bfloat16 on a CPU that computes it
+    natively (AVX512-BF16 or AMX) ran 1.5-1.9x faster at the same accuracy (BENCHMARKS.md,
+    "bfloat16 on a CPU"); float16 on a GPU. A certificate covers runs in its own dtype: calibrate
+    with the same --dtype."""
     carry_dtype: str = "float16"
     """Dtype of hidden states carried between stages."""
     full_depth_eval_rows: int = 0
@@ -270,6 +275,8 @@ class TagConfig:
                               f"<= max_rows_per_file ({self.max_rows_per_file})")
         if self.max_line_bytes < 2**16:
             raise ConfigError(f"max_line_bytes={self.max_line_bytes} is below 64 KiB; a document line needs more")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype {self.dtype!r} is not one of {list(DTYPES)}")
         if self.carry_dtype not in DTYPES:
             raise ConfigError(f"carry_dtype {self.carry_dtype!r} is not one of {list(DTYPES)}")
 

@@ -11,6 +11,7 @@ wraps a runner as a Ray Data actor.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -190,6 +191,46 @@ def configure_device(device: torch.device) -> None:
     (benchmarks/bench_gpu.py --cudnn-sdp)."""
     if device.type == "cuda" and os.environ.get("OFFRAMP_CUDNN_SDP") != "1":
         torch.backends.cuda.enable_cudnn_sdp(False)
+
+
+# CPU flags under which PyTorch's CPU kernels (oneDNN) compute a 16-bit dtype natively (x86;
+# `bf16` is Arm's). Without them every element is converted: on the development machine, which
+# has avx512_bf16 but no float16 math, six MiniLM layers ran 2x faster in bfloat16 and 4x slower
+# in float16 than in float32 (BENCHMARKS.md, "bfloat16 on a CPU").
+NATIVE_CPU_FLAGS = {"bfloat16": ("avx512_bf16", "amx_bf16", "bf16"), "float16": ("avx512_fp16", "amx_fp16")}
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
+    """This machine's CPU feature flags (Linux); None where `path` cannot be read or lists none."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def cpu_dtype_advice(dtypes: set[str], flags: set[str] | None) -> list[tuple[int, str]]:
+    """(logging level, message) for CPU stages computing in `dtypes` on a CPU with `flags`
+    (None: the stages' CPUs are unknown, as on a cluster). Empty: nothing to say."""
+    def native(dtype: str) -> bool | None:
+        return None if flags is None else any(f in flags for f in NATIVE_CPU_FLAGS[dtype])
+
+    out = []
+    if "float16" in dtypes and not native("float16"):
+        out.append((logging.WARNING, ("a CPU stage computes in float16, which CPUs without AVX512-FP16 or AMX-FP16 "
+                    "emulate: it ran 4x slower than float32 on the development machine. Set dtype: bfloat16 (native "
+                    "with AVX512-BF16 or AMX) or float32; float16 is for GPUs")))
+    if "bfloat16" in dtypes and native("bfloat16") is False:
+        out.append((logging.WARNING, ("a CPU stage computes in bfloat16, which this CPU emulates (no avx512_bf16, "
+                    "amx_bf16 or bf16 flag): expect it slower than float32. Set dtype: float32")))
+    if "float32" in dtypes and native("bfloat16"):
+        out.append((logging.INFO, ("this CPU computes bfloat16 natively: --dtype bfloat16 ran 1.5-1.9x faster at the "
+                    "same accuracy on the development machine (BENCHMARKS.md, \"bfloat16 on a CPU\"); calibrate with "
+                    "--dtype bfloat16 too, so the certificate covers those runs")))
+    return out
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -91,7 +91,7 @@ def plan_layout(
             index=k,
             start=start,
             end=end,
-            dtype=scfg.dtype,
+            dtype=scfg.dtype or cfg.dtype,
             carry_dtype=cfg.carry_dtype,
             device="cuda" if scfg.num_gpus > 0 else "cpu",
             torch_threads=scfg.torch_threads,

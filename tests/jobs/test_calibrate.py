@@ -1,5 +1,6 @@
 """jobs/calibrate.py as a user runs it: certify, write into the model, log to MLflow; refuse what it can't."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -16,7 +18,8 @@ from offramp.quality import calibration
 from pipelines.calibrate import head_logits_for
 from offramp.models.profile import load_profile
 from offramp.policies import get_policy
-from pipelines.run import ModelInfo
+from offramp.config import ConfigError, TagConfig
+from pipelines.run import ModelInfo, check_model, make_plan
 from tests.conftest import LABELS, SENTENCES, TAGS, TEXTS
 
 # each test runs a job in a subprocess (a torch import, seconds each): out of the quick loop
@@ -170,3 +173,27 @@ def test_the_policy_is_certified_with_the_thresholds_and_written_with_them(setup
     assert status == 2 and "valid policies" in err
     status, _, err = command("calibrate", "--model", str(model), "--policy", "hybrid", *common)
     assert status == 2 and "--mechanism de3" in err
+
+
+def test_a_bfloat16_certificate_covers_bfloat16_runs_and_only_those(setup):
+    """Thresholds certified on a bfloat16 pass hold for runs that compute in bfloat16: the tagging
+    run in that dtype is covered, a float32 run is told it is not (and --strict refuses it)."""
+    model, data, uri = setup
+    r = run("jobs/calibrate.py", "--model", str(model), "--data", str(data), "--min-agreement", "0.6",
+            "--confidence", "0.8", "--dtype", "bfloat16", "--set", "max_length=64", "--set", f"mlflow.tracking_uri={uri}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "for runs at max_length 64 in bfloat16" in r.stdout
+    assert load_profile(str(model))["calibration"]["dtype"] == "bfloat16"
+    # the certifying pass computed in bfloat16: its head outputs are the float32 ones rounded
+    f32, b16 = (head_logits_for(str(model), ROWS, 64, dtype=d).logits for d in ("float32", "bfloat16"))
+    # bfloat16 rounds each op to 8 significant bits: on logits of size up to 3.5 the median entry moves by
+    # about 0.02 over 4 layers (one ill-conditioned row of this random tiny model moves 0.4)
+    assert 0 < float(np.median(abs(b16 - f32))) < 0.05
+    tag = TagConfig(model=str(model), max_length=64, dtype="bfloat16")
+    info, task = check_model(tag, str(model))
+    assert make_plan(tag, info, task, {}).certificate == []
+    other = dataclasses.replace(tag, dtype="float32")
+    assert make_plan(other, info, task, {}).certificate == [
+        "stages compute in float32 but the certificate was made in bfloat16"]
+    with pytest.raises(ConfigError, match="--strict"):
+        make_plan(dataclasses.replace(other, strict=True), info, task, {})

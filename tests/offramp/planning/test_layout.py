@@ -44,3 +44,11 @@ def test_local_runs_share_the_machines_cores_among_cpu_stage_actors(monkeypatch)
     assert [p.spec.torch_threads for p in plan] == [2, 2]
     pinned = TagConfig(stages=(StageConfig(torch_threads=3),))
     assert local_torch_threads(plan_layout(pinned, 6, None, True))[0].spec.torch_threads == 3
+
+
+def test_stages_compute_in_the_runs_dtype_unless_they_set_their_own():
+    cfg = TagConfig(dtype="bfloat16", stages=(StageConfig(layers=(0, 2)), StageConfig(layers=(2, 6), dtype="float32")))
+    assert [p.spec.dtype for p in plan_layout(cfg, 6, None, True)] == ["bfloat16", "float32"]
+    assert plan_layout(TagConfig(num_stages=2), 6, None, True)[1].spec.dtype == "float32"
+    with pytest.raises(ConfigError, match="dtype 'bf16' is not one of"):
+        TagConfig(dtype="bf16")
