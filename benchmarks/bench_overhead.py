@@ -1,6 +1,6 @@
 """The framework ceiling (issue 15): the whole pipeline around a near-free model.
 
-    python benchmarks/bench_overhead.py --rows 100000 --out benchmarks/results/overhead
+    python benchmarks/bench_overhead.py --rows 100000 --out benchmarks/results/overhead [--dtype bfloat16]
 
 A tiny random BERT (6 layers, hidden 32) with the MiniLM tokenizer makes the model's cost
 close to nothing, so what is left is the pipeline: read, tokenize, the stage's packing,
@@ -72,6 +72,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--tokenize-batch-size", type=int, default=1024)
     p.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="compute dtype of all three variants (bfloat16: native on CPUs with AVX512-BF16 or AMX)")
     p.add_argument("--out", default="benchmarks/results/overhead")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -79,7 +81,7 @@ def main():
     model = tiny_model(args.out)
     data, rows = make_corpus(args.data_dir, args.out, args.rows, False)
     ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False)
-    opts = SimpleNamespace(device="cpu", dtype="float32", ray_cpus=args.num_cpus,
+    opts = SimpleNamespace(device="cpu", dtype=args.dtype, ray_cpus=args.num_cpus,
                            tokenize_batch_size=args.tokenize_batch_size, out=args.out, _layers={model: 6})
     runs = os.path.join(args.out, "runs")
     open(os.path.join(args.out, "ray_stats.txt"), "w").close()

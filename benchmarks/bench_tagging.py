@@ -122,6 +122,7 @@ def offramp_variant(name, args, data, out, exits: bool, threshold: float | None 
         num_stages=args.num_stages,
         stages=tuple(StageConfig(batch_size=args.batch_size) for _ in range(args.num_stages)) if not exits else (),
         rebatch=args.rebatch,
+        dtype=args.dtype,
         exit=ExitConfig(disabled=not exits, threshold=threshold),
         mlflow=MlflowConfig(enabled=False),
     )
@@ -160,7 +161,7 @@ def plain_ray_variant(args, data, out, threads: int = 0):
         ds = ray.data.read_parquet(data, columns=["id", "text", "label"])
         ds = ds.map_batches(
             HFClassifier,
-            fn_constructor_kwargs=dict(model_dir=args.model, max_length=args.max_length, threads=threads),
+            fn_constructor_kwargs=dict(model_dir=args.model, max_length=args.max_length, threads=threads, dtype=args.dtype),
             batch_size=args.batch_size,
             batch_format="numpy",
             compute=ActorPoolStrategy(min_size=1, max_size=1),
@@ -181,7 +182,7 @@ def bare_loop_variant(args, data):
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         tok = AutoTokenizer.from_pretrained(args.model)
-        model = AutoModelForSequenceClassification.from_pretrained(args.model).eval()
+        model = AutoModelForSequenceClassification.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval()
         labels = model.config.id2label
         pred = []
         with torch.inference_mode():
@@ -219,6 +220,8 @@ def main():
     p.add_argument("--max-length", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-stages", type=int, default=1)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="compute dtype of every variant (bfloat16: native on CPUs with AVX512-BF16 or AMX)")
     p.add_argument("--rebatch", type=int, default=0,
                    help="N > 0: one actor holds every stage and merges the survivors of up to N batches "
                         "(TagConfig.rebatch)")

@@ -38,7 +38,8 @@ class ServeConfig:
     num_gpus: float = 0.0
     """GPUs each replica reserves (fractional allowed); above 0 the model runs on cuda."""
     dtype: str = "float32"
-    """Compute dtype of the layers: float32, float16 or bfloat16 (use a 16-bit one on a GPU)."""
+    """Compute dtype of the layers: float32, float16 or bfloat16 (float16 on a GPU; bfloat16 on a
+    CPU with AVX512-BF16 or AMX). A certificate covers the dtype it was calibrated in."""
     torch_threads: int = 0
     """Intra-op threads per replica; 0 = Ray's rule (the replica's num_cpus)."""
     max_length: int = 128

@@ -227,7 +227,7 @@ class TagConfig:
     a deeper stage runs passes of `batch_size` running rows (E3). Stage 0's actors and resources."""
     dtype: str = "float32"
     """Compute dtype of every stage that sets none: float32; bfloat16 on a CPU that computes it
-    natively (AVX512-BF16 or AMX) ran 1.5-1.9x faster at the same accuracy (BENCHMARKS.md,
+    natively (AVX512-BF16 or AMX) tagged 1.5-1.7x faster at the same accuracy (BENCHMARKS.md,
     "bfloat16 on a CPU"); float16 on a GPU. A certificate covers runs in its own dtype: calibrate
     with the same --dtype."""
     carry_dtype: str = "float16"
