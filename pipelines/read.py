@@ -346,8 +346,9 @@ def kept_types(cfg: TagConfig, schema: pa.Schema | None) -> dict[str, pa.DataTyp
     return {c: schema.field(c).type for c in kept if c in schema.names}
 
 
-def check_columns(cfg: TagConfig, task: Task, names: list[str]) -> None:
-    """Every column the run reads exists in the Parquet input; else fail naming the flag to set."""
+def check_columns(cfg: TagConfig, task: Task, names: list[str], types: dict | None = None) -> None:
+    """Every column the run reads exists in the Parquet input, and the text or words column holds
+    what its flag reads (`types`: column -> Arrow type, where known); else fail naming the flag."""
     source, source_flag = task.source_column(cfg)
     flags = {source: source_flag, cfg.id_column: "--id-column", cfg.label_column: "--label-column"}
     needed = [source, *([cfg.id_column] if cfg.id_column else []), *cfg.passthrough_columns,
@@ -358,6 +359,17 @@ def check_columns(cfg: TagConfig, task: Task, names: list[str]) -> None:
         raise ConfigError(f"column(s) {fixes} not found in {cfg.input}; columns are {names}")
     if not cfg.id_column:
         raise ConfigError(f"Parquet input needs an id column; columns are {names}; set --id-column")
+    kind = (types or {}).get(source)
+    if not isinstance(kind, pa.DataType):  # unknown, or a pandas-backed Dataset's numpy type
+        return
+    lists = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+    if source_flag == "--text-column" and lists:
+        fix = f"--words-column {source}" if task.per_word else "--text-column with a column of one text per row"
+        raise ConfigError(f"column {source!r} holds lists ({kind}), not text, so every row would be undecodable; "
+                          f"use {fix}")
+    if source_flag == "--words-column" and not lists:
+        raise ConfigError(f"--words-column {source!r} holds {kind}, not lists of words; pass --text-column {source} "
+                          "to split its text into words")
 
 
 def corpus_source(cfg: TagConfig, task: Task, report: str | None = None, fmt: str | None = None,

@@ -181,14 +181,15 @@ def check_output(cfg: TagConfig) -> None:
                           "or choose another --output")
 
 
-def make_plan(cfg: TagConfig, info: ModelInfo, task: Task, keep_types: dict) -> Plan:
+def make_plan(cfg: TagConfig, info: ModelInfo, task: Task, keep_types: dict, advise: bool = True) -> Plan:
     """Thresholds and the stage layout for `cfg` (layout errors surface here, before Ray starts),
-    and whether the model's certificate covers the run (refused under --strict when not)."""
+    and whether the model's certificate covers the run (refused under --strict when not).
+    `advise`: log what the CPU says of the stages' dtype (once a run: not for its full-depth pass)."""
     thresholds = resolve_thresholds(cfg, info)
     local = runs_locally(cfg.ray)
     stages = stage_plan(cfg, info, thresholds, local)
-    for level, message in cpu_dtype_advice({p.spec.dtype for p in stages if p.spec.device == "cpu"},
-                                           cpu_flags() if local else None):
+    cpu_dtypes = {p.spec.dtype for p in stages if p.spec.device == "cpu"} if advise else set()
+    for level, message in cpu_dtype_advice(cpu_dtypes, cpu_flags() if local else None):
         logger.log(level, message)
     gaps = [] if cfg.exit.disabled else certificate_gaps(
         info.calibration, info.certified, policy=cfg.exit.policy or info.policy, mechanism=info.mechanism,
@@ -224,7 +225,7 @@ def validate(cfg: TagConfig) -> Plan:
     task.check(cfg, info, fmt)
     schema = input_schema(cfg, fmt)
     if schema is not None:
-        check_columns(cfg, task, schema.names)
+        check_columns(cfg, task, schema.names, dict(zip(schema.names, schema.types)))
     check_output(cfg)
     plan = make_plan(cfg, info, task, kept_types(cfg, schema))
     return dataclasses.replace(plan, input_format=fmt, input_schema=schema)
@@ -348,7 +349,7 @@ def tag_dataset(ds: ray.data.Dataset, model_dir: str, config: TagConfig | None =
     cfg = dataclasses.replace(config or TagConfig(), model=model_dir)
     info, task = check_model(cfg, model_dir)
     schema = ds.schema()
-    check_columns(dataclasses.replace(cfg, input="the dataset"), task, schema.names)
+    check_columns(dataclasses.replace(cfg, input="the dataset"), task, schema.names, dict(zip(schema.names, schema.types)))
     plan = make_plan(cfg, info, task, kept_types(cfg, pa.schema(list(zip(schema.names, schema.types)))))
     return build_pipeline(ds, plan)
 
@@ -542,7 +543,7 @@ def full_depth_eval(plan: Plan, output: pads.Dataset, stage_cls=None, rows: int 
     picks (another seed): spread over the whole corpus, not its first files, which may differ."""
     cfg = plan.cfg
     full_cfg = dataclasses.replace(cfg, exit=dataclasses.replace(cfg.exit, disabled=True))
-    full = make_plan(full_cfg, plan.info, plan.task, plan.keep_types)
+    full = make_plan(full_cfg, plan.info, plan.task, plan.keep_types, advise=False)
     ds = ray.data.read_datasource(corpus_source(full_cfg, plan.task, fmt=plan.input_format, found=plan.input_schema))
     id_column = cfg.id_column or "id"
     if 0 < cfg.full_depth_eval_rows < rows:

@@ -128,3 +128,22 @@ def test_tokenize_tasks_at_once_are_the_cores_locally_unlimited_on_a_cluster(mon
     assert tokenize_concurrency(TagConfig(tokenize_concurrency=6)) == 6  # as configured, anywhere
     with pytest.raises(ConfigError, match="tokenize_concurrency=0"):
         TagConfig(tokenize_concurrency=0)
+
+
+def test_a_text_or_words_column_of_the_wrong_kind_is_refused_naming_the_flag(tmp_path, model_dir, token_model_dir):
+    """Word lists read as text would make every row undecodable, and text read as word lists
+    could not be split: both fail at start, naming the flag that reads the column as it is."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    corpus = str(tmp_path / "mixed.parquet")
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["one text", "two"], "words": [["one", "text"], ["two"]]}),
+                   corpus)
+    with pytest.raises(ConfigError, match="holds lists .* use --words-column words"):
+        validate(config(tmp_path, corpus, token_model_dir, text_column="words"))
+    with pytest.raises(ConfigError, match="holds string, not lists of words; pass --text-column text"):
+        validate(config(tmp_path, corpus, token_model_dir, words_column="text"))
+    with pytest.raises(ConfigError, match="holds lists .* one text per row"):
+        validate(config(tmp_path, corpus, model_dir, text_column="words"))
+    validate(config(tmp_path, corpus, token_model_dir, words_column="words"))
+    validate(config(tmp_path, corpus, model_dir))
