@@ -64,9 +64,9 @@ def main():
     t = t.slice(0, args.rows) if args.rows else t
     batch = {c: t[c].to_numpy(zero_copy_only=False) for c in t.column_names}
     runs, out = {}, {"args": vars(args), "runs": {}}
-    order = [("float32", True, args.batch_size), ("bfloat16", True, args.batch_size), ("bfloat16", False, args.batch_size),
-             ("float32", False, args.batch_size), ("bfloat16", True, args.other_batch_size),
-             ("float32", True, args.other_batch_size)]
+    b, o = args.batch_size, args.other_batch_size
+    order = [("float32", True, b), ("bfloat16", True, b), ("bfloat16", False, b), ("float32", False, b),
+             ("bfloat16", True, o), ("float32", True, o)]
     for dtype, exits, size in order:
         name = f"{dtype}_{'exits' if exits else 'full'}_{size}"
         r, seconds = tag(args.model, batch, dtype, exits, size, args.max_length)
@@ -80,7 +80,6 @@ def main():
         x, y = runs[a][column], runs[b][column]
         return {"share": float(np.mean(x == y)), "rows_differing": int(np.sum(x != y))}
 
-    b, o = args.batch_size, args.other_batch_size
     out["float32_vs_bfloat16"] = {"exits_label": same(f"float32_exits_{b}", f"bfloat16_exits_{b}", "label"),
                                   "exits_exit_layer": same(f"float32_exits_{b}", f"bfloat16_exits_{b}", "exit_layer"),
                                   "full_label": same(f"float32_full_{b}", f"bfloat16_full_{b}", "label")}

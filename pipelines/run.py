@@ -349,7 +349,8 @@ def tag_dataset(ds: ray.data.Dataset, model_dir: str, config: TagConfig | None =
     cfg = dataclasses.replace(config or TagConfig(), model=model_dir)
     info, task = check_model(cfg, model_dir)
     schema = ds.schema()
-    check_columns(dataclasses.replace(cfg, input="the dataset"), task, schema.names, dict(zip(schema.names, schema.types)))
+    check_columns(dataclasses.replace(cfg, input="the dataset"), task, schema.names,
+                  dict(zip(schema.names, schema.types)))
     plan = make_plan(cfg, info, task, kept_types(cfg, pa.schema(list(zip(schema.names, schema.types)))))
     return build_pipeline(ds, plan)
 

@@ -180,7 +180,8 @@ def test_a_bfloat16_certificate_covers_bfloat16_runs_and_only_those(setup):
     run in that dtype is covered, a float32 run is told it is not (and --strict refuses it)."""
     model, data, uri = setup
     r = run("jobs/calibrate.py", "--model", str(model), "--data", str(data), "--min-agreement", "0.6",
-            "--confidence", "0.8", "--dtype", "bfloat16", "--set", "max_length=64", "--set", f"mlflow.tracking_uri={uri}")
+            "--confidence", "0.8", "--dtype", "bfloat16", "--set", "max_length=64",
+            "--set", f"mlflow.tracking_uri={uri}")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "for runs at max_length 64 in bfloat16" in r.stdout
     assert load_profile(str(model))["calibration"]["dtype"] == "bfloat16"
