@@ -73,21 +73,22 @@ class LayerShard(ShardBase):
         self.policy = get_policy(policy or model.config.exit_policy) if not isinstance(policy, ExitPolicy) else policy
         check_policy_fits(self.policy, model.config.exit_mechanism, model.signal_modules)
 
-    def _layer(self, offset: int, hidden: torch.Tensor, lengths: torch.Tensor, mask2d: torch.Tensor):
+    def _layer(self, offset: int, hidden: torch.Tensor, lengths: torch.Tensor, mask2d: torch.Tensor, mask):
         """Layer `offset` of the shard on the rows that run it -> (new hidden, (S,) bool ran).
+        `mask`: `layer_mask(hidden, mask2d)`, built once for as long as the rows stay the same.
 
         Without gates every row runs. With gates, rows whose gate says skip keep their states
         unchanged, and only the others are computed, as one compacted sub-batch trimmed to
         its own longest row: a skipped layer costs that row nothing but its gate."""
         layer = self.layers[offset]
         if self.gates is None:
-            return layer(hidden, self.layer_mask(hidden, mask2d)), torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+            return layer(hidden, mask), torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
         ran = self.gates[offset](hidden, mask2d) < self.gate_threshold  # (S,)
         rows = ran.nonzero().squeeze(1)
         if len(rows) == 0:
             return hidden, ran
         if len(rows) == hidden.shape[0]:
-            return layer(hidden, self.layer_mask(hidden, mask2d)), ran
+            return layer(hidden, mask), ran
         t = int(lengths[rows].max())
         sub = hidden[rows, :t]  # (R, t, H)
         out = hidden.clone()
@@ -137,15 +138,16 @@ class LayerShard(ShardBase):
             layer = self.start + offset + 1  # 1-based, like every layer number outside a shard's [start, end)
             if mask2d is None:
                 mask2d = torch.arange(hidden.shape[1], device=device)[None, :] < lengths[:, None]  # (S, T)
-            hidden, ran = self._layer(offset, hidden, lengths, mask2d)  # (S, T, H), (S,)
+                mask = self.layer_mask(hidden, mask2d)  # the layers' own form of it: (S, 1, T, T) or None
+            hidden, ran = self._layer(offset, hidden, lengths, mask2d, mask)  # (S, T, H), (S,)
             if skipped_out is not None:
                 row_layers += int(ran.sum())
                 skipped_out[alive[~ran]] += 1
             else:
                 row_layers += hidden.shape[0]
             audit_row_layers += (decided & ran).sum()
-            if layer not in self.thresholds:
-                continue
+            if layer not in self.thresholds or (not self.exits_enabled and layer < self.num_layers):
+                continue  # no head here, or exits off: only the final head answers
             head = self.heads[str(layer)](hidden, mask2d)
             logits = head.logits.float()  # (S, C)
             if layer == self.num_layers:  # every row leaves, skipped the last layer or not
@@ -155,7 +157,7 @@ class LayerShard(ShardBase):
                     full_out = torch.full((B, C), float("nan"), dtype=torch.float32, device=device)
                     full_out[alive] = torch.where(audit[:, None], logits, full_out[alive])
             else:
-                threshold = self.thresholds[layer] if self.exits_enabled else self.policy.never_exits_threshold()
+                threshold = self.thresholds[layer]
                 decision, new_state = self.policy.decide(logits, threshold, state, head.signal)
                 exited, score = decision.exited & ran, decision.score
                 if new_state is not None:  # a row that skipped the layer keeps its state
