@@ -48,6 +48,12 @@ class MlflowConfig:
     cluster of several nodes, a path every node mounts at the same path."""
 
 
+def check_dtype(value: str, name: str = "dtype") -> None:
+    """Fail at start when the dtype setting `name` is not one offramp computes or carries in."""
+    if value not in DTYPES:
+        raise ConfigError(f"{name} {value!r} is not one of {list(DTYPES)}")
+
+
 def require(obj, *names: str) -> None:
     """Fail with the flag to set when a required field of config `obj` is missing."""
     for name in names:

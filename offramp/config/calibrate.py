@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from offramp.config.base import DTYPES, ConfigError, MlflowConfig, require
+from offramp.config.base import ConfigError, MlflowConfig, check_dtype, require
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,7 @@ class CalibrateConfig:
             raise ConfigError(f"path {self.path!r}: use auto, per-layer or global")
         if not 0 < self.family_fraction < 1:
             raise ConfigError(f"family_fraction={self.family_fraction} must be in (0, 1), e.g. 0.3")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype {self.dtype!r} is not one of {list(DTYPES)}")
+        check_dtype(self.dtype)
         if self.points < 2:
             raise ConfigError(f"points={self.points} must be >= 2")
         registers = self.register or (self.model or "").startswith("models:/")

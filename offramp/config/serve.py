@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from offramp.config.base import DTYPES, ConfigError, MlflowConfig, require
+from offramp.config.base import ConfigError, MlflowConfig, check_dtype, require
 from offramp.config.tag import FLAG_ALIASES as TAG_ALIASES
 from offramp.config.tag import ExitConfig, RayConfig
 
@@ -97,8 +97,7 @@ class ServeConfig:
             raise ConfigError(f"target_ongoing_requests={self.target_ongoing_requests} must be > 0")
         if self.num_cpus < 0 or self.num_gpus < 0:
             raise ConfigError("num_cpus/num_gpus per replica must be >= 0")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype {self.dtype!r} is not one of {list(DTYPES)}")
+        check_dtype(self.dtype)
 
     def _check_batching(self) -> None:
         if self.max_length < 8:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from offramp.config.base import DTYPES, ConfigError, MlflowConfig, require
+from offramp.config.base import ConfigError, MlflowConfig, check_dtype, require
 
 EXIT_MODES = ("token", "sentence")  # sequence labeling: TOKEE, SENTEE
 SENTENCE_POOLS = ("max", "mean")
@@ -100,8 +100,8 @@ class StageConfig:
             raise ConfigError(f"stage batch_size={self.batch_size} must be >= 1")
         if self.num_gpus < 0 or self.num_cpus < 0:
             raise ConfigError("stage num_cpus/num_gpus must be >= 0")
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise ConfigError(f"stage dtype {self.dtype!r} is not one of {list(DTYPES)}")
+        if self.dtype is not None:
+            check_dtype(self.dtype, "stage dtype")
 
 
 @dataclass(frozen=True)
@@ -275,10 +275,8 @@ class TagConfig:
                               f"<= max_rows_per_file ({self.max_rows_per_file})")
         if self.max_line_bytes < 2**16:
             raise ConfigError(f"max_line_bytes={self.max_line_bytes} is below 64 KiB; a document line needs more")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype {self.dtype!r} is not one of {list(DTYPES)}")
-        if self.carry_dtype not in DTYPES:
-            raise ConfigError(f"carry_dtype {self.carry_dtype!r} is not one of {list(DTYPES)}")
+        check_dtype(self.dtype)
+        check_dtype(self.carry_dtype, "carry_dtype")
 
     @property
     def rows_per_file(self) -> tuple[int, int]:
