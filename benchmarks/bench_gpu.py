@@ -47,6 +47,7 @@ from offramp.exits.simulate import head_scores  # noqa: E402
 from offramp.models.sequence import EarlyExitBertForSequenceClassification  # noqa: E402
 from offramp.policies import get_policy  # noqa: E402
 from pipelines.run import run_tagging  # noqa: E402
+from pipelines.summary import run_params, run_summary  # noqa: E402
 
 
 
@@ -251,6 +252,8 @@ def offramp_variant(name, model_dir, data, out, args, max_length, batch, exits: 
         "wall_s": wall, "peak_rss_gb": mem.peak / 2**30, "mean_layers": m["mean_layers"],
         "ideal_speedup": m["ideal_speedup"], "stage_busy_s": busy,
         "stage_batch_sizes": [p.batch_size for p in result.layout], **gpu.report(),
+        # what `offramp plan --summary` plans GPU capacity from (the run's run_summary.json, as MLflow keeps it)
+        "run_summary": run_summary(result, args._layers[model_dir], run_params(cfg, result, args._layers[model_dir])),
     }
 
 
@@ -409,7 +412,7 @@ def main():
                     print(f"== {mname} {iname} ({rows} rows, max_length {max_length}): {name}", flush=True)
                     try:
                         res[name] = fn()
-                        print(json.dumps(res[name]), flush=True)
+                        print(json.dumps({k: v for k, v in res[name].items() if k != "run_summary"}), flush=True)
                     except Exception:  # noqa: BLE001 - one variant's failure is reported, the rest still run
                         res[name] = {"error": traceback.format_exc()[-3000:]}
                         print(res[name]["error"], flush=True)

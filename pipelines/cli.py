@@ -203,11 +203,11 @@ def calibrate(cfg: CalibrateConfig) -> int:
 def plan(cfg: PlanConfig) -> int:
     from offramp.planning.capacity import format_plan, plan_capacity
     from pipelines.store import tracking_uri
+    from pipelines.summary import load_summary_file
     from pipelines.tracking import load_run_summary, log_plan
 
-    cfg.require("run_id")
     uri = tracking_uri(MlflowConfig(tracking_uri=cfg.tracking_uri))
-    summary = load_run_summary(cfg.run_id, uri)
+    summary = load_run_summary(cfg.run_id, uri) if cfg.run_id else load_summary_file(cfg.summary)
     result = plan_capacity(
         summary,
         target_docs_per_hour=cfg.target_docs_per_hour,
@@ -313,7 +313,8 @@ the message says how many rows would be needed.""",
         """Size the actor pools for a throughput target or a GPU/CPU budget, from a measured tagging run.
 
     offramp plan --run-id ID --target-docs-per-hour 5000000
-    offramp plan --run-id ID --budget-gpus 8 [--headroom 1.25] [--json plan.json] [--log]""",
+    offramp plan --run-id ID --budget-gpus 8 [--headroom 1.25] [--json plan.json] [--log]
+    offramp plan --summary run_summary.json --budget-gpus 8""",
     ),
     "serve": Command(
         ServeConfig, serve,

@@ -22,6 +22,7 @@ from offramp.training.token import DEFAULT_WORD_POLICY
 from pipelines.figures import exit_histogram_figure
 from pipelines.report import render_report
 from pipelines.store import tracking_uri
+from pipelines.summary import run_params, run_summary
 from pipelines.trend import run_trend
 
 logger = logging.getLogger(__name__)
@@ -42,44 +43,6 @@ def start_run(cfg: MlflowConfig, default_experiment: str, system_metrics: bool =
         yield run
 
 
-def run_summary(result, num_layers: int, params: dict) -> dict:
-    """Everything a person or the capacity planner needs from one run, as one JSON document."""
-    stages = []
-    for p in result.layout:
-        k, t = p.spec.index, result.stage_timings.get(p.spec.index, {})
-        stages.append(
-            {
-                "index": k,
-                "start": p.spec.start,
-                "end": p.spec.end,
-                "min_actors": p.min_actors,
-                "max_actors": p.max_actors,
-                "batch_size": p.batch_size,
-                "num_cpus": p.num_cpus,
-                "num_gpus": p.num_gpus,
-                "dtype": p.spec.dtype,
-                "device": p.spec.device,
-                "torch_threads": p.spec.torch_threads,
-                "rows_in": result.metrics.get(f"stage{k}_rows_in", 0),  # from the output
-                "busy_seconds": t.get("seconds", 0.0),
-                "row_layers": t.get("row_layers", 0),
-                "tokens_in": t.get("tokens_in", 0),
-                "batches": t.get("batches", 0),
-            }
-        )
-    return {
-        "run": params,
-        "num_layers": num_layers,
-        "metrics": result.metrics,
-        "exit_histogram": result.exit_histogram,
-        "stages": stages,
-        "stage_timings": result.stage_timings,
-        "audit": result.audit,
-        "calibration": result.calibration,
-        "certificate": result.certificate,
-    }
-
-
 def run_report(summary: dict, target_docs_per_hour: float | None) -> str:
     """The run's HTML report, with a capacity recommendation for the target (default: this run's rate)."""
     target = target_docs_per_hour or summary["metrics"].get("docs_per_second", 0) * 3600
@@ -96,27 +59,7 @@ def log_tag_run(cfg, result, num_layers: int) -> str:
     if not cfg.mlflow.enabled:
         return ""
     with start_run(cfg.mlflow, "offramp-tag", system_metrics=True) as run:
-        params = {
-            "input": cfg.input,
-            "model": cfg.model,
-            "output": cfg.output,
-            "task": result.task,
-            "policy": result.policy,
-            "exits_disabled": cfg.exit.disabled,
-            "thresholds": json.dumps({str(k): round(v, 6) for k, v in result.thresholds.items()}),
-            "num_layers": num_layers,
-            "num_stages": len(result.layout),
-            "rebatch": cfg.rebatch,
-            "max_length": cfg.max_length,
-            "carry_dtype": cfg.carry_dtype,
-        }
-        for p in result.layout:
-            k = p.spec.index
-            params[f"stage{k}_layers"] = f"[{p.spec.start}, {p.spec.end})"
-            params[f"stage{k}_actors"] = f"{p.min_actors}..{p.max_actors}"
-            params[f"stage{k}_batch_size"] = p.batch_size
-            params[f"stage{k}_num_gpus"] = p.num_gpus
-            params[f"stage{k}_dtype"] = p.spec.dtype
+        params = run_params(cfg, result, num_layers)
         mlflow.log_params(params)
         metrics = {**result.metrics, "early_exit_share": early_exit_share(result.exit_histogram, num_layers)}
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})

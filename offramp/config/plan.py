@@ -19,6 +19,9 @@ class PlanConfig:
 
     run_id: str | None = None
     """MLflow run id of a tagging run (jobs/tag_corpus.py prints it)."""
+    summary: str | None = None
+    """Instead of --run-id: a run's run_summary.json as a file (the MLflow artifact, downloaded,
+    or one a benchmark kept; benchmarks/results/gpu/ holds measured H200 runs)."""
     tracking_uri: str | None = None
     """MLflow store; None = $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db."""
     target_docs_per_hour: float | None = None
@@ -45,6 +48,10 @@ class PlanConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"{flag} {value:g} must be > 0")
+        if (self.run_id is None) == (self.summary is None):
+            raise ConfigError("name the measured run: --run-id ID (MLflow) or --summary run_summary.json (a file)")
+        if self.log and self.run_id is None:
+            raise ConfigError("--log attaches the plan to an MLflow run: use --run-id, or --json to keep it as a file")
         # the planner's own rule (offramp.planning.capacity): below 1 plans actors busier than measured
         if not self.headroom >= 1.0:
             raise ConfigError(

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# One lent-GPU call of the issue-15 measurements, through this workplace's `device` tool; what
+# `benchmarks/device_carry.sh MODEL_DIR` prepared travels in `carry` (see its header). Each step
+# has its own time limit, and its results are copied to $OUT as soon as it ends, so that a step
+# cut short loses only itself.
+#
+#   call 1, carry [.devwhl, .devdata, .devmodel/meta]:  bash benchmarks/gpu_session.sh bert
+#     sets up Ray (kept in /tmp while the machine stays warm), then the BERT-base-shaped model:
+#     (a)-(d) on short texts, (a)/(b) again with cuDNN's SDPA kept on, and profile_stage.py
+#   call 2 at once, carry [.devmodel/minilm]:           bash benchmarks/gpu_session.sh minilm
+#     the benchmark model: (a)-(d) short and long, and the GPU layouts on short texts
+#
+# Outside the workplace, on a GPU node with Ray installed: the same steps, with OUT set.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_out}
+ROWS=${ROWS:-200000}
+LONG_ROWS=${LONG_ROWS:-30000}
+W=/tmp/gpu
+mkdir -p "$OUT" "$W"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false RAY_AUTH_MODE=disabled
+if [ -d .devwhl ] && [ ! -d /tmp/site/ray ]; then
+  mkdir -p /tmp/site && tar -xJf .devwhl/ray.tar.xz -C /tmp/site &&
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .devwhl/*.whl || exit 1
+fi
+[ -d .devdata ] && [ ! -d /tmp/devdata ] && cp -r .devdata /tmp/devdata
+export PYTHONPATH=/tmp/site:$PWD
+DATA=/tmp/devdata/debian_sections
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import ray, torch, transformers; print('ray', ray.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)" || exit 1
+
+step() {  # step NAME LIMIT_S RESULT_DIR COMMAND...: run, then copy RESULT_DIR/gpu_results.json to $OUT/NAME.json
+  local name=$1 limit=$2 dir=$3
+  shift 3
+  echo "=== $name (limit ${limit}s) $(date +%T)"
+  timeout -k 10 "$limit" "$@" 2>&1 | grep -v -e 'Loading weights' -e 'Writing model' -e 'it/s\]' | tee "$OUT/$name.log" | tail -40
+  [ -f "$dir/gpu_results.json" ] && cp "$dir/gpu_results.json" "$OUT/$name.json"
+  [ -f "$dir/ray_stats.txt" ] && cp "$dir/ray_stats.txt" "$OUT/ray_stats_$name.txt" && rm "$dir/ray_stats.txt"
+  rm -f "$dir/gpu_results.json"
+}
+
+BENCH=(python3 benchmarks/bench_gpu.py --device cuda --dtype float16 --data-dir "$DATA" --rows "$ROWS")
+case ${1:-} in
+  bert)
+    step bert_base "${BERT_LIMIT:-280}" $W "${BENCH[@]}" --model .devmodel/meta --only-bert-base --long-rows 0 \
+      --out $W
+    step bert_base_cudnn 140 $W "${BENCH[@]}" --model .devmodel/meta --only-bert-base --long-rows 0 \
+      --variants a,b --cudnn-sdp --out $W
+    echo "=== profile_stage $(date +%T)"
+    timeout -k 10 90 python3 benchmarks/profile_stage.py --model $W/bert_base_random --data $DATA/dev.parquet \
+      --device cuda --rows 4096 2>&1 | grep -v 'Loading weights' | tee "$OUT/profile_stage_bert_base.txt" | tail -45
+    ;;
+  minilm)
+    step minilm "${MINILM_LIMIT:-330}" $W "${BENCH[@]}" --model .devmodel/minilm --long-rows "$LONG_ROWS" --out $W
+    step minilm_layouts 200 $W "${BENCH[@]}" --model .devmodel/minilm --long-rows 0 --layouts \
+      --variants a_2actors,a_2stages,a_2rebatch,a_2rebatch3 --out $W
+    ;;
+  *)
+    echo "usage: gpu_session.sh bert|minilm" >&2
+    exit 2
+    ;;
+esac
+echo "=== done $(date +%T)"
