@@ -37,6 +37,7 @@ step() {  # step NAME LIMIT_S RESULT_DIR COMMAND...: run, then copy RESULT_DIR/g
   [ -f "$dir/gpu_results.json" ] && cp "$dir/gpu_results.json" "$OUT/$name.json"
   [ -f "$dir/ray_stats.txt" ] && cp "$dir/ray_stats.txt" "$OUT/ray_stats_$name.txt" && rm "$dir/ray_stats.txt"
   rm -f "$dir/gpu_results.json"
+  pkill -9 -f -e 'raylet|gcs_server|ray::|default_worker' >/dev/null 2>&1  # what a step cut short left
 }
 
 BENCH=(python3 benchmarks/bench_gpu.py --device cuda --dtype float16 --data-dir "$DATA" --rows "$ROWS")
