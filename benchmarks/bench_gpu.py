@@ -81,7 +81,7 @@ class GpuSampler:
         while not self._stop.is_set():
             u = self.nvml.nvmlDeviceGetUtilizationRates(self.handle)
             mem = self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used
-            self.samples.append((time.perf_counter() - self.t0, int(u.gpu), int(mem)))
+            self.samples.append((time.perf_counter() - self.t0, int(u.gpu), int(mem), time.time()))
             time.sleep(self.every)
 
     def __exit__(self, *exc):
@@ -101,6 +101,11 @@ class GpuSampler:
             "gpu_active_s": float(len(active) * self.every),
             "gpu_mem_peak_gb": max(s[2] for s in self.samples) / 2**30,
         }
+
+    def util_between(self, start: float, end: float) -> float | None:
+        """Mean utilisation over the samples taken between two time.time() instants."""
+        u = [s[1] for s in self.samples if start <= s[3] <= end]
+        return float(np.mean(u)) if u else None
 
 
 # ---------------------------------------------------------------- inputs and models
@@ -247,11 +252,18 @@ def offramp_variant(name, model_dir, data, out, args, max_length, batch, exits: 
     with open(os.path.join(args.out, "ray_stats.txt"), "a") as f:
         f.write(f"\n\n======== {out} {name}\n{result.ray_stats}")
     busy = {k: v for k, v in m.items() if k.endswith("_busy_seconds")}
+    spans = [t for t in result.stage_timings.values() if t.get("last_end")]
+    steady = {}
+    if spans:  # after start-up: from the first stage call's start to the last one's end (one node: one clock)
+        start, end = min(t["first_start"] for t in spans), max(t["last_end"] for t in spans)
+        steady = {"steady_s": end - start, "steady_docs_per_s": m["rows"] / (end - start),
+                  "gpu_util_steady": gpu.util_between(start, end)}
     return {
         "variant": name, "rows": m["rows"], "accuracy": m["accuracy"], "docs_per_s": m["rows"] / wall,
         "wall_s": wall, "peak_rss_gb": mem.peak / 2**30, "mean_layers": m["mean_layers"],
         "ideal_speedup": m["ideal_speedup"], "stage_busy_s": busy,
-        "stage_batch_sizes": [p.batch_size for p in result.layout], **gpu.report(),
+        "stage_batch_sizes": [p.batch_size for p in result.layout], **gpu.report(), **steady,
+        "startup_s": m.get("startup_seconds"),
         # what `offramp plan --summary` plans GPU capacity from (the run's run_summary.json, as MLflow keeps it)
         "run_summary": run_summary(result, args._layers[model_dir], run_params(cfg, result, args._layers[model_dir])),
     }

@@ -9,6 +9,8 @@
 #     (a)-(d) on short texts, (a)/(b) again with cuDNN's SDPA kept on, and profile_stage.py
 #   call 2 at once, carry [.devmodel/minilm]:           bash benchmarks/gpu_session.sh minilm
 #     the benchmark model: (a)-(d) short and long, and the GPU layouts on short texts
+#   steady-bert, then steady-minilm (the same carries; ROWS=1000000): a start-up probe, then (a),
+#     (b) and the faster layouts on a million short texts, where start-up weighs little
 #
 # Outside the workplace, on a GPU node with Ray installed: the same steps, with OUT set.
 set -uo pipefail
@@ -56,8 +58,19 @@ case ${1:-} in
     step minilm_layouts 200 $W "${BENCH[@]}" --model .devmodel/minilm --long-rows 0 --layouts \
       --variants a_2actors,a_2stages,a_2rebatch,a_2rebatch3 --out $W
     ;;
+  steady-bert)  # call 1's carry: start-up probed, then long runs (ROWS=1000000) where start-up weighs little
+    echo "=== startup_probe $(date +%T)"
+    timeout -k 10 90 python3 benchmarks/startup_probe.py --device cuda 2>&1 | grep -v -e '^20' -e WARN |
+      tee "$OUT/startup_probe.txt" | tail -12
+    step bert_base_steady "${BERT_LIMIT:-470}" $W "${BENCH[@]}" --model .devmodel/meta --only-bert-base --long-rows 0 \
+      --layouts --variants a,b,a_2actors,a_2rebatch --out $W
+    ;;
+  steady-minilm)  # call 2's carry
+    step minilm_steady "${MINILM_LIMIT:-320}" $W "${BENCH[@]}" --model .devmodel/minilm --long-rows 0 --layouts \
+      --variants a,b,a_2actors,a_2rebatch,a_2stages --out $W
+    ;;
   *)
-    echo "usage: gpu_session.sh bert|minilm" >&2
+    echo "usage: gpu_session.sh bert|minilm|steady-bert|steady-minilm" >&2
     exit 2
     ;;
 esac
