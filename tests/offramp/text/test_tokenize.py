@@ -2,6 +2,7 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from offramp import schema
+from offramp.models.checkpoint import default_base_model
 from offramp.tasks.sequence import tokenize_batch
 from offramp.text.tokenize import load_tokenizer
 from tests.conftest import TEXTS
@@ -50,3 +51,21 @@ def test_a_huge_document_is_tokenized_from_its_head_with_the_same_ids(model_dir)
     assert truncated and ids.tolist() == ref(huge, truncation=True, max_length=32)["input_ids"]
     assert max(seen[:2]) <= CHARS_PER_TOKEN * 32 < len(huge)
     assert sparse_ids.tolist() == ref(sparse, truncation=True, max_length=32)["input_ids"]
+
+
+def test_ids_only_encoding_equals_the_shipped_tokenizer_on_awkward_text():
+    """The tokenize step encodes without character offsets (encode_batch_fast): the ids must be
+    AutoTokenizer's, also where normalizing moves characters (accents, CJK, control and
+    zero-width characters, emoji, very long words)."""
+    path = default_base_model()
+    texts = TEXTS + [
+        "Ünïcödé àccents — and “quotes” in a Debian description",
+        "中文字符 mixed with latin: libfoo-dev 日本語",
+        "tabs\tand\r\nnewlines\x00with a NUL and \u200bzero\u200dwidth",
+        "emoji 🐧🐍 and a very " + "long" * 60 + " word",
+        "",
+        " leading and trailing spaces ",
+    ]
+    ours = load_tokenizer(path)
+    assert ours._encode.__name__ == "encode_batch_fast"  # the path under test is the one taken
+    assert ours(texts)["input_ids"] == AutoTokenizer.from_pretrained(path)(texts)["input_ids"]
