@@ -24,6 +24,8 @@ MODES = {"target": "--target-docs-per-hour", "budget_gpus": "--budget-gpus", "bu
 # Relative slack when rounding actor counts up: T * s / r for an exact integer (e.g. 3) can come
 # out of float arithmetic as 3.0000000000000004, which must not become 4 actors.
 _ROUNDING_SLACK = 1e-9
+FEED_BOUND_SHARE = 0.8
+"""A first pool busy less than this share of its active span waited for its input (feed_note)."""
 
 
 @dataclass(frozen=True)
@@ -290,15 +292,55 @@ def plan_capacity(
                                layout_advice=layout_advice(summary, stages))
 
 
+# Measured on one H200, 1M short texts, MiniLM-L6 with exits (BENCHMARKS.md, "GPU"): docs/s after
+# start-up, against one actor holding every layer on the whole GPU.
+GPU_LAYOUTS_MEASURED = {"2 actors x 0.5 GPU": 1.27, "one rebatching actor, 2 stages": 1.21,
+                        "a pool per stage, 2 x 0.5 GPU": 0.94}
+
+
 def layout_advice(summary: dict, pools: list[dict]) -> list[str]:
-    """A run with a CPU actor pool per stage: on one machine, one actor holding every stage
-    (`rebatch`) measured faster with the same labels (BENCHMARKS.md, "Layouts on this CPU").
-    GPU stages get no advice: that layout is not yet measured on a GPU."""
-    if len(pools) < 2 or any(float(p.get("num_gpus") or 0) > 0 for p in pools):
-        return []
-    return [f"Layout: this run used a pool per stage ({len(pools)} pools). On one machine, one actor holding every "
-            "stage (`rebatch: 8`) measured faster than a pool per stage, with the same labels (BENCHMARKS.md, "
-            "\"Layouts on this CPU\"); measure this corpus with --rebatch 8 before adding pools."]
+    """What the measured layouts say about this run's layout. CPU: one actor holding every stage
+    (`rebatch`) measured faster than a pool per stage, with the same labels (BENCHMARKS.md,
+    "Layouts on this CPU"). GPU: a pool per stage measured slowest, and two actors sharing each
+    GPU fastest (GPU_LAYOUTS_MEASURED)."""
+    gpu = [float(p.get("num_gpus") or 0) for p in pools]
+    measured = "; ".join(f"{k} {v:.2f}x" for k, v in GPU_LAYOUTS_MEASURED.items())
+    if len(pools) >= 2 and any(gpu):
+        return [f"Layout: this run used a pool per stage on GPUs ({len(pools)} pools). On one H200, against one actor "
+                f"holding every layer on the whole GPU, docs/s after start-up measured: {measured} (BENCHMARKS.md, "
+                "\"GPU\"). Measure this corpus with one stage at num_gpus 0.5 and twice the actors, or with "
+                "`rebatch: 8`, before adding pools."]
+    if len(pools) >= 2:
+        return [f"Layout: this run used a pool per stage ({len(pools)} pools). On one machine, one actor holding every "
+                "stage (`rebatch: 8`) measured faster than a pool per stage, with the same labels (BENCHMARKS.md, "
+                "\"Layouts on this CPU\"); measure this corpus with --rebatch 8 before adding pools."]
+    if gpu and gpu[0] >= 1.0:
+        return [f"Layout: each actor held a whole GPU (num_gpus {gpu[0]:g}). On one H200, two actors at num_gpus 0.5 "
+                f"made {GPU_LAYOUTS_MEASURED['2 actors x 0.5 GPU']:.2f}x the docs/s of one (MiniLM; 1.13x on a "
+                "BERT-base-sized model; BENCHMARKS.md, \"GPU\"): while one actor runs its Python, the other's "
+                "kernels use the GPU. Measure with num_gpus 0.5 and twice the actors."]
+    return []
+
+
+def feed_note(summary: dict, pools: list[dict]) -> str | None:
+    """When the measured run's first pool waited for its input, the model did not set the run's
+    rate: say so, with the rate the feed delivered. None when the pool was busy most of its span."""
+    metrics = summary.get("metrics") or {}
+    first = pools[0]
+    active = float(metrics.get(f"stage{first['index']}_active_seconds") or 0.0)
+    actors = int(first.get("max_actors") or first.get("min_actors") or 1)
+    if active <= 0 or not _busy(first):
+        return None
+    share = _busy(first) / (active * actors)
+    if share >= FEED_BOUND_SHARE:
+        return None
+    rows = int(first.get("rows_in") or 0)
+    return (f"The measured run's first stage pool was busy {100 * share:.0f}% of its active span ({_busy(first):.1f} "
+            f"actor-seconds over {active:.1f} s x {actors} actors); the rest of the span it waited for its input or "
+            f"for Ray Data's handling of its batches. So the pipeline around the model set that run's rate, "
+            f"{rows / active:,.0f} docs/s over the span, below the model's rate planned here, which holds only "
+            "where the feed keeps up: give the pipeline more CPUs per GPU than the measured run had (tokenizing is CPU work: 330 core-seconds per million short texts in the H200 run of "
+            "BENCHMARKS.md, \"GPU\").")
 
 
 def _stage_plan(st: dict, rows0: int, actors: int, cost: float, T: float, headroom: float) -> StagePlan:
@@ -340,6 +382,7 @@ def _assumptions(summary: dict, pools: list[dict], plan: CapacityPlan) -> list[s
         "cores it really used).",
         "Throughput grows linearly with the number of actors in a stage (no shared bottleneck between actors).",
         "Reading, tokenizing and writing keep up and are not the bottleneck; only the model stages are sized.",
+        *([note] if (note := feed_note(summary, pools)) else []),
         (
             f"Actors are sized with a headroom of {plan.headroom:g}x: at the planned rate no stage is busy more "
             f"than {100 / plan.headroom:.0f}% of the time, leaving room for uneven batches and slow nodes."

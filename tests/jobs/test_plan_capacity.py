@@ -76,3 +76,40 @@ def test_unknown_run_and_bad_goals_exit_2_with_the_fix(logged_run, command):
     assert status == 2 and "pass --budget-gpus 1 or more" in err
     status, _, err = command("plan", "--run-id", run_id, "--tracking-uri", uri)  # no goal: names the flags
     assert status == 2 and "--target-docs-per-hour" in err
+
+
+H200 = REPO / "benchmarks/results/gpu/2026-11-26"
+
+
+def test_gpu_plan_from_a_measured_h200_run_summary_file(tmp_path):
+    """GPU capacity from a run measured on an H200 (bench_gpu.py, 1M short texts, MiniLM with
+    exits, one actor on the whole GPU), read from its run_summary.json file: stage 0 took
+    1,000,000 rows in 16.08 busy actor-seconds, so 8 GPUs at headroom 1 buy 8 x 1e6 / 16.08 docs/s.
+    The plan says that run was feed-bound and which layout measured faster."""
+    path = H200 / "run_summary_minilm_exits_1actor.json"
+    summary = json.loads(path.read_text())
+    (st,) = summary["stages"]
+    assert st["device"] == "cuda" and st["num_gpus"] == 1.0  # a real GPU run, not a synthetic one
+    out = tmp_path / "plan.json"
+    r = run("--summary", str(path), "--budget-gpus", "8", "--headroom", "1", "--json", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    plan = json.loads(out.read_text())
+    rate = st["rows_in"] / st["busy_seconds"]
+    assert plan["stages"][0]["actors"] == 8 and plan["gpus"] == 8.0
+    assert plan["docs_per_hour"] == pytest.approx(8 * rate * 3600, rel=1e-6)
+    assert "busy 55% of its active span" in r.stdout and "34,283 docs/s over the span" in r.stdout
+    assert "two actors at num_gpus 0.5" in r.stdout
+
+
+def test_summary_file_errors_name_the_fix(tmp_path, command):
+    status, _, err = command("plan", "--summary", str(tmp_path / "none.json"), "--budget-gpus", "1")
+    assert status == 2 and "no such file" in err and "--run-id" in err
+    (tmp_path / "bad.json").write_text("{not json")
+    status, _, err = command("plan", "--summary", str(tmp_path / "bad.json"), "--budget-gpus", "1")
+    assert status == 2 and "not a readable JSON run summary" in err
+    status, _, err = command("plan", "--budget-gpus", "1")  # neither
+    assert status == 2 and "--run-id ID (MLflow) or --summary" in err
+    status, _, err = command("plan", "--run-id", "x", "--summary", "y.json", "--budget-gpus", "1")  # both
+    assert status == 2 and "--run-id ID (MLflow) or --summary" in err
+    status, _, err = command("plan", "--summary", "y.json", "--budget-gpus", "1", "--log")
+    assert status == 2 and "--log attaches the plan to an MLflow run" in err

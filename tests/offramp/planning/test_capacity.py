@@ -198,5 +198,27 @@ def test_a_cpu_run_with_a_pool_per_stage_is_advised_the_rebatching_layout():
     assert plan.layout_advice[0] in projection_lines(plan)  # shown in the report and the CLI
     cpu["run"]["rebatch"] = 8  # the run used it: nothing to advise
     assert plan_capacity(cpu, target_docs_per_hour=720_000).layout_advice == []
-    # GPU stages: the layout is not measured on a GPU, so no advice
-    assert plan_capacity(make_summary(), target_docs_per_hour=720_000).layout_advice == []
+
+
+def test_gpu_layouts_are_advised_from_the_h200_measurement():
+    """A pool per stage on GPUs measured slowest on the H200, and two actors sharing a GPU
+    fastest: a run with either layout to gain is told so; one already sharing its GPU is not."""
+    (advice,) = plan_capacity(make_summary(), target_docs_per_hour=720_000).layout_advice  # 2 pools x 0.5 GPU
+    assert "pool per stage on GPUs" in advice and "num_gpus 0.5" in advice and "rebatch: 8" in advice
+    assert "0.94x" in advice  # the measured figure, not a guess
+    whole = make_summary(stages=[stage(0, 0, 6, 1000, 10.0, num_gpus=1.0)])
+    (advice,) = plan_capacity(whole, target_docs_per_hour=720_000).layout_advice
+    assert "num_gpus 0.5" in advice and "1.27x" in advice
+    shared = make_summary(stages=[stage(0, 0, 6, 1000, 10.0, num_gpus=0.5)])
+    assert plan_capacity(shared, target_docs_per_hour=720_000).layout_advice == []
+
+
+def test_a_run_whose_first_pool_waited_for_input_is_flagged_with_the_rate_it_delivered():
+    """1000 rows; stage 0 busy 10 s over an active span of 20 s with 1 actor: 50% busy, the
+    feed delivered 1000 / 20 = 50 docs/s. Busy 18 s of 20 (90%): nothing to flag."""
+    summary = make_summary()
+    summary["metrics"]["stage0_active_seconds"] = 20.0
+    notes = [a for a in plan_capacity(summary, target_docs_per_hour=720_000).assumptions if "active span" in a]
+    assert len(notes) == 1 and "busy 50%" in notes[0] and "50 docs/s over the span" in notes[0]
+    summary["stages"][0]["busy_seconds"] = 18.0
+    assert not [a for a in plan_capacity(summary, target_docs_per_hour=720_000).assumptions if "active span" in a]
