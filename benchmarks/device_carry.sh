@@ -22,6 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-demo/model}
 PY=.venv/bin/python
+mkdir -p .git/info
 grep -q '^/.devwhl/' .git/info/exclude 2>/dev/null || printf '/.devwhl/\n/.devdata/\n/.devmodel/\n' >> .git/info/exclude
 mkdir -p .devwhl .devdata .devmodel/meta .devmodel/minilm
 tmp=$(mktemp -d)
