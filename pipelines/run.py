@@ -279,6 +279,19 @@ def log_stage_plan(planned: list[PlannedStage], rebatch: int = 0) -> None:
         )
 
 
+def aligned_to_stage_batches(ds: ray.data.Dataset, plan: Plan) -> ray.data.Dataset:
+    """Blocks of exactly the first stage's batch_size rows, when that batch spans several tokenize
+    batches (GPU batches of thousands of rows). Tokenized blocks keep the read's block sizes, and
+    Ray Data slices each block into batches on its own: on the H200, 4,807-row blocks made 4,096-
+    and 711-row stage calls, 416 calls per million rows where 245 were needed, each paying the
+    per-call cost of a GPU stage (BENCHMARKS.md, "GPU"). Not done for CPU batch sizes, which
+    divide the tokenize batches already: a repartition would only add a step."""
+    first = actor_pools(plan.stages, plan.cfg.rebatch)[0].batch_size
+    if first <= plan.cfg.tokenize_batch_size:
+        return ds
+    return ds.repartition(target_num_rows_per_block=first, strict=True)
+
+
 def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=None) -> ray.data.Dataset:
     """The Ray Data plan after reading: tokenize, one actor pool per stage (or one rebatching
     pool holding every stage), finalize. `stage_cls`: the actor class (tests pass one that crashes)."""
@@ -305,6 +318,7 @@ def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=N
         num_cpus=1.0 if any(p.num_gpus for p in plan.stages) else 0.5,
         concurrency=tokenize_concurrency(cfg),
     )
+    ds = aligned_to_stage_batches(ds, plan)
     if cfg.rebatch and len(plan.stages) > 1:
         (pool,) = actor_pools(plan.stages, cfg.rebatch)
         ds = ds.map_batches(

@@ -155,6 +155,30 @@ def test_predictions_match_the_model_and_exits_disabled_is_full_depth(tmp_path, 
         assert row["confidence"] == pytest.approx(float(probs[i].max()), abs=1e-4)
 
 
+def test_large_stage_batches_are_cut_from_whole_blocks_not_per_block(tmp_path, model_dir):
+    """Three 100-row files, stage batches of 64 rows over tokenize batches of 16: the stage gets
+    ceil(300 / 64) = 5 calls (4 of 64 rows and a 44-row tail), not each read block cut on its own
+    with a short call at its end, and every row once (GPU batches of 4,096 over 4,807-row blocks made
+    416 calls per million rows where 245 were needed: BENCHMARKS.md, "GPU")."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for f in range(3):
+        ids = [f"f{f}-{i}" for i in range(100)]
+        pq.write_table(pa.table({"id": ids, "text": [TEXTS[i % len(TEXTS)] for i in range(100)]}),
+                       corpus / f"part-{f}.parquet")
+    cfg = config(tmp_path, str(corpus), model_dir, batch_size=64, tokenize_batch_size=16,
+                 stages=(StageConfig(batch_size=64),))
+    result = run_tagging(cfg)
+    out = read(cfg.output)
+    assert len(out) == 300 and out["id"].is_unique
+    assert result.metrics["stage0_batches"] == 5
+    cfg = config(tmp_path, str(corpus), model_dir, batch_size=64, tokenize_batch_size=64, overwrite=True,
+                 stages=(StageConfig(batch_size=64),))
+    # CPU-sized batches (no more than a tokenize batch): no repartition step, so each of the read's
+    # blocks (Ray splits the files; here into 50-row blocks) ends in a short call of its own
+    assert run_tagging(cfg).metrics["stage0_batches"] > 5
+
+
 def test_bad_rows_get_a_status_never_a_crash(tmp_path, model_dir):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
