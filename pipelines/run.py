@@ -34,6 +34,7 @@ from offramp import schema
 from offramp.config import ConfigError, RayConfig, TagConfig
 from offramp.exits.stage import cpu_dtype_advice, cpu_flags
 from offramp.models.checkpoint import ModelInfo
+from offramp.planning.capacity import layout_advice
 from offramp.planning.layout import PlannedStage, actor_pools, plan_layout
 from offramp.policies import check_policy, get_policy
 from offramp.quality.audit import flat_metrics
@@ -184,13 +185,18 @@ def check_output(cfg: TagConfig) -> None:
 def make_plan(cfg: TagConfig, info: ModelInfo, task: Task, keep_types: dict, advise: bool = True) -> Plan:
     """Thresholds and the stage layout for `cfg` (layout errors surface here, before Ray starts),
     and whether the model's certificate covers the run (refused under --strict when not).
-    `advise`: log what the CPU says of the stages' dtype (once a run: not for its full-depth pass)."""
+    `advise`: log what the CPU says of the stages' dtype, and what was measured of a GPU layout
+    (once a run: not for its full-depth pass)."""
     thresholds = resolve_thresholds(cfg, info)
     local = runs_locally(cfg.ray)
     stages = stage_plan(cfg, info, thresholds, local)
     cpu_dtypes = {p.spec.dtype for p in stages if p.spec.device == "cpu"} if advise else set()
     for level, message in cpu_dtype_advice(cpu_dtypes, cpu_flags() if local else None):
         logger.log(level, message)
+    pools = [{"num_gpus": p.num_gpus} for p in actor_pools(stages, cfg.rebatch)]
+    if advise and any(p["num_gpus"] for p in pools):  # what the H200 measured of this GPU layout, if anything
+        for message in layout_advice({}, pools):
+            logger.info(message)
     gaps = [] if cfg.exit.disabled else certificate_gaps(
         info.calibration, info.certified, policy=cfg.exit.policy or info.policy, mechanism=info.mechanism,
         max_length=cfg.max_length, dtypes={p.spec.dtype for p in stages}, thresholds=thresholds, stored=info.thresholds,

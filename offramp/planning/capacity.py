@@ -306,7 +306,7 @@ def layout_advice(summary: dict, pools: list[dict]) -> list[str]:
     gpu = [float(p.get("num_gpus") or 0) for p in pools]
     measured = "; ".join(f"{k} {v:.2f}x" for k, v in GPU_LAYOUTS_MEASURED.items())
     if len(pools) >= 2 and any(gpu):
-        return [(f"Layout: this run used a pool per stage on GPUs ({len(pools)} pools). On one H200, against one actor "
+        return [(f"Layout: a pool per stage on GPUs ({len(pools)} pools). On one H200, against one actor "
                 f"holding every layer on the whole GPU, docs/s after start-up measured: {measured} (BENCHMARKS.md, "
                 "\"GPU\"). Measure this corpus with one stage at num_gpus 0.5 and twice the actors, or with "
                 "`rebatch: 8`, before adding pools.")]
@@ -315,7 +315,7 @@ def layout_advice(summary: dict, pools: list[dict]) -> list[str]:
                 "stage (`rebatch: 8`) measured faster than a pool per stage, with the same labels (BENCHMARKS.md, "
                 "\"Layouts on this CPU\"); measure this corpus with --rebatch 8 before adding pools.")]
     if gpu and gpu[0] >= 1.0:
-        return [(f"Layout: each actor held a whole GPU (num_gpus {gpu[0]:g}). On one H200, two actors at num_gpus 0.5 "
+        return [(f"Layout: each actor takes a whole GPU (num_gpus {gpu[0]:g}). On one H200, two actors at num_gpus 0.5 "
                 f"made {GPU_LAYOUTS_MEASURED['2 actors x 0.5 GPU']:.2f}x the docs/s of one (MiniLM; 1.13x on a "
                 "BERT-base-sized model; BENCHMARKS.md, \"GPU\"): while one actor runs its Python, the other's "
                 "kernels use the GPU. Measure with num_gpus 0.5 and twice the actors.")]

@@ -1,11 +1,12 @@
 """What pipelines/run.py refuses before Ray starts: each mistake fails at once, naming the fix."""
 
+import logging
 import os
 
 import pytest
 
-from offramp.config import AuditConfig, ConfigError, ExitConfig, RayConfig, TagConfig
-from pipelines.run import tokenize_concurrency, validate
+from offramp.config import AuditConfig, ConfigError, ExitConfig, RayConfig, StageConfig, TagConfig
+from pipelines.run import check_model, make_plan, tokenize_concurrency, validate
 
 
 def config(tmp_path, corpus, model_dir, **kw) -> TagConfig:
@@ -147,3 +148,24 @@ def test_a_text_or_words_column_of_the_wrong_kind_is_refused_naming_the_flag(tmp
         validate(config(tmp_path, corpus, model_dir, text_column="words"))
     validate(config(tmp_path, corpus, token_model_dir, words_column="words"))
     validate(config(tmp_path, corpus, model_dir))
+
+
+def test_a_gpu_layout_is_told_at_start_what_the_h200_measured(model_dir, caplog):
+    """A stage whose actors each hold a whole GPU, and GPU pools per stage, are told at start
+    which layout measured faster on the H200; two actors sharing each GPU are told nothing."""
+    cluster = RayConfig(address="ray://head:10001")  # GPUs live on a cluster; nothing here checks them
+
+    def advice(*stages):
+        cfg = TagConfig(model=model_dir, stages=stages, ray=cluster)
+        info, task = check_model(cfg, model_dir)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="pipelines.run"):
+            make_plan(cfg, info, task, {})
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("Layout:")]
+
+    (whole,) = advice(StageConfig(num_gpus=1.0))
+    assert "two actors at num_gpus 0.5" in whole and "1.27x" in whole
+    (per_stage,) = advice(StageConfig(layers=(0, 2), num_gpus=0.5), StageConfig(layers=(2, 4), num_gpus=0.5))
+    assert "pool per stage on GPUs" in per_stage and "0.94x" in per_stage
+    assert advice(StageConfig(num_gpus=0.5, min_actors=2)) == []
+    assert advice(StageConfig()) == []  # CPU stages: this is about GPU layouts only
