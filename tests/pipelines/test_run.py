@@ -223,10 +223,13 @@ def test_an_empty_corpus_gives_an_empty_output_and_zero_metrics(tmp_path, model_
     assert result.audit["status"] == "no_sample"
 
 
-def test_crashed_actor_loses_and_duplicates_no_rows(tmp_path, model_dir, corpus_parquet):
+@pytest.mark.parametrize("batch_size", [8, 16], ids=["per-block", "repartitioned"])
+def test_crashed_actor_loses_and_duplicates_no_rows(tmp_path, model_dir, corpus_parquet, batch_size):
+    """Also where stage batches (16 rows) span tokenize batches (8) and come from repartitioned blocks."""
     marker = tmp_path / "crashed"
 
-    cfg = config(tmp_path, corpus_parquet, model_dir)
+    cfg = config(tmp_path, corpus_parquet, model_dir, batch_size=batch_size,
+                 stages=(StageConfig(layers=(0, 2), batch_size=batch_size), StageConfig(layers=(2, NUM_LAYERS))))
     run_tagging(cfg, stage_cls=crash_once(StageActor, marker))
     assert marker.exists(), "the fault was injected"
     out = read(cfg.output)
