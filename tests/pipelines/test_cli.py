@@ -38,7 +38,7 @@ def test_help_lists_the_commands_and_each_command_its_settings(capsys):
         (["train", "--mechanism", "smartbort"], "valid mechanisms: ['berxit'"),
         (["calibrate", "--model", "m", "--data", "d"], "state one target"),
         (["plan", "--run-id", "r"], "state one goal: --target-docs-per-hour"),
-        (["plan", "--target-docs-per-hour", "1000"], "pass --run-id"),
+        (["plan", "--target-docs-per-hour", "1000"], "--run-id ID (MLflow) or --summary"),
         (["tag", "--config", "missing.yaml"], "pass an existing file to --config"),
         (["serve"], "model is not set; pass --model"),
         (["serve", "--model", "m", "--max-batch-tokens", "100"], "raise max_batch_tokens"),
