@@ -229,9 +229,10 @@ def test_a_replica_killed_under_load_is_replaced_and_requests_succeed_again(serv
     def load():
         while not stop.is_set():
             try:
-                outcomes.append((time.monotonic(), served.post({"texts": DISTINCT[:4]}, timeout=30).status_code))
+                sent = time.monotonic()  # a request is judged by when it was sent, not when it ended
+                outcomes.append((sent, served.post({"texts": DISTINCT[:4]}, timeout=30).status_code))
             except requests.RequestException as e:
-                outcomes.append((time.monotonic(), type(e).__name__))
+                outcomes.append((sent, type(e).__name__))
 
     senders = [threading.Thread(target=load) for _ in range(3)]
     for t in senders:
@@ -247,13 +248,17 @@ def test_a_replica_killed_under_load_is_replaced_and_requests_succeed_again(serv
             replaced = now if now and now != killed else None
         except (requests.RequestException, ValueError):
             pass
+    t_replaced = time.monotonic()
     time.sleep(2)
     stop.set()
     for t in senders:
         t.join(timeout=60)
     assert replaced, f"no new replica within 120 s of killing {killed}"
     assert any(status == 200 for when, status in outcomes if when < t_kill), "the load was answered before the kill"
-    assert outcomes[-1][1] == 200, outcomes[-10:]
+    # a request in flight on the killed replica may fail with it (one CI run saw it time out 30 s
+    # later, after the others); every request sent once the new replica answered must succeed
+    after = [status for sent, status in outcomes if sent > t_replaced]
+    assert after and all(status == 200 for status in after), sorted(outcomes)[-10:]
     r = served.post({"texts": DISTINCT[:4]})
     assert r.status_code == 200
     for text, answer in zip(DISTINCT[:4], r.json()["results"]):
