@@ -339,8 +339,8 @@ def feed_note(summary: dict, pools: list[dict]) -> str | None:
             f"actor-seconds over {active:.1f} s x {actors} actors); the rest of the span it waited for its input or "
             f"for Ray Data's handling of its batches. So the pipeline around the model set that run's rate, "
             f"{rows / active:,.0f} docs/s over the span, below the model's rate planned here, which holds only "
-            "where the feed keeps up: give the pipeline more CPUs per GPU than the measured run had (tokenizing is CPU work: 330 core-seconds per million short texts in the H200 run of "
-            "BENCHMARKS.md, \"GPU\").")
+            "where the feed keeps up: give the pipeline more CPUs per GPU than the measured run had (tokenizing "
+            "is CPU work: 330 core-seconds per million short texts in the H200 run of BENCHMARKS.md, \"GPU\").")
 
 
 def _stage_plan(st: dict, rows0: int, actors: int, cost: float, T: float, headroom: float) -> StagePlan:
