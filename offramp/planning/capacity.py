@@ -311,8 +311,8 @@ def layout_advice(summary: dict, pools: list[dict]) -> list[str]:
                 "\"GPU\"). Measure this corpus with one stage at num_gpus 0.5 and twice the actors, or with "
                 "`rebatch: 8`, before adding pools.")]
     if len(pools) >= 2:
-        return [(f"Layout: this run used a pool per stage ({len(pools)} pools). On one machine, one actor holding every "
-                "stage (`rebatch: 8`) measured faster than a pool per stage, with the same labels (BENCHMARKS.md, "
+        return [(f"Layout: this run used a pool per stage ({len(pools)} pools). On one machine, one actor holding "
+                "every stage (`rebatch: 8`) measured faster than a pool per stage, with the same labels (BENCHMARKS.md, "
                 "\"Layouts on this CPU\"); measure this corpus with --rebatch 8 before adding pools.")]
     if gpu and gpu[0] >= 1.0:
         return [(f"Layout: each actor takes a whole GPU (num_gpus {gpu[0]:g}). On one H200, two actors at num_gpus 0.5 "
