@@ -228,7 +228,8 @@ def offramp_variant(name, model_dir, data, out, args, max_length, batch, exits: 
     """offramp on `data`; `rebatch` > 0: one pool of actors holding all `stages`, merging survivors."""
     share = actors if rebatch else stages * actors  # actors that split the GPU
     gpus = (1.0 / share) if args.device == "cuda" else 0.0
-    split = np.linspace(0, args._layers[model_dir], stages + 1).astype(int)
+    layers = args._layers[model_dir]
+    split = np.linspace(0, layers, stages + 1).astype(int)
     cfg = TagConfig(
         input=data, model=model_dir, output=os.path.join(out, name), overwrite=True, label_column="label",
         max_length=max_length, batch_size=batch, tokenize_batch_size=args.tokenize_batch_size, num_stages=stages,
@@ -265,7 +266,7 @@ def offramp_variant(name, model_dir, data, out, args, max_length, batch, exits: 
         "stage_batch_sizes": [p.batch_size for p in result.layout], **gpu.report(), **steady,
         "startup_s": m.get("startup_seconds"),
         # what `offramp plan --summary` plans GPU capacity from (the run's run_summary.json, as MLflow keeps it)
-        "run_summary": run_summary(result, args._layers[model_dir], run_params(cfg, result, args._layers[model_dir])),
+        "run_summary": run_summary(result, layers, run_params(cfg, result, layers)),
     }
 
 

@@ -193,9 +193,8 @@ def make_plan(cfg: TagConfig, info: ModelInfo, task: Task, keep_types: dict, adv
     cpu_dtypes = {p.spec.dtype for p in stages if p.spec.device == "cpu"} if advise else set()
     for level, message in cpu_dtype_advice(cpu_dtypes, cpu_flags() if local else None):
         logger.log(level, message)
-    pools = [{"num_gpus": p.num_gpus} for p in actor_pools(stages, cfg.rebatch)]
-    if advise and any(p["num_gpus"] for p in pools):  # what the H200 measured of this GPU layout, if anything
-        for message in layout_advice({}, pools):
+    if advise and any(p.num_gpus for p in stages):  # what the H200 measured of this GPU layout, if anything
+        for message in layout_advice({}, [{"num_gpus": p.num_gpus} for p in actor_pools(stages, cfg.rebatch)]):
             logger.info(message)
     gaps = [] if cfg.exit.disabled else certificate_gaps(
         info.calibration, info.certified, policy=cfg.exit.policy or info.policy, mechanism=info.mechanism,

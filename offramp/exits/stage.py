@@ -228,8 +228,8 @@ def cpu_dtype_advice(dtypes: set[str], flags: set[str] | None) -> list[tuple[int
                     "amx_bf16 or bf16 flag): expect it slower than float32. Set dtype: float32")))
     if "float32" in dtypes and native("bfloat16"):
         out.append((logging.INFO, ("this CPU computes bfloat16 natively: --dtype bfloat16 tagged 1.5-1.7x faster at "
-                    "the same accuracy on the development machine (BENCHMARKS.md, \"bfloat16 on a CPU\"); calibrate with "
-                    "--dtype bfloat16 too, so the certificate covers those runs")))
+                    "the same accuracy on the development machine (BENCHMARKS.md, \"bfloat16 on a CPU\"); calibrate "
+                    "with --dtype bfloat16 too, so the certificate covers those runs")))
     return out
 
 
