@@ -3,7 +3,7 @@
     python benchmarks/profile_stage.py --model DIR --device cuda [--dtype float16]
 
 Tokenize (one core), the stage's call with exits and at full depth (ms per batch, docs/s,
-host syncs per call), finalize, and the torch profiler's top operators of one call with exits.
+host reads and syncs per call), finalize, and the torch profiler's top operators of one call with exits.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from offramp.exits.stage import StageSpec  # noqa: E402
+from offramp.exits.syncs import HostReads  # noqa: E402
 from offramp.models.checkpoint import read_config  # noqa: E402
 from offramp.tasks import finalize_step, get_task, tokenize_step  # noqa: E402
 
@@ -61,7 +62,9 @@ def main():
         spec = StageSpec(0, 0, L, dtype=args.dtype, device=args.device, max_tokens=None, exits_enabled=exits)
         runner = runner_cls(args.model, spec)
         (out, stats), s = timed(lambda: runner(dict(tok)), args.repeat, args.device)
-        syncs = 0
+        with HostReads() as reads:  # device-agnostic: the operators that make a host wait for a device
+            runner(dict(tok))
+        syncs = "n/a on a CPU"
         if args.device == "cuda":
             torch.cuda.set_sync_debug_mode("warn")
             with warnings.catch_warnings(record=True) as w:
@@ -71,7 +74,7 @@ def main():
             syncs = len(w)
         print(f"stage exits={exits}: {1e3 * s:.1f} ms/batch = {args.rows / s:.0f} docs/s; max_tokens "
               f"{runner.spec.max_tokens}; row-layers {stats.row_layers} (mean {stats.row_layers / args.rows:.2f}); "
-              f"host syncs per call {syncs}", flush=True)
+              f"host reads per call {reads.total} {dict(reads.by_reason)}; CUDA syncs per call {syncs}", flush=True)
         if exits:
             from torch.profiler import ProfilerActivity, profile
 

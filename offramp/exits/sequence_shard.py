@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from offramp import schema
-from offramp.exits.shard import ShardBase, keep_rows, trim
+from offramp.exits.shard import ShardBase, keep_rows, to_device_index, to_host
 from offramp.exits.stage import PassWork, RowsAnswered, StageRunner, StageSpec
 from offramp.models.heads import HeadOutput, exit_signal, masked_mean
 from offramp.models.sequence import EarlyExitSequenceModel
@@ -73,27 +73,31 @@ class LayerShard(ShardBase):
         self.policy = get_policy(policy or model.config.exit_policy) if not isinstance(policy, ExitPolicy) else policy
         check_policy_fits(self.policy, model.config.exit_mechanism, model.signal_modules)
 
-    def _layer(self, offset: int, hidden: torch.Tensor, lengths: torch.Tensor, mask2d: torch.Tensor, mask):
-        """Layer `offset` of the shard on the rows that run it -> (new hidden, (S,) bool ran).
-        `mask`: `layer_mask(hidden, mask2d)`, built once for as long as the rows stay the same.
+    def _layer(self, offset: int, hidden: torch.Tensor, host_lengths: np.ndarray, mask2d: torch.Tensor, mask):
+        """Layer `offset` of the shard on the rows that run it -> (new hidden, (S,) bool ran, rows run).
+        `mask`: `layer_mask(hidden, mask2d)`, built once for as long as the rows stay the same;
+        `host_lengths`: the rows' token counts on the host.
 
         Without gates every row runs. With gates, rows whose gate says skip keep their states
         unchanged, and only the others are computed, as one compacted sub-batch trimmed to
-        its own longest row: a skipped layer costs that row nothing but its gate."""
+        its own longest row: a skipped layer costs that row nothing but its gate, and the
+        gates' decision is the layer's one read from the device."""
         layer = self.layers[offset]
+        S = hidden.shape[0]
         if self.gates is None:
-            return layer(hidden, mask), torch.ones(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+            return layer(hidden, mask), torch.ones(S, dtype=torch.bool, device=hidden.device), S
         ran = self.gates[offset](hidden, mask2d) < self.gate_threshold  # (S,)
-        rows = ran.nonzero().squeeze(1)
+        rows = np.flatnonzero(to_host(ran))
         if len(rows) == 0:
-            return hidden, ran
-        if len(rows) == hidden.shape[0]:
-            return layer(hidden, mask), ran
-        t = int(lengths[rows].max())
-        sub = hidden[rows, :t]  # (R, t, H)
+            return hidden, ran, 0
+        if len(rows) == S:
+            return layer(hidden, mask), ran, S
+        t = int(host_lengths[rows].max())
+        index = to_device_index(rows, hidden.device)
+        sub = hidden[index, :t]  # (R, t, H)
         out = hidden.clone()
-        out[rows, :t] = layer(sub, self.layer_mask(sub, mask2d[rows, :t]))
-        return out, ran
+        out[index, :t] = layer(sub, self.layer_mask(sub, mask2d[index, :t], bool(host_lengths[rows].min() < t)))
+        return out, ran, len(rows)
 
     @torch.inference_mode()
     def forward(
@@ -109,8 +113,11 @@ class LayerShard(ShardBase):
         """Run the shard's layers; rows leave at their exit (audited rows only at full depth).
 
         `on_exit`, when given, is called after each layer that rows leave at, before the deeper
-        layers run, with those rows' answers (the online endpoint answers them at once). It costs
-        a host sync per such layer (who left); without it the pass is unchanged.
+        layers run, with those rows' answers (the online endpoint answers them at once).
+
+        The host reads from the device once per exit head (which rows stay, to compact them) and
+        once per layer with gates (which rows run it); nothing else in the loop waits for the
+        device. Lengths, padding and the audit are known on the host.
 
         An audited row gets its early-exit answer exactly as any other row (exit_layer,
         logits, score), but keeps running; the final head's logits of audited rows that
@@ -124,12 +131,13 @@ class LayerShard(ShardBase):
         score_out = torch.full((B,), float("nan"), dtype=torch.float32, device=device)
         skipped_out = torch.zeros(B, dtype=torch.long, device=device) if self.gates is not None else None
         alive = torch.arange(B, device=device)  # (S,) rows still running
+        host_lengths = lengths.numpy() if lengths.device.type == "cpu" else to_host(lengths)  # (S,) on the host
         lengths = lengths.to(device)
         state = self.policy.initial_state(B, device) if state is None else state.to(device)
+        audits = audit is not None and bool(audit.any())  # once per call, on the caller's (host) tensor
         audit = torch.zeros(B, dtype=torch.bool, device=device) if audit is None else audit.to(device)
         decided = torch.zeros(B, dtype=torch.bool, device=device) if decided is None else decided.to(device)
         full_out = None
-        audits = bool(audit.any())  # once per call: are audited rows in this pass at all
         row_layers = 0
         audit_row_layers = torch.zeros((), dtype=torch.long, device=device)  # summed on device: no sync per layer
 
@@ -137,14 +145,14 @@ class LayerShard(ShardBase):
         for offset in range(len(self.layers)):
             layer = self.start + offset + 1  # 1-based, like every layer number outside a shard's [start, end)
             if mask2d is None:
-                mask2d = torch.arange(hidden.shape[1], device=device)[None, :] < lengths[:, None]  # (S, T)
-                mask = self.layer_mask(hidden, mask2d)  # the layers' own form of it: (S, 1, T, T) or None
-            hidden, ran = self._layer(offset, hidden, lengths, mask2d, mask)  # (S, T, H), (S,)
+                T = hidden.shape[1]
+                mask2d = torch.arange(T, device=device)[None, :] < lengths[:, None]  # (S, T)
+                # the layers' own form of it: (S, 1, T, T) or None
+                mask = self.layer_mask(hidden, mask2d, bool(host_lengths.min(initial=T) < T))
+            hidden, ran, ran_rows = self._layer(offset, hidden, host_lengths, mask2d, mask)  # (S, T, H), (S,)
+            row_layers += ran_rows
             if skipped_out is not None:
-                row_layers += int(ran.sum())
-                skipped_out[alive[~ran]] += 1
-            else:
-                row_layers += hidden.shape[0]
+                skipped_out.index_add_(0, alive, (~ran).long())
             audit_row_layers += (decided & ran).sum()
             if layer not in self.thresholds or (not self.exits_enabled and layer < self.num_layers):
                 continue  # no head here, or exits off: only the final head answers
@@ -167,21 +175,25 @@ class LayerShard(ShardBase):
             exit_layer[alive] = torch.where(answered, layer, exit_layer[alive])
             logits_out[alive] = torch.where(answered[:, None], logits, logits_out[alive])
             score_out[alive] = torch.where(answered, score.float(), score_out[alive])
-            leave = exited & ~audit if layer < self.num_layers else exited
             decided = decided | (answered & audit)
-            if layer == self.num_layers:
+            if layer == self.num_layers:  # every row leaves: nothing to read back
                 if on_exit is not None:
-                    on_exit(_left(alive[leave], exit_layer, logits_out, score_out, skipped_out))
-                alive, lengths, hidden, audit, decided, state = keep_rows(~leave, alive, lengths, hidden, audit, decided, state)
+                    on_exit(_left(alive, exit_layer, logits_out, score_out, skipped_out))
+                alive, lengths, hidden, audit, decided, state = keep_rows(slice(0, 0), alive, lengths, hidden, audit,
+                                                                          decided, state)
                 break
-            keep = (~leave).nonzero().squeeze(1)  # the one host sync of an exit layer: who stays
-            if len(keep) < hidden.shape[0]:
+            leave = to_host(exited & ~audit)  # the one read of an exit head: who leaves (audited rows run on)
+            if leave.any():
+                keep = np.flatnonzero(~leave)
                 if on_exit is not None:
-                    on_exit(_left(alive[leave], exit_layer, logits_out, score_out, skipped_out))
-                alive, lengths, hidden, audit, decided, state = keep_rows(keep, alive, lengths, hidden, audit, decided, state)
+                    on_exit(_left(alive[to_device_index(np.flatnonzero(leave), device)], exit_layer, logits_out,
+                                  score_out, skipped_out))
+                alive, lengths, hidden, audit, decided, state = keep_rows(to_device_index(keep, device), alive, lengths,
+                                                                          hidden, audit, decided, state)
+                host_lengths = host_lengths[keep]
                 if hidden.shape[0] == 0:
                     break
-                hidden = trim(hidden, lengths)  # padding only up to the longest survivor
+                hidden = hidden[:, : int(host_lengths.max())]  # padding only up to the longest survivor
                 mask2d = None
 
         return ShardOutput(
@@ -298,7 +310,7 @@ class SequenceStageRunner(StageRunner):
                             **inputs)
         layers = result.exit_layer.cpu().numpy()  # (S,)
         answered = layers > 0
-        self.write_answers(cols, rows[answered], layers[answered], result.logits[torch.from_numpy(answered)],
+        self.write_answers(cols, rows[answered], layers[answered], result.logits.cpu()[torch.from_numpy(answered)],
                            result.score.cpu().numpy()[answered])
         per_row = None if result.skipped is None else result.skipped.cpu().numpy()
         if per_row is not None:

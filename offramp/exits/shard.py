@@ -7,9 +7,12 @@ A shard is the unit a pipeline stage runs; a one-stage layout is a shard of all 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from transformers.masking_utils import create_bidirectional_mask
+
+from offramp.exits.stage import to_device
 
 
 class ShardBase(nn.Module):
@@ -40,14 +43,36 @@ class ShardBase(nn.Module):
             hidden = self.embeddings(input_ids)  # (B, T, H)
         return hidden.to(next(self.layers.parameters()).dtype)
 
-    def layer_mask(self, hidden: torch.Tensor, mask2d: torch.Tensor):
-        """The mask each encoder layer expects, built as the stock base model builds it."""
-        return create_bidirectional_mask(config=self.model_config, inputs_embeds=hidden, attention_mask=mask2d)
+    def layer_mask(self, hidden: torch.Tensor, mask2d: torch.Tensor, padded: bool | None = None):
+        """The mask each encoder layer expects, built as the stock base model builds it.
+
+        `padded`: whether any row of `hidden` is shorter than its width, when the caller knows
+        it from the host's lengths. Left to transformers (None), SDPA's mask is dropped only
+        after reading the whole mask back from the device (a host sync); told, no read."""
+        if padded is None:
+            return create_bidirectional_mask(config=self.model_config, inputs_embeds=hidden, attention_mask=mask2d)
+        if not padded:  # no padding: the mask a stock model builds from an all-ones mask
+            return create_bidirectional_mask(config=self.model_config, inputs_embeds=hidden, attention_mask=None)
+        return create_bidirectional_mask(config=self.model_config, inputs_embeds=hidden, attention_mask=mask2d,
+                                         allow_is_bidirectional_skip=False)
 
 
 def keep_rows(keep: torch.Tensor, *tensors):
     """Rows `keep` (bool or indices) of every tensor given; None stays None."""
     return tuple(None if t is None else t[keep] for t in tensors)
+
+
+def to_host(t: torch.Tensor) -> np.ndarray:
+    """A device tensor's values on the host. Where a shard must know what the device decided
+    (which rows stay), this is the one read that waits for it: a copy even on the CPU, so that
+    counting host reads (`offramp.exits.syncs`) sees it on either device."""
+    return t.to("cpu", copy=True).numpy()
+
+
+def to_device_index(rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Host row positions as an int64 index on `device`: pinned and non-blocking on a GPU, so
+    the host does not wait for the copy."""
+    return to_device(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)), device)
 
 
 def trim(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from offramp.exits.sequence_shard import LayerShard, state_from_blobs
+from offramp.exits.syncs import HostReads
 from tests.conftest import NUM_LAYERS, TEXTS, make_model, spread_thresholds
 
 # fp32 on CPU: the sharded path runs the same modules as BertModel.forward, only on
@@ -95,3 +96,32 @@ def test_state_from_blobs_takes_carried_rows_and_keeps_fresh_ones():
     assert torch.equal(fresh, torch.tensor([[-1.0, 0.0]]).repeat(5, 1)), "fresh is not written to"
     assert torch.equal(state_from_blobs(np.array([b""] * 5, dtype=object), fresh), fresh)
     assert state_from_blobs(np.array([], dtype=object), fresh[:0]).shape == (0, 2)
+
+
+def test_the_host_reads_from_the_device_once_per_exit_head_and_never_per_layer_at_full_depth(model, tokenizer):
+    """On a GPU every read of a device value stalls the host until the queued kernels finish, and
+    the GPU idles while the host queues the next ones. `HostReads` counts those reads on the CPU.
+    With exits, a layer with an exit head reads once (which rows stay); at full depth no layer
+    reads. The one read per call is the audited rows' work, summed on the device."""
+    ids, mask = encode(tokenizer, TEXTS)
+    thresholds = dict(zip(model.exit_layers, spread_thresholds(model, tokenizer, TEXTS)))
+    with HostReads() as reads:
+        out = LayerShard(model, 0, NUM_LAYERS, thresholds=thresholds)(mask.sum(1), input_ids=ids)
+    assert out.exit_layer.max() == NUM_LAYERS  # some rows ran every layer: every internal head decided
+    assert reads.by_reason == {"copy to host": NUM_LAYERS - 1, "scalar read": 1}, reads.by_reason
+    with HostReads() as reads:
+        LayerShard(model, 0, NUM_LAYERS, exits_enabled=False)(mask.sum(1), input_ids=ids)
+    assert reads.by_reason == {"scalar read": 1}, reads.by_reason
+
+
+def test_host_reads_counts_what_would_wait_for_a_device():
+    """The counter itself: each kind of read it names, and plain device work it does not count."""
+    t = torch.arange(6)
+    with torch.inference_mode(), HostReads() as reads:
+        int(t.max())
+        t.nonzero()
+        t[t > 2]
+        t.to("cpu", copy=True)
+        (t * 2 + 1).sum(0)  # device work only
+        t[torch.tensor([0, 2])]  # an integer index: no read
+    assert reads.by_reason == {"scalar read": 1, "nonzero": 1, "boolean index": 1, "copy to host": 1}
