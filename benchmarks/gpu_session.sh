@@ -9,7 +9,8 @@
 #     (a)-(d) on short texts, (a)/(b) again with cuDNN's SDPA kept on, and profile_stage.py
 #   call 2 at once, carry [.devmodel/minilm]:           bash benchmarks/gpu_session.sh minilm
 #     the benchmark model: (a)-(d) short and long, and the GPU layouts on short texts
-#   steady-bert, then steady-minilm (the same carries; ROWS=1000000): a start-up probe, then (a),
+#   steady-bert, then steady-minilm (the same carries; ROWS=1000000): a start-up probe, the tokenize
+#     tasks Ray Data runs at once beside a GPU stage (benchmarks/feed_concurrency.py), then (a),
 #     (b) and the faster layouts on a million short texts, where start-up weighs little
 #
 # Outside the workplace, on a GPU node with Ray installed: the same steps, with OUT set.
@@ -62,6 +63,12 @@ case ${1:-} in
     echo "=== startup_probe $(date +%T)"
     timeout -k 10 90 python3 benchmarks/startup_probe.py --device cuda 2>&1 | grep -v -e '^20' -e WARN |
       tee "$OUT/startup_probe.txt" | tail -12
+    for r in default no-reservation; do  # tokenize tasks at once beside the GPU stage (~40 s each)
+      echo "=== feed_$r $(date +%T)"
+      timeout -k 10 120 python3 benchmarks/feed_concurrency.py --cpus "$(nproc)" --out "$OUT/feed_$r.json" \
+        $([ $r = no-reservation ] && echo --no-reservation) 2>&1 | grep '^{'
+      pkill -9 -f -e 'raylet|gcs_server|ray::|default_worker' >/dev/null 2>&1
+    done
     step bert_base_steady "${BERT_LIMIT:-470}" $W "${BENCH[@]}" --model .devmodel/meta --only-bert-base --long-rows 0 \
       --layouts --variants a,b,a_2actors,a_2rebatch --out $W
     ;;

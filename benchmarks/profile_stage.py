@@ -49,6 +49,9 @@ def main():
     p.add_argument("--rows", type=int, default=1024)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="padded tokens per forward pass (default: the device's budget); a CPU run with a GPU's "
+                        "budget (524288) makes one pass per call, as the H200 did, to count its host reads")
     args = p.parse_args()
     t = pq.read_table(args.data, columns=["id", "text", "label"]).slice(0, args.rows)
     batch = {c: t[c].to_numpy(zero_copy_only=False) for c in t.column_names}
@@ -59,7 +62,8 @@ def main():
     L = config.num_hidden_layers
     runner_cls = get_task("sequence").runner_cls()
     for exits in (True, False):
-        spec = StageSpec(0, 0, L, dtype=args.dtype, device=args.device, max_tokens=None, exits_enabled=exits)
+        spec = StageSpec(0, 0, L, dtype=args.dtype, device=args.device, max_tokens=args.max_tokens,
+                         exits_enabled=exits)
         runner = runner_cls(args.model, spec)
         (out, stats), s = timed(lambda: runner(dict(tok)), args.repeat, args.device)
         with HostReads() as reads:  # device-agnostic: the operators that make a host wait for a device
