@@ -82,13 +82,18 @@ def main():
     t0 = time.time()
     rows = sum(len(b["id"]) for b in ds.iter_batches(batch_size=None))
     wall = time.time() - t0
-    spans = sorted(tuple(map(float, open(os.path.join(log, f)).read().split())) for f in os.listdir(log))
+    spans = []
+    for name in os.listdir(log):
+        with open(os.path.join(log, name)) as f:
+            spans.append(tuple(map(float, f.read().split())))
+    spans.sort()
     most, mean, bins = concurrency(spans)
     ideal = args.blocks * TASK_SECONDS / max(1, args.cpus - 1)
     figures = dict(cpus=args.cpus, rows=rows, wall_s=round(wall, 1), tasks=len(spans), most_at_once=most,
                    mean_at_once=round(mean, 2), per_2s_bin=[round(b, 1) for b in bins],
                    reservation=None if args.no_reservation else ctx.op_resource_reservation_ratio,
-                   tokenize_span_s=round(spans[-1][1] - spans[0][0], 1), span_with_cpus_minus_1_at_once_s=round(ideal, 1))
+                   tokenize_span_s=round(spans[-1][1] - spans[0][0], 1),
+                   span_with_cpus_minus_1_at_once_s=round(ideal, 1))
     print(json.dumps(figures))
     if args.out:
         with open(args.out, "w") as f:
