@@ -224,8 +224,9 @@ def set_thresholds(model_dir: str, thresholds: list[float]) -> None:
 
 
 def offramp_variant(name, model_dir, data, out, args, max_length, batch, exits: bool, stages: int = 1,
-                    actors: int = 1, rebatch: int = 0):
-    """offramp on `data`; `rebatch` > 0: one pool of actors holding all `stages`, merging survivors."""
+                    actors: int = 1, rebatch: int = 0, tokenize_cpus: float | None = None):
+    """offramp on `data`; `rebatch` > 0: one pool of actors holding all `stages`, merging survivors;
+    `tokenize_cpus`: what a tokenize task asks Ray for (None: offramp's default, 1.0 beside a GPU)."""
     share = actors if rebatch else stages * actors  # actors that split the GPU
     gpus = (1.0 / share) if args.device == "cuda" else 0.0
     layers = args._layers[model_dir]
@@ -240,6 +241,7 @@ def offramp_variant(name, model_dir, data, out, args, max_length, batch, exits: 
         ),
         carry_dtype=args.dtype,
         rebatch=rebatch,
+        tokenize_cpus=tokenize_cpus,
         exit=ExitConfig(disabled=not exits),
         audit=AuditConfig(fraction=0.0),  # (c) and (d) audit nothing either
         mlflow=MlflowConfig(enabled=False),
@@ -404,6 +406,11 @@ def main():
                 ("b", lambda: offramp_variant("b_offramp_full_depth", mdir, data, out, args, max_length, batch, False)),
                 ("c", lambda: plain_ray_variant(mdir, data, out, args, max_length, batch)),
                 ("d", lambda: bare_loop_variant(mdir, data, args, max_length, batch)),
+                # tokenize tasks at half a CPU: more of them fit Ray Data's CPU budget (run only when named)
+                ("a_tok05", lambda: offramp_variant("a_offramp_exits_tokenize_half_cpu", mdir, data, out, args,
+                                                    max_length, batch, True, tokenize_cpus=0.5)),
+                ("b_tok05", lambda: offramp_variant("b_offramp_full_depth_tokenize_half_cpu", mdir, data, out, args,
+                                                    max_length, batch, False, tokenize_cpus=0.5)),
             ]
             if args.layouts and iname == "short":
                 plan += [

@@ -52,6 +52,11 @@ def main():
     p.add_argument("--blocks", type=int, default=240)
     p.add_argument("--reservation", type=float, default=None, help="DataContext.op_resource_reservation_ratio")
     p.add_argument("--no-reservation", action="store_true", help="op_resource_reservation_enabled = False")
+    p.add_argument("--tokenize-cpus", type=float, default=1.0,
+                   help="num_cpus of a tokenize task (offramp asks 1.0 beside GPU stages)")
+    p.add_argument("--policies", default=None,
+                   help="comma-separated Ray Data backpressure policies to keep (e.g. "
+                        "ResourceBudgetBackpressurePolicy); '' keeps none; default: Ray Data's")
     p.add_argument("--out", default=None, help="write the figures here as JSON")
     args = p.parse_args()
     log = tempfile.mkdtemp(prefix="feed_")
@@ -61,6 +66,11 @@ def main():
         ctx.op_resource_reservation_ratio = args.reservation
     if args.no_reservation:
         ctx.op_resource_reservation_enabled = False
+    if args.policies is not None:
+        from ray.data._internal.execution import backpressure_policy  # a diagnosis: Ray Data's internal names
+
+        kept = [getattr(backpressure_policy, name) for name in args.policies.split(",") if name]
+        ctx.set_config(backpressure_policy.ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY, kept)
 
     def tokenize(batch):
         start = time.time()
@@ -75,7 +85,8 @@ def main():
             return batch
 
     ds = ray.data.range(BLOCK_ROWS * args.blocks, override_num_blocks=args.blocks)
-    ds = ds.map_batches(tokenize, batch_size=BLOCK_ROWS, num_cpus=1.0, concurrency=args.cpus, batch_format="numpy")
+    ds = ds.map_batches(tokenize, batch_size=BLOCK_ROWS, num_cpus=args.tokenize_cpus, concurrency=args.cpus,
+                        batch_format="numpy")
     ds = ds.map_batches(Stage, batch_size=4096, compute=ActorPoolStrategy(min_size=1, max_size=1), num_gpus=1,
                         num_cpus=1, batch_format="numpy")
     ds = ds.map_batches(lambda b: {"id": b["id"]}, num_cpus=0.25, batch_format="numpy")
@@ -92,6 +103,7 @@ def main():
     figures = dict(cpus=args.cpus, rows=rows, wall_s=round(wall, 1), tasks=len(spans), most_at_once=most,
                    mean_at_once=round(mean, 2), per_2s_bin=[round(b, 1) for b in bins],
                    reservation=None if args.no_reservation else ctx.op_resource_reservation_ratio,
+                   tokenize_cpus=args.tokenize_cpus, policies=args.policies,
                    tokenize_span_s=round(spans[-1][1] - spans[0][0], 1),
                    span_with_cpus_minus_1_at_once_s=round(ideal, 1))
     print(json.dumps(figures))

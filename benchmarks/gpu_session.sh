@@ -9,9 +9,10 @@
 #     (a)-(d) on short texts, (a)/(b) again with cuDNN's SDPA kept on, and profile_stage.py
 #   call 2 at once, carry [.devmodel/minilm]:           bash benchmarks/gpu_session.sh minilm
 #     the benchmark model: (a)-(d) short and long, and the GPU layouts on short texts
-#   steady-bert, then steady-minilm (the same carries; ROWS=1000000): a start-up probe, the tokenize
-#     tasks Ray Data runs at once beside a GPU stage (benchmarks/feed_concurrency.py), then (a),
-#     (b) and the faster layouts on a million short texts, where start-up weighs little
+#   steady-bert, then steady-minilm (the same carries; ROWS=1000000): a start-up probe, then (a),
+#     (b) and the faster layouts on a million short texts, where start-up weighs little; steady-minilm
+#     first counts the tokenize tasks Ray Data runs at once beside a GPU stage
+#     (benchmarks/feed_concurrency.py) and runs (a) and (b) with tokenize tasks at 1.0 and 0.5 CPU
 #
 # Outside the workplace, on a GPU node with Ray installed: the same steps, with OUT set.
 set -uo pipefail
@@ -63,18 +64,18 @@ case ${1:-} in
     echo "=== startup_probe $(date +%T)"
     timeout -k 10 90 python3 benchmarks/startup_probe.py --device cuda 2>&1 | grep -v -e '^20' -e WARN |
       tee "$OUT/startup_probe.txt" | tail -12
-    for r in default no-reservation; do  # tokenize tasks at once beside the GPU stage (~40 s each)
-      echo "=== feed_$r $(date +%T)"
-      timeout -k 10 120 python3 benchmarks/feed_concurrency.py --cpus "$(nproc)" --out "$OUT/feed_$r.json" \
-        $([ $r = no-reservation ] && echo --no-reservation) 2>&1 | grep '^{'
-      pkill -9 -f -e 'raylet|gcs_server|ray::|default_worker' >/dev/null 2>&1
-    done
     step bert_base_steady "${BERT_LIMIT:-470}" $W "${BENCH[@]}" --model .devmodel/meta --only-bert-base --long-rows 0 \
       --layouts --variants a,b,a_2actors,a_2rebatch --out $W
     ;;
-  steady-minilm)  # call 2's carry
-    step minilm_steady "${MINILM_LIMIT:-320}" $W "${BENCH[@]}" --model .devmodel/minilm --long-rows 0 --layouts \
-      --variants a,b,a_2actors,a_2rebatch,a_2stages --out $W
+  steady-minilm)  # call 2's carry: the feed-bound model; tokenize tasks at 1.0 and at 0.5 CPU, side by side
+    for c in 1.0 0.5; do  # tokenize tasks Ray Data runs at once beside a GPU stage, work taken out (~40 s each)
+      echo "=== feed_cpus_$c $(date +%T)"
+      timeout -k 10 120 python3 benchmarks/feed_concurrency.py --cpus "$(nproc)" --tokenize-cpus $c \
+        --out "$OUT/feed_cpus_$c.json" 2>&1 | grep '^{'
+      pkill -9 -f -e 'raylet|gcs_server|ray::|default_worker' >/dev/null 2>&1
+    done
+    step minilm_steady "${MINILM_LIMIT:-420}" $W "${BENCH[@]}" --model .devmodel/minilm --long-rows 0 --layouts \
+      --variants a,a_tok05,b,b_tok05,a_2actors --out $W
     ;;
   *)
     echo "usage: gpu_session.sh bert|minilm|steady-bert|steady-minilm" >&2

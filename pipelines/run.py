@@ -112,6 +112,15 @@ def tokenize_concurrency(cfg: TagConfig) -> int | None:
     return (os.cpu_count() or 1) if runs_locally(cfg.ray) else None
 
 
+def tokenize_cpus(cfg: TagConfig, planned: list[PlannedStage]) -> float:
+    """CPUs a tokenize task asks for: as configured; else a whole core beside GPU stages (a GPU
+    actor's thread that launches kernels must not share its core with two tokenizing tasks), and
+    half of one beside CPU stages."""
+    if cfg.tokenize_cpus is not None:
+        return cfg.tokenize_cpus
+    return 1.0 if any(p.num_gpus for p in planned) else 0.5
+
+
 def resolve_thresholds(cfg: TagConfig, info: ModelInfo) -> dict[int, float]:
     """The threshold of every exit head: given in the config, else stored with the model."""
     given = cfg.exit.threshold is not None or cfg.exit.thresholds is not None
@@ -318,9 +327,7 @@ def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=N
         ),
         batch_size=cfg.tokenize_batch_size,
         batch_format="numpy",
-        # beside GPU stages a task takes a whole core: a GPU actor's thread that launches kernels
-        # must not share its core with two tokenizing tasks
-        num_cpus=1.0 if any(p.num_gpus for p in plan.stages) else 0.5,
+        num_cpus=tokenize_cpus(cfg, plan.stages),
         concurrency=tokenize_concurrency(cfg),
     )
     ds = aligned_to_stage_batches(ds, plan)

@@ -214,6 +214,11 @@ class TagConfig:
     """Tokenize tasks at once; None: the machine's cores on an embedded local Ray (every new task
     process imports the tokenizer stack: a dozen at start-up delayed the stage actors by 4-5 s on
     2 cores, BENCHMARKS.md), and no limit but Ray's CPUs on a cluster."""
+    tokenize_cpus: float | None = None
+    """CPUs a tokenize task asks Ray for; None: 1.0 beside GPU stages (a GPU actor's thread that
+    launches kernels keeps a core), 0.5 otherwise. Ray Data's operator budget counts these: at 1.0
+    it ran 9-10 tokenize tasks at once on a 16-CPU, 1-GPU node, at 0.5 up to 14-15
+    (benchmarks/feed_concurrency.py). Not yet measured on a GPU: see BENCHMARKS.md, "The feed"."""
     num_stages: int = 1
     """Number of stages when `stages` is empty or gives no layer ranges."""
     layout: str = "balanced"
@@ -265,6 +270,9 @@ class TagConfig:
         if self.tokenize_concurrency is not None and self.tokenize_concurrency < 1:
             raise ConfigError(f"tokenize_concurrency={self.tokenize_concurrency}: use 1 or more, or leave it unset "
                               "(the machine's cores on a local Ray)")
+        if self.tokenize_cpus is not None and not self.tokenize_cpus > 0:
+            raise ConfigError(f"tokenize_cpus={self.tokenize_cpus}: use a share of a CPU above 0 (e.g. 0.5 or 1), "
+                              "or leave it unset (1.0 beside GPU stages, 0.5 otherwise)")
         if self.rebatch < 0:
             raise ConfigError(f"rebatch={self.rebatch}: use 0 (a pool per stage) or the input batches an actor "
                               "merges survivors across (e.g. 4)")

@@ -6,7 +6,9 @@ import os
 import pytest
 
 from offramp.config import AuditConfig, ConfigError, ExitConfig, RayConfig, StageConfig, TagConfig
-from pipelines.run import check_model, make_plan, tokenize_concurrency, validate
+from offramp.exits.stage import StageSpec
+from offramp.planning.layout import PlannedStage
+from pipelines.run import check_model, make_plan, tokenize_concurrency, tokenize_cpus, validate
 
 
 def config(tmp_path, corpus, model_dir, **kw) -> TagConfig:
@@ -129,6 +131,17 @@ def test_tokenize_tasks_at_once_are_the_cores_locally_unlimited_on_a_cluster(mon
     assert tokenize_concurrency(TagConfig(tokenize_concurrency=6)) == 6  # as configured, anywhere
     with pytest.raises(ConfigError, match="tokenize_concurrency=0"):
         TagConfig(tokenize_concurrency=0)
+
+
+def test_a_tokenize_task_asks_a_whole_core_beside_gpu_stages_half_beside_cpu_ones_or_as_configured():
+    def planned(num_gpus):
+        return [PlannedStage(StageSpec(0, 0, 6), 64, 1, 1, 1.0, num_gpus, 1.0, 6.0)]
+
+    assert tokenize_cpus(TagConfig(), planned(0.5)) == 1.0  # a GPU actor's launching thread keeps its core
+    assert tokenize_cpus(TagConfig(), planned(0.0)) == 0.5
+    assert tokenize_cpus(TagConfig(tokenize_cpus=0.5), planned(0.5)) == 0.5  # fits more in Ray Data's CPU budget
+    with pytest.raises(ConfigError, match=r"tokenize_cpus=0: use a share of a CPU above 0"):
+        TagConfig(tokenize_cpus=0)
 
 
 def test_a_text_or_words_column_of_the_wrong_kind_is_refused_naming_the_flag(tmp_path, model_dir, token_model_dir):
