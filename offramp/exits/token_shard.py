@@ -17,7 +17,7 @@ from torch import nn
 
 from offramp import schema
 from offramp.config import check_token_exit
-from offramp.exits.shard import ShardBase, keep_rows, trim
+from offramp.exits.shard import ShardBase, keep_rows, to_device_index, to_host
 from offramp.exits.stage import PassWork, RowsAnswered, StageRunner, StageSpec
 from offramp.models.token import EarlyExitTokenModel, sparse_layer, window_max, word_of_token
 from offramp.policies import ExitPolicy, check_word_policy, get_policy
@@ -113,6 +113,7 @@ class TokenShard(ShardBase):
         hidden = self.embed(input_ids, hidden)  # (B, T, H)
         exits = self.exits_enabled if exits is None else exits
         B, device = hidden.shape[0], hidden.device
+        host_lengths = lengths.numpy() if lengths.device.type == "cpu" else to_host(lengths)  # (B,): trims read nothing
         lengths, starts = lengths.to(device), starts.to(device)
         if starts.shape[1] == 0:  # no row has a word: one untagged column keeps the shapes simple
             starts = torch.full((B, 1), -1, dtype=torch.long, device=device)
@@ -156,21 +157,24 @@ class TokenShard(ShardBase):
                 u = torch.where(valid, unc, torch.zeros_like(unc))
                 score = u.max(1).values if self.pool == "max" else u.sum(1) / valid.sum(1).clamp(min=1)  # (S,)
                 halt = word_active & (score < self.thresholds[layer])[:, None]
-            exit_layer[halt] = layer
+            exit_layer = torch.where(halt, layer, exit_layer)  # no boolean index: nothing read back
             done = ~(valid & (exit_layer == 0)).any(1)  # (S,) every word of the row has halted
             words.exit_layer[alive], words.label[alive], words.uncertainty[alive] = exit_layer, label, unc
+            done = to_host(done)  # the layer's read of who finished: one (S,) copy
             if done.any():
-                row_exit[alive[done]] = layer
+                pos = alive[to_device_index(np.flatnonzero(done), device)]
+                row_exit[pos] = layer
                 if on_exit is not None:
-                    pos = alive[done]
                     on_exit(TokenExit(pos, layer, WordState(words.exit_layer[pos], words.label[pos], words.uncertainty[pos]),
                                       token_layers[pos]))
+                keep = np.flatnonzero(~done)
                 alive, lengths, hidden, st, valid, exit_layer, label, unc = keep_rows(
-                    ~done, alive, lengths, hidden, st, valid, exit_layer, label, unc
+                    to_device_index(keep, device), alive, lengths, hidden, st, valid, exit_layer, label, unc
                 )
+                host_lengths = host_lengths[keep]
                 if hidden.shape[0] == 0:
                     break
-                hidden = trim(hidden, lengths)  # padding only up to the longest survivor
+                hidden = hidden[:, : int(host_lengths.max())]  # padding only up to the longest survivor
 
         return TokenShardOutput(words, row_exit, alive, hidden, lengths, token_layers)
 
