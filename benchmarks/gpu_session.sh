@@ -70,11 +70,11 @@ case ${1:-} in
   steady-minilm)  # call 2's carry: the feed-bound model; tokenize tasks at 1.0 and at 0.5 CPU, side by side
     for c in 1.0 0.5; do  # tokenize tasks Ray Data runs at once beside a GPU stage, work taken out (~40 s each)
       echo "=== feed_cpus_$c $(date +%T)"
-      timeout -k 10 120 python3 benchmarks/feed_concurrency.py --cpus "$(nproc)" --tokenize-cpus $c \
+      timeout -k 5 80 python3 benchmarks/feed_concurrency.py --cpus "$(nproc)" --tokenize-cpus $c \
         --out "$OUT/feed_cpus_$c.json" 2>&1 | grep '^{'
       pkill -9 -f -e 'raylet|gcs_server|ray::|default_worker' >/dev/null 2>&1
     done
-    step minilm_steady "${MINILM_LIMIT:-420}" $W "${BENCH[@]}" --model .devmodel/minilm --long-rows 0 --layouts \
+    step minilm_steady "${MINILM_LIMIT:-400}" $W "${BENCH[@]}" --model .devmodel/minilm --long-rows 0 --layouts \
       --variants a,a_tok05,b,b_tok05,a_2actors --out $W
     ;;
   *)
