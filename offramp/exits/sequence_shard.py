@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from offramp import schema
-from offramp.exits.shard import ShardBase, keep_rows, to_device_index, to_host
+from offramp.exits.shard import ShardBase, keep_rows, lengths_on_host, to_device_index, to_host, trim
 from offramp.exits.stage import PassWork, RowsAnswered, StageRunner, StageSpec
 from offramp.models.heads import HeadOutput, exit_signal, masked_mean
 from offramp.models.sequence import EarlyExitSequenceModel
@@ -131,7 +131,7 @@ class LayerShard(ShardBase):
         score_out = torch.full((B,), float("nan"), dtype=torch.float32, device=device)
         skipped_out = torch.zeros(B, dtype=torch.long, device=device) if self.gates is not None else None
         alive = torch.arange(B, device=device)  # (S,) rows still running
-        host_lengths = lengths.numpy() if lengths.device.type == "cpu" else to_host(lengths)  # (S,) on the host
+        host_lengths = lengths_on_host(lengths)  # (B,): trims and padding read nothing
         lengths = lengths.to(device)
         state = self.policy.initial_state(B, device) if state is None else state.to(device)
         audits = audit is not None and bool(audit.any())  # once per call, on the caller's (host) tensor
@@ -193,7 +193,7 @@ class LayerShard(ShardBase):
                 host_lengths = host_lengths[keep]
                 if hidden.shape[0] == 0:
                     break
-                hidden = hidden[:, : int(host_lengths.max())]  # padding only up to the longest survivor
+                hidden = trim(hidden, host_lengths)  # padding only up to the longest survivor
                 mask2d = None
 
         return ShardOutput(

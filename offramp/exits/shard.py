@@ -51,10 +51,10 @@ class ShardBase(nn.Module):
         after reading the whole mask back from the device (a host sync); told, no read."""
         if padded is None:
             return create_bidirectional_mask(config=self.model_config, inputs_embeds=hidden, attention_mask=mask2d)
-        if not padded:  # no padding: the mask a stock model builds from an all-ones mask
-            return create_bidirectional_mask(config=self.model_config, inputs_embeds=hidden, attention_mask=None)
-        return create_bidirectional_mask(config=self.model_config, inputs_embeds=hidden, attention_mask=mask2d,
-                                         allow_is_bidirectional_skip=False)
+        # no padding: the mask a stock model builds from an all-ones mask; padding: no skip to test for
+        return create_bidirectional_mask(config=self.model_config, inputs_embeds=hidden,
+                                         attention_mask=mask2d if padded else None,
+                                         allow_is_bidirectional_skip=not padded)
 
 
 def keep_rows(keep: torch.Tensor, *tensors):
@@ -69,12 +69,19 @@ def to_host(t: torch.Tensor) -> np.ndarray:
     return t.to("cpu", copy=True).numpy()
 
 
+def lengths_on_host(lengths: torch.Tensor) -> np.ndarray:
+    """Rows' token counts on the host, read once per pass: the host's copy decides trims and padding
+    afterwards. A caller's host tensor is viewed, not copied."""
+    return lengths.numpy() if lengths.device.type == "cpu" else to_host(lengths)
+
+
 def to_device_index(rows: np.ndarray, device: torch.device) -> torch.Tensor:
     """Host row positions as an int64 index on `device`: pinned and non-blocking on a GPU, so
     the host does not wait for the copy."""
     return to_device(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64)), device)
 
 
-def trim(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """(S, T, H) -> (S, T', H) with the padding beyond the longest row cut off."""
+def trim(hidden: torch.Tensor, lengths) -> torch.Tensor:
+    """(S, T, H) -> (S, T', H) with the padding beyond the longest row cut off. `lengths` on the
+    host (numpy) reads nothing from the device; a device tensor's max is a host sync."""
     return hidden[:, : int(lengths.max())] if len(lengths) else hidden

@@ -17,7 +17,7 @@ from torch import nn
 
 from offramp import schema
 from offramp.config import check_token_exit
-from offramp.exits.shard import ShardBase, keep_rows, to_device_index, to_host
+from offramp.exits.shard import ShardBase, keep_rows, lengths_on_host, to_device_index, to_host, trim
 from offramp.exits.stage import PassWork, RowsAnswered, StageRunner, StageSpec
 from offramp.models.token import EarlyExitTokenModel, sparse_layer, window_max, word_of_token
 from offramp.policies import ExitPolicy, check_word_policy, get_policy
@@ -113,7 +113,7 @@ class TokenShard(ShardBase):
         hidden = self.embed(input_ids, hidden)  # (B, T, H)
         exits = self.exits_enabled if exits is None else exits
         B, device = hidden.shape[0], hidden.device
-        host_lengths = lengths.numpy() if lengths.device.type == "cpu" else to_host(lengths)  # (B,): trims read nothing
+        host_lengths = lengths_on_host(lengths)  # (B,): trims read nothing
         lengths, starts = lengths.to(device), starts.to(device)
         if starts.shape[1] == 0:  # no row has a word: one untagged column keeps the shapes simple
             starts = torch.full((B, 1), -1, dtype=torch.long, device=device)
@@ -174,7 +174,7 @@ class TokenShard(ShardBase):
                 host_lengths = host_lengths[keep]
                 if hidden.shape[0] == 0:
                     break
-                hidden = hidden[:, : int(host_lengths.max())]  # padding only up to the longest survivor
+                hidden = trim(hidden, host_lengths)  # padding only up to the longest survivor
 
         return TokenShardOutput(words, row_exit, alive, hidden, lengths, token_layers)
 
