@@ -24,7 +24,7 @@ from offramp.exits import simulate
 from offramp.config import ConfigError, TrainSettings
 from offramp.models.sequence import EarlyExitSequenceModel
 from offramp.models.base import SEQUENCE
-from offramp.models.checkpoint import checkpoint_config, default_base_model, read_config
+from offramp.models.checkpoint import checkpoint_config, default_base_model, model_class, read_config
 from offramp.models.heads import masked_mean
 from offramp.quality import calibration
 
@@ -393,6 +393,13 @@ def exit_config(base: str, names: list[str], cfg: TrainSettings, **fields) -> Pr
     for key, value in fields.items():
         setattr(config, key, value)
     return config
+
+
+def trainable_model(task: str, config: PretrainedConfig, base: str, device: str):
+    """The model to train, from `base` with `config`, on `device`, in float32 whatever dtype the
+    checkpoint was saved in: transformers loads a half-precision checkpoint as half precision, and
+    an optimizer stepping half-precision weights loses small updates."""
+    return model_class(task, config).from_pretrained(base, config=config, dtype=torch.float32, use_safetensors=True).to(device)
 
 
 def save_trained(model, tokenizer, report: TrainReport, output: str) -> None:

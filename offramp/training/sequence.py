@@ -20,13 +20,13 @@ from transformers import AutoTokenizer
 from offramp.config import ConfigError
 from offramp.exits import simulate
 from offramp.models.base import SEQUENCE
-from offramp.models.checkpoint import model_class, resolve_final_pooling
+from offramp.models.checkpoint import resolve_final_pooling
 from offramp.policies import candidate_policies, check_policy_fits, get_policy
 from offramp.quality import calibration
 from offramp.quality.stats import rows_needed
 from offramp.training.data import load_labeled
 from offramp.training.loop import (TrainReport, TrainRun, begin, exit_config, full_pass, held_out_slice, label_names,
-                                   refit_final_head)
+                                   refit_final_head, trainable_model)
 from offramp.training.mechanisms import get_mechanism
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def train_sequence_exits(cfg):
         **mechanism.config_fields(cfg),
     )
     device = cfg.torch_device()
-    model = model_class(SEQUENCE, config).from_pretrained(base, config=config, use_safetensors=True).to(device)
+    model = trainable_model(SEQUENCE, config, base, device)
     tokenizer = AutoTokenizer.from_pretrained(base)
     y = torch.tensor([label2id[v] for v in labels], device=device)  # TrainRun.encode follows y's device
     t0 = time.perf_counter()

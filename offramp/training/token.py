@@ -27,7 +27,7 @@ from transformers.masking_utils import create_bidirectional_mask
 from offramp.config import ConfigError, check_token_exit
 from offramp.exits.token_pass import pad, tag_pass, word_head_logits, word_logits
 from offramp.models.base import TOKEN
-from offramp.models.checkpoint import exit_mechanism, model_class
+from offramp.models.checkpoint import exit_mechanism
 from offramp.models.token import IGNORE, window_max, word_of_token
 from offramp.policies import check_word_policy, get_policy
 from offramp.quality import calibration
@@ -51,6 +51,7 @@ from offramp.training.loop import (
     head_groups,
     held_out_slice,
     label_names,
+    trainable_model,
 )
 
 logger = logging.getLogger(__name__)
@@ -379,7 +380,7 @@ def train_token_exits(cfg):
         sentence_pool=opts.sentence_pool, exit_window=opts.exit_window,
     )
     device = cfg.torch_device()
-    model = model_class(TOKEN, config).from_pretrained(base, config=config, use_safetensors=True).to(device)
+    model = trainable_model(TOKEN, config, base, device)
     tokenizer = AutoTokenizer.from_pretrained(base)
     logger.info("training token model on %d sentences (%d tags), dev %d, base %s", len(sents), len(names), len(dev_sents), base)
     encoded, gold = encode_words(tokenizer, sents, cfg.max_length), word_labels(tags, label2id)

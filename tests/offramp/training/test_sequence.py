@@ -146,6 +146,19 @@ def test_final_pooling_follows_the_backbone_and_is_stored(tiny_data, tmp_path):
         assert load_model(str(out)).final_head().pooling == want
 
 
+def test_a_half_precision_base_trains_in_float32(tiny_data, tmp_path, tokenizer):
+    """Hub checkpoints are often saved in float16; transformers would load them as float16, and the
+    optimizer's small steps would round away. Training loads float32 and saves float32."""
+    base = tmp_path / "fp16_base"
+    make_model(seed=3).bert.half().save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    model, _ = train(tiny_data, "pabee", tmp_path / "out", base_model=str(base))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    saved = load_model(str(tmp_path / "out"))
+    assert {p.dtype for p in saved.parameters()} == {torch.float32}
+    torch.testing.assert_close(saved.bert.embeddings.word_embeddings.weight, model.bert.embeddings.word_embeddings.weight)
+
+
 def test_warm_start_keeps_the_backbone_and_refuses_other_labels(tiny_data, tmp_path):
     first, _ = train(tiny_data, "deebert", tmp_path / "a")
     warm, _ = train(tiny_data, "pabee", tmp_path / "b", base_model=None, init_from=str(tmp_path / "a"), stage1_epochs=0)
