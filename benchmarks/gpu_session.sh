@@ -9,9 +9,11 @@
 #     (a)-(d) on short texts, (a)/(b) again with cuDNN's SDPA kept on, and profile_stage.py
 #   call 2 at once, carry [.devmodel/minilm]:           bash benchmarks/gpu_session.sh minilm
 #     the benchmark model: (a)-(d) short and long, and the GPU layouts on short texts
+#   train, carry [.devmodel/base] (the base MiniLM-L6 in float16, by device_carry.sh): training,
+#     calibration and the audit on the GPU (benchmarks/gpu_training.py), after a call that set up Ray
 #   steady-bert, then steady-minilm (the same carries; ROWS=1000000): a start-up probe, then (a),
 #     (b) and the faster layouts on a million short texts, where start-up weighs little; steady-minilm
-#     first counts the tokenize tasks Ray Data runs at once beside a GPU stage
+#     then counts the tokenize tasks Ray Data runs at once beside a GPU stage
 #     (benchmarks/feed_concurrency.py) and runs (a) and (b) with tokenize tasks at 1.0 and 0.5 CPU
 #
 # Outside the workplace, on a GPU node with Ray installed: the same steps, with OUT set.
@@ -27,11 +29,19 @@ if [ -d .devwhl ] && [ ! -d /tmp/site/ray ]; then
   mkdir -p /tmp/site && tar -xJf .devwhl/ray.tar.xz -C /tmp/site &&
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .devwhl/*.whl || exit 1
 fi
+if [ -d .devwhl/extra ] && [ ! -f /tmp/site/.extra ]; then  # what training reads data with, where the machine lacks it
+  for w in .devwhl/extra/*.whl; do
+    mod=$(basename "$w" | cut -d- -f1 | sed 's/^python_dateutil$/dateutil/')
+    python3 -c "import $mod" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target /tmp/site "$w"
+  done
+  touch /tmp/site/.extra
+fi
 [ -d .devdata ] && [ ! -d /tmp/devdata ] && cp -r .devdata /tmp/devdata
 export PYTHONPATH=/tmp/site:$PWD
 DATA=/tmp/devdata/debian_sections
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import ray, torch, transformers; print('ray', ray.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)" || exit 1
+python3 -c "import datasets, pandas; print('datasets', datasets.__version__, 'pandas', pandas.__version__)"
 
 step() {  # step NAME LIMIT_S RESULT_DIR COMMAND...: run, then copy RESULT_DIR/gpu_results.json to $OUT/NAME.json
   local name=$1 limit=$2 dir=$3
@@ -49,7 +59,7 @@ case ${1:-} in
   bert)
     step bert_base "${BERT_LIMIT:-280}" $W "${BENCH[@]}" --model .devmodel/meta --only-bert-base --long-rows 0 \
       --out $W
-    step bert_base_cudnn 140 $W "${BENCH[@]}" --model .devmodel/meta --only-bert-base --long-rows 0 \
+    [ "${CUDNN:-1}" = 1 ] && step bert_base_cudnn 140 $W "${BENCH[@]}" --model .devmodel/meta --only-bert-base --long-rows 0 \
       --variants a,b --cudnn-sdp --out $W
     echo "=== profile_stage $(date +%T)"
     timeout -k 10 90 python3 benchmarks/profile_stage.py --model $W/bert_base_random --data $DATA/dev.parquet \
@@ -60,6 +70,13 @@ case ${1:-} in
     step minilm_layouts 200 $W "${BENCH[@]}" --model .devmodel/minilm --long-rows 0 --layouts \
       --variants a_2actors,a_2stages,a_2rebatch,a_2rebatch3 --out $W
     ;;
+  train)  # carry [.devmodel/base]: training, calibration and the audit on the GPU (benchmarks/gpu_training.py)
+    echo "=== gpu_training $(date +%T)"
+    timeout -k 10 "${TRAIN_LIMIT:-540}" python3 benchmarks/gpu_training.py --device cuda --base .devmodel/base \
+      --data-dir $DATA --out $W/training 2>&1 | grep -v -e 'Loading weights' -e 'it/s\]' | tee "$OUT/gpu_training.log" | tail -60
+    cp $W/training/gpu_training.json "$OUT/" 2>/dev/null
+    pkill -9 -f -e 'raylet|gcs_server|ray::|default_worker' >/dev/null 2>&1
+    ;;
   steady-bert)  # call 1's carry: start-up probed, then long runs (ROWS=1000000) where start-up weighs little
     echo "=== startup_probe $(date +%T)"
     timeout -k 10 90 python3 benchmarks/startup_probe.py --device cuda 2>&1 | grep -v -e '^20' -e WARN |
@@ -68,17 +85,17 @@ case ${1:-} in
       --layouts --variants a,b,a_2actors,a_2rebatch --out $W
     ;;
   steady-minilm)  # call 2's carry: the feed-bound model; tokenize tasks at 1.0 and at 0.5 CPU, side by side
+    step minilm_steady "${MINILM_LIMIT:-400}" $W "${BENCH[@]}" --model .devmodel/minilm --long-rows 0 --layouts \
+      --variants a,a_tok05,b,b_tok05,a_2actors --out $W
     for c in 1.0 0.5; do  # tokenize tasks Ray Data runs at once beside a GPU stage, work taken out (~40 s each)
       echo "=== feed_cpus_$c $(date +%T)"
       timeout -k 5 80 python3 benchmarks/feed_concurrency.py --cpus "$(nproc)" --tokenize-cpus $c \
         --out "$OUT/feed_cpus_$c.json" 2>&1 | grep '^{'
       pkill -9 -f -e 'raylet|gcs_server|ray::|default_worker' >/dev/null 2>&1
     done
-    step minilm_steady "${MINILM_LIMIT:-400}" $W "${BENCH[@]}" --model .devmodel/minilm --long-rows 0 --layouts \
-      --variants a,a_tok05,b,b_tok05,a_2actors --out $W
     ;;
   *)
-    echo "usage: gpu_session.sh bert|minilm|steady-bert|steady-minilm" >&2
+    echo "usage: gpu_session.sh bert|minilm|train|steady-bert|steady-minilm" >&2
     exit 2
     ;;
 esac
