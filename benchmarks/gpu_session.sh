@@ -78,7 +78,7 @@ case ${1:-} in
     pkill -9 -f -e 'raylet|gcs_server|ray::|default_worker' >/dev/null 2>&1
     ;;
   steady-bert)  # call 1's carry: start-up probed, then long runs (ROWS=1000000) where start-up weighs little
-    echo "=== startup_probe $(date +%T)"
+    [ "${PROBE:-1}" = 1 ] && echo "=== startup_probe $(date +%T)" &&
     timeout -k 10 90 python3 benchmarks/startup_probe.py --device cuda 2>&1 | grep -v -e '^20' -e WARN |
       tee "$OUT/startup_probe.txt" | tail -12
     step bert_base_steady "${BERT_LIMIT:-470}" $W "${BENCH[@]}" --model .devmodel/meta --only-bert-base --long-rows 0 \

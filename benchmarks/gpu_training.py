@@ -59,7 +59,7 @@ def train(args) -> dict:
     save_trained(model, tokenizer, report, cfg.output)
     full, chosen, cert = report.curve[0], report.chosen, report.calibration or {}
     return {
-        "seconds": seconds, "device": str(next(model.parameters()).device),
+        "seconds": seconds, "device": cfg.torch_device(),  # trained there; train_exits hands the model back on the CPU
         "param_dtypes": sorted({str(p.dtype) for p in model.parameters()}),
         "train_rows": args.train_rows, "max_length": cfg.max_length, "batch_size": cfg.batch_size,
         "dev_accuracy_full_depth": full["accuracy"], "dev_accuracy_exits": chosen["accuracy"],
