@@ -292,55 +292,85 @@ def plan_capacity(
                                layout_advice=layout_advice(summary, stages))
 
 
-# Measured on one H200, 1M short texts, MiniLM-L6 with exits (BENCHMARKS.md, "GPU"): docs/s after
-# start-up, against one actor holding every layer on the whole GPU.
-GPU_LAYOUTS_MEASURED = {"2 actors x 0.5 GPU": 1.27, "one rebatching actor, 2 stages": 1.21,
-                        "a pool per stage, 2 x 0.5 GPU": 0.94}
+# Measured on one H200 with 16 cores, 1M short texts (BENCHMARKS.md, "GPU"): docs/s after start-up
+# against one actor holding every layer on the whole GPU, in the same run. (low, high) over the runs.
+GPU_LAYOUTS_MEASURED = {
+    # BERT-base-sized model with exits: the GPU bound, the stage busy most of its span (3 runs, stop 36)
+    "2 actors x 0.5 GPU": (1.10, 1.32),
+    "one rebatching actor, 2 stages": (1.13, 1.13),
+    # MiniLM-L6 with exits: the 16 cores' tokenizing bound, the GPU 16-25% busy (3 runs, stop 36);
+    # the second actor's CPU is one tokenize task fewer
+    "2 actors x 0.5 GPU, feed-bound": (0.65, 0.95),
+    # MiniLM-L6 with exits, before stop 36's syncs cut (1 run, stop 34)
+    "a pool per stage, 2 x 0.5 GPU": (0.94, 0.94),
+}
+
+
+def measured(name: str) -> str:
+    """GPU_LAYOUTS_MEASURED[name] as text: 1.13x, or 1.10-1.32x over several runs."""
+    low, high = GPU_LAYOUTS_MEASURED[name]
+    return f"{low:.2f}x" if low == high else f"{low:.2f}-{high:.2f}x"
 
 
 def layout_advice(summary: dict, pools: list[dict]) -> list[str]:
     """What the measured layouts say about this run's layout. CPU: one actor holding every stage
     (`rebatch`) measured faster than a pool per stage, with the same labels (BENCHMARKS.md,
-    "Layouts on this CPU"). GPU: a pool per stage measured slowest, and two actors sharing each
-    GPU fastest (GPU_LAYOUTS_MEASURED)."""
+    "Layouts on this CPU"). GPU: a pool per stage measured slowest; two actors sharing each GPU
+    fastest where the GPU bounds the run, and slower where the feed does (GPU_LAYOUTS_MEASURED)."""
     gpu = [float(p.get("num_gpus") or 0) for p in pools]
-    measured = "; ".join(f"{k} {v:.2f}x" for k, v in GPU_LAYOUTS_MEASURED.items())
     if len(pools) >= 2 and any(gpu):
-        return [(f"Layout: a pool per stage on GPUs ({len(pools)} pools). On one H200, against one actor "
-                f"holding every layer on the whole GPU, docs/s after start-up measured: {measured} (BENCHMARKS.md, "
-                "\"GPU\"). Measure this corpus with one stage at num_gpus 0.5 and twice the actors, or with "
-                "`rebatch: 8`, before adding pools.")]
+        return [(f"Layout: a pool per stage on GPUs ({len(pools)} pools). On one H200, against one actor holding every "
+                 f"layer on the whole GPU, docs/s after start-up measured {measured('a pool per stage, 2 x 0.5 GPU')} "
+                 f"for a pool per stage, {measured('2 actors x 0.5 GPU')} for two actors at num_gpus 0.5 and "
+                 f"{measured('one rebatching actor, 2 stages')} for `rebatch: 8` (BENCHMARKS.md, \"GPU\"). Measure this "
+                 "corpus with one stage at num_gpus 0.5 and twice the actors, or with `rebatch: 8`, before adding pools.")]
     if len(pools) >= 2:
         return [(f"Layout: this run used a pool per stage ({len(pools)} pools). On one machine, one actor holding "
                 "every stage (`rebatch: 8`) measured faster than a pool per stage, with the same labels (BENCHMARKS.md, "
                 "\"Layouts on this CPU\"); measure this corpus with --rebatch 8 before adding pools.")]
     if gpu and gpu[0] >= 1.0:
-        return [(f"Layout: each actor takes a whole GPU (num_gpus {gpu[0]:g}). On one H200, two actors at num_gpus 0.5 "
-                f"made {GPU_LAYOUTS_MEASURED['2 actors x 0.5 GPU']:.2f}x the docs/s of one (MiniLM; 1.13x on a "
-                "BERT-base-sized model; BENCHMARKS.md, \"GPU\"): while one actor runs its Python, the other's "
-                "kernels use the GPU. Measure with num_gpus 0.5 and twice the actors.")]
+        share = first_pool_busy_share(summary, pools)
+        if share is not None and share < FEED_BOUND_SHARE:
+            return [(f"Layout: each actor takes a whole GPU (num_gpus {gpu[0]:g}), and it waited for its input (busy "
+                     f"{100 * share:.0f}% of its span). Keep one actor per GPU: on one H200 fed by its own 16 cores, "
+                     f"two actors at num_gpus 0.5 made {measured('2 actors x 0.5 GPU, feed-bound')} the docs/s of one "
+                     "(MiniLM-L6; BENCHMARKS.md, \"GPU\"), since the second actor's CPU is one tokenize task fewer. "
+                     "More CPUs per GPU, or CPU nodes for the tokenize tasks, raise this run's rate.")]
+        return [(f"Layout: each actor takes a whole GPU (num_gpus {gpu[0]:g}). On one H200, where the model kept the "
+                 f"GPU busy, two actors at num_gpus 0.5 made {measured('2 actors x 0.5 GPU')} the docs/s of one after "
+                 "start-up (a BERT-base-sized model; BENCHMARKS.md, \"GPU\"): while one actor runs its Python, the "
+                 "other's kernels use the GPU. Measure with num_gpus 0.5 and twice the actors.")]
     return []
 
 
-def feed_note(summary: dict, pools: list[dict]) -> str | None:
-    """When the measured run's first pool waited for its input, the model did not set the run's
-    rate: say so, with the rate the feed delivered. None when the pool was busy most of its span."""
+def first_pool_busy_share(summary: dict, pools: list[dict]) -> float | None:
+    """The measured run's first pool: busy actor-seconds over its active span times its actors;
+    None when the run did not record both."""
     metrics = summary.get("metrics") or {}
     first = pools[0]
     active = float(metrics.get(f"stage{first['index']}_active_seconds") or 0.0)
     actors = int(first.get("max_actors") or first.get("min_actors") or 1)
     if active <= 0 or not _busy(first):
         return None
-    share = _busy(first) / (active * actors)
-    if share >= FEED_BOUND_SHARE:
+    return _busy(first) / (active * actors)
+
+
+def feed_note(summary: dict, pools: list[dict]) -> str | None:
+    """When the measured run's first pool waited for its input, the model did not set the run's
+    rate: say so, with the rate the feed delivered. None when the pool was busy most of its span."""
+    share = first_pool_busy_share(summary, pools)
+    if share is None or share >= FEED_BOUND_SHARE:
         return None
+    first = pools[0]
+    active = float((summary.get("metrics") or {})[f"stage{first['index']}_active_seconds"])
+    actors = int(first.get("max_actors") or first.get("min_actors") or 1)
     rows = int(first.get("rows_in") or 0)
     return (f"The measured run's first stage pool was busy {100 * share:.0f}% of its active span ({_busy(first):.1f} "
             f"actor-seconds over {active:.1f} s x {actors} actors); the rest of the span it waited for its input or "
             f"for Ray Data's handling of its batches. So the pipeline around the model set that run's rate, "
             f"{rows / active:,.0f} docs/s over the span, below the model's rate planned here, which holds only "
             "where the feed keeps up: give the pipeline more CPUs per GPU than the measured run had (tokenizing "
-            "is CPU work: 330 core-seconds per million short texts in the H200 run of BENCHMARKS.md, \"GPU\").")
+            "is CPU work: 175-235 core-seconds per million short texts on the H200 node of BENCHMARKS.md, \"GPU\").")
 
 
 def _stage_plan(st: dict, rows0: int, actors: int, cost: float, T: float, headroom: float) -> StagePlan:

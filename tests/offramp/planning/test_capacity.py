@@ -202,13 +202,20 @@ def test_a_cpu_run_with_a_pool_per_stage_is_advised_the_rebatching_layout():
 
 def test_gpu_layouts_are_advised_from_the_h200_measurement():
     """A pool per stage on GPUs measured slowest on the H200, and two actors sharing a GPU
-    fastest: a run with either layout to gain is told so; one already sharing its GPU is not."""
+    fastest where the GPU bound the run: a run with either layout to gain is told so; one already
+    sharing its GPU is not; one whose whole-GPU actor waited for its input is told to keep it."""
     (advice,) = plan_capacity(make_summary(), target_docs_per_hour=720_000).layout_advice  # 2 pools x 0.5 GPU
     assert "pool per stage on GPUs" in advice and "num_gpus 0.5" in advice and "rebatch: 8" in advice
-    assert "0.94x" in advice  # the measured figure, not a guess
+    assert "0.94x" in advice and "1.10-1.32x" in advice  # the measured figures, not a guess
     whole = make_summary(stages=[stage(0, 0, 6, 1000, 10.0, num_gpus=1.0)])
     (advice,) = plan_capacity(whole, target_docs_per_hour=720_000).layout_advice
-    assert "num_gpus 0.5" in advice and "1.27x" in advice
+    assert "num_gpus 0.5 made 1.10-1.32x" in advice and "twice the actors" in advice
+    whole["metrics"]["stage0_active_seconds"] = 11.0  # busy 10 s of 11: the GPU bound it
+    (advice,) = plan_capacity(whole, target_docs_per_hour=720_000).layout_advice
+    assert "1.10-1.32x" in advice
+    whole["metrics"]["stage0_active_seconds"] = 40.0  # busy 10 s of 40: it waited for its input
+    (advice,) = plan_capacity(whole, target_docs_per_hour=720_000).layout_advice
+    assert "Keep one actor per GPU" in advice and "busy 25%" in advice and "0.65-0.95x" in advice
     shared = make_summary(stages=[stage(0, 0, 6, 1000, 10.0, num_gpus=0.5)])
     assert plan_capacity(shared, target_docs_per_hour=720_000).layout_advice == []
 
