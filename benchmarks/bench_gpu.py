@@ -224,9 +224,11 @@ def set_thresholds(model_dir: str, thresholds: list[float]) -> None:
 
 
 def offramp_variant(name, model_dir, data, out, args, max_length, batch, exits: bool, stages: int = 1,
-                    actors: int = 1, rebatch: int = 0, tokenize_cpus: float | None = None):
+                    actors: int = 1, rebatch: int = 0, tokenize_cpus: float | None = None,
+                    stage_calls: int | None = None):
     """offramp on `data`; `rebatch` > 0: one pool of actors holding all `stages`, merging survivors;
-    `tokenize_cpus`: what a tokenize task asks Ray for (None: offramp's default, 1.0 beside a GPU)."""
+    `tokenize_cpus`: what a tokenize task asks Ray for (None: offramp's default, 1.0 beside a GPU);
+    `stage_calls`: batches a stage actor takes at once (None: offramp's default, 2 on a GPU)."""
     share = actors if rebatch else stages * actors  # actors that split the GPU
     gpus = (1.0 / share) if args.device == "cuda" else 0.0
     layers = args._layers[model_dir]
@@ -242,6 +244,7 @@ def offramp_variant(name, model_dir, data, out, args, max_length, batch, exits: 
         carry_dtype=args.dtype,
         rebatch=rebatch,
         tokenize_cpus=tokenize_cpus,
+        stage_calls=stage_calls,
         exit=ExitConfig(disabled=not exits),
         audit=AuditConfig(fraction=0.0),  # (c) and (d) audit nothing either
         mlflow=MlflowConfig(enabled=False),
@@ -411,6 +414,11 @@ def main():
                                                     max_length, batch, True, tokenize_cpus=0.5)),
                 ("b_tok05", lambda: offramp_variant("b_offramp_full_depth_tokenize_half_cpu", mdir, data, out, args,
                                                     max_length, batch, False, tokenize_cpus=0.5)),
+                # a stage actor taking one batch at a time (Ray Data's default; offramp takes 2 on a GPU)
+                ("a_calls1", lambda: offramp_variant("a_offramp_exits_one_call", mdir, data, out, args, max_length,
+                                                     batch, True, stage_calls=1)),
+                ("b_calls1", lambda: offramp_variant("b_offramp_full_depth_one_call", mdir, data, out, args,
+                                                     max_length, batch, False, stage_calls=1)),
             ]
             if args.layouts and iname == "short":
                 plan += [

@@ -34,7 +34,7 @@ SETTLE_LIMIT_S = 20.0  # how long a failed run waits for its last writes to land
 # Settings that change how a run goes, not which rows it writes: a resumed run may change them.
 HOW_NOT_WHAT = {"resume", "overwrite", "ray", "mlflow", "max_errored_blocks", "fail_on_error_rows",
                 "full_depth_eval_rows", "plan_target_docs_per_hour", "min_rows_per_file", "max_rows_per_file",
-                "tokenize_batch_size", "batch_size", "tokenize_concurrency", "tokenize_cpus", "rebatch"}
+                "tokenize_batch_size", "batch_size", "tokenize_concurrency", "tokenize_cpus", "rebatch", "stage_calls"}
 
 
 def config_digest(cfg: TagConfig) -> tuple[str, dict]:

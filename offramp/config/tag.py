@@ -219,6 +219,13 @@ class TagConfig:
     launches kernels keeps a core), 0.5 otherwise. Ray Data's operator budget counts these: at 1.0
     it ran 9-10 tokenize tasks at once on a 16-CPU, 1-GPU node, at 0.5 up to 14-15
     (benchmarks/feed_concurrency.py). Not yet measured on a GPU: see BENCHMARKS.md, "The feed"."""
+    stage_calls: int | None = None
+    """Batches a stage actor takes at once (Ray Data's max_concurrent_calls_per_actor): while its
+    model runs one, Ray Data turns the next input block into a batch and the last answer back into
+    a block on the actor's other thread. The model still runs one batch at a time (Ray Data keeps
+    a stage's calls single-threaded). None: 2 for GPU stages, whose CPU idles while kernels run;
+    1 (Ray Data's default) for CPU stages, where the conversions would take the model's cores (on
+    2 cores: 1,224-1,263 docs/s at 2 against 1,292-1,356 at 1, BENCHMARKS.md)."""
     num_stages: int = 1
     """Number of stages when `stages` is empty or gives no layer ranges."""
     layout: str = "balanced"
@@ -273,6 +280,9 @@ class TagConfig:
         if self.tokenize_cpus is not None and not self.tokenize_cpus > 0:
             raise ConfigError(f"tokenize_cpus={self.tokenize_cpus}: use a share of a CPU above 0 (e.g. 0.5 or 1), "
                               "or leave it unset (1.0 beside GPU stages, 0.5 otherwise)")
+        if self.stage_calls is not None and self.stage_calls < 1:
+            raise ConfigError(f"stage_calls={self.stage_calls}: use 1 (one batch at a time) or more (2: Ray Data "
+                              "converts the next batch while the model runs one), or leave it unset")
         if self.rebatch < 0:
             raise ConfigError(f"rebatch={self.rebatch}: use 0 (a pool per stage) or the input batches an actor "
                               "merges survivors across (e.g. 4)")

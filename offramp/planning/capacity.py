@@ -346,12 +346,11 @@ def layout_advice(summary: dict, pools: list[dict]) -> list[str]:
 def first_pool_busy_share(summary: dict, pools: list[dict]) -> float | None:
     """The measured run's first pool: busy actor-seconds over its active span times its actors;
     None when the run did not record both."""
-    metrics = summary.get("metrics") or {}
-    first = pools[0]
-    active = float(metrics.get(f"stage{first['index']}_active_seconds") or 0.0)
+    metrics, first = summary.get("metrics") or {}, pools[0]
+    active = float(metrics.get(f"stage{first.get('index', 0)}_active_seconds") or 0.0)
     actors = int(first.get("max_actors") or first.get("min_actors") or 1)
     if active <= 0 or not _busy(first):
-        return None
+        return None  # before a run (the start-up check), or a run that did not record both
     return _busy(first) / (active * actors)
 
 
