@@ -217,8 +217,9 @@ class TagConfig:
     tokenize_cpus: float | None = None
     """CPUs a tokenize task asks Ray for; None: 1.0 beside GPU stages (a GPU actor's thread that
     launches kernels keeps a core), 0.5 otherwise. Ray Data's operator budget counts these: at 1.0
-    it ran 9-10 tokenize tasks at once on a 16-CPU, 1-GPU node, at 0.5 up to 14-15
-    (benchmarks/feed_concurrency.py). Not yet measured on a GPU: see BENCHMARKS.md, "The feed"."""
+    it ran 9 tokenize tasks at once on a 16-CPU, 1-GPU node, at 0.5 up to 16
+    (benchmarks/feed_concurrency.py). On the H200 0.5 made 3-6% more docs/s after start-up and cost
+    6 s of start-up (BENCHMARKS.md, "GPU"), so 1.0 stays the GPU default."""
     stage_calls: int | None = None
     """Batches a stage actor takes at once (Ray Data's max_concurrent_calls_per_actor): while its
     model runs one, Ray Data turns the next input block into a batch and the last answer back into
