@@ -319,11 +319,13 @@ def layout_advice(summary: dict, pools: list[dict]) -> list[str]:
     fastest where the GPU bounds the run, and slower where the feed does (GPU_LAYOUTS_MEASURED)."""
     gpu = [float(p.get("num_gpus") or 0) for p in pools]
     if len(pools) >= 2 and any(gpu):
-        return [(f"Layout: a pool per stage on GPUs ({len(pools)} pools). On one H200, against one actor holding every "
-                 f"layer on the whole GPU, docs/s after start-up measured {measured('a pool per stage, 2 x 0.5 GPU')} "
-                 f"for a pool per stage, {measured('2 actors x 0.5 GPU')} for two actors at num_gpus 0.5 and "
-                 f"{measured('one rebatching actor, 2 stages')} for `rebatch: 8` (BENCHMARKS.md, \"GPU\"). Measure this "
-                 "corpus with one stage at num_gpus 0.5 and twice the actors, or with `rebatch: 8`, before adding pools.")]
+        return [(f"Layout: a pool per stage on GPUs ({len(pools)} pools). On one H200, against one actor "
+                 "holding every layer on the whole GPU, docs/s after start-up measured "
+                 f"{measured('a pool per stage, 2 x 0.5 GPU')} for a pool per stage, "
+                 f"{measured('2 actors x 0.5 GPU')} for two actors at num_gpus 0.5 and "
+                 f"{measured('one rebatching actor, 2 stages')} for `rebatch: 8` (BENCHMARKS.md, \"GPU\"). "
+                 "Measure this corpus with one stage at num_gpus 0.5 and twice the actors, or with `rebatch: 8`, "
+                 "before adding pools.")]
     if len(pools) >= 2:
         return [(f"Layout: this run used a pool per stage ({len(pools)} pools). On one machine, one actor holding "
                 "every stage (`rebatch: 8`) measured faster than a pool per stage, with the same labels (BENCHMARKS.md, "
@@ -331,15 +333,16 @@ def layout_advice(summary: dict, pools: list[dict]) -> list[str]:
     if gpu and gpu[0] >= 1.0:
         share = first_pool_busy_share(summary, pools)
         if share is not None and share < FEED_BOUND_SHARE:
-            return [(f"Layout: each actor takes a whole GPU (num_gpus {gpu[0]:g}), and it waited for its input (busy "
-                     f"{100 * share:.0f}% of its span). Keep one actor per GPU: on one H200 fed by its own 16 cores, "
-                     f"two actors at num_gpus 0.5 made {measured('2 actors x 0.5 GPU, feed-bound')} the docs/s of one "
-                     "(MiniLM-L6; BENCHMARKS.md, \"GPU\"), since the second actor's CPU is one tokenize task fewer. "
-                     "More CPUs per GPU, or CPU nodes for the tokenize tasks, raise this run's rate.")]
-        return [(f"Layout: each actor takes a whole GPU (num_gpus {gpu[0]:g}). On one H200, where the model kept the "
-                 f"GPU busy, two actors at num_gpus 0.5 made {measured('2 actors x 0.5 GPU')} the docs/s of one after "
-                 "start-up (a BERT-base-sized model; BENCHMARKS.md, \"GPU\"): while one actor runs its Python, the "
-                 "other's kernels use the GPU. Measure with num_gpus 0.5 and twice the actors.")]
+            return [(f"Layout: each actor takes a whole GPU (num_gpus {gpu[0]:g}), and it waited for its input "
+                     f"(busy {100 * share:.0f}% of its span). Keep one actor per GPU: on one H200 fed by its own "
+                     f"16 cores, two actors at num_gpus 0.5 made {measured('2 actors x 0.5 GPU, feed-bound')} the "
+                     "docs/s of one (MiniLM-L6; BENCHMARKS.md, \"GPU\"), since the second actor's CPU is one "
+                     "tokenize task fewer. More CPUs per GPU, or CPU nodes for the tokenize tasks, raise this "
+                     "run's rate.")]
+        return [(f"Layout: each actor takes a whole GPU (num_gpus {gpu[0]:g}). On one H200, where the model kept "
+                 f"the GPU busy, two actors at num_gpus 0.5 made {measured('2 actors x 0.5 GPU')} the docs/s of one "
+                 "after start-up (a BERT-base-sized model; BENCHMARKS.md, \"GPU\"): while one actor runs its "
+                 "Python, the other's kernels use the GPU. Measure with num_gpus 0.5 and twice the actors.")]
     return []
 
 

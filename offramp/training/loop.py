@@ -399,7 +399,8 @@ def trainable_model(task: str, config: PretrainedConfig, base: str, device: str)
     """The model to train, from `base` with `config`, on `device`, in float32 whatever dtype the
     checkpoint was saved in: transformers loads a half-precision checkpoint as half precision, and
     an optimizer stepping half-precision weights loses small updates."""
-    return model_class(task, config).from_pretrained(base, config=config, dtype=torch.float32, use_safetensors=True).to(device)
+    model = model_class(task, config).from_pretrained(base, config=config, dtype=torch.float32, use_safetensors=True)
+    return model.to(device)
 
 
 def save_trained(model, tokenizer, report: TrainReport, output: str) -> None:
