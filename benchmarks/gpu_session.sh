@@ -13,8 +13,11 @@
 #     calibration and the audit on the GPU (benchmarks/gpu_training.py), after a call that set up Ray
 #   steady-bert, then steady-minilm (the same carries; ROWS=1000000): a start-up probe, then (a),
 #     (b) and the faster layouts on a million short texts, where start-up weighs little; steady-minilm
-#     then counts the tokenize tasks Ray Data runs at once beside a GPU stage
-#     (benchmarks/feed_concurrency.py) and runs (a) and (b) with tokenize tasks at 1.0 and 0.5 CPU
+#     runs (a) and (b) with tokenize tasks at 1.0 and 0.5 CPU, then counts the tokenize tasks Ray
+#     Data runs at once beside a GPU stage (benchmarks/feed_concurrency.py)
+#   CUDNN=0 skips bert's cuDNN-SDPA A/B, PROBE=0 steady-bert's start-up probe (both measured at stop 34).
+#   Stop 36 ran: CUDNN=0 bert; train; steady-minilm; then, on a fresh node, PROBE=0 steady-bert
+#   (BENCHMARKS.md, "Stop 36"): about 1,250 s of device time with the start-ups.
 #
 # Outside the workplace, on a GPU node with Ray installed: the same steps, with OUT set.
 set -uo pipefail
