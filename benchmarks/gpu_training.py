@@ -6,9 +6,9 @@ present", run for real and timed, with the accuracy each step reached.
 1. train: `train_exits` as `jobs/train_exits.py --config conf/bench_sections_full.yaml --mechanism
    pabee --set policy=auto` runs it (the benchmark model's recipe), on --train-rows training rows;
    it certifies on its held-out rows on the same device.
-2. calibrate: what `jobs/calibrate.py --dtype float16` does on a GPU (pipelines/calibrate.py:
-   `calibration_model` + `full_pass` + `certify_policies`), on every dev row. The job itself is not
-   run because it logs to MLflow, which the lent machine lacks.
+2. calibrate: what `jobs/calibrate.py --dtype float16` does on a GPU (`head_logits_for`, then
+   `certify_policies`), on every dev row. The job itself is not run because it logs to MLflow,
+   which the lent machine lacks.
 3. audit: `run_tagging` on the test split with an audit of --audit-fraction of the rows, whose
    full-depth pass runs in the GPU stage actor.
 
@@ -29,20 +29,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from transformers import AutoTokenizer  # noqa: E402
 
 from bench_gpu import GpuSampler  # noqa: E402
 from offramp.config import (AuditConfig, CalibrateConfig, MlflowConfig, RayConfig, StageConfig,  # noqa: E402
                             TagConfig, load_config)
-from offramp.models.checkpoint import ModelInfo, load_model  # noqa: E402
+from offramp.exits.stage import TORCH_DTYPES  # noqa: E402
+from offramp.models.checkpoint import ModelInfo  # noqa: E402
 from offramp.policies import candidate_policies  # noqa: E402
 from offramp.quality import calibration  # noqa: E402
 from offramp.training import TrainConfig, save_trained, train_exits  # noqa: E402
 from offramp.training.data import load_labeled  # noqa: E402
-from offramp.training.loop import full_pass  # noqa: E402
+from offramp.training.loop import head_logits_for  # noqa: E402
 from pipelines.run import run_tagging  # noqa: E402
-
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def train(args) -> dict:
@@ -70,7 +68,7 @@ def train(args) -> dict:
 
 
 def calibrate(args, model_dir: str) -> dict:
-    """pipelines/calibrate.py's certification on a GPU (`calibration_model`, `full_pass`,
+    """jobs/calibrate.py's certification (`head_logits_for` on the GPU when there is one, then
     `certify_policies`), on every dev row, computing in --dtype."""
     info = ModelInfo.read(model_dir)
     texts, labels = load_labeled(os.path.join(args.data_dir, "dev.parquet"), "text", "label", args.eval_rows, 0,
@@ -80,8 +78,7 @@ def calibrate(args, model_dir: str) -> dict:
     target = calibration.Target("accuracy", d.max_accuracy_drop, d.confidence)
     with GpuSampler(args.device) as gpu:
         t0 = time.perf_counter()
-        model = load_model(model_dir).to(args.device, dtype=DTYPES[args.dtype]).eval()
-        logits = full_pass(model, AutoTokenizer.from_pretrained(model_dir), texts, args.max_length, d.batch_size)
+        logits = head_logits_for(model_dir, texts, args.max_length, d.batch_size, args.dtype)
         if args.device == "cuda":
             torch.cuda.synchronize()
         pass_seconds = time.perf_counter() - t0
@@ -118,7 +115,7 @@ def audit(args, model_dir: str) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
-    p.add_argument("--dtype", default="float16", choices=sorted(DTYPES), help="calibration's and the audit's compute")
+    p.add_argument("--dtype", default="float16", choices=sorted(TORCH_DTYPES), help="calibration's and the audit's compute")
     p.add_argument("--base", required=True, help="the backbone to train from (MiniLM-L6; any saved dtype)")
     p.add_argument("--config", default="conf/bench_sections_full.yaml")
     p.add_argument("--data-dir", default="../shared/data/debian_sections")

@@ -24,10 +24,8 @@ from mlflow.entities import Metric
 from transformers import AutoTokenizer
 
 from offramp.config import CalibrateConfig, ConfigError
-from offramp.exits.simulate import HeadPass
-from offramp.exits.stage import TORCH_DTYPES
 from offramp.models.base import TOKEN
-from offramp.models.checkpoint import ModelInfo, load_model, read_config
+from offramp.models.checkpoint import ModelInfo, read_config
 from offramp.models.profile import load_profile, save_profile
 from offramp.policies import ExitPolicy, candidate_policies, check_policy_fits, get_policy
 from offramp.quality import calibration
@@ -35,7 +33,7 @@ from offramp.quality.stats import rows_needed
 from offramp.quality.word_calibration import WordCalibration, WordTarget
 from offramp.text.words import encode_words
 from offramp.training.data import load_labeled
-from offramp.training.loop import full_pass
+from offramp.training.loop import calibration_model, head_logits_for
 from offramp.training.token import (
     certify_thresholds,
     check_word_path,
@@ -59,25 +57,6 @@ class Outcome:
     written: bool
     run_id: str
     registered: str = ""  # the version registered from the calibrated model, models:/NAME/VERSION
-
-
-def calibration_device() -> str:
-    """Calibration's passes run on a GPU when the machine has one, in the dtype asked for."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def calibration_model(model_dir: str, dtype: str):
-    """The saved model on `calibration_device`, computing in `dtype`, as a tagging stage in that
-    dtype computes (the certificate covers runs in it)."""
-    return load_model(model_dir).to(calibration_device(), dtype=TORCH_DTYPES[dtype]).eval()
-
-
-def head_logits_for(model_dir: str, texts: list[str], max_length: int, batch_size: int = 64,
-                    dtype: str = "float32") -> HeadPass:
-    """Every exit head's output at full depth, from one pass of the saved model (`calibration_model`)."""
-    model = calibration_model(model_dir, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return full_pass(model, tokenizer, texts, max_length, batch_size)
 
 
 def write_calibration(model_dir: str, result: calibration.Calibration, record: dict) -> None:

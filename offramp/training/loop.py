@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from transformers import PretrainedConfig
+from transformers import AutoTokenizer, PretrainedConfig
 
 from offramp.exits import simulate
 from offramp.config import ConfigError, TrainSettings
 from offramp.models.sequence import EarlyExitSequenceModel
 from offramp.models.base import SEQUENCE
-from offramp.models.checkpoint import checkpoint_config, default_base_model, model_class, read_config
+from offramp.exits.stage import TORCH_DTYPES
+from offramp.models.checkpoint import checkpoint_config, default_base_model, load_model, model_class, read_config
 from offramp.models.heads import masked_mean
 from offramp.quality import calibration
 
@@ -320,6 +321,25 @@ def full_pass(model, tokenizer, texts, max_length: int, batch_size: int = 64) ->
 def all_head_logits(model, tokenizer, texts, max_length: int, batch_size: int = 64) -> np.ndarray:
     """(N, K, C) logits of every exit head at full depth."""
     return full_pass(model, tokenizer, texts, max_length, batch_size).logits
+
+
+def calibration_device() -> str:
+    """Calibration's passes run on a GPU when the machine has one, in the dtype asked for."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def calibration_model(model_dir: str, dtype: str):
+    """The saved model on `calibration_device`, computing in `dtype`, as a tagging stage in that
+    dtype computes (the certificate covers runs in it)."""
+    return load_model(model_dir).to(calibration_device(), dtype=TORCH_DTYPES[dtype]).eval()
+
+
+def head_logits_for(model_dir: str, texts: list[str], max_length: int, batch_size: int = 64,
+                    dtype: str = "float32") -> simulate.HeadPass:
+    """Every exit head's output at full depth, from one pass of the saved model (`calibration_model`)."""
+    model = calibration_model(model_dir, dtype)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return full_pass(model, tokenizer, texts, max_length, batch_size)
 
 
 def begin(cfg: TrainSettings) -> str:
