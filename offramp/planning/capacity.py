@@ -331,8 +331,9 @@ def layout_advice(summary: dict, pools: list[dict]) -> list[str]:
                 "every stage (`rebatch: 8`) measured faster than a pool per stage, with the same labels (BENCHMARKS.md, "
                 "\"Layouts on this CPU\"); measure this corpus with --rebatch 8 before adding pools.")]
     if gpu and gpu[0] >= 1.0:
-        share = first_pool_busy_share(summary, pools)
-        if share is not None and share < FEED_BOUND_SHARE:
+        measured_busy = first_pool_busy(summary, pools)
+        if measured_busy is not None and measured_busy[0] < FEED_BOUND_SHARE:
+            share = measured_busy[0]
             return [(f"Layout: each actor takes a whole GPU (num_gpus {gpu[0]:g}), and it waited for its input "
                      f"(busy {100 * share:.0f}% of its span). Keep one actor per GPU: on one H200 fed by its own "
                      f"16 cores, two actors at num_gpus 0.5 made {measured('2 actors x 0.5 GPU, feed-bound')} the "
@@ -346,26 +347,25 @@ def layout_advice(summary: dict, pools: list[dict]) -> list[str]:
     return []
 
 
-def first_pool_busy_share(summary: dict, pools: list[dict]) -> float | None:
-    """The measured run's first pool: busy actor-seconds over its active span times its actors;
-    None when the run did not record both."""
+def first_pool_busy(summary: dict, pools: list[dict]) -> tuple[float, float, int] | None:
+    """The measured run's first pool: (busy actor-seconds over its active span times its actors,
+    the active span in seconds, its actors); None when the run did not record both."""
     metrics, first = summary.get("metrics") or {}, pools[0]
     active = float(metrics.get(f"stage{first.get('index', 0)}_active_seconds") or 0.0)
     actors = int(first.get("max_actors") or first.get("min_actors") or 1)
     if active <= 0 or not _busy(first):
         return None  # before a run (the start-up check), or a run that did not record both
-    return _busy(first) / (active * actors)
+    return _busy(first) / (active * actors), active, actors
 
 
 def feed_note(summary: dict, pools: list[dict]) -> str | None:
     """When the measured run's first pool waited for its input, the model did not set the run's
     rate: say so, with the rate the feed delivered. None when the pool was busy most of its span."""
-    share = first_pool_busy_share(summary, pools)
-    if share is None or share >= FEED_BOUND_SHARE:
+    measured_busy = first_pool_busy(summary, pools)
+    if measured_busy is None or measured_busy[0] >= FEED_BOUND_SHARE:
         return None
+    share, active, actors = measured_busy
     first = pools[0]
-    active = float((summary.get("metrics") or {})[f"stage{first['index']}_active_seconds"])
-    actors = int(first.get("max_actors") or first.get("min_actors") or 1)
     rows = int(first.get("rows_in") or 0)
     return (f"The measured run's first stage pool was busy {100 * share:.0f}% of its active span ({_busy(first):.1f} "
             f"actor-seconds over {active:.1f} s x {actors} actors); the rest of the span it waited for its input or "
