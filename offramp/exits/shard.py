@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from transformers.masking_utils import create_bidirectional_mask
 
 from offramp.exits.stage import to_device
 
@@ -44,17 +43,8 @@ class ShardBase(nn.Module):
         return hidden.to(next(self.layers.parameters()).dtype)
 
     def layer_mask(self, hidden: torch.Tensor, mask2d: torch.Tensor, padded: bool | None = None):
-        """The mask each encoder layer expects, built as the stock base model builds it.
-
-        `padded`: whether any row of `hidden` is shorter than its width, when the caller knows
-        it from the host's lengths. Left to transformers (None), SDPA's mask is dropped only
-        after reading the whole mask back from the device (a host sync); told, no read."""
-        if padded is None:
-            return create_bidirectional_mask(config=self.model_config, inputs_embeds=hidden, attention_mask=mask2d)
-        # no padding: the mask a stock model builds from an all-ones mask; padding: no skip to test for
-        return create_bidirectional_mask(config=self.model_config, inputs_embeds=hidden,
-                                         attention_mask=mask2d if padded else None,
-                                         allow_is_bidirectional_skip=not padded)
+        """The mask each encoder layer expects (`BertBackbone.layer_mask`; `padded` spares a host sync)."""
+        return self.adapter.layer_mask(self.model_config, hidden, mask2d, padded)
 
 
 def keep_rows(keep: torch.Tensor, *tensors):

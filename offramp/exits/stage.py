@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from offramp import schema
-from offramp.models.checkpoint import load_model
+from offramp.models.checkpoint import load_stage_model
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # numpy has no bfloat16: bf16 blobs are stored as their raw 16-bit patterns.
@@ -253,7 +253,7 @@ class StageRunner:
         if spec.torch_threads:
             torch.set_num_threads(spec.torch_threads)
         dtype = TORCH_DTYPES[spec.dtype]
-        model = load_model(model_dir, dtype)  # SDPA attention: transformers' default for BERT
+        model = load_stage_model(model_dir, dtype)  # torch's SDPA attention, as transformers' default for BERT
         self.device = torch.device(spec.device)
         configure_device(self.device)
         if spec.max_tokens is None:

@@ -10,8 +10,13 @@ stock base model, and answers:
     state (every stock head reads position 0, so [CLS] and mean pooling feed the same head);
   the pieces of a layer the token task's sparse layer runs for some tokens only.
 
+Each adapter comes in two kinds. The stock one (`BACKBONES`) builds transformers' modules, imported
+on first use, for training, calibration and anything that loads a checkpoint with `from_pretrained`.
+The lean one (`LEAN_BACKBONES`) builds `offramp.models.lean`'s torch-only modules under the same
+names, for the stage actors, whose processes then never import transformers' modeling code.
+
 Leaf to root: `Projections` -> `BertBackbone` (BERT; RoBERTa, XLM-RoBERTa and ELECTRA reuse its
-layer internals) -> `DistilBertBackbone` -> `BACKBONES` -> `get_backbone`.
+layer internals) -> `DistilBertBackbone` -> `BACKBONES`, `LEAN_BACKBONES` -> `get_backbone`.
 
 Not adapted, and why: DeBERTa-v2 layers need the encoder's relative-position embeddings and
 relative positions passed in per call (a shard would have to carry encoder state that is not a
@@ -21,22 +26,19 @@ Both fail at start with the supported list.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig
-from transformers.models.bert.modeling_bert import BertModel, BertPreTrainedModel
-from transformers.models.distilbert.modeling_distilbert import DistilBertModel, DistilBertPreTrainedModel
-from transformers.models.electra.modeling_electra import ElectraClassificationHead, ElectraModel, ElectraPreTrainedModel
-from transformers.models.roberta.modeling_roberta import RobertaClassificationHead, RobertaModel, RobertaPreTrainedModel
-from transformers.models.xlm_roberta.modeling_xlm_roberta import (
-    XLMRobertaClassificationHead,
-    XLMRobertaModel,
-    XLMRobertaPreTrainedModel,
-)
+from torch.nn import functional as F
 
 from offramp.config import ConfigError
+from offramp.models import lean
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 @dataclass
@@ -95,12 +97,50 @@ class BertBackbone:
 
     model_type = "bert"
     name = "Bert"
-    pretrained: type = BertPreTrainedModel
-    base: type = BertModel
+    prefix = "bert"  # the stock *PreTrainedModel's base_model_prefix
+    stock_module = "transformers.models.bert.modeling_bert"
+    head_act = None  # the stock `*ClassificationHead`'s activation, where the backbone has one
+
+    def __init__(self, lean: bool = False):
+        self.lean = lean
+
+    def stock(self, name: str) -> type:
+        """A class of the backbone's transformers modeling module, imported on first use."""
+        return getattr(importlib.import_module(self.stock_module), name)
+
+    @property
+    def pretrained(self) -> type:
+        """The base class of this adapter's model classes."""
+        return lean.LeanModel if self.lean else self.stock(f"{self.name}PreTrainedModel")
 
     def build(self, config: PretrainedConfig, sequence: bool) -> nn.Module:
-        """The stock base model; BERT's sequence head needs its pooler."""
-        return self.base(config, add_pooling_layer=sequence)
+        """The base model; BERT's sequence head needs its pooler."""
+        if self.lean:
+            return lean.Encoder(config, pooler=sequence)
+        return self.stock("BertModel")(config, add_pooling_layer=sequence)
+
+    def layer_mask(self, config: PretrainedConfig, hidden: torch.Tensor, mask2d: torch.Tensor, padded: bool | None = None):
+        """The mask each encoder layer expects for right-padded rows, built as the stock base model
+        builds it (the lean layers take SDPA's own).
+
+        `padded`: whether any row of `hidden` is shorter than its width, when the caller knows
+        it from the host's lengths. Left to transformers (None), SDPA's mask is dropped only
+        after reading the whole mask back from the device (a host sync); told, no read."""
+        if self.lean:
+            return lean.key_padding_mask(mask2d, padded)
+        from transformers.masking_utils import create_bidirectional_mask  # the stock path only
+
+        if padded is None:
+            return create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask2d)
+        # no padding: the mask a stock model builds from an all-ones mask; padding: no skip to test for
+        return create_bidirectional_mask(config=config, inputs_embeds=hidden, attention_mask=mask2d if padded else None,
+                                         allow_is_bidirectional_skip=not padded)
+
+    def classification_head(self, config: PretrainedConfig) -> nn.Module:
+        """RoBERTa's and ELECTRA's stock `*ClassificationHead` (dense, act, out_proj at position 0)."""
+        if self.lean:
+            return lean.ClassificationHead(config.hidden_size, config.num_labels, self.head_act)
+        return self.stock(f"{self.name}ClassificationHead")(config)
 
     def dropout(self, config: PretrainedConfig) -> float:
         """Dropout before the exit heads and the token classifier (training only)."""
@@ -144,12 +184,14 @@ class RobertaBackbone(BertBackbone):
 
     model_type = "roberta"
     name = "Roberta"
-    pretrained = RobertaPreTrainedModel
-    base = RobertaModel
-    head: type = RobertaClassificationHead
+    prefix = "roberta"
+    stock_module = "transformers.models.roberta.modeling_roberta"
+    head_act = staticmethod(torch.tanh)
 
     def build(self, config: PretrainedConfig, sequence: bool) -> nn.Module:
-        return self.base(config, add_pooling_layer=False)  # the stock task models have no pooler
+        if self.lean:
+            return lean.Encoder(config, pooler=False)
+        return self.stock(f"{self.name}Model")(config, add_pooling_layer=False)  # the stock task models have no pooler
 
     def embed(self, modules: Embedder, input_ids: torch.Tensor) -> torch.Tensor:
         # Stock RoBERTa derives positions from the ids (pad tokens stay at padding_idx). Rows are
@@ -160,7 +202,7 @@ class RobertaBackbone(BertBackbone):
         return modules.embeddings(input_ids=input_ids, position_ids=pos[None, :].expand_as(input_ids))
 
     def add_sequence_head(self, model: nn.Module, config: PretrainedConfig) -> None:
-        model.classifier = self.head(config)
+        model.classifier = self.classification_head(config)
 
     def sequence_head(self, model: nn.Module) -> nn.Module:
         return model.classifier
@@ -169,9 +211,7 @@ class RobertaBackbone(BertBackbone):
 class XLMRobertaBackbone(RobertaBackbone):
     model_type = "xlm-roberta"
     name = "XLMRoberta"
-    pretrained = XLMRobertaPreTrainedModel
-    base = XLMRobertaModel
-    head = XLMRobertaClassificationHead
+    stock_module = "transformers.models.xlm_roberta.modeling_xlm_roberta"
 
 
 class ElectraBackbone(BertBackbone):
@@ -180,18 +220,19 @@ class ElectraBackbone(BertBackbone):
 
     model_type = "electra"
     name = "Electra"
-    pretrained = ElectraPreTrainedModel
-    base = ElectraModel
+    prefix = "electra"
+    stock_module = "transformers.models.electra.modeling_electra"
+    head_act = staticmethod(F.gelu)
 
     def build(self, config: PretrainedConfig, sequence: bool) -> nn.Module:
-        return self.base(config)
+        return lean.Encoder(config, pooler=False) if self.lean else self.stock("ElectraModel")(config)
 
     def embed(self, modules: Embedder, input_ids: torch.Tensor) -> torch.Tensor:
         hidden = modules.embeddings(input_ids=input_ids)  # (B, T, E)
         return hidden if modules.project is None else modules.project(hidden)  # (B, T, H): E != H projects
 
     def add_sequence_head(self, model: nn.Module, config: PretrainedConfig) -> None:
-        model.classifier = ElectraClassificationHead(config)
+        model.classifier = self.classification_head(config)
 
     def sequence_head(self, model: nn.Module) -> nn.Module:
         return model.classifier
@@ -203,11 +244,11 @@ class DistilBertBackbone(BertBackbone):
 
     model_type = "distilbert"
     name = "DistilBert"
-    pretrained = DistilBertPreTrainedModel
-    base = DistilBertModel
+    prefix = "distilbert"
+    stock_module = "transformers.models.distilbert.modeling_distilbert"
 
     def build(self, config: PretrainedConfig, sequence: bool) -> nn.Module:
-        return self.base(config)
+        return lean.DistilEncoder(config) if self.lean else self.stock("DistilBertModel")(config)
 
     def dropout(self, config: PretrainedConfig) -> float:
         return config.dropout
@@ -235,7 +276,9 @@ class DistilBertBackbone(BertBackbone):
         return layer.output_layer_norm(layer.ffn(a) + a)
 
 
-BACKBONES = {b.model_type: b for b in (BertBackbone(), RobertaBackbone(), XLMRobertaBackbone(), ElectraBackbone(), DistilBertBackbone())}
+_ADAPTERS = (BertBackbone, RobertaBackbone, XLMRobertaBackbone, ElectraBackbone, DistilBertBackbone)
+BACKBONES = {a.model_type: a() for a in _ADAPTERS}
+LEAN_BACKBONES = {a.model_type: a(lean=True) for a in _ADAPTERS}
 
 
 def get_backbone(model_type: str) -> BertBackbone:

@@ -8,14 +8,18 @@ is 0-based, as the slice bounds of `encoder.layer` it is; inside a shard, `offse
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 import torch
-from transformers import PretrainedConfig
-from transformers.masking_utils import create_bidirectional_mask
 
 from offramp.config import ConfigError
-from offramp.models.backbones import BACKBONES, BertBackbone, Embedder
+from offramp.models.backbones import BACKBONES, LEAN_BACKBONES, BertBackbone, Embedder
 from offramp.models.profile import save_profile
 from offramp.policies import get_policy
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 # The tasks a model can be trained for; `config.task` names one (absent = sequence, the
 # first release's classifiers). offramp.tasks maps each to its pipeline steps.
@@ -44,8 +48,9 @@ def init_exit_config(config: PretrainedConfig, policy: str, mechanism: str, defa
 class ExitLayersMixin:
     """What every early-exit model answers from its config and its backbone adapter."""
 
-    config: PretrainedConfig
-    adapter: BertBackbone  # set on each class `model_classes` makes
+    # `config` (a transformers config, or lean.LeanConfig) is set by the class's base; not annotated here:
+    # transformers evaluates its models' class annotations, and this module imports no transformers
+    adapter: BertBackbone  # set on each class `ModelClasses` makes
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, H)
         """The states the first encoder layer reads."""
@@ -62,7 +67,7 @@ class ExitLayersMixin:
 
     def layer_mask(self, hidden: torch.Tensor, mask2d: torch.Tensor):
         """The mask each encoder layer expects, built as the stock base model builds it."""
-        return create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=mask2d)
+        return self.adapter.layer_mask(self.config, hidden, mask2d)
 
     @property
     def num_layers(self) -> int:
@@ -83,13 +88,38 @@ class ExitLayersMixin:
         save_profile(directory, profile)
 
 
-def model_classes(mixin: type, task_name: str, namespace: dict) -> dict[str, type]:
-    """One model class per backbone adapter: `mixin` over the backbone's stock `*PreTrainedModel`
-    (its weight init and encoder prefix), named `EarlyExit<Backbone>For<task_name>` and bound in
-    `namespace` (the defining module's globals, so the classes pickle by name). model_type -> class."""
-    out = {}
-    for model_type, adapter in BACKBONES.items():
-        name = f"EarlyExit{adapter.name}For{task_name}"
-        cls = type(name, (mixin, adapter.pretrained), {"adapter": adapter, "__module__": namespace["__name__"], "__doc__": mixin.__doc__})
-        namespace[name] = out[model_type] = cls
-    return out
+class ModelClasses(Mapping):
+    """model_type -> the class of `mixin` over that backbone: over its stock `*PreTrainedModel`
+    (weight init and encoder prefix), named `EarlyExit<Backbone>For<task_name>`, or with `lean` over
+    `offramp.models.lean.LeanModel`, named `LeanEarlyExit...`. Each is made on first use (a stock one
+    imports transformers' modeling code) and bound in `namespace` (the defining module's globals),
+    so the classes pickle by name."""
+
+    def __init__(self, mixin: type, task_name: str, namespace: dict, lean: bool = False):
+        self.mixin, self.task_name, self.namespace = mixin, task_name, namespace
+        self.adapters = LEAN_BACKBONES if lean else BACKBONES
+        self.prefix = "Lean" if lean else ""
+
+    def name(self, model_type: str) -> str:
+        return f"{self.prefix}EarlyExit{self.adapters[model_type].name}For{self.task_name}"
+
+    def __getitem__(self, model_type: str) -> type:
+        adapter, name = self.adapters[model_type], self.name(model_type)
+        if name not in self.namespace:
+            body = {"adapter": adapter, "base_model_prefix": adapter.prefix, "__module__": self.namespace["__name__"],
+                    "__doc__": self.mixin.__doc__}
+            self.namespace[name] = type(name, (self.mixin, adapter.pretrained), body)
+        return self.namespace[name]
+
+    def __iter__(self):
+        return iter(self.adapters)
+
+    def __len__(self) -> int:
+        return len(self.adapters)
+
+    def by_name(self, name: str) -> type:
+        """The class a module-level `__getattr__` is asked for by name (AttributeError if none)."""
+        for model_type in self.adapters:
+            if self.name(model_type) == name:
+                return self[model_type]
+        raise AttributeError(f"module {self.namespace['__name__']!r} has no attribute {name!r}")

@@ -8,21 +8,26 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoConfig, PretrainedConfig
 
 from offramp.config import ConfigError
+from offramp.models import lean
 from offramp.models.backbones import get_backbone
 from offramp.models.base import SEQUENCE, TOKEN
 from offramp.models.heads import FINAL_POOLINGS
 from offramp.models.profile import load_profile
-from offramp.models.sequence import SEQUENCE_CLASSES
-from offramp.models.token import TOKEN_CLASSES
+from offramp.models.sequence import LEAN_SEQUENCE_CLASSES, SEQUENCE_CLASSES
+from offramp.models.token import LEAN_TOKEN_CLASSES, TOKEN_CLASSES
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 logger = logging.getLogger(__name__)
 
 MODEL_CLASSES = {SEQUENCE: SEQUENCE_CLASSES, TOKEN: TOKEN_CLASSES}  # task -> model_type -> class
+LEAN_CLASSES = {SEQUENCE: LEAN_SEQUENCE_CLASSES, TOKEN: LEAN_TOKEN_CLASSES}  # the same over offramp.models.lean
 
 
 def default_base_model() -> str:
@@ -75,6 +80,8 @@ def checkpoint_config(directory: str) -> PretrainedConfig:
             "only, as pickled weights run code when loaded: convert with "
             "`AutoModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)` in a trusted environment"
         )
+    from transformers import AutoConfig  # the driver's and training's path: a stage reads lean.read_config
+
     config = AutoConfig.from_pretrained(directory, trust_remote_code=False)
     get_backbone(config.model_type)
     return config
@@ -205,3 +212,30 @@ def load_model(directory: str, dtype: torch.dtype = torch.float32):
     """Load a trained early-exit model directory for inference (eval mode), of its own task's and backbone's class."""
     config = read_config(directory)
     return model_class(model_task(config), config).from_pretrained(directory, dtype=dtype, use_safetensors=True).eval()
+
+
+def load_stage_model(directory: str, dtype: torch.dtype = torch.float32):
+    """The model a stage runs (eval mode): its task's class over `offramp.models.lean`'s torch-only
+    modules where they cover the checkpoint and its safetensors fill them exactly, so the stage's
+    process never imports transformers' modeling code; else the stock class (`load_model`). Both
+    give the same outputs (tests/offramp/models/test_lean.py)."""
+    try:
+        return load_lean_model(directory, dtype)
+    except lean.NotLean as e:
+        logger.info("%s runs on transformers' own modules: %s", directory, e)
+        return load_model(directory, dtype)
+
+
+def load_lean_model(directory: str, dtype: torch.dtype = torch.float32):
+    """A trained early-exit model directory on the lean modules; `lean.NotLean` when they do not
+    cover it (its backbone, activation or weights)."""
+    config = lean.read_config(directory)
+    with torch.device("meta"):  # no init: every weight comes from the checkpoint
+        model = LEAN_CLASSES[model_task(config)][config.model_type](config)
+    weights = lean.read_weights(directory)
+    want = model.state_dict().keys()
+    missing, extra = sorted(want - weights.keys()), sorted(weights.keys() - want)
+    if missing or extra:
+        raise lean.NotLean(f"its weights do not match the lean modules' (missing {missing[:3]}, unexpected {extra[:3]})")
+    model.load_state_dict(weights, strict=True, assign=True)
+    return model.to(dtype).eval()

@@ -18,15 +18,18 @@ Layers are numbered 1..L; "exit layer l" means the head after encoder layer l-1 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig
 
 from offramp.config import ConfigError
-from offramp.models.base import ExitLayersMixin, init_exit_config, model_classes
+from offramp.models.base import ExitLayersMixin, ModelClasses, init_exit_config
 from offramp.models.heads import FINAL_POOLINGS, ExitHead, FinalHead, HeadOutput, exit_signal, masked_mean
 from offramp.models.modules import ExitPredictor, PrototypeNet, SkipGate
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 @dataclass
@@ -167,5 +170,10 @@ class EarlyExitSequenceModel(ExitLayersMixin):
         )
 
 
-SEQUENCE_CLASSES = model_classes(EarlyExitSequenceModel, "SequenceClassification", globals())
-EarlyExitBertForSequenceClassification = SEQUENCE_CLASSES["bert"]
+SEQUENCE_CLASSES = ModelClasses(EarlyExitSequenceModel, "SequenceClassification", globals())
+LEAN_SEQUENCE_CLASSES = ModelClasses(EarlyExitSequenceModel, "SequenceClassification", globals(), lean=True)
+
+
+def __getattr__(name: str) -> type:
+    """`EarlyExit<Backbone>ForSequenceClassification` (and `Lean...`), made on first use."""
+    return (LEAN_SEQUENCE_CLASSES if name.startswith("Lean") else SEQUENCE_CLASSES).by_name(name)

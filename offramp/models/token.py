@@ -20,16 +20,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers import PretrainedConfig
 
 from offramp.config import check_token_exit
 from offramp.models.backbones import BACKBONES, BertBackbone
-from offramp.models.base import TOKEN, ExitLayersMixin, init_exit_config, model_classes
+from offramp.models.base import TOKEN, ExitLayersMixin, ModelClasses, init_exit_config
 from offramp.policies import check_word_policy, get_policy
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 IGNORE = -100  # label of positions that are not a word's first sub-word (CE ignore_index)
 
@@ -165,5 +168,10 @@ class EarlyExitTokenModel(ExitLayersMixin):
         return TokenExitOutput(exit_logits[-1], exit_logits, loss)
 
 
-TOKEN_CLASSES = model_classes(EarlyExitTokenModel, "TokenClassification", globals())
-EarlyExitBertForTokenClassification = TOKEN_CLASSES["bert"]
+TOKEN_CLASSES = ModelClasses(EarlyExitTokenModel, "TokenClassification", globals())
+LEAN_TOKEN_CLASSES = ModelClasses(EarlyExitTokenModel, "TokenClassification", globals(), lean=True)
+
+
+def __getattr__(name: str) -> type:
+    """`EarlyExit<Backbone>ForTokenClassification` (and `Lean...`), made on first use."""
+    return (LEAN_TOKEN_CLASSES if name.startswith("Lean") else TOKEN_CLASSES).by_name(name)
