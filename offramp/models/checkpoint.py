@@ -230,8 +230,7 @@ def load_lean_model(directory: str, dtype: torch.dtype = torch.float32):
     """A trained early-exit model directory on the lean modules; `lean.NotLean` when they do not
     cover it (its backbone, activation or weights)."""
     config = lean.read_config(directory)
-    with torch.device("meta"):  # no init: every weight comes from the checkpoint
-        model = LEAN_CLASSES[model_task(config)][config.model_type](config)
+    model = LEAN_CLASSES[model_task(config)][config.model_type](config)  # the encoder's weights left uninitialized
     weights = lean.read_weights(directory)
     want = model.state_dict().keys()
     missing, extra = sorted(want - weights.keys()), sorted(weights.keys() - want)
