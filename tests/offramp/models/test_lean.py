@@ -15,11 +15,15 @@ from safetensors.torch import load_file, save_file
 from transformers import BertConfig, DistilBertConfig, ElectraConfig, RobertaConfig, XLMRobertaConfig
 from transformers.activations import ACT2FN
 
+from offramp.exits.sequence_shard import LayerShard
+from offramp.exits.token_pass import pad
+from offramp.exits.token_shard import TokenShard
 from offramp.models import lean
 from offramp.models.base import SEQUENCE, TOKEN
 from offramp.models.checkpoint import load_lean_model, load_model, load_stage_model
 from tests.backbones import BACKBONE_TYPES, backbone_tokenizer, save_stock_model
-from tests.conftest import MECHANISM_FIELDS, SENTENCES, TEXTS
+from offramp.text.words import encode_words
+from tests.conftest import MECHANISM_FIELDS, NUM_LAYERS, SENTENCES, TEXTS, spread_thresholds
 from tests.offramp.models.test_backbones import load_ours, zero_padded
 
 # Lean and stock run the same torch operators in the same order on the same fp32 weights; the one
@@ -62,6 +66,36 @@ def test_lean_model_gives_the_stock_models_outputs(model_type, task, tmp_path):
     for want, got in zip(full_outputs(stock, ids, mask), full_outputs(ours, ids, mask), strict=True):
         torch.testing.assert_close(got, want, atol=TOL, rtol=0)
         assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
+def test_shards_with_exits_decide_alike_on_lean_and_stock_layers(model_type, tmp_path):
+    """What a stage runs: the same shards over either kind of layer exit the same rows (and words)
+    at the same layers with the same labels, in two stages that hand states on."""
+    tokenizer = backbone_tokenizer(model_type)
+    directory = offramp_dir(model_type, SEQUENCE, tmp_path / "seq")
+    stock, ours = load_model(directory), load_lean_model(directory)
+    thresholds = dict(zip(stock.exit_layers, spread_thresholds(stock, tokenizer, TEXTS)))
+    ids, mask = zero_padded(tokenizer, TEXTS)
+    outs = []
+    for model in (stock, ours):
+        first = LayerShard(model, 0, 2, thresholds=thresholds)(mask.sum(1), input_ids=ids)
+        second = LayerShard(model, 2, NUM_LAYERS, thresholds=thresholds)(first.lengths, hidden=first.hidden,
+                                                                         state=first.state)
+        outs.append((first, second))
+    (a1, a2), (b1, b2) = outs
+    assert len(set(a1.exit_layer.tolist())) >= 2, "thresholds should spread exits over layers"
+    for a, b in ((a1, b1), (a2, b2)):
+        assert torch.equal(a.exit_layer, b.exit_layer) and torch.equal(a.logits.argmax(-1), b.logits.argmax(-1))
+        torch.testing.assert_close(b.logits, a.logits, atol=TOL, rtol=0)
+
+    directory = offramp_dir(model_type, TOKEN, tmp_path / "tok")
+    stock, ours = load_model(directory), load_lean_model(directory)
+    ids, lengths, starts = pad(encode_words(tokenizer, SENTENCES, 64))
+    halting = {l: 0.5 for l in stock.exit_layers}  # normalized uncertainty: random heads halt some words, not all
+    a, b = (TokenShard(m, 0, NUM_LAYERS, thresholds=halting)(lengths, starts, input_ids=ids) for m in (stock, ours))
+    assert torch.equal(a.words.exit_layer, b.words.exit_layer) and torch.equal(a.words.label, b.words.label)
+    assert torch.equal(a.token_layers, b.token_layers) and len(set(a.words.exit_layer[starts >= 0].tolist())) >= 2
 
 
 @pytest.mark.parametrize("mechanism", sorted(MECHANISM_FIELDS))
