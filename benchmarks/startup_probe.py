@@ -24,6 +24,10 @@ STEPS = {
     "import transformers": "import transformers",
     "import torch + transformers": "import torch, transformers",
     "import offramp stage code": "import offramp.exits.stage, offramp.tasks, offramp.models.sequence",
+    # what a stage actor's process imports since stop 37 (lean modules: no transformers modeling code),
+    # and the stock modules it imported before, for the difference
+    "import a stage actor (lean)": "import actors.rebatch, offramp.exits.sequence_shard",
+    "import transformers' BERT modeling (stock)": "import transformers.models.bert.modeling_bert",
     "import tokenize step (no torch)": "import offramp.tasks.sequence",
     "import torch + first CUDA tensor": "import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize()",
 }
