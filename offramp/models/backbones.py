@@ -1,5 +1,6 @@
 """Backbone adapters: what offramp needs from each BERT-family encoder, answered with the stock
-transformers modules (reused, never copied), chosen by the config's `model_type`.
+transformers modules (or, in stage actors, `offramp.models.lean`'s torch-only ones under the same
+names), chosen by the config's `model_type`.
 
 An adapter names the stock `*PreTrainedModel` base (weight init, and the attribute the stock task
 heads keep the encoder under, so a fine-tuned `*ForSequenceClassification` loads by name) and the

@@ -5,6 +5,8 @@ Leaf to root: `ExitHead` (a small off-ramp classifier) -> `EarlyExitSequenceMode
 stock base model plus the stock sequence-classification head's modules (read by `FinalHead` with
 the pooling the backbone was trained with) plus one `ExitHead` per internal exit layer ->
 `SEQUENCE_CLASSES`, that mixin over each backbone's stock `*PreTrainedModel`.
+`LEAN_SEQUENCE_CLASSES` puts the same mixin over `offramp.models.lean` (torch-only modules under the
+stock names): what stage actors load (`offramp.models.checkpoint.load_stage_model`).
 
 The weights keep their stock names, so a fine-tuned `*ForSequenceClassification` loads into the
 class of its backbone (and `AutoModelForSequenceClassification` loads ours); with

@@ -6,6 +6,8 @@ stock base model + the stock token-classification head, `dropout` + `classifier`
 so `AutoModelForTokenClassification` loads the same full-depth model from our
 directory, plus a linear token head after every internal exit layer) ->
 `TOKEN_CLASSES`, that mixin over each backbone adapter's stock `*PreTrainedModel`.
+`LEAN_TOKEN_CLASSES` puts the same mixin over `offramp.models.lean` (torch-only modules under the
+stock names): what stage actors load (`offramp.models.checkpoint.load_stage_model`).
 
 Words are tagged at their first sub-word. Two exit modes share one model:
   sentence (SENTEE): a sentence leaves when the max (or mean) of its words'
