@@ -12,7 +12,8 @@ Each module computes what its stock namesake computes in inference (no dropout, 
 cross-attention), in the same order of operations. Leaf to root: `activation` -> `Embeddings`
 -> `Layer` (BERT, RoBERTa, XLM-RoBERTa, ELECTRA) and `DistilLayer` -> `Encoder` /
 `DistilEncoder` -> `ClassificationHead` (RoBERTa's and ELECTRA's stock sequence head) ->
-`LeanConfig` and `read_config`.
+`LeanModel` (what the early-exit mixins need of a `*PreTrainedModel`) -> `LeanConfig`, `read_config`
+and `read_weights`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 
 import torch
 from safetensors.torch import load_file
@@ -29,6 +31,7 @@ from torch.nn import functional as F
 
 class NotLean(ValueError):
     """A checkpoint these modules do not cover; the stage runs the stock ones for it."""
+
 
 # ---------------------------------------------------------------- activations
 
@@ -49,7 +52,7 @@ ACTIVATIONS = {  # config.json's hidden_act / activation -> the function transfo
 }
 
 
-def activation(name) -> callable:
+def activation(name) -> Callable[[torch.Tensor], torch.Tensor]:
     """The activation a config names; an unknown one raises NotLean (the stage then runs the stock
     modules, which know every activation transformers has)."""
     if not isinstance(name, str) or name not in ACTIVATIONS:
@@ -86,7 +89,7 @@ def attention(query: nn.Module, key: nn.Module, value: nn.Module, heads: int, sc
 
 class Embeddings(nn.Module):
     """BERT's embeddings (RoBERTa's, XLM-RoBERTa's and ELECTRA's have the same parameters; ELECTRA's
-    are `embedding_size` wide). DistilBERT's have no token types (`token_types=False`)."""
+    are `embedding_size` wide). DistilBERT's have no token types (`types=0`)."""
 
     def __init__(self, vocab: int, width: int, positions: int, types: int, eps: float, pad: int):
         super().__init__()
