@@ -15,6 +15,8 @@
 #     (b) and the faster layouts on a million short texts, where start-up weighs little; steady-minilm
 #     runs (a) and (b) with tokenize tasks at 1.0 and 0.5 CPU, then counts the tokenize tasks Ray
 #     Data runs at once beside a GPU stage (benchmarks/feed_concurrency.py)
+#   lean (call 1's carry): the start-up probe, then (a) and (b) with stages on the lean modules and on
+#     transformers' own (OFFRAMP_STOCK_LAYERS=1), in turn, twice: what stop 37's lean stages change on a GPU
 #   CUDNN=0 skips bert's cuDNN-SDPA A/B, PROBE=0 steady-bert's start-up probe (both measured at stop 34).
 #   Stop 36 ran: CUDNN=0 bert; train; steady-minilm; then, on a fresh node, PROBE=0 steady-bert
 #   (BENCHMARKS.md, "Stop 36"): about 1,250 s of device time with the start-ups.
@@ -97,8 +99,21 @@ case ${1:-} in
       pkill -9 -f -e 'raylet|gcs_server|ray::|default_worker' >/dev/null 2>&1
     done
     ;;
+  lean)  # call 1's carry: a stage on the lean modules against the stock ones (OFFRAMP_STOCK_LAYERS=1), in turn
+    echo "=== startup_probe $(date +%T)"
+    timeout -k 10 90 python3 benchmarks/startup_probe.py --device cuda 2>&1 | grep -v -e '^20' -e WARN |
+      tee "$OUT/startup_probe.txt" | tail -12
+    for r in 1 2; do
+      for stock in 0 1; do
+        export OFFRAMP_STOCK_LAYERS=$stock
+        step "lean_stock${stock}_$r" 150 $W "${BENCH[@]}" --model .devmodel/meta --only-bert-base --long-rows 0 \
+          --variants a,b --out $W
+      done
+    done
+    unset OFFRAMP_STOCK_LAYERS
+    ;;
   *)
-    echo "usage: gpu_session.sh bert|minilm|train|steady-bert|steady-minilm" >&2
+    echo "usage: gpu_session.sh bert|minilm|train|steady-bert|steady-minilm|lean" >&2
     exit 2
     ;;
 esac

@@ -218,7 +218,10 @@ def load_stage_model(directory: str, dtype: torch.dtype = torch.float32):
     """The model a stage runs (eval mode): its task's class over `offramp.models.lean`'s torch-only
     modules where they cover the checkpoint and its safetensors fill them exactly, so the stage's
     process never imports transformers' modeling code; else the stock class (`load_model`). Both
-    give the same outputs (tests/offramp/models/test_lean.py)."""
+    give the same outputs (tests/offramp/models/test_lean.py). OFFRAMP_STOCK_LAYERS=1 runs the stock
+    classes, for measuring the two side by side (benchmarks/startup_probe.py, bench_gpu.py)."""
+    if os.environ.get("OFFRAMP_STOCK_LAYERS") == "1":
+        return load_model(directory, dtype)
     try:
         return load_lean_model(directory, dtype)
     except lean.NotLean as e:

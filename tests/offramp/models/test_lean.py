@@ -167,6 +167,13 @@ def test_a_checkpoint_the_lean_modules_do_not_cover_runs_on_the_stock_ones(tmp_p
         torch.testing.assert_close(g, w, atol=0, rtol=0)
 
 
+def test_stock_layers_can_be_asked_for_to_measure_the_two(model_dir, monkeypatch):
+    assert isinstance(load_stage_model(model_dir), lean.LeanModel)
+    monkeypatch.setenv("OFFRAMP_STOCK_LAYERS", "1")
+    model = load_stage_model(model_dir)
+    assert not isinstance(model, lean.LeanModel) and type(model).__name__ == "EarlyExitBertForSequenceClassification"
+
+
 STOCK_CONFIGS = {"bert": BertConfig, "roberta": RobertaConfig, "xlm-roberta": XLMRobertaConfig,
                  "electra": ElectraConfig, "distilbert": DistilBertConfig}
 
