@@ -110,6 +110,17 @@ class HFClassifier:
         }
 
 
+def stage_configs(args, exits: bool) -> tuple:
+    """Full depth: every stage at the run's batch size; `--actors N`: stage 0's pool (with
+    `--rebatch`, the one pool) is N actors, which share the machine's cores."""
+    if exits and not args.actors:
+        return ()
+    return tuple(StageConfig(batch_size=None if exits else args.batch_size,
+                             min_actors=args.actors if k == 0 and args.actors else 1,
+                             max_actors=args.actors if k == 0 and args.actors else None)
+                 for k in range(args.num_stages))
+
+
 def offramp_variant(name, args, data, out, exits: bool, threshold: float | None = None):
     cfg = TagConfig(
         input=data,
@@ -120,7 +131,7 @@ def offramp_variant(name, args, data, out, exits: bool, threshold: float | None 
         max_length=args.max_length,
         batch_size=args.batch_size,
         num_stages=args.num_stages,
-        stages=tuple(StageConfig(batch_size=args.batch_size) for _ in range(args.num_stages)) if not exits else (),
+        stages=stage_configs(args, exits),
         rebatch=args.rebatch,
         dtype=args.dtype,
         exit=ExitConfig(disabled=not exits, threshold=threshold),
@@ -220,6 +231,8 @@ def main():
     p.add_argument("--max-length", type=int, default=96)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-stages", type=int, default=1)
+    p.add_argument("--actors", type=int, default=0,
+                   help="actors in stage 0's pool (0: offramp's default); they share the machine's cores")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="compute dtype of every variant (bfloat16: native on CPUs with AVX512-BF16 or AMX)")
     p.add_argument("--rebatch", type=int, default=0,

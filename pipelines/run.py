@@ -31,7 +31,7 @@ from actors.collector import MetricsCollector
 from actors.rebatch import RebatchingStageActor
 from actors.stage import StageActor
 from offramp import schema
-from offramp.config import ConfigError, RayConfig, TagConfig
+from offramp.config import ConfigError, RayConfig, StageConfig, TagConfig
 from offramp.exits.stage import cpu_dtype_advice, cpu_flags
 from offramp.models.checkpoint import ModelInfo
 from offramp.planning.capacity import layout_advice
@@ -172,9 +172,30 @@ def local_torch_threads(planned: list[PlannedStage], rebatch: int = 0) -> list[P
     return out
 
 
+LOCAL_CPU_ACTORS_MAX = 8  # a model copy each; past this many, threads per actor instead
+
+
+def local_cpu_actors(cfg: TagConfig) -> int:
+    """Stage 0's actors on a local run when its config leaves them unset: one per core (fewer when
+    the stage pins torch_threads), at most LOCAL_CPU_ACTORS_MAX and what half of Ray's logical CPUs
+    hold at the stage's num_cpus each (the read, tokenize and write tasks need the rest).
+
+    Why: a process per core beats one process's threads over the same cores. On the development
+    machine's 2 cores, two 1-thread actors made 1.46-1.54x the docs/s of one 2-thread actor on the
+    framework benchmark (hidden 32: every operator is small, and the threads meet at a barrier after
+    each), and 1.04x (exits) and 1.12x (full depth) on the MiniLM benchmark model (BENCHMARKS.md,
+    "A process per core")."""
+    first = cfg.stages[0] if cfg.stages else StageConfig()
+    per_core = (os.cpu_count() or 1) // max(1, first.torch_threads)
+    in_half_of_ray = int(cfg.ray.num_cpus / 2 / first.num_cpus) if first.num_cpus > 0 else per_core
+    return max(1, min(per_core, LOCAL_CPU_ACTORS_MAX, in_half_of_ray))
+
+
 def stage_plan(cfg: TagConfig, info: ModelInfo, thresholds: dict, local: bool) -> list[PlannedStage]:
-    """The layout with its thresholds; on a local run the machine's cores shared among stages."""
-    planned = plan_layout(cfg, info.num_layers, info.survival, exits_enabled=not cfg.exit.disabled, task=info.task)
+    """The layout with its thresholds; on a local run stage 0 gets a CPU actor per core
+    (`local_cpu_actors`) and the machine's cores are shared among the stages' actors."""
+    planned = plan_layout(cfg, info.num_layers, info.survival, exits_enabled=not cfg.exit.disabled, task=info.task,
+                          cpu_actors=local_cpu_actors(cfg) if local else 1)
     planned = [dataclasses.replace(p, spec=dataclasses.replace(p.spec, thresholds=thresholds)) for p in planned]
     return local_torch_threads(planned, cfg.rebatch) if local else planned
 
@@ -579,7 +600,10 @@ def full_depth_eval(plan: Plan, output: pads.Dataset, stage_cls=None, rows: int 
     about full_depth_eval_rows of the `rows` rows, picked by a hash of the id as the audit
     picks (another seed): spread over the whole corpus, not its first files, which may differ."""
     cfg = plan.cfg
-    full_cfg = dataclasses.replace(cfg, exit=dataclasses.replace(cfg.exit, disabled=True))
+    # a sample of a few hundred rows: one actor starts sooner than a pool of one per core
+    stages = cfg.stages or tuple(StageConfig() for _ in range(cfg.num_stages))
+    stages = (dataclasses.replace(stages[0], min_actors=stages[0].min_actors or 1),) + stages[1:]
+    full_cfg = dataclasses.replace(cfg, exit=dataclasses.replace(cfg.exit, disabled=True), stages=stages)
     full = make_plan(full_cfg, plan.info, plan.task, plan.keep_types, advise=False)
     ds = ray.data.read_datasource(corpus_source(full_cfg, plan.task, fmt=plan.input_format, found=plan.input_schema))
     id_column = cfg.id_column or "id"

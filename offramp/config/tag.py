@@ -65,8 +65,10 @@ class StageConfig:
 
     layers: tuple[int, int] | None = None
     """[start, end) layer range; None = split the model's layers evenly across stages."""
-    min_actors: int = 1
-    """ActorPoolStrategy min_size."""
+    min_actors: int | None = None
+    """ActorPoolStrategy min_size; None = 1, except stage 0 on a CPU in a local run: one actor per
+    core, each on one thread (pipelines.run.local_cpu_actors; 1.5x the docs/s of one 2-thread actor
+    on the framework benchmark, BENCHMARKS.md)."""
     max_actors: int | None = None
     """ActorPoolStrategy max_size; None = sized from measured survival (stage 0: min_actors)."""
     batch_size: int | None = None
@@ -92,7 +94,8 @@ class StageConfig:
         if self.layers is not None:
             if len(self.layers) != 2 or self.layers[0] >= self.layers[1] or self.layers[0] < 0:
                 raise ConfigError(f"stage layers {list(self.layers)} must be [start, end) with 0 <= start < end")
-        if self.min_actors < 1 or (self.max_actors is not None and self.max_actors < self.min_actors):
+        low = 1 if self.min_actors is None else self.min_actors
+        if low < 1 or (self.max_actors is not None and self.max_actors < low):
             raise ConfigError(
                 f"stage actors min={self.min_actors} max={self.max_actors}: need 1 <= min_actors <= max_actors"
             )

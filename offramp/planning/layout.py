@@ -58,9 +58,12 @@ def split_layers(num_layers: int, num_stages: int, survival: list[float] | None,
 
 
 def plan_layout(
-    cfg: TagConfig, num_layers: int, survival: list[float] | None, exits_enabled: bool, task: str = "sequence"
+    cfg: TagConfig, num_layers: int, survival: list[float] | None, exits_enabled: bool, task: str = "sequence",
+    cpu_actors: int = 1,
 ) -> list[PlannedStage]:
-    """Resolve the config's stages into concrete ranges, batch sizes and actor counts."""
+    """Resolve the config's stages into concrete ranges, batch sizes and actor counts.
+    `cpu_actors`: stage 0's actors where its config leaves them unset and it runs on a CPU (a
+    local run passes one per core); every other unset count is 1."""
     stages = list(cfg.stages) or [StageConfig() for _ in range(cfg.num_stages)]
     given = [s.layers is not None for s in stages]
     if any(given) and not all(given):
@@ -77,16 +80,16 @@ def plan_layout(
     survival = survival if exits_enabled else None
     planned = []
     work0 = None
+    mins = [s.min_actors or min(cpu_actors if k == 0 and s.num_gpus == 0 else 1, s.max_actors or cpu_actors)
+            for k, s in enumerate(stages)]
     for k, (scfg, (start, end)) in enumerate(zip(stages, ranges)):
         s_k = survival_into(start, survival)
         work = sum(survival_into(layer, survival) for layer in range(start, end))
         work0 = work0 or work
         batch = scfg.batch_size or max(1, min(cfg.batch_size * 16, math.ceil(cfg.batch_size / max(s_k, 1e-3))))
         # unset: stage 0 keeps min_actors; deeper stages scale stage 0's pool by their share of the work
-        pool0 = stages[0].max_actors or stages[0].min_actors
-        max_actors = scfg.max_actors or (
-            scfg.min_actors if k == 0 else max(scfg.min_actors, math.ceil(pool0 * work / work0))
-        )
+        pool0 = stages[0].max_actors or mins[0]
+        max_actors = scfg.max_actors or (mins[k] if k == 0 else max(mins[k], math.ceil(pool0 * work / work0)))
         spec = StageSpec(
             index=k,
             start=start,
@@ -104,7 +107,7 @@ def plan_layout(
             window=cfg.exit.token.window,
             sentence_pool=cfg.exit.token.sentence_pool,
         )
-        planned.append(PlannedStage(spec, batch, scfg.min_actors, max_actors, scfg.num_cpus, scfg.num_gpus, s_k, work))
+        planned.append(PlannedStage(spec, batch, mins[k], max_actors, scfg.num_cpus, scfg.num_gpus, s_k, work))
     return planned
 
 

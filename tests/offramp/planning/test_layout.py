@@ -46,6 +46,32 @@ def test_local_runs_share_the_machines_cores_among_cpu_stage_actors(monkeypatch)
     assert local_torch_threads(plan_layout(pinned, 6, None, True))[0].spec.torch_threads == 3
 
 
+def test_a_local_run_gives_stage_0_a_cpu_actor_per_core_on_one_thread_each(monkeypatch):
+    """Processes over threads on a local run's CPU (BENCHMARKS.md, "A process per core"): stage 0's
+    pool gets one actor per core when its config leaves the count unset, within half of Ray's CPUs;
+    a count, a GPU or pinned threads the user gave win."""
+    from offramp.config import RayConfig
+    from pipelines.run import local_cpu_actors, local_torch_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    cfg = TagConfig()
+    plan = local_torch_threads(plan_layout(cfg, 6, None, True, cpu_actors=local_cpu_actors(cfg)))
+    assert (plan[0].min_actors, plan[0].max_actors, plan[0].spec.torch_threads) == (2, 2, 1)
+    assert plan_layout(cfg, 6, None, True)[0].min_actors == 1  # a cluster run: Ray's rule
+    two = TagConfig(num_stages=2)
+    plan = plan_layout(two, 6, [0.5, 0.25, 0.2, 0.1, 0.05, 0.0], True, cpu_actors=2)
+    assert [p.min_actors for p in plan] == [2, 1], "deeper pools keep a minimum of one"
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert local_cpu_actors(TagConfig()) == 4, "half of the embedded Ray's 8 logical CPUs"
+    assert local_cpu_actors(TagConfig(ray=RayConfig(num_cpus=32))) == 8, "capped: a model copy per actor"
+    assert local_cpu_actors(TagConfig(stages=(StageConfig(torch_threads=8),))) == 2
+    assert local_cpu_actors(TagConfig(stages=(StageConfig(num_cpus=4),))) == 1
+    for given, actors in ((StageConfig(min_actors=1), 1), (StageConfig(max_actors=1), 1),
+                          (StageConfig(num_gpus=0.5), 1), (StageConfig(min_actors=3), 3)):
+        planned = plan_layout(TagConfig(stages=(given,)), 6, None, True, cpu_actors=4)[0]
+        assert planned.min_actors == actors and planned.min_actors <= planned.max_actors, given
+
+
 def test_stages_compute_in_the_runs_dtype_unless_they_set_their_own():
     cfg = TagConfig(dtype="bfloat16", stages=(StageConfig(layers=(0, 2)), StageConfig(layers=(2, 6), dtype="float32")))
     assert [p.spec.dtype for p in plan_layout(cfg, 6, None, True)] == ["bfloat16", "float32"]
