@@ -226,10 +226,11 @@ def set_thresholds(model_dir: str, thresholds: list[float]) -> None:
 def offramp_variant(name, model_dir, data, out, args, max_length, batch, exits: bool, stages: int = 1,
                     actors: int = 1, rebatch: int = 0, tokenize_cpus: float | None = None,
                     stage_calls: int | None = None):
-    """offramp on `data`; `rebatch` > 0: one pool of actors holding all `stages`, merging survivors;
+    """offramp on `data`; `actors`: each pool's (None: offramp's default, one per core for a local CPU
+    stage 0); `rebatch` > 0: one pool of actors holding all `stages`, merging survivors;
     `tokenize_cpus`: what a tokenize task asks Ray for (None: offramp's default, 1.0 beside a GPU);
     `stage_calls`: batches a stage actor takes at once (None: offramp's default, 2 on a GPU)."""
-    share = actors if rebatch else stages * actors  # actors that split the GPU
+    share = (actors or 1) if rebatch else stages * (actors or 1)  # actors that split the GPU
     gpus = (1.0 / share) if args.device == "cuda" else 0.0
     layers = args._layers[model_dir]
     split = np.linspace(0, layers, stages + 1).astype(int)
@@ -275,24 +276,27 @@ def offramp_variant(name, model_dir, data, out, args, max_length, batch, exits: 
     }
 
 
-def plain_ray_variant(model_dir, data, out, args, max_length, batch):
+def plain_ray_variant(model_dir, data, out, args, max_length, batch, actors: int = 1):
+    """(c) as a user writes it: one actor, Ray's threads (1 per 1-CPU actor); `actors` > 1: a pool
+    of that many, as a user who sized it to the cores would."""
     from ray.data import ActorPoolStrategy
 
-    path = os.path.join(out, "c_plain_ray")
+    name = "c_plain_ray" + (f"_{actors}_actors" if actors > 1 else "")
+    path = os.path.join(out, name)
     with PeakRSS() as mem, GpuSampler(args.device) as gpu:
         t0 = time.perf_counter()
         ds = ray.data.read_parquet(data, columns=["id", "text", "label"])
         ds = ds.map_batches(
             HFClassifier,
             fn_constructor_kwargs=dict(model_dir=model_dir, max_length=max_length, device=args.device, dtype=args.dtype),
-            batch_size=batch, batch_format="numpy", compute=ActorPoolStrategy(min_size=1, max_size=1),
+            batch_size=batch, batch_format="numpy", compute=ActorPoolStrategy(min_size=actors, max_size=actors),
             num_gpus=1 if args.device == "cuda" else 0,
         )
         ds.write_parquet(path, mode="overwrite")
         wall = time.perf_counter() - t0
     t = pq.read_table(path, columns=["label", "gold_label"])
     acc = float(np.mean(np.array(t["label"].to_pylist(), dtype=object) == np.array(t["gold_label"].to_pylist(), dtype=object)))
-    return {"variant": "c_plain_ray_map_batches", "rows": t.num_rows, "accuracy": acc, "docs_per_s": t.num_rows / wall,
+    return {"variant": "c_plain_ray_map_batches" + name[len("c_plain_ray"):], "rows": t.num_rows, "accuracy": acc, "docs_per_s": t.num_rows / wall,
             "wall_s": wall, "peak_rss_gb": mem.peak / 2**30, **gpu.report()}
 
 

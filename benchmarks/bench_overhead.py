@@ -5,8 +5,9 @@
 A tiny random BERT (6 layers, hidden 32) with the MiniLM tokenizer makes the model's cost
 close to nothing, so what is left is the pipeline: read, tokenize, the stage's packing,
 finalize, write. Side by side, on the same rows (debian_sections, 16 Parquet files):
-  offramp at full depth (one stage), plain Ray Data (read_parquet -> map_batches(HF tokenizer
-  + the same model) -> write_parquet) and a bare loop (tokenize + forward, no Ray).
+  offramp at full depth (one stage, its default actors), plain Ray Data (read_parquet ->
+  map_batches(HF tokenizer + the same model) -> write_parquet; one actor as a user writes it, and
+  a pool of one actor per core) and a bare loop (tokenize + forward, no Ray).
 Per-step times come from Ray Data's own stats (remote wall and CPU seconds per operator) and
 the stage actor's busy time; they go to OUT/overhead.json with docs/s for each variant.
 """
@@ -72,6 +73,8 @@ def main():
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--tokenize-batch-size", type=int, default=1024)
     p.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray")
+    p.add_argument("--actors", type=int, default=0,
+                   help="offramp's stage actors (0: its default, one per core on one thread each)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="compute dtype of all three variants (bfloat16: native on CPUs with AVX512-BF16 or AMX)")
     p.add_argument("--out", default="benchmarks/results/overhead")
@@ -85,15 +88,22 @@ def main():
                            tokenize_batch_size=args.tokenize_batch_size, out=args.out, _layers={model: 6})
     runs = os.path.join(args.out, "runs")
     open(os.path.join(args.out, "ray_stats.txt"), "w").close()
-    results = [offramp_variant("offramp_full_depth", model, data, runs, opts, args.max_length, args.batch_size, False)]
+    results = [offramp_variant("offramp_full_depth", model, data, runs, opts, args.max_length, args.batch_size, False,
+                               actors=args.actors or None)]
     stats = open(os.path.join(args.out, "ray_stats.txt")).read()
     results[0]["steps"] = operator_times(stats)
+    results[0]["actors"] = results[0]["run_summary"]["stages"][0]["max_actors"]
     results.append(plain_ray_variant(model, data, runs, opts, args.max_length, args.batch_size))
+    cores = os.cpu_count() or 1
+    if cores > 1:  # plain Ray Data as a user who sized its pool to the cores would write it
+        results.append(plain_ray_variant(model, data, runs, opts, args.max_length, args.batch_size, actors=cores))
     results.append(bare_loop_variant(model, data, opts, args.max_length, args.batch_size))
-    off, plain, bare = results
+    off, plain, bare = results[0], results[1], results[-1]
     summary = {"offramp_over_plain_ray": off["docs_per_s"] / plain["docs_per_s"],
                "offramp_over_bare_loop": off["docs_per_s"] / bare["docs_per_s"],
-               "stage_busy_share": sum(off["stage_busy_s"].values()) / off["wall_s"]}
+               "stage_busy_share": sum(off["stage_busy_s"].values()) / off["wall_s"] / off["actors"]}
+    if cores > 1:
+        summary["offramp_over_plain_ray_per_core_pool"] = off["docs_per_s"] / results[2]["docs_per_s"]
     with open(os.path.join(args.out, "overhead.json"), "w") as f:
         json.dump({"args": vars(args), "cores": os.cpu_count(), "results": results, "summary": summary}, f, indent=1)
     print("| variant | docs/s | wall s |")
