@@ -609,7 +609,7 @@ def full_depth_eval(plan: Plan, output: pads.Dataset, stage_cls=None, rows: int 
     id_column = cfg.id_column or "id"
     if 0 < cfg.full_depth_eval_rows < rows:
         ds = ds.map_batches(sample_rows, fn_kwargs=dict(column=id_column, fraction=cfg.full_depth_eval_rows / rows,
-                                                        seed=cfg.audit.seed + 1), batch_format="pyarrow", num_cpus=0.25)
+                                                        seed=cfg.audit.seed + 1), batch_format="pyarrow")
     answer = plan.task.answer_column()
     rows = build_pipeline(ds, full, None, stage_cls).select_columns(
         [id_column, answer, "status", plan.task.gold_column]).take_all()
