@@ -115,9 +115,9 @@ def stage_configs(args, exits: bool) -> tuple:
     `--rebatch`, the one pool) is N actors, which share the machine's cores."""
     if exits and not args.actors:
         return ()
+    pinned = args.actors or None  # None: offramp's default (one per core on a local CPU), in (a) and (b) alike
     return tuple(StageConfig(batch_size=None if exits else args.batch_size,
-                             min_actors=args.actors if k == 0 and args.actors else 1,
-                             max_actors=args.actors if k == 0 and args.actors else None)
+                             min_actors=pinned if k == 0 else None, max_actors=pinned if k == 0 else None)
                  for k in range(args.num_stages))
 
 
@@ -152,6 +152,8 @@ def offramp_variant(name, args, data, out, exits: bool, threshold: float | None 
         "mean_layers": m["mean_layers"],
         "ideal_speedup": m["ideal_speedup"],
         "stage_batch_sizes": [p.batch_size for p in result.layout],
+        "stage_actors": [p.max_actors for p in result.layout],
+        "torch_threads": [p.spec.torch_threads for p in result.layout],
         # time the stage actors spent inside __call__ (the rest of the wall is start-up and pipeline fill)
         "stage_busy_s": sum(v for k, v in m.items() if k.endswith("_busy_seconds")),
         "pipeline_wall_s": m["wall_seconds"],  # read to write; the wall above adds validation and metrics
