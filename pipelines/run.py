@@ -594,16 +594,29 @@ def sample_rows(batch: pa.Table, column: str, fraction: float, seed: int) -> pa.
     return batch.filter(pa.array(schema.audit_mask(batch.column(column).to_pylist(), fraction, seed)))
 
 
+# Full-depth samples up to this many rows run on one stage actor, not one per core: a second actor
+# costs about 1 s more start-up on 2 cores and saves about 1.7 ms a row at full depth (MiniLM-L6: 72
+# against 82 docs/s), so it pays from about 600 rows (BENCHMARKS.md, "A process per core").
+ONE_ACTOR_SAMPLE_ROWS = 1000
+
+
+def full_depth_sample_stages(cfg: TagConfig) -> tuple[StageConfig, ...]:
+    """The full-depth sample's stages: the run's, with stage 0 on one actor where its count is
+    unset and the sample is at most ONE_ACTOR_SAMPLE_ROWS."""
+    stages = cfg.stages or tuple(StageConfig() for _ in range(cfg.num_stages))
+    if 0 < cfg.full_depth_eval_rows <= ONE_ACTOR_SAMPLE_ROWS:
+        stages = (dataclasses.replace(stages[0], min_actors=stages[0].min_actors or 1),) + stages[1:]
+    return stages
+
+
 def full_depth_eval(plan: Plan, output: pads.Dataset, stage_cls=None, rows: int = 0) -> dict:
     """Run (a sample of) the corpus at full depth to measure what the exits cost. The early
     answers of those rows are looked up in the written output, batch by batch. The sample is
     about full_depth_eval_rows of the `rows` rows, picked by a hash of the id as the audit
     picks (another seed): spread over the whole corpus, not its first files, which may differ."""
     cfg = plan.cfg
-    # a sample of a few hundred rows: one actor starts sooner than a pool of one per core
-    stages = cfg.stages or tuple(StageConfig() for _ in range(cfg.num_stages))
-    stages = (dataclasses.replace(stages[0], min_actors=stages[0].min_actors or 1),) + stages[1:]
-    full_cfg = dataclasses.replace(cfg, exit=dataclasses.replace(cfg.exit, disabled=True), stages=stages)
+    full_cfg = dataclasses.replace(cfg, exit=dataclasses.replace(cfg.exit, disabled=True),
+                                   stages=full_depth_sample_stages(cfg))
     full = make_plan(full_cfg, plan.info, plan.task, plan.keep_types, advise=False)
     ds = ray.data.read_datasource(corpus_source(full_cfg, plan.task, fmt=plan.input_format, found=plan.input_schema))
     id_column = cfg.id_column or "id"

@@ -72,6 +72,17 @@ def test_a_local_run_gives_stage_0_a_cpu_actor_per_core_on_one_thread_each(monke
         assert planned.min_actors == actors and planned.min_actors <= planned.max_actors, given
 
 
+def test_a_small_full_depth_sample_runs_on_one_actor_a_large_one_on_the_runs_default():
+    from pipelines.run import ONE_ACTOR_SAMPLE_ROWS, full_depth_sample_stages
+
+    small = full_depth_sample_stages(TagConfig(num_stages=2, full_depth_eval_rows=500))
+    assert [s.min_actors for s in small] == [1, None]
+    assert full_depth_sample_stages(TagConfig(full_depth_eval_rows=ONE_ACTOR_SAMPLE_ROWS + 1))[0].min_actors is None
+    assert full_depth_sample_stages(TagConfig(full_depth_eval_rows=-1))[0].min_actors is None, "every row"
+    given = TagConfig(full_depth_eval_rows=500, stages=(StageConfig(min_actors=3),))
+    assert full_depth_sample_stages(given)[0].min_actors == 3, "a count the user gave stands"
+
+
 def test_stages_compute_in_the_runs_dtype_unless_they_set_their_own():
     cfg = TagConfig(dtype="bfloat16", stages=(StageConfig(layers=(0, 2)), StageConfig(layers=(2, 6), dtype="float32")))
     assert [p.spec.dtype for p in plan_layout(cfg, 6, None, True)] == ["bfloat16", "float32"]
