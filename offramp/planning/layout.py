@@ -80,8 +80,8 @@ def plan_layout(
     survival = survival if exits_enabled else None
     planned = []
     work0 = None
-    mins = [s.min_actors or min(cpu_actors if k == 0 and s.num_gpus == 0 else 1, s.max_actors or cpu_actors)
-            for k, s in enumerate(stages)]
+    defaults = [cpu_actors if k == 0 and s.num_gpus == 0 else 1 for k, s in enumerate(stages)]
+    mins = [s.min_actors or min(d, s.max_actors or d) for s, d in zip(stages, defaults)]
     for k, (scfg, (start, end)) in enumerate(zip(stages, ranges)):
         s_k = survival_into(start, survival)
         work = sum(survival_into(layer, survival) for layer in range(start, end))
