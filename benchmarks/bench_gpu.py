@@ -281,8 +281,8 @@ def plain_ray_variant(model_dir, data, out, args, max_length, batch, actors: int
     of that many, as a user who sized it to the cores would."""
     from ray.data import ActorPoolStrategy
 
-    name = "c_plain_ray" + (f"_{actors}_actors" if actors > 1 else "")
-    path = os.path.join(out, name)
+    suffix = f"_{actors}_actors" if actors > 1 else ""
+    path = os.path.join(out, "c_plain_ray" + suffix)
     with PeakRSS() as mem, GpuSampler(args.device) as gpu:
         t0 = time.perf_counter()
         ds = ray.data.read_parquet(data, columns=["id", "text", "label"])
@@ -296,7 +296,7 @@ def plain_ray_variant(model_dir, data, out, args, max_length, batch, actors: int
         wall = time.perf_counter() - t0
     t = pq.read_table(path, columns=["label", "gold_label"])
     acc = float(np.mean(np.array(t["label"].to_pylist(), dtype=object) == np.array(t["gold_label"].to_pylist(), dtype=object)))
-    return {"variant": "c_plain_ray_map_batches" + name[len("c_plain_ray"):], "rows": t.num_rows, "accuracy": acc, "docs_per_s": t.num_rows / wall,
+    return {"variant": "c_plain_ray_map_batches" + suffix, "rows": t.num_rows, "accuracy": acc, "docs_per_s": t.num_rows / wall,
             "wall_s": wall, "peak_rss_gb": mem.peak / 2**30, **gpu.report()}
 
 

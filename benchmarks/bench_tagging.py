@@ -113,8 +113,6 @@ class HFClassifier:
 def stage_configs(args, exits: bool) -> tuple:
     """Full depth: every stage at the run's batch size; `--actors N`: stage 0's pool (with
     `--rebatch`, the one pool) is N actors, which share the machine's cores."""
-    if exits and not args.actors:
-        return ()
     pinned = args.actors or None  # None: offramp's default (one per core on a local CPU), in (a) and (b) alike
     return tuple(StageConfig(batch_size=None if exits else args.batch_size,
                              min_actors=pinned if k == 0 else None, max_actors=pinned if k == 0 else None)

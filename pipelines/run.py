@@ -35,7 +35,7 @@ from offramp.config import ConfigError, RayConfig, StageConfig, TagConfig
 from offramp.exits.stage import cpu_dtype_advice, cpu_flags
 from offramp.models.checkpoint import ModelInfo
 from offramp.planning.capacity import layout_advice
-from offramp.planning.layout import PlannedStage, actor_pools, plan_layout
+from offramp.planning.layout import PlannedStage, actor_pools, plan_layout, stage_configs
 from offramp.policies import check_policy, get_policy
 from offramp.quality.audit import flat_metrics
 from offramp.quality.metrics import add_counts
@@ -185,7 +185,7 @@ def local_cpu_actors(cfg: TagConfig) -> int:
     framework benchmark (hidden 32: every operator is small, and the threads meet at a barrier after
     each), and 1.04x (exits) and 1.12x (full depth) on the MiniLM benchmark model (BENCHMARKS.md,
     "A process per core")."""
-    first = cfg.stages[0] if cfg.stages else StageConfig()
+    first = stage_configs(cfg)[0]
     per_core = (os.cpu_count() or 1) // max(1, first.torch_threads)
     in_half_of_ray = int(cfg.ray.num_cpus / 2 / first.num_cpus) if first.num_cpus > 0 else per_core
     return max(1, min(per_core, LOCAL_CPU_ACTORS_MAX, in_half_of_ray))
@@ -603,7 +603,7 @@ ONE_ACTOR_SAMPLE_ROWS = 1000
 def full_depth_sample_stages(cfg: TagConfig) -> tuple[StageConfig, ...]:
     """The full-depth sample's stages: the run's, with stage 0 on one actor where its count is
     unset and the sample is at most ONE_ACTOR_SAMPLE_ROWS."""
-    stages = cfg.stages or tuple(StageConfig() for _ in range(cfg.num_stages))
+    stages = stage_configs(cfg)
     if 0 < cfg.full_depth_eval_rows <= ONE_ACTOR_SAMPLE_ROWS:
         stages = (dataclasses.replace(stages[0], min_actors=stages[0].min_actors or 1),) + stages[1:]
     return stages

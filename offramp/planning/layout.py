@@ -57,6 +57,11 @@ def split_layers(num_layers: int, num_stages: int, survival: list[float] | None,
     return ranges
 
 
+def stage_configs(cfg: TagConfig) -> tuple[StageConfig, ...]:
+    """The run's stages as configured, or `num_stages` unset ones."""
+    return tuple(cfg.stages) or tuple(StageConfig() for _ in range(cfg.num_stages))
+
+
 def plan_layout(
     cfg: TagConfig, num_layers: int, survival: list[float] | None, exits_enabled: bool, task: str = "sequence",
     cpu_actors: int = 1,
@@ -64,7 +69,7 @@ def plan_layout(
     """Resolve the config's stages into concrete ranges, batch sizes and actor counts.
     `cpu_actors`: stage 0's actors where its config leaves them unset and it runs on a CPU (a
     local run passes one per core); every other unset count is 1."""
-    stages = list(cfg.stages) or [StageConfig() for _ in range(cfg.num_stages)]
+    stages = stage_configs(cfg)
     given = [s.layers is not None for s in stages]
     if any(given) and not all(given):
         raise ConfigError("give `layers: [start, end]` for every stage or for none (then they are split for you)")
