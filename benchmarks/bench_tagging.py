@@ -152,6 +152,7 @@ def offramp_variant(name, args, data, out, exits: bool, threshold: float | None 
         "stage_batch_sizes": [p.batch_size for p in result.layout],
         "stage_actors": [p.max_actors for p in result.layout],
         "torch_threads": [p.spec.torch_threads for p in result.layout],
+        "ray_cpus": ray.cluster_resources().get("CPU"),  # the embedded Ray's logical CPUs
         # time the stage actors spent inside __call__ (the rest of the wall is start-up and pipeline fill)
         "stage_busy_s": sum(v for k, v in m.items() if k.endswith("_busy_seconds")),
         "pipeline_wall_s": m["wall_seconds"],  # read to write; the wall above adds validation and metrics
@@ -207,6 +208,69 @@ def bare_loop_variant(args, data):
             "wall_s": wall, "peak_rss_gb": mem.peak / 2**30, "mean_layers": None, "ideal_speedup": None}
 
 
+class Session:
+    """The embedded Ray the variants run in: `fresh` starts one per variant and stops it after,
+    `shared` one for the whole benchmark. `num_cpus` 0: offramp's run sizes it as a user's run
+    does (`pipelines.run.local_ray_cpus`), and the plain variants get the same count."""
+
+    def __init__(self, mode: str, num_cpus: int):
+        self.mode, self.num_cpus, self.used = mode, num_cpus, 0
+
+    def start(self):
+        if self.num_cpus and not ray.is_initialized():
+            ray.init(address="local", num_cpus=self.num_cpus, include_dashboard=False)
+
+    def after_variant(self):
+        self.used = self.used or int(ray.cluster_resources().get("CPU", 0))
+        if self.mode == "fresh":
+            ray.shutdown()
+
+    def start_plain(self):
+        """For (c): the logical CPUs offramp's runs had."""
+        if not ray.is_initialized():
+            ray.init(address="local", num_cpus=self.num_cpus or self.used or 8, include_dashboard=False)
+
+    def stop(self):
+        ray.shutdown()
+
+
+def steady_rate(r: dict) -> float:
+    """Rows per second of the pipeline after its start-up (until stage 0's first call)."""
+    return r["rows"] / (r["pipeline_wall_s"] - (r["startup_s"] or 0.0))
+
+
+def pooled(runs: list[dict]) -> dict:
+    """One variant's rounds as one result: rates over the summed rows and walls, the rest from the
+    first round (accuracy, layers and layout are the same in every round: the same rows, the same model)."""
+    if len(runs) == 1:
+        return runs[0]
+    out = dict(runs[0])
+    rows = sum(r["rows"] for r in runs)
+    for key in ("wall_s", "pipeline_wall_s", "stage_busy_s", "startup_s"):
+        out[key] = sum(r[key] or 0.0 for r in runs)
+    out["rows"] = rows
+    out["docs_per_s"] = rows / out["wall_s"]
+    out["pipeline_docs_per_s"] = rows / out["pipeline_wall_s"]
+    out["peak_rss_gb"] = max(r["peak_rss_gb"] for r in runs)
+    return out
+
+
+def paired_rounds(args, data: str, session: Session) -> tuple[dict, dict, list[dict]]:
+    """(a) and (b) `args.rounds` times, in turn a-b, b-a, ... -> pooled (a), pooled (b), each round's pair."""
+    runs = {True: [], False: []}
+    rounds = []
+    for k in range(args.rounds):
+        for exits in ((True, False) if k % 2 == 0 else (False, True)):
+            session.start()
+            name = "a_offramp_exits" if exits else "b_offramp_full_depth"
+            runs[exits].append(offramp_variant(name, args, data, args.out, exits=exits))
+            session.after_variant()
+        a, b = runs[True][-1], runs[False][-1]
+        rounds.append({"a_docs_per_s": a["docs_per_s"], "b_docs_per_s": b["docs_per_s"],
+                       "realized_over_ideal": a["docs_per_s"] / b["docs_per_s"] / a["ideal_speedup"]})
+    return pooled(runs[True]), pooled(runs[False]), rounds
+
+
 def input_rows(path: str, rows: int, repeat: int) -> pa.Table:
     """The first `rows` rows of `path` (0 = all), `repeat` times over, each copy's ids suffixed #k."""
     t = pq.read_table(path)
@@ -240,6 +304,15 @@ def main():
                         "(TagConfig.rebatch)")
     p.add_argument("--variants", default="abcd",
                    help="which variants to run (default all four; 'ab' re-measures exits against full depth alone)")
+    p.add_argument("--session", default="fresh", choices=["fresh", "shared"],
+                   help="fresh: (a) and (b) each in its own embedded Ray, as a user's two runs (default); shared: one "
+                        "Ray for all, where the first variant also pays the session's own start (its idle workers and "
+                        "Ray Data's actors), as every run before 2026-11-26 (stop 39) measured")
+    p.add_argument("--ray-cpus", type=int, default=0,
+                   help="logical CPUs of the embedded Ray (0: as a local run sizes it from its stage actors; "
+                        "runs before 2026-11-26, stop 39, had 8)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="pairs of (a) and (b), in turn a-b, b-a, ...; the figures are over all rounds' rows and walls")
     p.add_argument("--extra-threshold", type=float, help="also run exits at this global threshold (variant a2)")
     args = p.parse_args()
     if not set(args.variants) <= set("abcd") or not {"a", "b"} <= set(args.variants):
@@ -250,9 +323,8 @@ def main():
     if args.rows or args.repeat > 1:
         data = os.path.join(args.out, "bench_input.parquet")
         pq.write_table(input_rows(args.data, args.rows, args.repeat), data)
-    ray.init(address="local", num_cpus=8, include_dashboard=False)
-    a = offramp_variant("a_offramp_exits", args, data, args.out, exits=True)
-    b = offramp_variant("b_offramp_full_depth", args, data, args.out, exits=False)
+    session = Session(args.session, args.ray_cpus)
+    a, b, rounds = paired_rounds(args, data, session)
     results = [a, b]
     summary = {
         "realized_speedup_a_over_b": a["docs_per_s"] / b["docs_per_s"],
@@ -261,8 +333,13 @@ def main():
         "stage_busy_speedup_a_over_b": b["stage_busy_s"] / a["stage_busy_s"],
         # the same from the pipeline's own wall (read to write), without validation and the metrics pass
         "pipeline_realized_over_ideal": a["pipeline_docs_per_s"] / b["pipeline_docs_per_s"] / a["ideal_speedup"],
+        # after start-up (until stage 0's first call): what a run long enough to make start-up negligible gets
+        "steady_realized_over_ideal": steady_rate(a) / steady_rate(b) / a["ideal_speedup"],
         "accuracy_drop_points": 100 * (b["accuracy"] - a["accuracy"]),
     }
+    if len(rounds) > 1:
+        summary["rounds_realized_over_ideal"] = [r["realized_over_ideal"] for r in rounds]
+    session.start_plain()
     if "c" in args.variants:
         c = plain_ray_variant(args, data, args.out)
         c_tuned = plain_ray_variant(args, data, args.out, threads=os.cpu_count() or 1)
@@ -283,8 +360,10 @@ def main():
             "a2_realized_over_ideal": a2["docs_per_s"] / b["docs_per_s"] / a2["ideal_speedup"],
             "a2_accuracy_drop_points": 100 * (b["accuracy"] - a2["accuracy"]),
         })
+    session.stop()
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"args": vars(args), "torch_threads": torch.get_num_threads(), "results": results, "summary": summary}, f, indent=1)
+        json.dump({"args": vars(args), "torch_threads": torch.get_num_threads(), "results": results,
+                   "rounds": rounds, "summary": summary}, f, indent=1)
     print("| variant | rows | accuracy | docs/s | wall s | peak RSS GiB | mean layers |")
     print("|---|---|---|---|---|---|---|")
     for r in results:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import time
 import uuid
@@ -177,8 +178,9 @@ LOCAL_CPU_ACTORS_MAX = 8  # a model copy each; past this many, threads per actor
 
 def local_cpu_actors(cfg: TagConfig) -> int:
     """Stage 0's actors on a local run when its config leaves them unset: one per core (fewer when
-    the stage pins torch_threads), at most LOCAL_CPU_ACTORS_MAX and what half of Ray's logical CPUs
-    hold at the stage's num_cpus each (the read, tokenize and write tasks need the rest).
+    the stage pins torch_threads or asks for more than one CPU an actor), at most LOCAL_CPU_ACTORS_MAX,
+    and where ray.num_cpus is set, what half of it holds at the stage's num_cpus each (the read,
+    tokenize and write tasks need the rest).
 
     Why: a process per core beats one process's threads over the same cores. On the development
     machine's 2 cores, two 1-thread actors made 1.46-1.54x the docs/s of one 2-thread actor on the
@@ -186,9 +188,25 @@ def local_cpu_actors(cfg: TagConfig) -> int:
     each), and 1.04x (exits) and 1.12x (full depth) on the MiniLM benchmark model (BENCHMARKS.md,
     "A process per core")."""
     first = stage_configs(cfg)[0]
-    per_core = (os.cpu_count() or 1) // max(1, first.torch_threads)
-    in_half_of_ray = int(cfg.ray.num_cpus / 2 / first.num_cpus) if first.num_cpus > 0 else per_core
+    per_core = (os.cpu_count() or 1) // max(1, first.torch_threads, math.ceil(first.num_cpus))
+    in_half_of_ray = per_core  # unset ray.num_cpus is sized from the actors (local_ray_cpus)
+    if cfg.ray.num_cpus and first.num_cpus > 0:
+        in_half_of_ray = int(cfg.ray.num_cpus / 2 / first.num_cpus)
     return max(1, min(per_core, LOCAL_CPU_ACTORS_MAX, in_half_of_ray))
+
+
+def local_ray_cpus(planned: list[PlannedStage], rebatch: int = 0, resume: bool = False, cores: int | None = None) -> int:
+    """Logical CPUs for an embedded Ray whose ray.num_cpus is unset: what the stage actors reserve,
+    one per core for the read, tokenize and write tasks (one more for a resumed run's checkpoint
+    filter), and at least two per core.
+
+    Why not a fixed 8: each logical CPU past what the run uses lets one more worker process boot
+    beside the stages on the same cores. On the development machine's 2 cores, 4 against 8 made the
+    demo 1.07x the docs/s, and on the MiniLM benchmark (two stage actors) lifted the exits run 1.05x
+    and full depth 1.02x (BENCHMARKS.md, "Logical CPUs of the embedded Ray")."""
+    cores = cores or os.cpu_count() or 1
+    reserved = sum(p.min_actors * p.num_cpus for p in actor_pools(planned, rebatch))
+    return max(2 * cores, math.ceil(reserved) + cores + (1 if resume else 0))
 
 
 def stage_plan(cfg: TagConfig, info: ModelInfo, thresholds: dict, local: bool) -> list[PlannedStage]:
@@ -278,12 +296,16 @@ def validate(cfg: TagConfig) -> Plan:
 # ---------------------------------------------------------------- Ray
 
 
-def init_ray(cfg: RayConfig) -> None:
-    """Join the cluster a job runs on (RAY_ADDRESS) or start an embedded local Ray."""
+EMBEDDED_RAY_CPUS = 8  # an embedded Ray's logical CPUs where ray.num_cpus is unset and no tagging plan sizes them
+
+
+def init_ray(cfg: RayConfig, num_cpus: int | None = None) -> None:
+    """Join the cluster a job runs on (RAY_ADDRESS) or start an embedded local Ray with
+    cfg.num_cpus logical CPUs, else `num_cpus` (a tagging run's `local_ray_cpus`), else EMBEDDED_RAY_CPUS."""
     if ray.is_initialized():
         return
     if runs_locally(cfg):
-        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False)
+        ray.init(address="local", num_cpus=cfg.num_cpus or num_cpus or EMBEDDED_RAY_CPUS, include_dashboard=False)
     else:
         ray.init(address=cfg.address or os.environ["RAY_ADDRESS"], log_to_driver=True)
 
@@ -421,7 +443,7 @@ def run_tagging(cfg: TagConfig, stage_cls=None, plan: Plan | None = None) -> Tag
     when the caller validated before it opened its MLflow run."""
     plan = plan or validate(cfg)
     info, task = plan.info, plan.task
-    init_ray(cfg.ray)
+    init_ray(cfg.ray, local_ray_cpus(plan.stages, cfg.rebatch, cfg.resume))
     check_paths_on_nodes(cfg)  # a multi-node cluster: every node sees the model, input and output
     check_cluster_fits(plan.stages, cfg.ray, cfg.resume, cfg.rebatch)
     started = run_output.start(cfg, run_output.model_digest(info.path))

@@ -113,8 +113,11 @@ class RayConfig:
 
     address: str | None = None
     """None: join RAY_ADDRESS / a job's cluster if there is one, else start an embedded local Ray."""
-    num_cpus: int = 8
-    """Logical CPUs of an embedded local Ray (more than cores so read tasks and actors don't starve)."""
+    num_cpus: int | None = None
+    """Logical CPUs of an embedded local Ray; None: the stage actors' reservations plus one per core
+    for the read, tokenize and write tasks, and at least two per core (`pipelines.run.local_ray_cpus`).
+    More than the cores, so read tasks and actors don't starve; not many more, since every logical CPU
+    lets one more worker process boot on the same cores."""
     autoscaling: bool = False
     """The cluster adds nodes on demand (cluster.yaml's autoscaler): skip the start-time check
     that the stage actors fit the resources the cluster has now."""
@@ -125,6 +128,8 @@ class RayConfig:
     (BENCHMARKS.md, "Scale")."""
 
     def __post_init__(self):
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ConfigError(f"ray.num_cpus={self.num_cpus}: give at least 1, or leave it unset (sized from the stages)")
         if not 0 < self.object_store_fraction <= 1:
             raise ConfigError(f"ray.object_store_fraction={self.object_store_fraction}: use a share in (0, 1], "
                               "e.g. 0.1")

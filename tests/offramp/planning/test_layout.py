@@ -62,14 +62,54 @@ def test_a_local_run_gives_stage_0_a_cpu_actor_per_core_on_one_thread_each(monke
     plan = plan_layout(two, 6, [0.5, 0.25, 0.2, 0.1, 0.05, 0.0], True, cpu_actors=2)
     assert [p.min_actors for p in plan] == [2, 1], "deeper pools keep a minimum of one"
     monkeypatch.setattr("os.cpu_count", lambda: 16)
-    assert local_cpu_actors(TagConfig()) == 4, "half of the embedded Ray's 8 logical CPUs"
+    assert local_cpu_actors(TagConfig()) == 8, "ray.num_cpus unset: one per core, capped (a model copy per actor)"
+    assert local_cpu_actors(TagConfig(ray=RayConfig(num_cpus=8))) == 4, "half of the embedded Ray's 8 logical CPUs"
     assert local_cpu_actors(TagConfig(ray=RayConfig(num_cpus=32))) == 8, "capped: a model copy per actor"
     assert local_cpu_actors(TagConfig(stages=(StageConfig(torch_threads=8),))) == 2
-    assert local_cpu_actors(TagConfig(stages=(StageConfig(num_cpus=4),))) == 1
+    assert local_cpu_actors(TagConfig(stages=(StageConfig(num_cpus=4),))) == 4, "16 cores at 4 a piece"
+    assert local_cpu_actors(TagConfig(stages=(StageConfig(num_cpus=4),), ray=RayConfig(num_cpus=8))) == 1
     for given, actors in ((StageConfig(min_actors=1), 1), (StageConfig(max_actors=1), 1),
                           (StageConfig(num_gpus=0.5), 1), (StageConfig(min_actors=3), 3)):
         planned = plan_layout(TagConfig(stages=(given,)), 6, None, True, cpu_actors=4)[0]
         assert planned.min_actors == actors and planned.min_actors <= planned.max_actors, given
+
+
+def test_an_embedded_ray_gets_the_actors_reservations_plus_a_cpu_per_core_for_the_tasks(monkeypatch):
+    """ray.num_cpus unset (BENCHMARKS.md, "Logical CPUs of the embedded Ray"): enough logical CPUs
+    for the stage actors and the read, tokenize and write tasks, not a fixed 8 that lets idle
+    workers boot beside the stages; what the user sets wins."""
+    import ray
+
+    from offramp.config import RayConfig
+    from pipelines.run import init_ray, local_cpu_actors, local_ray_cpus
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+
+    def cpus(cfg: TagConfig, resume: bool = False) -> int:
+        planned = plan_layout(cfg, 6, [0.5, 0.25, 0.2, 0.1, 0.05, 0.0], True, cpu_actors=local_cpu_actors(cfg))
+        return local_ray_cpus(planned, cfg.rebatch, resume)
+
+    assert cpus(TagConfig()) == 4, "two actors (one per core) + two cores' tasks"
+    assert cpus(TagConfig(num_stages=3)) == 6, "2 + 1 + 1 actors + 2"
+    assert cpus(TagConfig(), resume=True) == 5, "the resume checkpoint filter's CPU"
+    demo = TagConfig(num_stages=2, rebatch=4, stages=(StageConfig(min_actors=1), StageConfig()))
+    assert cpus(demo) == 4, "one rebatching actor: at least two per core"
+    assert cpus(TagConfig(stages=(StageConfig(num_cpus=1.5, min_actors=3),))) == 7, "4.5 reserved, rounded up, + 2"
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert cpus(TagConfig()) == 32, "8 actors (capped) + 16 < 2 per core"
+
+    started = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: started.update(kw))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    init_ray(RayConfig(), 6)
+    assert started["num_cpus"] == 6
+    init_ray(RayConfig(num_cpus=3), 6)
+    assert started["num_cpus"] == 3, "the user's ray.num_cpus wins"
+    init_ray(RayConfig())
+    assert started["num_cpus"] == 8, "no plan (the online endpoint): Ray's CPUs as before"
+    with pytest.raises(ConfigError, match="ray.num_cpus=0"):
+        RayConfig(num_cpus=0)
 
 
 def test_a_small_full_depth_sample_runs_on_one_actor_a_large_one_on_the_runs_default():
