@@ -16,7 +16,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from actors.stage import Reports
+from actors.stage import Reports, finalized
 from offramp.exits.rebatch import Part, Rebatcher, Ticket
 from offramp.exits.stage import StageSpec
 from offramp.tasks import get_task
@@ -24,8 +24,9 @@ from offramp.tasks import get_task
 
 class RebatchingStageActor:
     def __init__(self, model_dir: str, specs: list[StageSpec], pass_rows: int, collector=None,
-                 keep_states: bool | None = None):
+                 keep_states: bool | None = None, finalize: dict | None = None):
         began = time.time()
+        self.finalize = finalize  # the output table's arguments (`actors.stage.finalized`)
         runner_cls = get_task(specs[0].task).runner_cls()
         self.rebatcher = Rebatcher([runner_cls(model_dir, spec) for spec in specs], pass_rows, keep_states)
         self.reports = Reports(collector)
@@ -34,7 +35,7 @@ class RebatchingStageActor:
         self.waiting: dict[int, tuple[Ticket, asyncio.Future]] = {}  # id(ticket) -> (ticket, the call's answer)
         self.driver: asyncio.Task | None = None  # the loop running passes, while there is work
 
-    async def __call__(self, batch: dict) -> dict:
+    async def __call__(self, batch: dict):
         loop = asyncio.get_running_loop()
         ticket = self.rebatcher.add(batch)
         answer = loop.create_future()
@@ -42,7 +43,7 @@ class RebatchingStageActor:
         self.settle()  # a batch with no runnable row is done already
         if self.driver is None:
             self.driver = loop.create_task(self.drive())
-        return await answer
+        return finalized(await answer, self.finalize)
 
     async def drive(self) -> None:
         """Run passes until no stage has rows waiting (calls run on one event loop: a batch added

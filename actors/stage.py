@@ -15,7 +15,7 @@ import time
 import ray
 
 from offramp.exits.stage import StageBatchStats, StageSpec
-from offramp.tasks import get_task
+from offramp.tasks import finalize_step, get_task
 
 MAX_REPORTS_IN_FLIGHT = 16
 """Reports a stage sends without waiting for the collector's answer. A batch never waits on a
@@ -49,15 +49,30 @@ class Reports:
             self.in_flight.append(self.collector.ready.remote(stages, began, time.time()))
 
 
+def finalized(batch: dict, finalize: dict | None):
+    """The last stage's rows as the user's output table (`finalize_step`'s arguments in
+    `finalize`), or the batch as it is for a deeper stage (`finalize` None).
+
+    Why in the actor and not a task after it: a task per stage batch costs its scheduling, a
+    worker's call and an object in the store for a few milliseconds of column work, on the same
+    cores as the stages (BENCHMARKS.md, "The output table from the last stage actor")."""
+    return batch if finalize is None else finalize_step(batch, **finalize)
+
+
 class StageActor:
-    def __init__(self, model_dir: str, spec: StageSpec, collector=None):
+    def __init__(self, model_dir: str, spec: StageSpec, collector=None, finalize: dict | None = None):
         began = time.time()
         self.spec = spec
+        self.finalize = finalize
         self.runner = get_task(spec.task).runner_cls()(model_dir, spec)
         self.reports = Reports(collector)
         self.reports.ready([spec.index], began)
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch: dict):
         out, stats = self.runner(batch)
+        if self.finalize is not None:  # the actor's time on the output table counts as its busy time
+            t0 = time.perf_counter()
+            out = finalized(out, self.finalize)
+            stats = dataclasses.replace(stats, seconds=stats.seconds + time.perf_counter() - t0, ended=time.time())
         self.reports.send(stats)
         return out

@@ -3,7 +3,7 @@
 
     python benchmarks/pipeline_cpu.py --model MODEL_DIR --out OUT [--repeat 2] [--rounds 2]
 
-Runs `bench_tagging`'s (a) and (b) in turn (`--rounds` times), sampling every Ray process's CPU
+Runs `bench_tagging`'s (a) and (b) in turn (`--rounds` times), each in its own embedded Ray, sampling every Ray process's CPU
 time (psutil, every 0.5 s) and grouping it by the process's Ray title (the stage actors, idle and
 task workers, Ray's own actors, raylet, GCS) and the driver. Prints CPU seconds per 1,000 rows.
 """
@@ -99,23 +99,25 @@ def main():
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--max-length", type=int, default=96)
     p.add_argument("--out", required=True)
+    p.add_argument("--exits-only", action="store_true", help="only (a): what a change to the feed costs per row")
+    p.add_argument("--tag", default="", help="a label written with each line (an A/B's side)")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.makedirs(args.out, exist_ok=True)
     data = os.path.join(args.out, "bench_input.parquet")
     pq.write_table(input_rows(args.data, 0, args.repeat), data)
-    ray.init(address="local", num_cpus=8, include_dashboard=False)
     opts = SimpleNamespace(model=args.model, max_length=args.max_length, batch_size=64, num_stages=1, rebatch=0,
                            dtype="float32", actors=0)
     with open(os.path.join(args.out, "pipeline_cpu.jsonl"), "a") as f:
         for _ in range(args.rounds):
-            for exits in (True, False):
-                with CpuSampler() as sampler:
+            for exits in (True, False)[: 1 if args.exits_only else 2]:
+                with CpuSampler() as sampler:  # each variant in its own embedded Ray, as a user's run, its start included
                     r = offramp_variant("a_offramp_exits" if exits else "b_offramp_full_depth", opts, data, args.out,
                                         exits=exits)
+                    ray.shutdown()
                 per_1k = {k: round(1000 * v / r["rows"], 3) for k, v in sorted(sampler.by_kind().items(),
                                                                                key=lambda kv: -kv[1])}
-                line = json.dumps({"exits": exits, "rows": r["rows"], "docs_per_s": r["docs_per_s"], "wall_s": r["wall_s"],
+                line = json.dumps({"tag": args.tag, "exits": exits, "total_cpu_s_per_1k_rows": round(sum(per_1k.values()), 3), "rows": r["rows"], "docs_per_s": r["docs_per_s"], "wall_s": r["wall_s"],
                                    "stage_busy_s": r["stage_busy_s"], "accuracy": r["accuracy"],
                                    "cpu_s_per_1k_rows": per_1k})
                 print(line, flush=True)

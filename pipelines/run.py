@@ -40,7 +40,7 @@ from offramp.planning.layout import PlannedStage, actor_pools, plan_layout, stag
 from offramp.policies import check_policy, get_policy
 from offramp.quality.audit import flat_metrics
 from offramp.quality.metrics import add_counts
-from offramp.tasks import Task, finalize_step, get_task, tokenize_step
+from offramp.tasks import Task, get_task, tokenize_step
 from offramp.quality.certificate import certificate_gaps
 from offramp.tasks.base import check_no_clash
 from pipelines.cluster import check_paths_on_nodes
@@ -359,8 +359,9 @@ def aligned_to_stage_batches(ds: ray.data.Dataset, plan: Plan) -> ray.data.Datas
 
 
 def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=None) -> ray.data.Dataset:
-    """The Ray Data plan after reading: tokenize, one actor pool per stage (or one rebatching
-    pool holding every stage), finalize. `stage_cls`: the actor class (tests pass one that crashes)."""
+    """The Ray Data plan after reading: tokenize, then one actor pool per stage (or one rebatching
+    pool holding every stage), the last of which returns the output table (`actors.stage.finalized`).
+    `stage_cls`: the actor class (tests pass one that crashes)."""
     cfg, info, task = plan.cfg, plan.info, plan.task
     id_column = cfg.id_column or "id"
     source, _ = task.source_column(cfg)  # the raw text: tokenized, then dropped unless the output keeps it
@@ -383,12 +384,14 @@ def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=N
         concurrency=tokenize_concurrency(cfg),
     )
     ds = aligned_to_stage_batches(ds, plan)
+    finalize = dict(task=task.name, labels=info.labels, id_column=id_column, keep=list(cfg.passthrough_columns),
+                    gold=cfg.label_column, keep_types=plan.keep_types)
     if cfg.rebatch and len(plan.stages) > 1:
         (pool,) = actor_pools(plan.stages, cfg.rebatch)
         ds = ds.map_batches(
             stage_cls or RebatchingStageActor,
             fn_constructor_kwargs=dict(model_dir=info.path, specs=[p.spec for p in plan.stages],
-                                       pass_rows=pool.batch_size, collector=collector),
+                                       pass_rows=pool.batch_size, collector=collector, finalize=finalize),
             batch_size=pool.batch_size,
             batch_format="numpy",
             # an async actor takes this many batches at once: the survivors merged at each boundary
@@ -400,9 +403,11 @@ def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=N
         )
     else:
         for stage in plan.stages:
+            last = stage is plan.stages[-1]
             ds = ds.map_batches(
                 stage_cls or StageActor,
-                fn_constructor_kwargs=dict(model_dir=info.path, spec=stage.spec, collector=collector),
+                fn_constructor_kwargs=dict(model_dir=info.path, spec=stage.spec, collector=collector,
+                                           finalize=finalize if last else None),
                 batch_size=stage.batch_size,
                 batch_format="numpy",
                 compute=ActorPoolStrategy(min_size=stage.min_actors, max_size=stage.max_actors,
@@ -410,13 +415,7 @@ def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=N
                 num_cpus=stage.num_cpus,
                 num_gpus=stage.num_gpus,
             )
-    return ds.map_batches(
-        finalize_step,
-        fn_kwargs=dict(task=task.name, labels=info.labels, id_column=id_column, keep=list(cfg.passthrough_columns),
-                       gold=cfg.label_column, keep_types=plan.keep_types),
-        batch_format="numpy",
-        num_cpus=0.25,
-    )
+    return ds
 
 
 def tag_dataset(ds: ray.data.Dataset, model_dir: str, config: TagConfig | None = None) -> ray.data.Dataset:

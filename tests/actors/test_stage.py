@@ -47,6 +47,30 @@ def test_two_stages_equal_one_stage_and_keep_every_row(model_dir):
     assert list(two[schema.STATUS][-2:]) == ["null", "empty"] and list(two[schema.LABEL_ID][-2:]) == [-1, -1]
 
 
+def test_the_last_stage_actor_returns_the_output_table_the_finalize_step_makes(model_dir):
+    """The last stage's actor writes the user's output rows itself (no finalize task after it):
+    the same table, row for row, as finalize_step on the stage's own output; a deeper stage's
+    columns are left for the next one; the report counts the table's time as busy time."""
+    from actors.stage import Reports
+    from offramp.tasks import finalize_step
+
+    batch = tokenized(model_dir, TEXTS)
+    labels = load_model(model_dir).config.id2label
+    labels = [labels[i] for i in range(len(labels))]
+    finalize = dict(task="sequence", labels=labels, id_column="id", keep=[], gold=None)
+    spec = StageSpec(0, 0, NUM_LAYERS, carry_dtype="float32")
+    expected = finalize_step(StageActor(model_dir, spec)(batch), **finalize)
+    actor = StageActor(model_dir, spec, finalize=finalize)
+    sent = []
+    actor.reports = Reports()
+    actor.reports.send = sent.append
+    table = actor(batch)
+    assert table.schema.equals(expected.schema) and table.num_rows == len(batch["id"])
+    assert table.to_pandas().equals(expected.to_pandas()), "the same values (NaN where no label: the bad rows)"
+    assert sent[0].seconds > 0 and sent[0].rows_seen == len(batch["id"])
+    assert isinstance(StageActor(model_dir, StageSpec(0, 0, 2), finalize=None)(batch), dict), "a deeper stage follows"
+
+
 def test_fp16_carry_halves_the_bytes_and_keeps_decisions_close(model_dir):
     batch = tokenized(model_dir, TEXTS)
     mid = StageActor(model_dir, StageSpec(0, 0, 1, carry_dtype="float16"))(batch)

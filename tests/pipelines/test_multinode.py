@@ -103,8 +103,8 @@ def recording(marks: Path):
     finished: where the actors ran and how far the run is, without timing anything."""
 
     class Recording(StageActor):
-        def __init__(self, model_dir, spec, collector=None):
-            super().__init__(model_dir, spec, collector)
+        def __init__(self, model_dir, spec, collector=None, finalize=None):
+            super().__init__(model_dir, spec, collector, finalize)
             self.node = ray.get_runtime_context().get_node_id()
             (marks / f"actor-{spec.index}-{self.node}-{os.getpid()}").touch()
 
