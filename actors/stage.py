@@ -55,7 +55,7 @@ def finalized(batch: dict, finalize: dict | None):
 
     Why in the actor and not a task after it: a task per stage batch costs its scheduling, a
     worker's call and an object in the store for a few milliseconds of column work, on the same
-    cores as the stages (BENCHMARKS.md, "The output table from the last stage actor")."""
+    cores as the stages (BENCHMARKS.md, "Stop 39")."""
     return batch if finalize is None else finalize_step(batch, **finalize)
 
 

@@ -203,7 +203,7 @@ def local_ray_cpus(planned: list[PlannedStage], rebatch: int = 0, resume: bool =
     Why not a fixed 8: each logical CPU past what the run uses lets one more worker process boot
     beside the stages on the same cores. On the development machine's 2 cores, 4 against 8 made the
     demo 1.07x the docs/s, and on the MiniLM benchmark (two stage actors) lifted the exits run 1.05x
-    and full depth 1.02x (BENCHMARKS.md, "Logical CPUs of the embedded Ray")."""
+    and full depth 1.02x (BENCHMARKS.md, "Stop 39")."""
     cores = cores or os.cpu_count() or 1
     reserved = sum(p.min_actors * p.num_cpus for p in actor_pools(planned, rebatch))
     return max(2 * cores, math.ceil(reserved) + cores + (1 if resume else 0))

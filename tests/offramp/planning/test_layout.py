@@ -75,7 +75,7 @@ def test_a_local_run_gives_stage_0_a_cpu_actor_per_core_on_one_thread_each(monke
 
 
 def test_an_embedded_ray_gets_the_actors_reservations_plus_a_cpu_per_core_for_the_tasks(monkeypatch):
-    """ray.num_cpus unset (BENCHMARKS.md, "Logical CPUs of the embedded Ray"): enough logical CPUs
+    """ray.num_cpus unset (BENCHMARKS.md, "Stop 39"): enough logical CPUs
     for the stage actors and the read, tokenize and write tasks, not a fixed 8 that lets idle
     workers boot beside the stages; what the user sets wins."""
     import ray
