@@ -40,7 +40,7 @@ from offramp.planning.layout import PlannedStage, actor_pools, plan_layout, stag
 from offramp.policies import check_policy, get_policy
 from offramp.quality.audit import flat_metrics
 from offramp.quality.metrics import add_counts
-from offramp.tasks import Task, get_task, tokenize_step
+from offramp.tasks import Task, finalize_step, get_task, tokenize_step
 from offramp.quality.certificate import certificate_gaps
 from offramp.tasks.base import check_no_clash
 from pipelines.cluster import check_paths_on_nodes
@@ -360,7 +360,8 @@ def aligned_to_stage_batches(ds: ray.data.Dataset, plan: Plan) -> ray.data.Datas
 
 def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=None) -> ray.data.Dataset:
     """The Ray Data plan after reading: tokenize, then one actor pool per stage (or one rebatching
-    pool holding every stage), the last of which returns the output table (`actors.stage.finalized`).
+    pool holding every stage), the last of which returns the output table on a CPU
+    (`finalize_in_actor`; on a GPU a finalize task follows).
     `stage_cls`: the actor class (tests pass one that crashes)."""
     cfg, info, task = plan.cfg, plan.info, plan.task
     id_column = cfg.id_column or "id"
@@ -386,12 +387,14 @@ def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=N
     ds = aligned_to_stage_batches(ds, plan)
     finalize = dict(task=task.name, labels=info.labels, id_column=id_column, keep=list(cfg.passthrough_columns),
                     gold=cfg.label_column, keep_types=plan.keep_types)
+    in_actor = finalize_in_actor(plan.stages, cfg.rebatch)
     if cfg.rebatch and len(plan.stages) > 1:
         (pool,) = actor_pools(plan.stages, cfg.rebatch)
         ds = ds.map_batches(
             stage_cls or RebatchingStageActor,
             fn_constructor_kwargs=dict(model_dir=info.path, specs=[p.spec for p in plan.stages],
-                                       pass_rows=pool.batch_size, collector=collector, finalize=finalize),
+                                       pass_rows=pool.batch_size, collector=collector,
+                                       finalize=finalize if in_actor else None),
             batch_size=pool.batch_size,
             batch_format="numpy",
             # an async actor takes this many batches at once: the survivors merged at each boundary
@@ -407,7 +410,7 @@ def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=N
             ds = ds.map_batches(
                 stage_cls or StageActor,
                 fn_constructor_kwargs=dict(model_dir=info.path, spec=stage.spec, collector=collector,
-                                           finalize=finalize if last else None),
+                                           finalize=finalize if last and in_actor else None),
                 batch_size=stage.batch_size,
                 batch_format="numpy",
                 compute=ActorPoolStrategy(min_size=stage.min_actors, max_size=stage.max_actors,
@@ -415,7 +418,18 @@ def build_pipeline(ds: ray.data.Dataset, plan: Plan, collector=None, stage_cls=N
                 num_cpus=stage.num_cpus,
                 num_gpus=stage.num_gpus,
             )
+    if not in_actor:
+        ds = ds.map_batches(finalize_step, fn_kwargs=finalize, batch_format="numpy", num_cpus=0.25)
     return ds
+
+
+def finalize_in_actor(planned: list[PlannedStage], rebatch: int = 0) -> bool:
+    """Whether the last actor pool returns the output table itself: on a CPU, yes (a task per stage
+    batch cost scheduling and an object in the store for a few milliseconds of column work on the
+    stages' own cores: the demo ran 1.08x without it; BENCHMARKS.md, "Stop 39"). On a GPU the output
+    table stays a task on the node's other cores: the actor's host thread feeds the device, and that
+    trade was not measured (no GPU was lent when the change was made)."""
+    return actor_pools(planned, rebatch)[-1].num_gpus == 0
 
 
 def tag_dataset(ds: ray.data.Dataset, model_dir: str, config: TagConfig | None = None) -> ray.data.Dataset:

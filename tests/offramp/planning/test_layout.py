@@ -112,6 +112,18 @@ def test_an_embedded_ray_gets_the_actors_reservations_plus_a_cpu_per_core_for_th
         RayConfig(num_cpus=0)
 
 
+def test_the_output_table_comes_from_the_last_cpu_actor_and_from_a_task_after_a_gpu_one():
+    from pipelines.run import finalize_in_actor
+
+    cpu = plan_layout(TagConfig(num_stages=2), 6, None, True)
+    assert finalize_in_actor(cpu) and finalize_in_actor(cpu, rebatch=4)
+    gpu_last = plan_layout(TagConfig(stages=(StageConfig(), StageConfig(num_gpus=1))), 6, None, True)
+    assert not finalize_in_actor(gpu_last), "a GPU actor's host thread feeds the device"
+    assert not finalize_in_actor(gpu_last, rebatch=4), "the one pool has the GPU"
+    gpu_first = plan_layout(TagConfig(stages=(StageConfig(num_gpus=1), StageConfig())), 6, None, True)
+    assert finalize_in_actor(gpu_first) and not finalize_in_actor(gpu_first, rebatch=4)
+
+
 def test_a_small_full_depth_sample_runs_on_one_actor_a_large_one_on_the_runs_default():
     from pipelines.run import ONE_ACTOR_SAMPLE_ROWS, full_depth_sample_stages
 
