@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 from offramp.config import ExitConfig, MlflowConfig, StageConfig, TagConfig  # noqa: E402
 from offramp.exits.stage import configure_device  # noqa: E402
-from pipelines.run import init_ray, local_ray_cpus, run_tagging, validate  # noqa: E402
+from pipelines.run import EMBEDDED_RAY_CPUS, init_ray, local_ray_cpus, run_tagging, validate  # noqa: E402
 
 
 class PeakRSS:
@@ -231,7 +231,7 @@ class Session:
     def start_plain(self):
         """For (c): the logical CPUs offramp's runs had."""
         if not ray.is_initialized():
-            ray.init(address="local", num_cpus=self.num_cpus or self.used or 8, include_dashboard=False)
+            ray.init(address="local", num_cpus=self.num_cpus or self.used or EMBEDDED_RAY_CPUS, include_dashboard=False)
 
     def stop(self):
         ray.shutdown()
