@@ -56,7 +56,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 
@@ -71,6 +70,7 @@ import pyarrow.dataset as pads  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from offramp.config.tag import RayConfig  # noqa: E402
+from sampling import Sampling  # noqa: E402
 
 DATA = os.path.join(REPO, "..", "shared", "data", "debian_sections")
 RESULTS = os.path.join(REPO, "benchmarks", "results")
@@ -275,7 +275,7 @@ def worker_group(kind: str) -> str:
     return kind
 
 
-class RaySampler:
+class RaySampler(Sampling):
     """Samples the memory of the job process and all its descendants every `interval` s (a thread)."""
 
     def __init__(self, job_pid: int, interval: float = 0.5, pss_every: float = 5.0):
@@ -287,25 +287,7 @@ class RaySampler:
         self.session_dir = None
         self.plasma_capacity = None
         self._plasma_fd = None
-        self._stop = threading.Event()
         self.t0 = time.perf_counter()
-
-    def __enter__(self):
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                self.sample()
-            except psutil.NoSuchProcess:
-                pass
-            self._stop.wait(self.interval)
 
     def _processes(self) -> list[psutil.Process]:
         try:
@@ -336,6 +318,12 @@ class RaySampler:
             return 0
 
     def sample(self) -> None:
+        try:
+            self.read()
+        except psutil.NoSuchProcess:  # the job ended between listing its processes and reading them
+            pass
+
+    def read(self) -> None:
         kinds, kinds_anon, totals, driver, live = defaultdict(int), defaultdict(int), defaultdict(int), 0, 0
         now = time.perf_counter() - self.t0
         fresh_pss = now - self._pss_at >= self.pss_every

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,16 +34,20 @@ import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 
+from sampling import Sampling  # noqa: E402
+
 from offramp.config import ExitConfig, MlflowConfig, StageConfig, TagConfig  # noqa: E402
 from offramp.exits.stage import configure_device  # noqa: E402
 from pipelines.run import EMBEDDED_RAY_CPUS, init_ray, local_ray_cpus, run_tagging, validate  # noqa: E402
 
 
-class PeakRSS:
+class PeakRSS(Sampling):
     """Peak summed RSS of this process and all its descendants (Ray's workers are children)."""
 
+    interval = 0.2
+
     def __init__(self):
-        self.peak, self._stop = 0, threading.Event()
+        self.peak = 0
 
     def _total(self) -> int:
         me = psutil.Process()
@@ -57,19 +60,8 @@ class PeakRSS:
                 pass
         return total
 
-    def __enter__(self):
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._total())
-            time.sleep(0.2)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
+    def sample(self) -> None:
+        self.peak = max(self.peak, self._total())
 
 
 class HFClassifier:

@@ -15,8 +15,6 @@ import collections
 import json
 import os
 import sys
-import threading
-import time
 from types import SimpleNamespace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -27,6 +25,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
 
 from bench_tagging import input_rows, offramp_variant  # noqa: E402
+from sampling import Sampling  # noqa: E402
 
 
 def kind(p: psutil.Process) -> str | None:
@@ -58,31 +57,19 @@ def cpu(p: psutil.Process) -> float | None:
         return None
 
 
-class CpuSampler:
+class CpuSampler(Sampling):
     """CPU seconds each process spent while the block ran, by `kind` (the last sample of a process
     that ended counts)."""
 
     def __init__(self):
         self.base = {p.pid: cpu(p) or 0.0 for p in psutil.process_iter() if kind(p)}
         self.last: dict[int, tuple[str, float]] = {}
-        self._stop = threading.Event()
 
-    def _run(self):
-        while not self._stop.is_set():
-            for p in psutil.process_iter():
-                k, c = kind(p), cpu(p)
-                if k and c is not None:
-                    self.last[p.pid] = (k, c)
-            time.sleep(0.5)
-
-    def __enter__(self):
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
+    def sample(self) -> None:
+        for p in psutil.process_iter():
+            k, c = kind(p), cpu(p)
+            if k and c is not None:
+                self.last[p.pid] = (k, c)
 
     def by_kind(self) -> dict[str, float]:
         out = collections.Counter()
